@@ -1,0 +1,1 @@
+//! Tokenizer for the expression language (to be written).
