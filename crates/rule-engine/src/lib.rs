@@ -2,5 +2,20 @@
 //!
 //! * [`event`]: the event model and the three input codecs (native, segment, sensors).
 //! * [`expr`]: the expression language (syntax tree and parser).
+//! * [`rules`]: the rules file compiled once into an immutable, validated [`rules::RuleSet`].
+//! * [`state`]: per-user state (aggregates in time buckets, profile, membership, timer).
+//! * [`engine`]: how an event or the passing of time changes a user's state, the transitions
+//!   that emits, and the exact next instant a segment can change with time alone.
+//!
+//! Guarantees: decoding and rule compilation never panic on user input; evaluation at engine
+//! time `t` depends only on the events applied and `t`, so the incremental state always equals a
+//! from-scratch batch computation at the same engine time (SPEC §3).
 pub mod event;
 pub mod expr;
+pub mod cexpr;
+pub mod engine;
+pub mod rules;
+pub mod state;
+pub mod time;
+pub mod transition;
+pub mod value;

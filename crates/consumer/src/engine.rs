@@ -1,0 +1,563 @@
+//! The engine driver: applies batches of raw messages to the state store.
+//!
+//! One call to [`Engine::process`] decodes a batch, advances each partition's engine time,
+//! fires the timers due, applies the events, and commits in ONE atomic write: user states, timer
+//! index, segment bitmaps, outbox entries (transitions and dead letters), engine times and the
+//! input positions given by the caller. A crash before the commit loses nothing (the batch is
+//! re-read from the stored positions); after it, nothing is applied twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use tagstream_rules::engine::{self as core, Applied};
+use tagstream_rules::event::{decode, DecodeOptions, Event, EventBody, Millis, Reason};
+use tagstream_rules::rules::RuleSet;
+use tagstream_rules::state::UserState;
+use tagstream_rules::transition::Transition;
+use tagstream_state::keys::{decode_i64_ordered, i64_ordered, prefixed, u32_be};
+use tagstream_state::{Cf, SegmentBitmaps, StateStore, UserIds, WriteBatch};
+
+use crate::error::{ConsumerError, Result};
+use crate::outbox::{self, DeadLetter, Origin, OutboxEntry};
+
+/// How engine time moves (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockMode {
+    /// now = the largest event time applied so far (per partition).
+    Event,
+    /// now = max(system clock, largest event time applied).
+    Wall,
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub clock: ClockMode,
+    /// Wall mode: events further ahead of the clock than this are dead-lettered.
+    pub max_future_ms: i64,
+    /// At most this many due timers are fired per batch, so a midnight roll of millions of
+    /// users is spread over many commits instead of stalling event processing.
+    pub timers_per_batch: usize,
+    pub decode: DecodeOptions,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { clock: ClockMode::Event, max_future_ms: 5 * 60_000, timers_per_batch: 10_000, decode: DecodeOptions::default() }
+    }
+}
+
+/// One raw input message.
+#[derive(Debug, Clone)]
+pub struct Record<'a> {
+    pub partition: u32,
+    pub bytes: &'a [u8],
+    pub origin: Origin,
+}
+
+/// Counters of what a batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub dead_letters: BTreeMap<&'static str, u64>,
+    pub transitions: u64,
+    pub timers_fired: u64,
+    /// Transitions by (segment, type) for metrics.
+    pub transitions_by_segment: BTreeMap<(String, &'static str), u64>,
+}
+
+impl BatchReport {
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_letters.values().sum()
+    }
+
+    pub fn merge(&mut self, other: &BatchReport) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.transitions += other.transitions;
+        self.timers_fired += other.timers_fired;
+        for (k, v) in &other.dead_letters {
+            *self.dead_letters.entry(k).or_insert(0) += v;
+        }
+        for (k, v) in &other.transitions_by_segment {
+            *self.transitions_by_segment.entry(k.clone()).or_insert(0) += v;
+        }
+    }
+}
+
+/// A user touched by the current batch.
+struct Slot {
+    state: Option<UserState>,
+    stored_timer: Option<Millis>,
+    stored_members: Vec<bool>,
+    existed: bool,
+    dirty: bool,
+}
+
+const META_RULES: &[u8] = b"rules";
+const META_RULES_HASH: &[u8] = b"rules_hash";
+const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
+const META_CLOCK: &[u8] = b"clock/";
+
+fn user_key(partition: u32, user: &str) -> Vec<u8> {
+    prefixed(partition, user.as_bytes())
+}
+
+fn timer_key(partition: u32, due: Millis, user: &str) -> Vec<u8> {
+    let mut rest = i64_ordered(due).to_vec();
+    rest.extend_from_slice(user.as_bytes());
+    prefixed(partition, &rest)
+}
+
+fn clock_key(partition: u32) -> Vec<u8> {
+    let mut k = META_CLOCK.to_vec();
+    k.extend_from_slice(&u32_be(partition));
+    k
+}
+
+pub struct Engine {
+    store: Arc<dyn StateStore>,
+    rules: Arc<RuleSet>,
+    options: EngineOptions,
+    clocks: BTreeMap<u32, Millis>,
+    ids: UserIds,
+    bitmaps: SegmentBitmaps,
+    outbox_seq: u64,
+    wall_clock: fn() -> Millis,
+}
+
+fn system_millis() -> Millis {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Engine {
+    /// Opens the engine over a store. A store built with other rules is refused: rules changes
+    /// go through reload, which re-evaluates stored users.
+    pub fn open(store: Arc<dyn StateStore>, rules: Arc<RuleSet>, rules_source: &str, options: EngineOptions) -> Result<Engine> {
+        match store.get(Cf::Meta, META_RULES_HASH)? {
+            Some(hash) if hash != rules.fingerprint.as_bytes() => {
+                return Err(ConsumerError::User(
+                    "this state dir was built with different rules; use the rules it was built with, or replay into a new --state-dir".into(),
+                ))
+            }
+            Some(_) => {}
+            None => {
+                let mut batch = WriteBatch::new();
+                batch.put(Cf::Meta, META_RULES_HASH, rules.fingerprint.as_bytes().to_vec());
+                batch.put(Cf::Meta, META_RULES, rules_source.as_bytes().to_vec());
+                store.commit(batch)?;
+            }
+        }
+        let outbox_seq = match store.get(Cf::Meta, META_OUTBOX_SEQ)? {
+            Some(v) => tagstream_state::keys::decode_u64_be(&v).ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
+            None => 0,
+        };
+        let mut clocks = BTreeMap::new();
+        for (k, v) in store.scan(Cf::Meta, META_CLOCK, tagstream_state::keys::prefix_end(META_CLOCK).as_deref(), usize::MAX)? {
+            let p = tagstream_state::keys::decode_u32_be(&k[META_CLOCK.len()..]).ok_or_else(|| ConsumerError::Corrupt("clock key".into()))?;
+            let t = decode_i64_ordered(&v).ok_or_else(|| ConsumerError::Corrupt("clock value".into()))?;
+            clocks.insert(p, t);
+        }
+        let bitmaps = SegmentBitmaps::load(store.as_ref())?;
+        Ok(Engine { store, rules, options, clocks, ids: UserIds::new(), bitmaps, outbox_seq, wall_clock: system_millis })
+    }
+
+    /// The rules source stored in a state dir (for `dump` without `--rules`).
+    pub fn stored_rules(store: &dyn StateStore) -> Result<Option<String>> {
+        Ok(store.get(Cf::Meta, META_RULES)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    pub fn rules(&self) -> &Arc<RuleSet> {
+        &self.rules
+    }
+
+    pub fn store(&self) -> &Arc<dyn StateStore> {
+        &self.store
+    }
+
+    pub fn bitmaps(&self) -> &SegmentBitmaps {
+        &self.bitmaps
+    }
+
+    /// Engine time of a partition (None before its first event).
+    pub fn clock(&self, partition: u32) -> Option<Millis> {
+        self.clocks.get(&partition).copied()
+    }
+
+    /// Replaces the wall clock (tests).
+    pub fn set_wall_clock(&mut self, clock: fn() -> Millis) {
+        self.wall_clock = clock;
+    }
+
+    /// Processes one batch and commits it together with `positions` (Cf::Offsets key/value
+    /// pairs describing how far the input has been consumed).
+    pub fn process(&mut self, records: &[Record<'_>], positions: &[(Vec<u8>, Vec<u8>)]) -> Result<BatchReport> {
+        let mut run = Run::new(self);
+        for record in records {
+            run.record(record)?;
+        }
+        let partitions: Vec<u32> = run.touched_partitions.iter().copied().collect();
+        for p in partitions {
+            run.fire_due(p, self.options.timers_per_batch)?;
+        }
+        run.commit(positions)
+    }
+
+    /// Moves a partition's engine time forward to `t` (never backwards), firing due timers in
+    /// bounded batches; each batch is committed. Returns what fired.
+    pub fn advance(&mut self, partition: u32, t: Millis) -> Result<BatchReport> {
+        let mut total = BatchReport::default();
+        loop {
+            let mut run = Run::new(self);
+            let now = run.clocks.get(&partition).copied().unwrap_or(Millis::MIN).max(t);
+            run.clocks.insert(partition, now);
+            run.clock_changed.insert(partition);
+            let fired = run.fire_due(partition, self.options.timers_per_batch)?;
+            let report = run.commit(&[])?;
+            total.merge(&report);
+            if fired < self.options.timers_per_batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes a user (API `DELETE /v1/users/{id}`), emitting exits with cause `delete`.
+    /// Returns false when the user is unknown.
+    pub fn delete_user(&mut self, user: &str) -> Result<bool> {
+        let Some(partition) = self.partition_of(user)? else { return Ok(false) };
+        let mut run = Run::new(self);
+        let now = run.now_for(partition, None);
+        run.clocks.insert(partition, now);
+        let user: Arc<str> = Arc::from(user);
+        run.delete(partition, &user, now, 0)?;
+        run.commit(&[])?;
+        Ok(true)
+    }
+
+    /// The partition whose state holds `user`, if any.
+    pub fn partition_of(&self, user: &str) -> Result<Option<u32>> {
+        for &p in self.clocks.keys() {
+            if self.store.get(Cf::Users, &user_key(p, user))?.is_some() {
+                return Ok(Some(p));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A user's state and the engine time of its partition.
+    pub fn user(&self, user: &str) -> Result<Option<(UserState, Millis)>> {
+        for (&p, &now) in &self.clocks {
+            if let Some(bytes) = self.store.get(Cf::Users, &user_key(p, user))? {
+                let state = UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?;
+                return Ok(Some((state, now)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Calls `f` with every user (id, state, engine time of its partition), sorted by user id.
+    pub fn for_each_user(&self, f: &mut dyn FnMut(&str, &UserState, Millis) -> Result<()>) -> Result<()> {
+        let mut rows: Vec<(Vec<u8>, Vec<u8>, Millis)> = Vec::new();
+        let single = self.clocks.len() <= 1;
+        for (&p, &now) in &self.clocks {
+            let (start, end) = tagstream_state::keys::partition_range(p);
+            let mut err = None;
+            self.store.for_each(Cf::Users, &start, end.as_deref(), &mut |k, v| {
+                let user = &k[4..];
+                if single {
+                    match (std::str::from_utf8(user), UserState::decode(v)) {
+                        (Ok(u), Ok(state)) => {
+                            if let Err(e) = f(u, &state, now) {
+                                err = Some(e);
+                                return false;
+                            }
+                        }
+                        _ => {
+                            err = Some(ConsumerError::Corrupt(format!("user state under key {k:?}")));
+                            return false;
+                        }
+                    }
+                } else {
+                    rows.push((user.to_vec(), v.to_vec(), now));
+                }
+                true
+            })?;
+            if let Some(e) = err {
+                return Err(e);
+            }
+        }
+        rows.sort();
+        for (user, bytes, now) in rows {
+            let state = UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?;
+            f(&String::from_utf8_lossy(&user), &state, now)?;
+        }
+        Ok(())
+    }
+
+    /// Reads up to `limit` outbox entries in commit order.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        let rows = self.store.scan(Cf::Outbox, &[], None, limit)?;
+        rows.into_iter()
+            .map(|(k, v)| {
+                let seq = tagstream_state::keys::decode_u64_be(&k).ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
+                Ok((seq, OutboxEntry::decode(&v).map_err(ConsumerError::Corrupt)?))
+            })
+            .collect()
+    }
+
+    /// Deletes delivered outbox entries (all with seq <= `upto`).
+    pub fn acknowledge(&self, upto: u64) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete_range(Cf::Outbox, outbox::key(0).to_vec(), outbox::key(upto + 1).to_vec());
+        self.store.commit(batch)?;
+        Ok(())
+    }
+
+    /// Number of entries awaiting delivery.
+    pub fn outbox_backlog(&self) -> Result<u64> {
+        let mut n = 0;
+        self.store.for_each(Cf::Outbox, &[], None, &mut |_, _| {
+            n += 1;
+            true
+        })?;
+        Ok(n)
+    }
+
+    /// Number of pending timers (all partitions).
+    pub fn timers_pending(&self) -> Result<u64> {
+        let mut n = 0;
+        self.store.for_each(Cf::Timers, &[], None, &mut |_, _| {
+            n += 1;
+            true
+        })?;
+        Ok(n)
+    }
+}
+
+/// The working set of one batch.
+struct Run<'e> {
+    engine: &'e mut Engine,
+    users: HashMap<(u32, Arc<str>), Slot>,
+    clocks: BTreeMap<u32, Millis>,
+    clock_changed: std::collections::BTreeSet<u32>,
+    touched_partitions: std::collections::BTreeSet<u32>,
+    outbox: Vec<OutboxEntry>,
+    transitions: Vec<Transition>,
+    report: BatchReport,
+    ingested_ms: Millis,
+}
+
+impl<'e> Run<'e> {
+    fn new(engine: &'e mut Engine) -> Run<'e> {
+        let clocks = engine.clocks.clone();
+        let ingested_ms = (engine.wall_clock)();
+        Run {
+            engine,
+            users: HashMap::new(),
+            clocks,
+            clock_changed: Default::default(),
+            touched_partitions: Default::default(),
+            outbox: Vec::new(),
+            transitions: Vec::new(),
+            report: BatchReport::default(),
+            ingested_ms,
+        }
+    }
+
+    fn slot(&mut self, partition: u32, user: &Arc<str>) -> Result<&mut Slot> {
+        let key = (partition, user.clone());
+        if !self.users.contains_key(&key) {
+            let state = match self.engine.store.get(Cf::Users, &user_key(partition, user))? {
+                Some(bytes) => Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
+                None => None,
+            };
+            let stored_timer = state.as_ref().and_then(|s| s.next_timer);
+            let stored_members = state.as_ref().map(|s| s.segments.iter().map(|m| m.member).collect()).unwrap_or_default();
+            let existed = state.is_some();
+            self.users.insert(key.clone(), Slot { state, stored_timer, stored_members, existed, dirty: false });
+        }
+        Ok(self.users.get_mut(&key).expect("slot just inserted"))
+    }
+
+    /// Engine time for a partition if an event at `ts` were applied now.
+    fn now_for(&self, partition: u32, ts: Option<Millis>) -> Millis {
+        let mut now = self.clocks.get(&partition).copied().unwrap_or(Millis::MIN);
+        if let Some(ts) = ts {
+            now = now.max(ts);
+        }
+        if self.engine.options.clock == ClockMode::Wall {
+            now = now.max((self.engine.wall_clock)());
+        }
+        now
+    }
+
+    fn dead_letter(&mut self, record: &Record<'_>, reason: Reason, detail: String) {
+        *self.report.dead_letters.entry(reason.as_str()).or_insert(0) += 1;
+        self.outbox.push(OutboxEntry::DeadLetter(DeadLetter { reason: reason.as_str().into(), detail, raw: record.bytes.to_vec(), origin: record.origin.clone() }));
+    }
+
+    fn record(&mut self, record: &Record<'_>) -> Result<()> {
+        let event = match decode(record.bytes, &self.engine.options.decode) {
+            Ok(e) => e,
+            Err(rejection) => {
+                self.dead_letter(record, rejection.reason, rejection.detail);
+                return Ok(());
+            }
+        };
+        if self.engine.options.clock == ClockMode::Wall {
+            let wall = (self.engine.wall_clock)();
+            if event.ts > wall.saturating_add(self.engine.options.max_future_ms) {
+                let detail = format!("event time {} is {} ms ahead of the clock; at most {} ms allowed", event.ts, event.ts - wall, self.engine.options.max_future_ms);
+                self.dead_letter(record, Reason::FutureTimestamp, detail);
+                return Ok(());
+            }
+        }
+        self.event(record.partition, event)
+    }
+
+    fn event(&mut self, partition: u32, event: Event) -> Result<()> {
+        let rules = self.engine.rules.clone();
+        let user: Arc<str> = Arc::from(event.user_id.as_str());
+        let current = self.now_for(partition, None);
+        let now = self.now_for(partition, Some(event.ts));
+        let slot = self.slot(partition, &user)?;
+        // A duplicate is judged at the engine time before it, and never moves the clock.
+        if core::is_duplicate(&rules, slot.state.as_ref(), &event, current) {
+            self.report.duplicates += 1;
+            return Ok(());
+        }
+        self.clocks.insert(partition, now);
+        self.clock_changed.insert(partition);
+        self.touched_partitions.insert(partition);
+        self.report.applied += 1;
+        if matches!(event.body, EventBody::Delete) {
+            return self.delete(partition, &user, now, self.ingested_ms);
+        }
+        let slot = self.slot(partition, &user)?;
+        let state = slot.state.get_or_insert_with(|| UserState::new(&rules.aggregates, rules.segments.len()));
+        slot.dirty = true;
+        let mut out = Vec::new();
+        self.report.timers_fired += core::catch_up(&rules, &user, state, now, &mut out) as u64;
+        let before = out.len();
+        let _: Applied = {
+            core::apply(&rules, &user, state, &event, now, &mut out);
+            Applied::Applied
+        };
+        self.emit(out, before, self.ingested_ms);
+        Ok(())
+    }
+
+    /// Records transitions; those from index `caused_from` on were caused by the event read at
+    /// `ingested_ms` (earlier ones are timers).
+    fn emit(&mut self, out: Vec<Transition>, caused_from: usize, ingested_ms: Millis) {
+        for (i, t) in out.into_iter().enumerate() {
+            self.report.transitions += 1;
+            *self.report.transitions_by_segment.entry((t.segment.to_string(), t.kind())).or_insert(0) += 1;
+            let ingested = if i >= caused_from { ingested_ms } else { 0 };
+            self.outbox.push(OutboxEntry::Transition { user_id: t.user_id.to_string(), json: t.to_json().to_string(), ingested_ms: ingested });
+            self.transitions.push(t);
+        }
+    }
+
+    fn delete(&mut self, partition: u32, user: &Arc<str>, now: Millis, ingested_ms: Millis) -> Result<()> {
+        let rules = self.engine.rules.clone();
+        let slot = self.slot(partition, user)?;
+        let Some(mut state) = slot.state.take() else { return Ok(()) };
+        slot.dirty = true;
+        let mut out = Vec::new();
+        self.report.timers_fired += core::catch_up(&rules, user, &mut state, now, &mut out) as u64;
+        let before = out.len();
+        core::delete(&rules, user, &state, now, &mut out);
+        self.emit(out, before, ingested_ms);
+        Ok(())
+    }
+
+    /// Fires up to `limit` timers of `partition` due at or before its engine time.
+    fn fire_due(&mut self, partition: u32, limit: usize) -> Result<usize> {
+        let Some(now) = self.clocks.get(&partition).copied() else { return Ok(0) };
+        let start = prefixed(partition, &i64_ordered(Millis::MIN));
+        let end = prefixed(partition, &i64_ordered(now.saturating_add(1)));
+        let due = self.engine.store.scan(Cf::Timers, &start, Some(&end), limit)?;
+        let rules = self.engine.rules.clone();
+        let count = due.len();
+        for (key, _) in due {
+            let user = std::str::from_utf8(&key[12..]).map_err(|_| ConsumerError::Corrupt("timer key".into()))?;
+            let user: Arc<str> = Arc::from(user);
+            let slot = self.slot(partition, &user)?;
+            let Some(state) = slot.state.as_mut() else { continue };
+            let mut out = Vec::new();
+            let fired = core::catch_up(&rules, &user, state, now, &mut out) as u64;
+            if fired > 0 || slot.stored_timer.is_some_and(|t| t <= now) {
+                slot.dirty = true;
+            }
+            self.report.timers_fired += fired;
+            self.emit(out, usize::MAX, 0);
+        }
+        Ok(count)
+    }
+
+    fn commit(mut self, positions: &[(Vec<u8>, Vec<u8>)]) -> Result<BatchReport> {
+        let store = self.engine.store.clone();
+        let rules = self.engine.rules.clone();
+        let mut batch = WriteBatch::new();
+        for ((partition, user), slot) in &self.users {
+            if !slot.dirty {
+                continue;
+            }
+            let key = user_key(*partition, user);
+            let new_timer = slot.state.as_ref().and_then(|s| s.next_timer);
+            if slot.stored_timer != new_timer {
+                if let Some(t) = slot.stored_timer {
+                    batch.delete(Cf::Timers, timer_key(*partition, t, user));
+                }
+                if let Some(t) = new_timer {
+                    batch.put(Cf::Timers, timer_key(*partition, t, user), Vec::new());
+                }
+            }
+            match &slot.state {
+                Some(state) => {
+                    batch.put(Cf::Users, key, state.encode());
+                    let id = self.engine.ids.get_or_assign(store.as_ref(), user, &mut batch)?;
+                    if !slot.existed {
+                        self.engine.bitmaps.mark_present(*partition, id);
+                    }
+                    for (i, seg) in rules.segments.iter().enumerate() {
+                        let was = slot.stored_members.get(i).copied().unwrap_or(false);
+                        let is = state.segments[i].member;
+                        if was != is {
+                            if is {
+                                self.engine.bitmaps.insert(&seg.name, *partition, id);
+                            } else {
+                                self.engine.bitmaps.remove(&seg.name, *partition, id);
+                            }
+                        }
+                    }
+                }
+                None => {
+                    batch.delete(Cf::Users, key);
+                    if slot.existed {
+                        if let Some(id) = self.engine.ids.lookup(store.as_ref(), user)? {
+                            self.engine.bitmaps.remove_everywhere(*partition, id);
+                        }
+                    }
+                }
+            }
+        }
+        self.engine.bitmaps.flush_dirty(&mut batch);
+        for entry in &self.outbox {
+            batch.put(Cf::Outbox, outbox::key(self.engine.outbox_seq).to_vec(), entry.encode());
+            self.engine.outbox_seq += 1;
+        }
+        batch.put(Cf::Meta, META_OUTBOX_SEQ, tagstream_state::keys::u64_be(self.engine.outbox_seq).to_vec());
+        for p in &self.clock_changed {
+            batch.put(Cf::Meta, clock_key(*p), i64_ordered(self.clocks[p]).to_vec());
+        }
+        for (k, v) in positions {
+            batch.put(Cf::Offsets, k.clone(), v.clone());
+        }
+        store.commit(batch)?;
+        self.engine.ids.committed();
+        self.engine.clocks = std::mem::take(&mut self.clocks);
+        Ok(self.report)
+    }
+}

@@ -1,0 +1,167 @@
+//! `tagstream replay` and `tagstream dump`: the engine over a file, in event-clock mode.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+use tagstream_rules::engine::dump_line;
+use tagstream_rules::event::{DecodeOptions, Format, Millis};
+use tagstream_rules::rules::RuleSet;
+use tagstream_state::{RocksStore, StateStore};
+
+use crate::engine::{BatchReport, ClockMode, Engine, EngineOptions, Record};
+use crate::error::{ConsumerError, Result};
+use crate::file_sink::{drain_outbox, LineSink};
+use crate::file_source::{decode_position, encode_position, fingerprint, position_key, LineSource};
+use crate::outbox::Origin;
+
+/// Replay is single-partition: every user lives in partition 0.
+const PARTITION: u32 = 0;
+
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    pub rules: String,
+    pub input: String,
+    pub state_dir: String,
+    pub out: String,
+    pub format: Format,
+    pub dlq: Option<String>,
+    pub advance_to: Option<Millis>,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ReplaySummary {
+    pub report: BatchReport,
+    pub engine_time: Option<Millis>,
+    pub lines: u64,
+}
+
+/// Reads and compiles a rules file; errors are user errors naming file, line and column.
+pub fn load_rules(path: &str) -> Result<(RuleSet, String)> {
+    let source = std::fs::read_to_string(path).map_err(|e| ConsumerError::User(format!("cannot read rules file {path}: {e}")))?;
+    let rules = RuleSet::compile(&source, path).map_err(|e| ConsumerError::User(e.to_string()))?;
+    Ok((rules, source))
+}
+
+fn open_store(dir: &str, must_exist: bool) -> Result<Arc<dyn StateStore>> {
+    if must_exist && !Path::new(dir).join("CURRENT").exists() {
+        return Err(ConsumerError::User(format!("no tagstream state in {dir}: run `tagstream replay` (or `run`) with --state-dir {dir} first")));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ConsumerError::User(format!("cannot create state dir {dir}: {e}")))?;
+    Ok(Arc::new(RocksStore::open(Path::new(dir))?))
+}
+
+pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
+    let (rules, source) = load_rules(&opts.rules)?;
+    let store = open_store(&opts.state_dir, false)?;
+    let options = EngineOptions { clock: ClockMode::Event, decode: DecodeOptions { format: opts.format, ..DecodeOptions::default() }, ..EngineOptions::default() };
+    let mut engine = Engine::open(store, Arc::new(rules), &source, options)?;
+    if let (Some(t), Some(now)) = (opts.advance_to, engine.clock(PARTITION)) {
+        if t < now {
+            return Err(advance_error(t, now));
+        }
+    }
+    let mut out = LineSink::open(&opts.out, true)?;
+    let mut dlq = match &opts.dlq {
+        Some(path) => LineSink::open(path, true)?,
+        None => LineSink::stderr(),
+    };
+    // Entries left by an interrupted run are delivered first.
+    drain_outbox(&engine, &mut out, Some(&mut dlq))?;
+
+    let mut input = LineSource::open(&opts.input)?;
+    let fp = fingerprint(&opts.input)?;
+    let pos_key = position_key(&opts.input);
+    if let Some(fp) = fp {
+        if let Some(stored) = engine.store().get(tagstream_state::Cf::Offsets, &pos_key)? {
+            match decode_position(&stored) {
+                Some((stored_fp, line)) if stored_fp == fp => {
+                    tracing::info!(line, "continuing {} after the last line consumed", opts.input);
+                    input.skip_to(line)?;
+                }
+                _ => tracing::info!("{} changed since it was last read; reading it from the start", opts.input),
+            }
+        }
+    }
+
+    let mut summary = ReplaySummary::default();
+    let mut lines: Vec<(u64, Vec<u8>)> = Vec::with_capacity(opts.batch_size);
+    loop {
+        lines.clear();
+        while lines.len() < opts.batch_size {
+            match input.next_line()? {
+                Some((n, bytes)) => lines.push((n, bytes.to_vec())),
+                None => break,
+            }
+        }
+        if lines.is_empty() {
+            break;
+        }
+        let records: Vec<Record<'_>> = lines
+            .iter()
+            .map(|(n, bytes)| Record { partition: PARTITION, bytes, origin: Origin::Line { source: opts.input.clone(), line: *n } })
+            .collect();
+        let positions = match fp {
+            Some(fp) => vec![(pos_key.clone(), encode_position(&fp, input.line()))],
+            None => vec![],
+        };
+        let report = engine.process(&records, &positions)?;
+        summary.report.merge(&report);
+        summary.lines = input.line();
+        drain_outbox(&engine, &mut out, Some(&mut dlq))?;
+    }
+    // Fire every timer due up to the final engine time (batches fire at most a bounded number).
+    if let Some(now) = engine.clock(PARTITION) {
+        summary.report.merge(&engine.advance(PARTITION, now)?);
+    }
+    if let Some(t) = opts.advance_to {
+        if let Some(now) = engine.clock(PARTITION) {
+            if t < now {
+                drain_outbox(&engine, &mut out, Some(&mut dlq))?;
+                return Err(advance_error(t, now));
+            }
+        }
+        summary.report.merge(&engine.advance(PARTITION, t)?);
+    }
+    drain_outbox(&engine, &mut out, Some(&mut dlq))?;
+    engine.store().sync()?;
+    summary.engine_time = engine.clock(PARTITION);
+    Ok(summary)
+}
+
+fn advance_error(t: Millis, now: Millis) -> ConsumerError {
+    ConsumerError::User(format!("--advance-to {t} is before the current engine time {now}; engine time never goes backwards"))
+}
+
+/// Writes the state dump (SPEC §5), sorted by user id; only `user` when given.
+pub fn dump(state_dir: &str, rules_path: Option<&str>, user: Option<&str>, out: &mut dyn Write) -> Result<u64> {
+    let store = open_store(state_dir, true)?;
+    let (rules, source) = match rules_path {
+        Some(path) => load_rules(path)?,
+        None => {
+            let source = Engine::stored_rules(store.as_ref())?.ok_or_else(|| ConsumerError::User(format!("{state_dir} holds no rules; pass --rules")))?;
+            let rules = RuleSet::compile(&source, "<stored rules>").map_err(|e| ConsumerError::Corrupt(e.to_string()))?;
+            (rules, source)
+        }
+    };
+    let engine = Engine::open(store, Arc::new(rules), &source, EngineOptions::default())?;
+    let rules = engine.rules().clone();
+    let mut written = 0;
+    let mut write = |id: &str, state: &tagstream_rules::state::UserState, now: Millis| -> Result<()> {
+        let line = dump_line(&rules, id, state, now);
+        writeln!(out, "{line}").map_err(|e| ConsumerError::io("writing the dump", e))?;
+        written += 1;
+        Ok(())
+    };
+    match user {
+        Some(id) => {
+            if let Some((state, now)) = engine.user(id)? {
+                write(id, &state, now)?;
+            }
+        }
+        None => engine.for_each_user(&mut write)?,
+    }
+    out.flush().map_err(|e| ConsumerError::io("writing the dump", e))?;
+    Ok(written)
+}

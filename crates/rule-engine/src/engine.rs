@@ -1,0 +1,273 @@
+//! The per-user engine: how one event or the passing of time changes a user's state, which
+//! transitions that emits, and when the user's segments can next change with time alone.
+//!
+//! Pure functions over ([`RuleSet`], [`UserState`], engine time). The caller owns engine time:
+//! it must call [`catch_up`] (firing every timer due up to `now`) before [`apply`].
+
+use std::cmp::Ordering;
+use std::sync::Arc;
+
+use crate::cexpr::{EventView, Scope};
+use crate::event::{Event, EventBody, Millis, ProfileOp};
+use crate::rules::{NodeKind, Probe, RuleSet};
+use crate::state::UserState;
+use crate::time::{Unit, FAR_FUTURE, HOUR_MS};
+use crate::transition::{Cause, Transition};
+use crate::value::{Scalar, Value};
+
+/// Values of every tag and segment of `rules` (indexed by node id) at engine time `now`.
+pub fn evaluate(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
+    let mut values = Vec::with_capacity(rules.nodes.len());
+    for id in 0..rules.nodes.len() {
+        let v = evaluate_node(rules, state, id, &values, now);
+        values.push(v);
+    }
+    values
+}
+
+fn evaluate_node(rules: &RuleSet, state: &UserState, id: usize, values: &[Value], now: Millis) -> Value {
+    let scope = Scope { values, now, zone: &rules.zone, event: None };
+    match &rules.nodes[id].kind {
+        NodeKind::Aggregate(slot) => match state.aggs.get(*slot) {
+            Some(agg) => agg.value(&rules.aggregates[*slot], &rules.zone, now),
+            None => Value::Null,
+        },
+        NodeKind::Profile(attr) => state.profile.get(&**attr).map_or(Value::Null, |(_, v)| v.to_value()),
+        NodeKind::Expr(e) => e.eval(&scope),
+        NodeKind::Case { cases, otherwise } => {
+            for (when, value) in cases {
+                if when.eval(&scope) == Value::Bool(true) {
+                    return value.eval(&scope);
+                }
+            }
+            otherwise.eval(&scope)
+        }
+        NodeKind::Tier { of, tiers } => match of.eval(&scope) {
+            Value::Num(x) => tiers.iter().rev().find(|(min, _)| *min <= x).map_or(Value::Null, |(_, label)| Value::Str(label.clone())),
+            _ => Value::Null,
+        },
+        NodeKind::Nearest { features, centroids } => {
+            let mut point = Vec::with_capacity(features.len());
+            for f in features {
+                match values[*f] {
+                    Value::Num(x) => point.push(x),
+                    _ => return Value::Null,
+                }
+            }
+            let mut best: Option<(f64, &Arc<str>)> = None;
+            for (name, centre) in centroids {
+                let d: f64 = point.iter().zip(centre).map(|(a, b)| (a - b) * (a - b)).sum();
+                if best.is_none_or(|(bd, _)| d < bd) {
+                    best = Some((d, name));
+                }
+            }
+            best.map_or(Value::Null, |(_, n)| Value::Str(n.clone()))
+        }
+        NodeKind::Segment(e) => Value::Bool(e.eval(&scope) == Value::Bool(true)),
+    }
+}
+
+/// Recomputes the nodes that move continuously with time at instant `t`, reusing everything
+/// else from `base` (valid while no breakpoint lies between base's instant and `t`).
+fn moved(rules: &RuleSet, state: &UserState, base: &[Value], scratch: &mut Vec<Value>, t: Millis) {
+    scratch.clear();
+    scratch.extend_from_slice(base);
+    for &id in &rules.moving_nodes {
+        scratch[id] = evaluate_node(rules, state, id, scratch, t);
+    }
+}
+
+fn signature(rules: &RuleSet, probe: &Probe, values: &[Value], t: Millis) -> Vec<i64> {
+    let scope = Scope { values, now: t, zone: &rules.zone, event: None };
+    match probe {
+        Probe::Compare(pairs) => pairs
+            .iter()
+            .map(|(a, b)| match a.eval(&scope).compare(&b.eval(&scope)) {
+                Some(Ordering::Less) => -1,
+                Some(Ordering::Equal) => 0,
+                Some(Ordering::Greater) => 1,
+                None => 2,
+            })
+            .collect(),
+        Probe::LocalBucket { arg, unit } => vec![match arg.eval(&scope) {
+            Value::Ts(x) => match unit {
+                Unit::Day => rules.zone.local_day(x),
+                _ => rules.zone.sub_day_bucket(x, HOUR_MS),
+            },
+            _ => i64::MIN,
+        }],
+    }
+}
+
+/// The first instant after `now` at which any segment of this user may change with no new
+/// event, or None if it never will. `values` are the node values at `now`.
+///
+/// Candidates are the instants at which a windowed aggregate loses its oldest non-empty bucket,
+/// and the first instants at which time-dependent decisions (probes) change. Probes are visited
+/// in evaluation order, shrinking the horizon as they go: up to the first change of any earlier
+/// probe, the values a probe compares are monotone in time, so bisection finds its first change
+/// exactly. The result may be a spurious wake-up (nothing changes) but never late.
+pub fn next_change(rules: &RuleSet, state: &UserState, values: &[Value], now: Millis) -> Option<Millis> {
+    let mut horizon = FAR_FUTURE;
+    for &slot in &rules.windowed_for_segments {
+        if let Some(t) = state.aggs[slot].next_drop(&rules.aggregates[slot], &rules.zone, now) {
+            horizon = horizon.min(t);
+        }
+    }
+    let mut scratch = Vec::new();
+    for probe in &rules.probes {
+        if horizon - 1 <= now {
+            break;
+        }
+        let initial = signature(rules, probe, values, now);
+        let last = horizon - 1;
+        moved(rules, state, values, &mut scratch, last);
+        if signature(rules, probe, &scratch, last) == initial {
+            continue;
+        }
+        // Invariant: signature(lo) == initial, signature(hi) != initial.
+        let (mut lo, mut hi) = (now, last);
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            moved(rules, state, values, &mut scratch, mid);
+            if signature(rules, probe, &scratch, mid) == initial {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        horizon = hi;
+    }
+    (horizon < FAR_FUTURE).then_some(horizon)
+}
+
+/// Compares segment values with stored membership and records transitions.
+fn transitions(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, values: &[Value], now: Millis, cause: Cause, out: &mut Vec<Transition>) {
+    for (i, seg) in rules.segments.iter().enumerate() {
+        let member = values[seg.node] == Value::Bool(true);
+        let st = &mut state.segments[i];
+        if st.member != member {
+            st.member = member;
+            st.seq += 1;
+            out.push(Transition {
+                user_id: user.clone(),
+                segment: seg.name.clone(),
+                enter: member,
+                seq: st.seq,
+                ts: now,
+                cause,
+                tags: seg.direct_tags.iter().map(|&t| (rules.nodes[t].name.clone(), values[t].clone())).collect(),
+            });
+        }
+    }
+}
+
+/// Fires every timer of this user due at or before `now`, each at its own instant.
+pub fn catch_up(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, now: Millis, out: &mut Vec<Transition>) -> usize {
+    let mut fired = 0;
+    while let Some(due) = state.next_timer.filter(|t| *t <= now) {
+        fired += 1;
+        let values = evaluate(rules, state, due);
+        transitions(rules, user, state, &values, due, Cause::Timer, out);
+        state.next_timer = next_change(rules, state, &values, due);
+    }
+    fired
+}
+
+/// Outcome of offering an event to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    Duplicate,
+}
+
+fn id_hash(id: &str) -> u64 {
+    // FNV-1a: stable across builds and platforms, unlike std's hasher.
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Whether `event` repeats an event id already applied to this user within the dedup window,
+/// judged at the engine time `now` the event would be applied at.
+pub fn is_duplicate(rules: &RuleSet, state: Option<&UserState>, event: &Event, now: Millis) -> bool {
+    let (Some(state), Some(id)) = (state, event.event_id.as_deref()) else { return false };
+    if rules.dedup_window_ms <= 0 {
+        return false;
+    }
+    let h = id_hash(id);
+    let horizon = now.saturating_sub(rules.dedup_window_ms);
+    state.dedup.iter().any(|&(x, ts)| x == h && ts >= horizon)
+}
+
+/// Applies a track or profile event at engine time `now` (timers must already be caught up) and
+/// records the transitions it causes. Returns the user's state afterwards.
+pub fn apply(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, event: &Event, now: Millis, out: &mut Vec<Transition>) {
+    if let (Some(id), true) = (event.event_id.as_deref(), rules.dedup_window_ms > 0) {
+        let horizon = now.saturating_sub(rules.dedup_window_ms);
+        state.dedup.retain(|&(_, ts)| ts >= horizon);
+        state.dedup.push((id_hash(id), event.ts));
+    }
+    match &event.body {
+        EventBody::Track { name, properties } => {
+            let view = EventView { name, properties };
+            for slot in rules.aggregates_for(name) {
+                let agg = &rules.aggregates[slot];
+                if let Some(filter) = &agg.filter {
+                    let scope = Scope { values: &[], now, zone: &rules.zone, event: Some(view) };
+                    if filter.eval(&scope) != Value::Bool(true) {
+                        continue;
+                    }
+                }
+                let property = agg.property.as_ref().and_then(|p| properties.get(&**p));
+                state.aggs[slot].add(agg, &rules.zone, now, event.ts, property);
+            }
+        }
+        EventBody::Profile { op, properties } => {
+            for (key, value) in properties {
+                let value = match op {
+                    ProfileOp::Unset => Scalar::Null,
+                    _ => Scalar::from_json(value),
+                };
+                let current = state.profile.get(key);
+                let write = match op {
+                    ProfileOp::SetOnce => current.is_none_or(|(_, v)| v.is_null()),
+                    ProfileOp::Set | ProfileOp::Unset => current.is_none_or(|(t, _)| event.ts >= *t),
+                };
+                if write {
+                    state.profile.insert(key.clone(), (event.ts, value));
+                }
+            }
+        }
+        EventBody::Delete => {}
+    }
+    let values = evaluate(rules, state, now);
+    transitions(rules, user, state, &values, now, Cause::Event, out);
+    state.next_timer = next_change(rules, state, &values, now);
+}
+
+/// Erases a user at engine time `now`: exits for every segment it is in, with cause `delete`.
+pub fn delete(rules: &RuleSet, user: &Arc<str>, state: &UserState, now: Millis, out: &mut Vec<Transition>) {
+    let values = evaluate(rules, state, now);
+    for (i, seg) in rules.segments.iter().enumerate() {
+        let st = state.segments[i];
+        if st.member {
+            out.push(Transition {
+                user_id: user.clone(),
+                segment: seg.name.clone(),
+                enter: false,
+                seq: st.seq + 1,
+                ts: now,
+                cause: Cause::Delete,
+                tags: seg.direct_tags.iter().map(|&t| (rules.nodes[t].name.clone(), values[t].clone())).collect(),
+            });
+        }
+    }
+}
+
+/// One line of the state dump (SPEC §5): every defined tag and the sorted segments, at `now`.
+pub fn dump_line(rules: &RuleSet, user: &str, state: &UserState, now: Millis) -> serde_json::Value {
+    let values = evaluate(rules, state, now);
+    let tags: serde_json::Map<String, serde_json::Value> = rules.tags.iter().map(|&id| (rules.nodes[id].name.to_string(), values[id].to_json())).collect();
+    let mut segments: Vec<&str> = rules.segments.iter().filter(|s| values[s.node] == Value::Bool(true)).map(|s| &*s.name).collect();
+    segments.sort_unstable();
+    serde_json::json!({ "user_id": user, "tags": tags, "segments": segments })
+}

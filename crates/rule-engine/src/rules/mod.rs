@@ -1,0 +1,137 @@
+//! Rules: the TOML file compiled once into an immutable, validated [`RuleSet`].
+//!
+//! Compilation parses every expression, resolves names, checks types, orders tags and segments
+//! so that every rule comes after what it reads (rejecting cycles), and works out how each
+//! value can change with time alone, so that the engine can compute exact timer instants.
+
+mod compile;
+mod error;
+mod raw;
+mod shape;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use error::{RuleError, RuleErrors};
+pub use shape::Shape;
+
+use crate::cexpr::CExpr;
+use crate::time::{Unit, Window, Zone};
+
+/// Index of a tag or segment in [`RuleSet::nodes`] (evaluation order).
+pub type NodeId = usize;
+
+/// A compiled, validated rules file. Immutable; swap the whole value to change rules.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub zone: Zone,
+    /// Event ids are remembered this long (event time) for deduplication; 0 disables.
+    pub dedup_window_ms: i64,
+    /// Tags and segments, ordered so that every node comes after the nodes it reads.
+    pub nodes: Vec<Node>,
+    /// Tags shown in dumps, in file order.
+    pub tags: Vec<NodeId>,
+    /// Segments in file order.
+    pub segments: Vec<Segment>,
+    /// Aggregate tags; a user's state holds one accumulator per entry, in this order.
+    pub aggregates: Vec<Aggregate>,
+    /// Aggregates matching each event name, and those matching every track event.
+    by_event: HashMap<String, Vec<usize>>,
+    all_events: Vec<usize>,
+    /// Time-dependent decision points reachable from segments, in evaluation order.
+    pub probes: Vec<Probe>,
+    /// Nodes reachable from segments whose value moves continuously with `now`.
+    pub moving_nodes: Vec<NodeId>,
+    /// Windowed aggregates reachable from segments (their bucket drops are timer candidates).
+    pub windowed_for_segments: Vec<usize>,
+    /// Hash of the rules source, stored with state so a state dir is not read with other rules.
+    pub fingerprint: String,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub name: Arc<str>,
+    pub kind: NodeKind,
+    pub shape: Shape,
+    /// Implicit tags (`first_seen`/`last_seen` when not defined) are evaluated but not dumped.
+    pub hidden: bool,
+}
+
+#[derive(Debug)]
+pub enum NodeKind {
+    Aggregate(usize),
+    Profile(Arc<str>),
+    Expr(CExpr),
+    Case { cases: Vec<(CExpr, CExpr)>, otherwise: CExpr },
+    /// Sorted by `min` ascending.
+    Tier { of: CExpr, tiers: Vec<(f64, Arc<str>)> },
+    /// Centroids sorted by name so that ties go to the name that sorts first.
+    Nearest { features: Vec<NodeId>, centroids: Vec<(Arc<str>, Vec<f64>)> },
+    Segment(CExpr),
+}
+
+#[derive(Debug)]
+pub struct Segment {
+    pub name: Arc<str>,
+    pub description: String,
+    pub node: NodeId,
+    /// Tags the segment's expression names directly (reported with transitions).
+    pub direct_tags: Vec<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AggKind {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    Distinct,
+    Top,
+    First,
+    Last,
+    FirstTime,
+    LastTime,
+}
+
+#[derive(Debug)]
+pub struct Aggregate {
+    pub name: Arc<str>,
+    pub kind: AggKind,
+    pub property: Option<Arc<str>>,
+    pub filter: Option<CExpr>,
+    pub window: Option<Window>,
+    /// `top` only: how many values (1 = the value itself, >1 = a list).
+    pub k: usize,
+}
+
+/// A decision point whose outcome can change with time alone. Its signature at an instant is
+/// a vector of small integers that is monotone in time between two consecutive changes of any
+/// earlier probe, so the first instant it changes can be found by bisection.
+#[derive(Debug)]
+pub enum Probe {
+    /// Each pair is compared (`-1`, `0`, `1`; NULL = 2).
+    Compare(Vec<(CExpr, CExpr)>),
+    /// The local hour or day bucket of a timestamp that moves with `now`.
+    LocalBucket { arg: CExpr, unit: Unit },
+}
+
+impl RuleSet {
+    /// Compiles a rules file. `path` is only used in error messages.
+    pub fn compile(source: &str, path: &str) -> Result<RuleSet, RuleErrors> {
+        compile::compile(source, path)
+    }
+
+    /// Aggregates that a track event named `name` feeds (before their `where` filters).
+    pub fn aggregates_for(&self, name: &str) -> impl Iterator<Item = usize> + '_ {
+        self.by_event.get(name).into_iter().flatten().chain(self.all_events.iter()).copied()
+    }
+
+    pub fn node_by_name(&self, name: &str) -> Option<NodeId> {
+        self.nodes.iter().position(|n| &*n.name == name)
+    }
+
+    pub fn segment_by_name(&self, name: &str) -> Option<&Segment> {
+        self.segments.iter().find(|s| &*s.name == name)
+    }
+}

@@ -1,0 +1,306 @@
+//! Per-user state: one accumulator per aggregate tag, profile attributes, remembered event ids,
+//! segment membership and the next timer. Encoded compactly (postcard) for the state store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::event::Millis;
+use crate::rules::{AggKind, Aggregate};
+use crate::time::{Window, Zone};
+use crate::value::{Scalar, Value};
+
+/// Version byte in front of every encoded state, so the layout can evolve.
+const FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UserState {
+    /// One accumulator per [`crate::rules::RuleSet::aggregates`] entry.
+    pub aggs: Vec<AggState>,
+    /// Profile attributes: (event time of the value, value); an explicit null is a value.
+    pub profile: BTreeMap<String, (Millis, Scalar)>,
+    /// Hashes of applied event ids with their event time, for deduplication.
+    pub dedup: Vec<(u64, Millis)>,
+    /// Per segment (file order): membership and the number of transitions emitted so far.
+    pub segments: Vec<SegmentState>,
+    /// The next instant at which a segment may change with time alone.
+    pub next_timer: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SegmentState {
+    pub member: bool,
+    pub seq: u32,
+}
+
+/// Partial aggregates per bucket (sorted by bucket index; a lifetime aggregate has one bucket, 0).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Buckets<T>(pub Vec<(i64, T)>);
+
+impl<T> Default for Buckets<T> {
+    fn default() -> Self {
+        Buckets(Vec::new())
+    }
+}
+
+impl<T: Default> Buckets<T> {
+    fn slot(&mut self, idx: i64) -> &mut T {
+        let pos = match self.0.binary_search_by_key(&idx, |(i, _)| *i) {
+            Ok(p) => p,
+            Err(p) => {
+                self.0.insert(p, (idx, T::default()));
+                p
+            }
+        };
+        &mut self.0[pos].1
+    }
+}
+
+impl<T> Buckets<T> {
+    /// Buckets with index >= `oldest`.
+    fn live(&self, oldest: i64) -> impl Iterator<Item = &T> {
+        let start = self.0.partition_point(|(i, _)| *i < oldest);
+        self.0[start..].iter().map(|(_, v)| v)
+    }
+
+    fn prune(&mut self, oldest: i64) {
+        let start = self.0.partition_point(|(i, _)| *i < oldest);
+        self.0.drain(..start);
+    }
+
+    fn oldest_live(&self, oldest: i64) -> Option<i64> {
+        self.0.iter().map(|(i, _)| *i).find(|i| *i >= oldest)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub enum AggState {
+    Count(Buckets<u64>),
+    Sum(Buckets<f64>),
+    Min(Buckets<f64>),
+    Max(Buckets<f64>),
+    Avg(Buckets<(f64, u64)>),
+    Distinct(Buckets<BTreeSet<Scalar>>),
+    Top(Buckets<BTreeMap<Scalar, u64>>),
+    /// (event time, value of the property on that event; Null when it lacked it)
+    First(Option<(Millis, Scalar)>),
+    Last(Option<(Millis, Scalar)>),
+    FirstTime(Option<Millis>),
+    LastTime(Option<Millis>),
+}
+
+impl AggState {
+    pub fn empty(kind: AggKind) -> AggState {
+        match kind {
+            AggKind::Count => AggState::Count(Buckets::default()),
+            AggKind::Sum => AggState::Sum(Buckets::default()),
+            AggKind::Min => AggState::Min(Buckets::default()),
+            AggKind::Max => AggState::Max(Buckets::default()),
+            AggKind::Avg => AggState::Avg(Buckets::default()),
+            AggKind::Distinct => AggState::Distinct(Buckets::default()),
+            AggKind::Top => AggState::Top(Buckets::default()),
+            AggKind::First => AggState::First(None),
+            AggKind::Last => AggState::Last(None),
+            AggKind::FirstTime => AggState::FirstTime(None),
+            AggKind::LastTime => AggState::LastTime(None),
+        }
+    }
+}
+
+fn numeric(v: Option<&Json>) -> Option<f64> {
+    match v {
+        Some(Json::Number(n)) => n.as_f64(),
+        _ => None,
+    }
+}
+
+/// Window bookkeeping for one aggregate at one engine time.
+struct Span {
+    window: Option<Window>,
+    oldest: i64,
+}
+
+impl Span {
+    fn new(agg: &Aggregate, zone: &Zone, now: Millis) -> Span {
+        match agg.window {
+            Some(w) => Span { window: Some(w), oldest: w.oldest_bucket(zone, now) },
+            None => Span { window: None, oldest: i64::MIN },
+        }
+    }
+
+    /// The bucket an event at `ts` belongs to, or None when the window no longer covers it.
+    fn bucket(&self, zone: &Zone, ts: Millis) -> Option<i64> {
+        match self.window {
+            None => Some(0),
+            Some(w) => Some(w.bucket_of(zone, ts)).filter(|b| *b >= self.oldest),
+        }
+    }
+}
+
+impl AggState {
+    /// Adds one matching event (its filter already passed). `property` is the event's value of
+    /// the aggregate's property (None when absent).
+    pub fn add(&mut self, agg: &Aggregate, zone: &Zone, now: Millis, ts: Millis, property: Option<&Json>) {
+        let span = Span::new(agg, zone, now);
+        let bucket = span.bucket(zone, ts);
+        match self {
+            AggState::Count(b) => {
+                b.prune(span.oldest);
+                if let Some(i) = bucket {
+                    *b.slot(i) += 1;
+                }
+            }
+            AggState::Sum(b) => {
+                b.prune(span.oldest);
+                if let (Some(i), Some(x)) = (bucket, numeric(property)) {
+                    *b.slot(i) += x;
+                }
+            }
+            AggState::Min(b) | AggState::Max(b) => {
+                let is_min = matches!(agg.kind, AggKind::Min);
+                b.prune(span.oldest);
+                if let (Some(i), Some(x)) = (bucket, numeric(property)) {
+                    let fresh = !b.0.iter().any(|(j, _)| *j == i);
+                    let slot = b.slot(i);
+                    if fresh || (is_min && x < *slot) || (!is_min && x > *slot) {
+                        *slot = x;
+                    }
+                }
+            }
+            AggState::Avg(b) => {
+                b.prune(span.oldest);
+                if let (Some(i), Some(x)) = (bucket, numeric(property)) {
+                    let slot = b.slot(i);
+                    slot.0 += x;
+                    slot.1 += 1;
+                }
+            }
+            AggState::Distinct(b) => {
+                b.prune(span.oldest);
+                let value = property.map(Scalar::from_json).filter(|s| !s.is_null());
+                if let (Some(i), Some(v)) = (bucket, value) {
+                    b.slot(i).insert(v);
+                }
+            }
+            AggState::Top(b) => {
+                b.prune(span.oldest);
+                let value = property.map(Scalar::from_json).filter(|s| !s.is_null());
+                if let (Some(i), Some(v)) = (bucket, value) {
+                    *b.slot(i).entry(v).or_insert(0) += 1;
+                }
+            }
+            AggState::First(cur) => {
+                if cur.as_ref().is_none_or(|(t, _)| ts < *t) {
+                    *cur = Some((ts, property.map_or(Scalar::Null, Scalar::from_json)));
+                }
+            }
+            AggState::Last(cur) => {
+                if cur.as_ref().is_none_or(|(t, _)| ts >= *t) {
+                    *cur = Some((ts, property.map_or(Scalar::Null, Scalar::from_json)));
+                }
+            }
+            AggState::FirstTime(cur) => *cur = Some(cur.map_or(ts, |t| t.min(ts))),
+            AggState::LastTime(cur) => *cur = Some(cur.map_or(ts, |t| t.max(ts))),
+        }
+    }
+
+    /// The aggregate's value at engine time `now`.
+    pub fn value(&self, agg: &Aggregate, zone: &Zone, now: Millis) -> Value {
+        let oldest = Span::new(agg, zone, now).oldest;
+        match self {
+            AggState::Count(b) => Value::Num(b.live(oldest).sum::<u64>() as f64),
+            AggState::Sum(b) => Value::Num(b.live(oldest).sum::<f64>()),
+            AggState::Min(b) => b.live(oldest).copied().reduce(f64::min).map_or(Value::Null, Value::Num),
+            AggState::Max(b) => b.live(oldest).copied().reduce(f64::max).map_or(Value::Null, Value::Num),
+            AggState::Avg(b) => {
+                let (sum, n) = b.live(oldest).fold((0.0, 0u64), |(s, n), (bs, bn)| (s + bs, n + bn));
+                if n == 0 {
+                    Value::Null
+                } else {
+                    Value::Num(sum / n as f64)
+                }
+            }
+            AggState::Distinct(b) => {
+                let mut live = b.live(oldest);
+                match (live.next(), b.0.len()) {
+                    (None, _) => Value::Num(0.0),
+                    (Some(only), 1) => Value::Num(only.len() as f64),
+                    (Some(first), _) => {
+                        let mut union: BTreeSet<&Scalar> = first.iter().collect();
+                        for set in live {
+                            union.extend(set.iter());
+                        }
+                        Value::Num(union.len() as f64)
+                    }
+                }
+            }
+            AggState::Top(b) => top_value(b.live(oldest), agg.k),
+            AggState::First(cur) | AggState::Last(cur) => cur.as_ref().map_or(Value::Null, |(_, v)| v.to_value()),
+            AggState::FirstTime(cur) | AggState::LastTime(cur) => cur.map_or(Value::Null, Value::Ts),
+        }
+    }
+
+    /// The instant (> now) at which the oldest non-empty bucket leaves the window, if any.
+    pub fn next_drop(&self, agg: &Aggregate, zone: &Zone, now: Millis) -> Option<Millis> {
+        let window = agg.window?;
+        let oldest = window.oldest_bucket(zone, now);
+        let first = match self {
+            AggState::Count(b) => b.oldest_live(oldest),
+            AggState::Sum(b) | AggState::Min(b) | AggState::Max(b) => b.oldest_live(oldest),
+            AggState::Avg(b) => b.oldest_live(oldest),
+            AggState::Distinct(b) => b.oldest_live(oldest),
+            AggState::Top(b) => b.oldest_live(oldest),
+            _ => None,
+        }?;
+        Some(window.drop_instant(zone, first)).filter(|t| *t > now)
+    }
+}
+
+fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: usize) -> Value {
+    let mut merged: BTreeMap<&Scalar, u64> = BTreeMap::new();
+    for b in buckets {
+        for (v, n) in b {
+            *merged.entry(v).or_insert(0) += n;
+        }
+    }
+    if merged.is_empty() {
+        return Value::Null;
+    }
+    let mut ranked: Vec<(&Scalar, u64)> = merged.into_iter().collect();
+    // Count descending, then value order ascending (the BTreeMap order) — a stable sort keeps it.
+    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    if k <= 1 {
+        ranked[0].0.to_value()
+    } else {
+        Value::List(Arc::new(ranked.iter().take(k).map(|(v, _)| v.to_value()).collect()))
+    }
+}
+
+impl UserState {
+    pub fn new(aggregates: &[Aggregate], segments: usize) -> UserState {
+        UserState {
+            aggs: aggregates.iter().map(|a| AggState::empty(a.kind)).collect(),
+            profile: BTreeMap::new(),
+            dedup: Vec::new(),
+            segments: vec![SegmentState::default(); segments],
+            next_timer: None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = vec![FORMAT_VERSION];
+        // Serialising plain data into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<UserState, String> {
+        match bytes.split_first() {
+            Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("corrupt user state: {e}")),
+            Some((v, _)) => Err(format!("user state has format version {v}, this build reads {FORMAT_VERSION}")),
+            None => Err("empty user state".into()),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! [`SegmentBitmaps`]: segment memberships as roaring bitmaps of [`UserIds`](crate::UserIds)
+//! ids, one per (segment, partition), held in memory and persisted in [`Cf::Segments`].
+//!
+//! Key: segment name bytes + `0x00` + partition (`u32` BE); value: the bitmap in the
+//! portable roaring format. The reserved segment name `""` ([`PRESENT`]) holds the users
+//! present in each partition, so [`SegmentBitmaps::all_users`] needs no scan.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use roaring::RoaringBitmap;
+
+use crate::keys::u32_be;
+use crate::{Cf, StateStore, StoreError, WriteBatch};
+
+/// The reserved segment name of the per-partition "present users" bitmaps.
+pub const PRESENT: &str = "";
+
+fn bitmap_key(segment: &str, partition: u32) -> Vec<u8> {
+    let mut k = Vec::with_capacity(segment.len() + 5);
+    k.extend_from_slice(segment.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&u32_be(partition));
+    k
+}
+
+/// Inverse of [`bitmap_key`]; parsed from the end, so a name may itself contain `0x00`.
+fn parse_key(key: &[u8]) -> Result<(String, u32), StoreError> {
+    let corrupt = |detail: String| StoreError::corrupt(Cf::Segments.name(), "bitmap key", detail);
+    let (head, p) = key
+        .split_last_chunk::<4>()
+        .ok_or_else(|| corrupt(format!("{key:?} is shorter than 5 bytes")))?;
+    let name = match head.split_last() {
+        Some((0, name)) => name,
+        _ => return Err(corrupt(format!("{key:?} lacks the 0x00 separator"))),
+    };
+    let name = String::from_utf8(name.to_vec()).map_err(|e| corrupt(e.to_string()))?;
+    Ok((name, u32::from_be_bytes(*p)))
+}
+
+/// In-memory segment bitmaps with dirty tracking.
+///
+/// Mutations only touch memory; [`SegmentBitmaps::flush_dirty`] stages the changed
+/// bitmaps (whole) into the batch that also carries the state changes behind them, so
+/// bitmaps and user state commit together.
+#[derive(Debug, Default)]
+pub struct SegmentBitmaps {
+    /// segment → partition → members. Empty bitmaps are removed.
+    maps: BTreeMap<String, BTreeMap<u32, RoaringBitmap>>,
+    /// (segment, partition) changed since the last flush.
+    dirty: BTreeSet<(String, u32)>,
+}
+
+impl SegmentBitmaps {
+    /// No bitmaps (a fresh state dir).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Loads every bitmap stored in [`Cf::Segments`].
+    pub fn load(store: &dyn StateStore) -> Result<Self, StoreError> {
+        let mut this = Self::new();
+        this.load_matching(store, |_| true)?;
+        Ok(this)
+    }
+
+    /// Loads (replacing what is held) the bitmaps of `partition`, e.g. when it is
+    /// assigned to this process again.
+    pub fn load_partition(
+        &mut self,
+        store: &dyn StateStore,
+        partition: u32,
+    ) -> Result<(), StoreError> {
+        self.unload_partition(partition);
+        self.load_matching(store, |p| p == partition)
+    }
+
+    fn load_matching(
+        &mut self,
+        store: &dyn StateStore,
+        wanted: impl Fn(u32) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut failure = None;
+        store.for_each(Cf::Segments, b"", None, &mut |k, v| {
+            let loaded = parse_key(k).and_then(|(segment, partition)| {
+                if !wanted(partition) {
+                    return Ok(());
+                }
+                let bitmap = RoaringBitmap::deserialize_from(v).map_err(|e| {
+                    StoreError::corrupt(
+                        Cf::Segments.name(),
+                        "bitmap",
+                        format!("segment {segment:?} partition {partition}: {e}"),
+                    )
+                })?;
+                if !bitmap.is_empty() {
+                    self.maps
+                        .entry(segment)
+                        .or_default()
+                        .insert(partition, bitmap);
+                }
+                Ok(())
+            });
+            match loaded {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Adds `id` to `segment` in `partition`; true if it was not there.
+    pub fn insert(&mut self, segment: &str, partition: u32, id: u32) -> bool {
+        let bitmap = self
+            .maps
+            .entry(segment.to_owned())
+            .or_default()
+            .entry(partition)
+            .or_default();
+        let added = bitmap.insert(id);
+        if added {
+            self.mark_dirty(segment, partition);
+        }
+        added
+    }
+
+    /// Removes `id` from `segment` in `partition`; true if it was there.
+    pub fn remove(&mut self, segment: &str, partition: u32, id: u32) -> bool {
+        let Some(parts) = self.maps.get_mut(segment) else {
+            return false;
+        };
+        let Some(bitmap) = parts.get_mut(&partition) else {
+            return false;
+        };
+        let removed = bitmap.remove(id);
+        if bitmap.is_empty() {
+            parts.remove(&partition);
+            if parts.is_empty() {
+                self.maps.remove(segment);
+            }
+        }
+        if removed {
+            self.mark_dirty(segment, partition);
+        }
+        removed
+    }
+
+    /// Whether `id` is in `segment` in `partition`.
+    pub fn contains(&self, segment: &str, partition: u32, id: u32) -> bool {
+        self.get(segment, partition).is_some_and(|b| b.contains(id))
+    }
+
+    /// The bitmap of `segment` in `partition`, if it has members.
+    pub fn get(&self, segment: &str, partition: u32) -> Option<&RoaringBitmap> {
+        self.maps.get(segment)?.get(&partition)
+    }
+
+    /// Members of `segment` over every partition held.
+    pub fn union_of(&self, segment: &str) -> RoaringBitmap {
+        self.maps
+            .get(segment)
+            .map(|parts| parts.values().fold(RoaringBitmap::new(), |acc, b| acc | b))
+            .unwrap_or_default()
+    }
+
+    /// Number of members of `segment` over every partition held.
+    pub fn len(&self, segment: &str) -> u64 {
+        self.maps
+            .get(segment)
+            .map_or(0, |parts| parts.values().map(RoaringBitmap::len).sum())
+    }
+
+    /// Names of the segments with at least one member (excluding [`PRESENT`]), sorted.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.maps
+            .keys()
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Records that `id` is present (has state) in `partition`; true if it was not.
+    pub fn mark_present(&mut self, partition: u32, id: u32) -> bool {
+        self.insert(PRESENT, partition, id)
+    }
+
+    /// Records that `id` is no longer present in `partition`; true if it was.
+    pub fn mark_absent(&mut self, partition: u32, id: u32) -> bool {
+        self.remove(PRESENT, partition, id)
+    }
+
+    /// Every present user over the partitions held.
+    pub fn all_users(&self) -> RoaringBitmap {
+        self.union_of(PRESENT)
+    }
+
+    /// Removes `id` from every segment (and the present set) of `partition`, e.g. on a
+    /// user `delete`. Returns the segments it left (excluding [`PRESENT`]).
+    pub fn remove_everywhere(&mut self, partition: u32, id: u32) -> Vec<String> {
+        let holding: Vec<String> = self
+            .maps
+            .iter()
+            .filter(|(_, parts)| parts.get(&partition).is_some_and(|b| b.contains(id)))
+            .map(|(s, _)| s.clone())
+            .collect();
+        for segment in &holding {
+            self.remove(segment, partition, id);
+        }
+        holding.into_iter().filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Forgets `partition`'s bitmaps and stages their deletion (the partition's state is
+    /// being dropped).
+    pub fn drop_partition(&mut self, partition: u32, batch: &mut WriteBatch) {
+        // Bitmaps emptied since the last flush are no longer held but still on disk.
+        let mut gone: BTreeSet<String> = self
+            .dirty
+            .iter()
+            .filter(|(_, p)| *p == partition)
+            .map(|(s, _)| s.clone())
+            .collect();
+        gone.extend(self.unload_partition(partition));
+        for segment in gone {
+            batch.delete(Cf::Segments, bitmap_key(&segment, partition));
+        }
+    }
+
+    /// Forgets `partition`'s bitmaps from memory only (e.g. the partition was revoked
+    /// but its state stays on disk). Unflushed changes to them are discarded. Returns
+    /// the segments that had members there.
+    pub fn unload_partition(&mut self, partition: u32) -> Vec<String> {
+        let mut held = Vec::new();
+        self.maps.retain(|segment, parts| {
+            if parts.remove(&partition).is_some() {
+                held.push(segment.clone());
+            }
+            !parts.is_empty()
+        });
+        self.dirty.retain(|(_, p)| *p != partition);
+        held
+    }
+
+    /// Forgets `segment` in every partition and stages the deletion of its bitmaps
+    /// (e.g. the rules no longer define it).
+    pub fn drop_segment(&mut self, segment: &str, batch: &mut WriteBatch) {
+        let mut partitions: BTreeSet<u32> = self
+            .maps
+            .remove(segment)
+            .map(|parts| parts.into_keys().collect())
+            .unwrap_or_default();
+        self.dirty.retain(|(s, p)| {
+            if s == segment {
+                partitions.insert(*p);
+                false
+            } else {
+                true
+            }
+        });
+        for p in partitions {
+            batch.delete(Cf::Segments, bitmap_key(segment, p));
+        }
+    }
+
+    /// Stages every bitmap changed since the last flush (a delete for one now empty).
+    pub fn flush_dirty(&mut self, batch: &mut WriteBatch) {
+        for (segment, partition) in std::mem::take(&mut self.dirty) {
+            let key = bitmap_key(&segment, partition);
+            match self.get(&segment, partition) {
+                Some(bitmap) => {
+                    let mut value = Vec::with_capacity(bitmap.serialized_size());
+                    bitmap
+                        .serialize_into(&mut value)
+                        .expect("writing to a Vec cannot fail");
+                    batch.put(Cf::Segments, key, value);
+                }
+                None => batch.delete(Cf::Segments, key),
+            }
+        }
+    }
+
+    /// Number of (segment, partition) bitmaps changed since the last flush.
+    pub fn dirty_len(&self) -> usize {
+        self.dirty.len()
+    }
+
+    fn mark_dirty(&mut self, segment: &str, partition: u32) {
+        self.dirty.insert((segment.to_owned(), partition));
+    }
+}
