@@ -296,7 +296,13 @@ impl Engine {
 
     /// Reads up to `limit` outbox entries in commit order.
     pub fn outbox(&self, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
-        let rows = self.store.scan(Cf::Outbox, &[], None, limit)?;
+        self.outbox_from(0, limit)
+    }
+
+    /// Reads up to `limit` outbox entries with sequence numbers `>= from`, in commit order (a
+    /// sink with deliveries in flight reads on from where it stopped sending).
+    pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
+        let rows = self.store.scan(Cf::Outbox, &outbox::key(from), None, limit)?;
         rows.into_iter()
             .map(|(k, v)| {
                 let seq = tagstream_state::keys::decode_u64_be(&k).ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
@@ -311,6 +317,13 @@ impl Engine {
         batch.delete_range(Cf::Outbox, outbox::key(0).to_vec(), outbox::key(upto + 1).to_vec());
         self.store.commit(batch)?;
         Ok(())
+    }
+
+    /// The sequence number the next outbox entry will get. Entries are assigned consecutive
+    /// numbers and acknowledged as a prefix, so the outbox always holds the contiguous range
+    /// `[first unacknowledged, outbox_next_seq())`.
+    pub fn outbox_next_seq(&self) -> u64 {
+        self.outbox_seq
     }
 
     /// Number of entries awaiting delivery.
@@ -345,6 +358,8 @@ struct Run<'e> {
     transitions: Vec<Transition>,
     report: BatchReport,
     ingested_ms: Millis,
+    /// Timer keys whose user has no state (left by an interrupted change): removed at commit.
+    orphan_timers: Vec<Vec<u8>>,
 }
 
 impl<'e> Run<'e> {
@@ -361,6 +376,7 @@ impl<'e> Run<'e> {
             transitions: Vec::new(),
             report: BatchReport::default(),
             ingested_ms,
+            orphan_timers: Vec::new(),
         }
     }
 
@@ -484,7 +500,12 @@ impl<'e> Run<'e> {
             let user = std::str::from_utf8(&key[12..]).map_err(|_| ConsumerError::Corrupt("timer key".into()))?;
             let user: Arc<str> = Arc::from(user);
             let slot = self.slot(partition, &user)?;
-            let Some(state) = slot.state.as_mut() else { continue };
+            let Some(state) = slot.state.as_mut() else {
+                if !slot.existed {
+                    self.orphan_timers.push(key);
+                }
+                continue;
+            };
             let mut out = Vec::new();
             let fired = core::catch_up(&rules, &user, state, now, &mut out) as u64;
             if fired > 0 || slot.stored_timer.is_some_and(|t| t <= now) {
@@ -542,6 +563,9 @@ impl<'e> Run<'e> {
                     }
                 }
             }
+        }
+        for key in &self.orphan_timers {
+            batch.delete(Cf::Timers, key.clone());
         }
         self.engine.bitmaps.flush_dirty(&mut batch);
         for entry in &self.outbox {

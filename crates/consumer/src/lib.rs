@@ -9,7 +9,10 @@ pub mod engine;
 pub mod error;
 pub mod file_sink;
 pub mod file_source;
+pub mod kafka;
+pub mod metrics;
 pub mod outbox;
+pub mod pipeline;
 pub mod replay;
 
 pub use engine::{ClockMode, Engine, EngineOptions, Record};

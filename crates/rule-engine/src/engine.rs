@@ -25,6 +25,16 @@ pub fn evaluate(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
     values
 }
 
+/// Values of the nodes segments depend on (others are left NULL): the event and timer path.
+fn evaluate_needed(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
+    let mut values = Vec::with_capacity(rules.nodes.len());
+    for id in 0..rules.nodes.len() {
+        let v = if rules.needed[id] { evaluate_node(rules, state, id, &values, now) } else { Value::Null };
+        values.push(v);
+    }
+    values
+}
+
 fn evaluate_node(rules: &RuleSet, state: &UserState, id: usize, values: &[Value], now: Millis) -> Value {
     let scope = Scope { values, now, zone: &rules.zone, event: None };
     match &rules.nodes[id].kind {
@@ -125,6 +135,17 @@ pub fn next_change(rules: &RuleSet, state: &UserState, values: &[Value], now: Mi
         if signature(rules, probe, &scratch, last) == initial {
             continue;
         }
+        if let Some(t) = linear_guess(rules, state, values, &mut scratch, probe, now, last) {
+            let changed = |scratch: &mut Vec<Value>, at: Millis| {
+                moved(rules, state, values, scratch, at);
+                signature(rules, probe, scratch, at) != initial
+            };
+            // The change predicate is monotone, so a guess that checks out on both sides is exact.
+            if !changed(&mut scratch, t - 1) && changed(&mut scratch, t) {
+                horizon = t;
+                continue;
+            }
+        }
         // Invariant: signature(lo) == initial, signature(hi) != initial.
         let (mut lo, mut hi) = (now, last);
         while hi - lo > 1 {
@@ -139,6 +160,39 @@ pub fn next_change(rules: &RuleSet, state: &UserState, values: &[Value], now: Mi
         horizon = hi;
     }
     (horizon < FAR_FUTURE).then_some(horizon)
+}
+
+fn as_number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Num(x) => Some(*x),
+        Value::Ts(t) | Value::Dur(t) => Some(*t as f64),
+        _ => None,
+    }
+}
+
+/// For a single comparison whose sides differ linearly in time (`x > now() - 7d`, `now() - x
+/// BETWEEN ..`), the instant the comparison flips, from two evaluations. Only a guess: the
+/// caller verifies it, and falls back to bisection (step functions such as `days_since`).
+fn linear_guess(rules: &RuleSet, state: &UserState, values: &[Value], scratch: &mut Vec<Value>, probe: &Probe, now: Millis, last: Millis) -> Option<Millis> {
+    let Probe::Compare(pairs) = probe else { return None };
+    let [(a, b)] = pairs.as_slice() else { return None };
+    let diff = |vals: &[Value], t: Millis| {
+        let scope = Scope { values: vals, now: t, zone: &rules.zone, event: None };
+        Some(as_number(&a.eval(&scope))? - as_number(&b.eval(&scope))?)
+    };
+    let d0 = diff(values, now)?;
+    let step = (last - now).min(crate::time::DAY_MS);
+    moved(rules, state, values, scratch, now + step);
+    let slope = (diff(scratch, now + step)? - d0) / step as f64;
+    let ahead = if d0 == 0.0 {
+        1.0
+    } else if (d0 < 0.0) == (slope > 0.0) && slope != 0.0 {
+        (-d0 / slope).ceil().max(1.0)
+    } else {
+        return None;
+    };
+    let t = now as f64 + ahead;
+    (t <= last as f64).then_some(t as Millis)
 }
 
 /// Compares segment values with stored membership and records transitions.
@@ -167,7 +221,7 @@ pub fn catch_up(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, now: Mi
     let mut fired = 0;
     while let Some(due) = state.next_timer.filter(|t| *t <= now) {
         fired += 1;
-        let values = evaluate(rules, state, due);
+        let values = evaluate_needed(rules, state, due);
         transitions(rules, user, state, &values, due, Cause::Timer, out);
         state.next_timer = next_change(rules, state, &values, due);
     }
@@ -239,7 +293,7 @@ pub fn apply(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, event: &Ev
         }
         EventBody::Delete => {}
     }
-    let values = evaluate(rules, state, now);
+    let values = evaluate_needed(rules, state, now);
     transitions(rules, user, state, &values, now, Cause::Event, out);
     state.next_timer = next_change(rules, state, &values, now);
 }

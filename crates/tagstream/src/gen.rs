@@ -109,7 +109,15 @@ const CATEGORIES: [Category; 7] = [
         share: 240,
         median: 45.0,
         sigma: 0.6,
-        queries: &["vitamin c serum", "sunscreen spf50", "retinol", "moisturizer", "cleanser", "eye cream", "sheet mask"],
+        queries: &[
+            "vitamin c serum",
+            "sunscreen spf50",
+            "retinol",
+            "moisturizer",
+            "cleanser",
+            "eye cream",
+            "sheet mask",
+        ],
     },
     Category {
         name: "makeup",
@@ -117,7 +125,14 @@ const CATEGORIES: [Category; 7] = [
         share: 170,
         median: 28.0,
         sigma: 0.55,
-        queries: &["lipstick", "foundation", "mascara", "eyeshadow palette", "cushion compact", "concealer"],
+        queries: &[
+            "lipstick",
+            "foundation",
+            "mascara",
+            "eyeshadow palette",
+            "cushion compact",
+            "concealer",
+        ],
     },
     Category {
         name: "fragrance",
@@ -141,7 +156,15 @@ const CATEGORIES: [Category; 7] = [
         share: 220,
         median: 55.0,
         sigma: 0.65,
-        queries: &["down jacket", "sneakers", "hoodie", "dress", "jeans", "wool coat", "yoga pants"],
+        queries: &[
+            "down jacket",
+            "sneakers",
+            "hoodie",
+            "dress",
+            "jeans",
+            "wool coat",
+            "yoga pants",
+        ],
     },
     Category {
         name: "electronics",
@@ -149,7 +172,14 @@ const CATEGORIES: [Category; 7] = [
         share: 120,
         median: 160.0,
         sigma: 0.85,
-        queries: &["wireless earbuds", "phone case", "power bank", "smart watch", "charger", "tablet"],
+        queries: &[
+            "wireless earbuds",
+            "phone case",
+            "power bank",
+            "smart watch",
+            "charger",
+            "tablet",
+        ],
     },
     Category {
         name: "home",
@@ -374,6 +404,8 @@ struct Generator {
     rng: StdRng,
     clock: Clock,
     user_zipf: Zipf<f64>,
+    /// q of the Zipf-Mandelbrot user activity.
+    user_offset: u64,
     product_zipf: Zipf<f64>,
     /// Zipf rank → user index permutation: (rank * perm_a + perm_b) mod users.
     perm_a: u64,
@@ -412,6 +444,7 @@ impl Generator {
                 perm_a = 1;
             }
         }
+        let user_offset = (users / 1_000).clamp(1, 1_000_000);
         let span = f64::from(opts.days) * DAY_MS as f64;
         let gap = span / opts.events.max(1) as f64;
         // concurrent sessions, so that a session's events are ~1-2 minutes apart
@@ -433,7 +466,8 @@ impl Generator {
             users,
             width,
             clock: Clock::new(opts.days, opts.events),
-            user_zipf: Zipf::new(users, 0.8).expect("users >= 1"),
+            user_zipf: Zipf::new(users.saturating_add(user_offset), 1.0).expect("users >= 1"),
+            user_offset,
             product_zipf: Zipf::new(PRODUCTS_PER_CATEGORY, 1.05).expect("valid zipf"),
             perm_a,
             perm_b,
@@ -519,7 +553,14 @@ impl Generator {
         let user = match self.comebacks.iter().position(|&(at, _)| at <= i) {
             Some(k) => self.comebacks.swap_remove(k).1,
             None => {
-                let rank = self.user_zipf.sample(&mut self.rng) as u64 - 1;
+                // Zipf-Mandelbrot, P(rank) ~ 1 / (rank + q): Zipf over n + q ranks with the
+                // first q rejected, so the heaviest users are heavy but not bots
+                let rank = loop {
+                    let r = self.user_zipf.sample(&mut self.rng) as u64;
+                    if r > self.user_offset {
+                        break r - self.user_offset - 1;
+                    }
+                };
                 ((u128::from(rank) * u128::from(self.perm_a) + u128::from(self.perm_b))
                     % u128::from(self.users)) as u64
             }
@@ -532,11 +573,8 @@ impl Generator {
         } else {
             None
         };
-        let category = if self.rng.gen_bool(0.7) {
-            t.category
-        } else {
-            pick_category(self.rng.gen())
-        };
+        let category =
+            if self.rng.gen_bool(0.7) { t.category } else { pick_category(self.rng.gen()) };
         self.pool.push(Session {
             user,
             category,
@@ -730,7 +768,7 @@ impl Generator {
         let s = &mut self.pool[k];
         s.cart_cents += cents * quantity;
         s.cart_items += quantity;
-        if s.cart_top.map_or(true, |(_, _, top)| cents > top) {
+        if s.cart_top.is_none() || s.cart_top.is_some_and(|(_, _, top)| cents > top) {
             s.cart_top = Some((cat, idx, cents));
         }
         let channel = self.channel(k);
@@ -776,8 +814,7 @@ impl Generator {
         let _ = write!(
             self.line,
             r#""order_id":"o{order:08}","category":"{}","product_id":"{}-{idx:05}","items":{items},"amount":{amount},"currency":"CNY","coupon":{coupon},"channel":"{channel}"}},"#,
-            c.name,
-            c.sku_prefix,
+            c.name, c.sku_prefix,
         );
         self.finish();
     }
@@ -791,7 +828,8 @@ impl Generator {
         let _ = write!(self.line, r#""type":"profile","ts":"{when}","properties":{{"#);
         match kind {
             ProfileKind::Signup => {
-                let age = if self.rng.gen_bool(0.01) { "null".to_owned() } else { t.age.to_string() };
+                let age =
+                    if self.rng.gen_bool(0.01) { "null".to_owned() } else { t.age.to_string() };
                 let channel = self.channel(k);
                 let _ = write!(
                     self.line,

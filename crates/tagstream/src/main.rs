@@ -2,7 +2,9 @@
 //!
 //! Exit codes: 0 success, 1 user error (bad rules, bad flags, bad input paths), 2 runtime failure.
 
+mod config;
 mod gen;
+mod run;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,6 +23,11 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the service as configured (source, sink, dead letters, state, clock, API).
+    Run {
+        #[arg(long)]
+        config: String,
+    },
     /// Apply events from a file in event-clock mode and write the transitions.
     Replay {
         #[arg(long)]
@@ -96,6 +103,7 @@ fn parse_instant(text: &str) -> Result<Millis, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
+        Command::Run { config } => run::run(&config).map_err(|e| Failure { code: e.exit_code(), message: e.to_string() }),
         Command::Replay { rules, input, state_dir, out, format, dlq, advance_to } => {
             let format = Format::parse(&format).ok_or_else(|| user_error(format!("unknown --format {format:?}; use native, segment or sensors")))?;
             let advance_to = advance_to.as_deref().map(parse_instant).transpose()?;

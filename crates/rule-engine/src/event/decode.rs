@@ -14,11 +14,16 @@
 //!    `invalid_user_id`), the event name of a track event (`missing_event`), the time
 //!    (`invalid_timestamp`) and the properties (`invalid_properties`).
 //!
-//! The message is parsed once into a [`serde_json::Value`]; the properties object is moved out
-//! of the parsed tree, never cloned.
+//! The message is parsed once, in a single pass: the top-level object is never built as a map;
+//! only the fields the format reads are kept (as [`serde_json::Value`]s, the properties object
+//! moved into the event, never cloned) and every other field (a Segment `context`, say) is
+//! skipped without allocating.
+
+use std::fmt;
 
 use chrono::DateTime;
-use serde_json::{Map, Value as Json};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::Value as Json;
 
 use super::{Event, Millis, Properties, Reason, Rejection};
 
@@ -105,16 +110,38 @@ pub fn decode(raw: &[u8], opts: &DecodeOptions) -> Result<Event, Rejection> {
             format!("message is {} bytes, at most {} allowed", raw.len(), opts.max_event_bytes),
         ));
     }
-    let obj = parse_object(raw)?;
     match opts.format {
-        Format::Native => super::native::decode(obj),
-        Format::Segment => super::segment::decode(obj),
-        Format::Sensors => super::sensors::decode(obj),
+        Format::Native => super::native::decode(parse_object(raw, super::native::KEYS)?),
+        Format::Segment => super::segment::decode(parse_object(raw, super::segment::KEYS)?),
+        Format::Sensors => super::sensors::decode(parse_object(raw, super::sensors::KEYS)?),
     }
 }
 
-/// Steps 2 and 3 of the check order: bytes → top-level JSON object.
-fn parse_object(raw: &[u8]) -> Result<Map<String, Json>, Rejection> {
+/// Most top-level fields a format reads.
+pub(super) const MAX_FIELDS: usize = 10;
+
+const _: () = assert!(
+    super::native::KEYS.len() <= MAX_FIELDS
+        && super::segment::KEYS.len() <= MAX_FIELDS
+        && super::sensors::KEYS.len() <= MAX_FIELDS
+);
+
+/// The top-level fields a format reads, by their index in the format's key list (`KEYS`).
+/// A field given twice keeps its last value, as in a JSON object.
+#[derive(Debug, Default)]
+pub(super) struct Fields {
+    values: [Option<Json>; MAX_FIELDS],
+}
+
+impl Fields {
+    /// Takes field `i` out (`None` when absent).
+    pub(super) fn take(&mut self, i: usize) -> Option<Json> {
+        self.values.get_mut(i).and_then(Option::take)
+    }
+}
+
+/// Steps 2 and 3 of the check order: bytes → the fields named by `keys` of a top-level object.
+fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
     let text = std::str::from_utf8(raw).map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,
@@ -129,14 +156,113 @@ fn parse_object(raw: &[u8]) -> Result<Map<String, Json>, Rejection> {
         return Err(Rejection::new(Reason::InvalidJson, "message is null (a tombstone)"));
     }
     check_depth(trimmed.as_bytes())?;
-    let value: Json = serde_json::from_str(trimmed)
+    let mut de = serde_json::Deserializer::from_str(trimmed);
+    let mut fields = Fields::default();
+    let top = TopSeed { keys, fields: &mut fields }
+        .deserialize(&mut de)
+        .and_then(|top| de.end().map(|()| top))
         .map_err(|e| Rejection::new(Reason::InvalidJson, format!("JSON syntax error: {e}")))?;
-    match value {
-        Json::Object(map) => Ok(map),
-        other => Err(Rejection::new(
+    match top {
+        Top::Object => Ok(fields),
+        Top::Null => Err(Rejection::new(Reason::InvalidJson, "message is null (a tombstone)")),
+        Top::Other(what) => Err(Rejection::new(
             Reason::NotAnObject,
-            format!("top-level JSON value is {}, expected an object", type_name(&other)),
+            format!("top-level JSON value is {what}, expected an object"),
         )),
+    }
+}
+
+/// What the top-level value was (the fields of an object are written to [`TopSeed::fields`]).
+enum Top {
+    Object,
+    Null,
+    Other(&'static str),
+}
+
+struct TopSeed<'k> {
+    keys: &'k [&'k str],
+    fields: &'k mut Fields,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = Top;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Top, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = Top;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        while let Some(slot) = map.next_key_seed(KeySeed { keys: self.keys })? {
+            match slot.and_then(|i| self.fields.values.get_mut(i)) {
+                Some(value) => *value = Some(map.next_value::<Json>()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Top::Object)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Top, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Top::Other("an array"))
+    }
+
+    fn visit_unit<E>(self) -> Result<Top, E> {
+        Ok(Top::Null)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Top, E> {
+        Ok(Top::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Top, E> {
+        Ok(Top::Other("an integer"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Top, E> {
+        Ok(Top::Other("an integer"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Top, E> {
+        Ok(Top::Other("a float"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Top, E> {
+        Ok(Top::Other("a string"))
+    }
+}
+
+/// An object key → its index in the format's key list (`None`: a field the format ignores).
+struct KeySeed<'k> {
+    keys: &'k [&'k str],
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.keys.iter().position(|k| *k == key))
     }
 }
 
@@ -164,9 +290,7 @@ fn check_depth(bytes: &[u8]) -> Result<(), Rejection> {
                     if depth > MAX_DEPTH {
                         return Err(Rejection::new(
                             Reason::InvalidJson,
-                            format!(
-                                "JSON nesting is deeper than {MAX_DEPTH} levels (at byte {i})"
-                            ),
+                            format!("JSON nesting is deeper than {MAX_DEPTH} levels (at byte {i})"),
                         ));
                     }
                 }
@@ -205,14 +329,14 @@ fn show(v: &Json) -> String {
     format!("{}...", &s[..end])
 }
 
-/// Removes the type field; absent or null gives `None` (the format's default type).
+/// The type field; absent or null gives `None` (the format's default type).
 /// A present type that is not a string is `unknown_type`.
-pub(super) fn take_type(
-    obj: &mut Map<String, Json>,
+pub(super) fn type_from(
+    value: Option<Json>,
     key: &str,
     known: &str,
 ) -> Result<Option<String>, Rejection> {
-    match obj.remove(key) {
+    match value {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(s)) => Ok(Some(s)),
         Some(other) => Err(Rejection::new(
@@ -227,13 +351,8 @@ pub(super) fn unknown_type(key: &str, ty: &str, known: &str) -> Rejection {
     Rejection::new(Reason::UnknownType, format!("unknown {key} {ty:?}, expected one of {known}"))
 }
 
-/// Removes and validates a user id: a non-empty string of at most 256 bytes, or a JSON
+/// Validates a user id (`None` = absent): a non-empty string of at most 256 bytes, or a JSON
 /// integer (used as its decimal string).
-pub(super) fn take_user_id(obj: &mut Map<String, Json>, key: &str) -> Result<String, Rejection> {
-    user_id_from(obj.remove(key), key)
-}
-
-/// Validates a user id already taken out of the object (`None` = absent).
 pub(super) fn user_id_from(value: Option<Json>, key: &str) -> Result<String, Rejection> {
     match value {
         None => Err(Rejection::new(Reason::MissingUserId, format!("{key} is missing"))),
@@ -262,9 +381,9 @@ pub(super) fn user_id_from(value: Option<Json>, key: &str) -> Result<String, Rej
     }
 }
 
-/// Removes and validates the event name of a track event: a non-empty string.
-pub(super) fn take_event_name(obj: &mut Map<String, Json>, key: &str) -> Result<String, Rejection> {
-    match obj.remove(key) {
+/// Validates the event name of a track event: a non-empty string.
+pub(super) fn event_name_from(value: Option<Json>, key: &str) -> Result<String, Rejection> {
+    match value {
         None => Err(Rejection::new(Reason::MissingEvent, format!("{key} is missing"))),
         Some(Json::String(s)) if !s.is_empty() => Ok(s),
         Some(Json::String(_)) => {
@@ -277,19 +396,19 @@ pub(super) fn take_event_name(obj: &mut Map<String, Json>, key: &str) -> Result<
     }
 }
 
-/// Removes and parses the event time: an integer of epoch milliseconds or an RFC 3339 string
-/// with an offset (sub-millisecond digits are truncated). Years 0 to 9999 only.
-pub(super) fn take_ts(obj: &mut Map<String, Json>, key: &str) -> Result<Millis, Rejection> {
+/// Parses the event time: an integer of epoch milliseconds or an RFC 3339 string with an
+/// offset (sub-millisecond digits are truncated). Years 0 to 9999 only.
+pub(super) fn ts_from(value: Option<Json>, key: &str) -> Result<Millis, Rejection> {
     let bad = |detail: String| Rejection::new(Reason::InvalidTimestamp, detail);
-    let ms = match obj.remove(key) {
+    let ms = match value {
         None => return Err(bad(format!("{key} is missing"))),
         Some(Json::Null) => return Err(bad(format!("{key} is null"))),
         Some(Json::Number(n)) => match n.as_i64() {
             Some(ms) => ms,
             None if n.is_f64() => {
                 return Err(bad(format!(
-                    "{key} is a float ({n}), expected integer epoch milliseconds or an RFC 3339 string"
-                )))
+                "{key} is a float ({n}), expected integer epoch milliseconds or an RFC 3339 string"
+            )))
             }
             None => return Err(bad(format!("{key} {n} is out of range (years 0 to 9999)"))),
         },
@@ -321,13 +440,10 @@ pub(super) fn parse_rfc3339_ms(s: &str) -> Result<Millis, String> {
     Ok(dt.timestamp_millis())
 }
 
-/// Removes the properties object: absent or null is an empty map; anything else but an
-/// object is `invalid_properties`. The object is moved, not copied.
-pub(super) fn take_properties(
-    obj: &mut Map<String, Json>,
-    key: &str,
-) -> Result<Properties, Rejection> {
-    match obj.remove(key) {
+/// The properties object: absent or null is an empty map; anything else but an object is
+/// `invalid_properties`. The object is moved, not copied.
+pub(super) fn properties_from(value: Option<Json>, key: &str) -> Result<Properties, Rejection> {
+    match value {
         None | Some(Json::Null) => Ok(Properties::new()),
         Some(Json::Object(map)) => Ok(map),
         Some(other) => Err(Rejection::new(
@@ -337,10 +453,10 @@ pub(super) fn take_properties(
     }
 }
 
-/// Removes the event id: a non-empty string, or an integer as its decimal string. Anything
-/// else (absent, null, empty string, float, boolean, ...) means the event has no id.
-pub(super) fn take_event_id(obj: &mut Map<String, Json>, key: &str) -> Option<String> {
-    match obj.remove(key) {
+/// The event id: a non-empty string, or an integer as its decimal string. Anything else
+/// (absent, null, empty string, float, boolean, ...) means the event has no id.
+pub(super) fn event_id_from(value: Option<Json>) -> Option<String> {
+    match value {
         Some(Json::String(s)) if !s.is_empty() => Some(s),
         Some(Json::Number(n)) if !n.is_f64() => Some(n.to_string()),
         _ => None,
@@ -420,6 +536,34 @@ mod tests {
             assert!(!r.detail.is_empty());
         }
         assert!(decode(b"\xff", &opts).unwrap_err().detail.contains("UTF-8"));
+    }
+
+    #[test]
+    fn single_pass_object_reading() {
+        // a field given twice keeps its last value, like a JSON object
+        let ev = native(r#"{"user_id":"a","user_id":"b","event":"e","ts":1,"ts":2}"#).unwrap();
+        assert_eq!((ev.user_id.as_str(), ev.ts), ("b", 2));
+        // ignored fields may hold anything valid, however big, but must be valid JSON
+        let ev = native(
+            r#"{"context":{"a":[1,2,{"b":null}],"c":"\"}"},"user_id":"u","event":"e","ts":1,"x":-1.5e3}"#,
+        )
+        .unwrap();
+        assert_eq!(ev.user_id, "u");
+        assert_eq!(
+            reason(r#"{"context":[1,,2],"user_id":"u","event":"e","ts":1}"#),
+            Reason::InvalidJson
+        );
+        assert_eq!(reason(r#"{"user_id":"u","event":"e","ts":1,"x":tru}"#), Reason::InvalidJson);
+        // escaped keys are matched after unescaping
+        let ev = native(r#"{"user\u005fid":"u","event":"e","ts":1}"#).unwrap();
+        assert_eq!(ev.user_id, "u");
+        // trailing data and a second object are syntax errors; trailing whitespace is not
+        assert_eq!(reason(r#"{"user_id":"u","event":"e","ts":1}{}"#), Reason::InvalidJson);
+        assert!(native("{\"user_id\":\"u\",\"event\":\"e\",\"ts\":1}\r\n").is_ok());
+        // a broken non-object is invalid JSON, a well-formed one is not an object
+        assert_eq!(reason("[1,"), Reason::InvalidJson);
+        assert_eq!(reason("[1,{\"a\":[]}]"), Reason::NotAnObject);
+        assert_eq!(reason("{\"a\":1"), Reason::InvalidJson);
     }
 
     #[test]
@@ -519,16 +663,29 @@ mod tests {
     #[test]
     fn check_order_between_fields() {
         // type before user id before event before ts before properties
-        assert_eq!(reason(r#"{"type":"x","event":"","ts":1.5,"properties":1}"#), Reason::UnknownType);
+        assert_eq!(
+            reason(r#"{"type":"x","event":"","ts":1.5,"properties":1}"#),
+            Reason::UnknownType
+        );
         assert_eq!(reason(r#"{"event":"","ts":1.5,"properties":1}"#), Reason::MissingUserId);
-        assert_eq!(reason(r#"{"user_id":"u","event":"","ts":1.5,"properties":1}"#), Reason::MissingEvent);
-        assert_eq!(reason(r#"{"user_id":"u","event":"e","ts":1.5,"properties":1}"#), Reason::InvalidTimestamp);
-        assert_eq!(reason(r#"{"user_id":"u","event":"e","ts":1,"properties":1}"#), Reason::InvalidProperties);
+        assert_eq!(
+            reason(r#"{"user_id":"u","event":"","ts":1.5,"properties":1}"#),
+            Reason::MissingEvent
+        );
+        assert_eq!(
+            reason(r#"{"user_id":"u","event":"e","ts":1.5,"properties":1}"#),
+            Reason::InvalidTimestamp
+        );
+        assert_eq!(
+            reason(r#"{"user_id":"u","event":"e","ts":1,"properties":1}"#),
+            Reason::InvalidProperties
+        );
     }
 
     #[test]
     fn event_id_forms() {
-        let ev = |id: &str| native(&format!(r#"{{"user_id":"u","event":"e","ts":1,"event_id":{id}}}"#));
+        let ev =
+            |id: &str| native(&format!(r#"{{"user_id":"u","event":"e","ts":1,"event_id":{id}}}"#));
         assert_eq!(ev(r#""abc""#).unwrap().event_id.as_deref(), Some("abc"));
         assert_eq!(ev("123").unwrap().event_id.as_deref(), Some("123"));
         for none in ["null", "1.5", "true", "[]", "{}", r#""""#] {
@@ -572,19 +729,38 @@ mod tests {
     /// JSON-ish text built from the keys and values the decoders look at.
     fn jsonish() -> impl Strategy<Value = Vec<u8>> {
         let key = prop_oneof![
-            Just("type"), Just("user_id"), Just("userId"), Just("anonymousId"),
-            Just("distinct_id"), Just("event"), Just("ts"), Just("timestamp"), Just("time"),
-            Just("properties"), Just("traits"), Just("name"), Just("event_id"),
-            Just("messageId"), Just("_track_id"), Just("x"),
+            Just("type"),
+            Just("user_id"),
+            Just("userId"),
+            Just("anonymousId"),
+            Just("distinct_id"),
+            Just("event"),
+            Just("ts"),
+            Just("timestamp"),
+            Just("time"),
+            Just("properties"),
+            Just("traits"),
+            Just("name"),
+            Just("event_id"),
+            Just("messageId"),
+            Just("_track_id"),
+            Just("x"),
         ];
         let leaf = prop_oneof![
-            Just("null".to_string()), Just("true".to_string()), Just("1.5".to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("1.5".to_string()),
             Just("\"\"".to_string()),
-            Just("\"track\"".to_string()), Just("\"profile\"".to_string()),
-            Just("\"delete\"".to_string()), Just("\"identify\"".to_string()),
-            Just("\"page\"".to_string()), Just("\"screen\"".to_string()),
-            Just("\"profile_set\"".to_string()), Just("\"profile_unset\"".to_string()),
-            Just("\"profile_set_once\"".to_string()), Just("\"profile_delete\"".to_string()),
+            Just("\"track\"".to_string()),
+            Just("\"profile\"".to_string()),
+            Just("\"delete\"".to_string()),
+            Just("\"identify\"".to_string()),
+            Just("\"page\"".to_string()),
+            Just("\"screen\"".to_string()),
+            Just("\"profile_set\"".to_string()),
+            Just("\"profile_unset\"".to_string()),
+            Just("\"profile_set_once\"".to_string()),
+            Just("\"profile_delete\"".to_string()),
             Just("\"2024-11-19T07:06:40.123456Z\"".to_string()),
             Just("\"2024-11-19T07:06:40\"".to_string()),
             any::<i64>().prop_map(|n| n.to_string()),
@@ -595,7 +771,8 @@ mod tests {
         ];
         let value = leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
                 prop::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|kv| {
                     let body: Vec<String> =
                         kv.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();

@@ -8,12 +8,20 @@
 //!
 //! `type` is `track` (the default when absent or null), `profile` or `delete`.
 
-use serde_json::{Map, Value as Json};
-
 use super::decode::{
-    take_event_id, take_event_name, take_properties, take_ts, take_type, take_user_id, unknown_type,
+    event_id_from, event_name_from, properties_from, ts_from, type_from, unknown_type,
+    user_id_from, Fields,
 };
 use super::{Event, EventBody, ProfileOp, Rejection};
+
+/// The top-level fields read, in the order of the indices below.
+pub(super) const KEYS: &[&str] = &["type", "user_id", "event", "ts", "properties", "event_id"];
+const TYPE: usize = 0;
+const USER_ID: usize = 1;
+const EVENT: usize = 2;
+const TS: usize = 3;
+const PROPERTIES: usize = 4;
+const EVENT_ID: usize = 5;
 
 const TYPES: &str = "track, profile, delete";
 
@@ -23,21 +31,21 @@ enum Kind {
     Delete,
 }
 
-pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
-    let kind = match take_type(&mut obj, "type", TYPES)?.as_deref() {
+pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
+    let kind = match type_from(f.take(TYPE), "type", TYPES)?.as_deref() {
         None | Some("track") => Kind::Track,
         Some("profile") => Kind::Profile,
         Some("delete") => Kind::Delete,
         Some(other) => return Err(unknown_type("type", other, TYPES)),
     };
-    let user_id = take_user_id(&mut obj, "user_id")?;
+    let user_id = user_id_from(f.take(USER_ID), "user_id")?;
     let name = match kind {
-        Kind::Track => Some(take_event_name(&mut obj, "event")?),
+        Kind::Track => Some(event_name_from(f.take(EVENT), "event")?),
         _ => None,
     };
-    let ts = take_ts(&mut obj, "ts")?;
-    let properties = take_properties(&mut obj, "properties")?;
-    let event_id = take_event_id(&mut obj, "event_id");
+    let ts = ts_from(f.take(TS), "ts")?;
+    let properties = properties_from(f.take(PROPERTIES), "properties")?;
+    let event_id = event_id_from(f.take(EVENT_ID));
     let body = match (kind, name) {
         (Kind::Track, Some(name)) => EventBody::Track { name, properties },
         (Kind::Profile, _) => EventBody::Profile { op: ProfileOp::Set, properties },
@@ -50,7 +58,7 @@ pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
 mod tests {
     use super::super::{decode, DecodeOptions, Format, Reason};
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value as Json};
 
     fn dec(s: &str) -> Result<Event, Rejection> {
         decode(s.as_bytes(), &DecodeOptions { format: Format::Native, ..DecodeOptions::default() })
@@ -102,7 +110,8 @@ mod tests {
         let ev = dec(r#"{"type":"track","user_id":"u","event":"e","ts":1}"#).unwrap();
         assert!(matches!(ev.body, EventBody::Track { .. }));
         for t in [r#""identify""#, r#""Track""#, r#""""#, "1", "true", "[]"] {
-            let r = dec(&format!(r#"{{"type":{t},"user_id":"u","event":"e","ts":1}}"#)).unwrap_err();
+            let r =
+                dec(&format!(r#"{{"type":{t},"user_id":"u","event":"e","ts":1}}"#)).unwrap_err();
             assert_eq!(r.reason, Reason::UnknownType, "{t}");
         }
         let r = dec(r#"{"type":"alias","user_id":"u","ts":1}"#).unwrap_err();
@@ -129,7 +138,12 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        for s in [r#","properties":[]"#, r#","properties":"x""#, r#","properties":1"#, r#","properties":false"#] {
+        for s in [
+            r#","properties":[]"#,
+            r#","properties":"x""#,
+            r#","properties":1"#,
+            r#","properties":false"#,
+        ] {
             let r = p(s).unwrap_err();
             assert_eq!(r.reason, Reason::InvalidProperties, "{s}");
             assert!(r.detail.starts_with("properties is"), "{}", r.detail);
@@ -151,7 +165,8 @@ mod tests {
 
     #[test]
     fn integer_user_id_and_extra_fields() {
-        let ev = dec(r#"{"user_id":12345,"event":"e","ts":1,"extra":{"x":1},"event_id":99}"#).unwrap();
+        let ev =
+            dec(r#"{"user_id":12345,"event":"e","ts":1,"extra":{"x":1},"event_id":99}"#).unwrap();
         assert_eq!(ev.user_id, "12345");
         assert_eq!(ev.event_id.as_deref(), Some("99"));
     }
@@ -159,6 +174,9 @@ mod tests {
     #[test]
     fn delete_needs_user_and_time() {
         assert_eq!(dec(r#"{"type":"delete","ts":1}"#).unwrap_err().reason, Reason::MissingUserId);
-        assert_eq!(dec(r#"{"type":"delete","user_id":"u"}"#).unwrap_err().reason, Reason::InvalidTimestamp);
+        assert_eq!(
+            dec(r#"{"type":"delete","user_id":"u"}"#).unwrap_err().reason,
+            Reason::InvalidTimestamp
+        );
     }
 }

@@ -11,13 +11,35 @@
 //! empty string (RudderStack sends `"userId": ""` for anonymous visitors). The time is
 //! `timestamp` (RFC 3339, or integer epoch milliseconds); the event id is `messageId`.
 
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 use super::decode::{
-    take_event_id, take_event_name, take_properties, take_ts, take_type, unknown_type,
-    user_id_from,
+    event_id_from, event_name_from, properties_from, ts_from, type_from, unknown_type,
+    user_id_from, Fields,
 };
 use super::{Event, EventBody, ProfileOp, Rejection};
+
+/// The top-level fields read, in the order of the indices below.
+pub(super) const KEYS: &[&str] = &[
+    "type",
+    "userId",
+    "anonymousId",
+    "event",
+    "timestamp",
+    "properties",
+    "traits",
+    "name",
+    "messageId",
+];
+const TYPE: usize = 0;
+const USER_ID: usize = 1;
+const ANONYMOUS_ID: usize = 2;
+const EVENT: usize = 3;
+const TIMESTAMP: usize = 4;
+const PROPERTIES: usize = 5;
+const TRAITS: usize = 6;
+const NAME: usize = 7;
+const MESSAGE_ID: usize = 8;
 
 const TYPES: &str = "track, identify, page, screen";
 
@@ -28,29 +50,30 @@ enum Kind {
     Screen,
 }
 
-pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
-    let kind = match take_type(&mut obj, "type", TYPES)?.as_deref() {
+pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
+    let kind = match type_from(f.take(TYPE), "type", TYPES)?.as_deref() {
         None | Some("track") => Kind::Track,
         Some("identify") => Kind::Identify,
         Some("page") => Kind::Page,
         Some("screen") => Kind::Screen,
         Some(other) => return Err(unknown_type("type", other, TYPES)),
     };
-    let user_id = take_user(&mut obj)?;
+    let user_id = take_user(&mut f)?;
     let name = match kind {
-        Kind::Track => Some(take_event_name(&mut obj, "event")?),
+        Kind::Track => Some(event_name_from(f.take(EVENT), "event")?),
         Kind::Page => Some("page".to_owned()),
         Kind::Screen => Some("screen".to_owned()),
         Kind::Identify => None,
     };
-    let ts = take_ts(&mut obj, "timestamp")?;
+    let ts = ts_from(f.take(TIMESTAMP), "timestamp")?;
     let body = match (kind, name) {
-        (Kind::Identify, _) => {
-            EventBody::Profile { op: ProfileOp::Set, properties: take_properties(&mut obj, "traits")? }
-        }
+        (Kind::Identify, _) => EventBody::Profile {
+            op: ProfileOp::Set,
+            properties: properties_from(f.take(TRAITS), "traits")?,
+        },
         (Kind::Page | Kind::Screen, Some(name)) => {
-            let mut properties = take_properties(&mut obj, "properties")?;
-            match obj.remove("name") {
+            let mut properties = properties_from(f.take(PROPERTIES), "properties")?;
+            match f.take(NAME) {
                 None | Some(Json::Null) => {}
                 Some(page_name) => {
                     properties.insert("name".to_owned(), page_name);
@@ -60,23 +83,23 @@ pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
         }
         (_, name) => EventBody::Track {
             name: name.unwrap_or_default(),
-            properties: take_properties(&mut obj, "properties")?,
+            properties: properties_from(f.take(PROPERTIES), "properties")?,
         },
     };
-    let event_id = take_event_id(&mut obj, "messageId");
+    let event_id = event_id_from(f.take(MESSAGE_ID));
     Ok(Event { user_id, ts, event_id, body })
 }
 
 /// `userId`, or `anonymousId` when `userId` is absent, null or "" and `anonymousId` is given.
-fn take_user(obj: &mut Map<String, Json>) -> Result<String, Rejection> {
-    let user_id = obj.remove("userId");
+fn take_user(f: &mut Fields) -> Result<String, Rejection> {
+    let user_id = f.take(USER_ID);
     let unset = match &user_id {
         None | Some(Json::Null) => true,
         Some(Json::String(s)) => s.is_empty(),
         _ => false,
     };
     if unset {
-        match obj.remove("anonymousId") {
+        match f.take(ANONYMOUS_ID) {
             None | Some(Json::Null) => {}
             anonymous => return user_id_from(anonymous, "anonymousId"),
         }
@@ -88,7 +111,7 @@ fn take_user(obj: &mut Map<String, Json>) -> Result<String, Rejection> {
 mod tests {
     use super::super::{decode, DecodeOptions, Format, Reason};
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map};
 
     fn dec(s: &str) -> Result<Event, Rejection> {
         decode(s.as_bytes(), &DecodeOptions { format: Format::Segment, ..DecodeOptions::default() })
@@ -96,17 +119,20 @@ mod tests {
 
     fn props(ev: &Event) -> &Map<String, Json> {
         match &ev.body {
-            EventBody::Track { properties, .. } | EventBody::Profile { properties, .. } => properties,
+            EventBody::Track { properties, .. } | EventBody::Profile { properties, .. } => {
+                properties
+            }
             EventBody::Delete => panic!("delete"),
         }
     }
 
     #[test]
     fn track() {
-        let ev = dec(r#"{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1",
+        let ev =
+            dec(r#"{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1",
             "timestamp":"2024-11-19T07:06:40.123456Z","properties":{"revenue":10.5},
             "messageId":"m-1","context":{"ip":"1.2.3.4"},"sentAt":"2024-11-19T07:06:41Z"}"#)
-        .unwrap();
+            .unwrap();
         assert_eq!(ev.user_id, "u1");
         assert_eq!(ev.ts, 1_732_000_000_123);
         assert_eq!(ev.event_id.as_deref(), Some("m-1"));
@@ -186,8 +212,9 @@ mod tests {
                 properties: json!({"url":"https://x/","name":"Home"}).as_object().unwrap().clone()
             }
         );
-        let ev = dec(r#"{"type":"screen","userId":"u1","timestamp":1,"name":null,"properties":null}"#)
-            .unwrap();
+        let ev =
+            dec(r#"{"type":"screen","userId":"u1","timestamp":1,"name":null,"properties":null}"#)
+                .unwrap();
         assert_eq!(ev.body, EventBody::Track { name: "screen".into(), properties: Map::new() });
         let ev = dec(r#"{"type":"screen","userId":"u1","timestamp":1,"name":"Cart"}"#).unwrap();
         assert_eq!(props(&ev)["name"], json!("Cart"));

@@ -17,13 +17,21 @@
 //! The user is `distinct_id`, the time `time` (integer epoch milliseconds, or an RFC 3339
 //! string), the event id `_track_id`.
 
-use serde_json::{Map, Value as Json};
-
 use super::decode::{
-    take_event_id, take_event_name, take_properties, take_ts, take_type, take_user_id,
-    unknown_type,
+    event_id_from, event_name_from, properties_from, ts_from, type_from, unknown_type,
+    user_id_from, Fields,
 };
 use super::{Event, EventBody, ProfileOp, Rejection};
+
+/// The top-level fields read, in the order of the indices below.
+pub(super) const KEYS: &[&str] =
+    &["type", "distinct_id", "event", "time", "properties", "_track_id"];
+const TYPE: usize = 0;
+const DISTINCT_ID: usize = 1;
+const EVENT: usize = 2;
+const TIME: usize = 3;
+const PROPERTIES: usize = 4;
+const TRACK_ID: usize = 5;
 
 const TYPES: &str =
     "track, track_signup, profile_set, profile_set_once, profile_unset, profile_delete";
@@ -34,8 +42,8 @@ enum Kind {
     Delete,
 }
 
-pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
-    let kind = match take_type(&mut obj, "type", TYPES)?.as_deref() {
+pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
+    let kind = match type_from(f.take(TYPE), "type", TYPES)?.as_deref() {
         None | Some("track" | "track_signup") => Kind::Track,
         Some("profile_set") => Kind::Profile(ProfileOp::Set),
         Some("profile_set_once") => Kind::Profile(ProfileOp::SetOnce),
@@ -43,14 +51,14 @@ pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
         Some("profile_delete") => Kind::Delete,
         Some(other) => return Err(unknown_type("type", other, TYPES)),
     };
-    let user_id = take_user_id(&mut obj, "distinct_id")?;
+    let user_id = user_id_from(f.take(DISTINCT_ID), "distinct_id")?;
     let name = match kind {
-        Kind::Track => Some(take_event_name(&mut obj, "event")?),
+        Kind::Track => Some(event_name_from(f.take(EVENT), "event")?),
         _ => None,
     };
-    let ts = take_ts(&mut obj, "time")?;
-    let properties = take_properties(&mut obj, "properties")?;
-    let event_id = take_event_id(&mut obj, "_track_id");
+    let ts = ts_from(f.take(TIME), "time")?;
+    let properties = properties_from(f.take(PROPERTIES), "properties")?;
+    let event_id = event_id_from(f.take(TRACK_ID));
     let body = match (kind, name) {
         (Kind::Track, Some(name)) => EventBody::Track { name, properties },
         (Kind::Profile(op), _) => EventBody::Profile { op, properties },
@@ -63,7 +71,7 @@ pub(super) fn decode(mut obj: Map<String, Json>) -> Result<Event, Rejection> {
 mod tests {
     use super::super::{decode, DecodeOptions, Format, Reason};
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value as Json};
 
     fn dec(s: &str) -> Result<Event, Rejection> {
         decode(s.as_bytes(), &DecodeOptions { format: Format::Sensors, ..DecodeOptions::default() })
@@ -75,9 +83,10 @@ mod tests {
 
     #[test]
     fn track_and_signup() {
-        let ev = dec(r#"{"type":"track","event":"BuyProduct","distinct_id":"u1","time":1732000000000,
+        let ev =
+            dec(r#"{"type":"track","event":"BuyProduct","distinct_id":"u1","time":1732000000000,
             "properties":{"price":10,"$os":"iOS"},"_track_id":1234567,"lib":{"$lib":"js"}}"#)
-        .unwrap();
+            .unwrap();
         assert_eq!(
             ev,
             Event {
@@ -90,8 +99,10 @@ mod tests {
                 },
             }
         );
-        let ev = dec(r#"{"type":"track_signup","event":"$SignUp","distinct_id":"u1","original_id":"anon",
-            "time":"2024-11-19T15:06:40.5+08:00"}"#)
+        let ev = dec(
+            r#"{"type":"track_signup","event":"$SignUp","distinct_id":"u1","original_id":"anon",
+            "time":"2024-11-19T15:06:40.5+08:00"}"#,
+        )
         .unwrap();
         assert_eq!(ev.ts, 1_732_000_000_500);
         assert!(matches!(ev.body, EventBody::Track { ref name, .. } if name == "$SignUp"));
@@ -120,11 +131,16 @@ mod tests {
             .unwrap();
             assert_eq!(ev.ts, 5);
             assert_eq!(ev.event_id.as_deref(), Some("t"));
-            assert_eq!(ev.body, EventBody::Profile { op, properties: obj(json!({"gender":"F","age":30})) });
+            assert_eq!(
+                ev.body,
+                EventBody::Profile { op, properties: obj(json!({"gender":"F","age":30})) }
+            );
         }
         // profile_unset: the keys name the attributes (values are ignored, often true)
-        let ev = dec(r#"{"type":"profile_unset","distinct_id":"u1","time":5,"properties":{"city":true}}"#)
-            .unwrap();
+        let ev = dec(
+            r#"{"type":"profile_unset","distinct_id":"u1","time":5,"properties":{"city":true}}"#,
+        )
+        .unwrap();
         match ev.body {
             EventBody::Profile { op: ProfileOp::Unset, properties } => {
                 assert_eq!(properties.keys().collect::<Vec<_>>(), ["city"]);
@@ -134,7 +150,8 @@ mod tests {
         let r = dec(r#"{"type":"profile_set","distinct_id":"u1","time":5,"properties":"x"}"#)
             .unwrap_err();
         assert_eq!(r.reason, Reason::InvalidProperties);
-        let ev = dec(r#"{"type":"profile_set","distinct_id":"u1","time":5,"properties":null}"#).unwrap();
+        let ev =
+            dec(r#"{"type":"profile_set","distinct_id":"u1","time":5,"properties":null}"#).unwrap();
         assert_eq!(ev.body, EventBody::Profile { op: ProfileOp::Set, properties: Map::new() });
     }
 

@@ -64,6 +64,7 @@ impl Keyword {
     }
 
     /// Whether `word` is a keyword (in any letter case).
+    #[cfg(test)]
     pub(super) fn is_keyword(word: &str) -> bool {
         Keyword::from_word(word).is_some()
     }

@@ -1050,6 +1050,7 @@ impl<'s> Compiler<'s> {
             all_events,
             probes,
             moving_nodes,
+            needed: reach,
             windowed_for_segments,
             fingerprint,
         })

@@ -42,6 +42,8 @@ pub struct RuleSet {
     pub probes: Vec<Probe>,
     /// Nodes reachable from segments whose value moves continuously with `now`.
     pub moving_nodes: Vec<NodeId>,
+    /// Nodes that some segment reads (directly or not): all the event path has to evaluate.
+    pub needed: Vec<bool>,
     /// Windowed aggregates reachable from segments (their bucket drops are timer candidates).
     pub windowed_for_segments: Vec<usize>,
     /// Hash of the rules source, stored with state so a state dir is not read with other rules.

@@ -1,0 +1,40 @@
+# tagstream — the two commands of the README, and a few helpers.
+#
+#   make quickstart   generate events, replay them through the example rules, show the results
+#   make test         the whole test suite (Rust + the Python oracle's self-tests)
+#
+# The C/C++ dependencies (RocksDB, librdkafka) take many minutes to build cold, so builds share
+# one target directory outside the checkout.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/tagstream-target
+export CARGO_TARGET_DIR
+BIN := $(CARGO_TARGET_DIR)/debug/tagstream
+QS := $(CURDIR)/target/quickstart
+
+.PHONY: deps build quickstart test lint bench
+
+deps:
+	@./scripts/ensure-deps.sh
+
+build: deps
+	cargo build -p tagstream
+
+quickstart: build
+	@rm -rf $(QS) && mkdir -p $(QS)
+	$(BIN) check --rules config/rules/ecommerce.toml
+	$(BIN) gen --users 2000 --events 100000 --seed 42 > $(QS)/events.ndjson
+	$(BIN) replay --rules config/rules/ecommerce.toml --input $(QS)/events.ndjson \
+	    --state-dir $(QS)/state --out $(QS)/transitions.ndjson --dlq $(QS)/dead-letters.ndjson
+	@echo "--- first transitions ($$(wc -l < $(QS)/transitions.ndjson) in $(QS)/transitions.ndjson)"
+	@head -n 3 $(QS)/transitions.ndjson
+	@echo "--- one user's state"
+	$(BIN) dump --state-dir $(QS)/state --user u000001
+	@echo "--- segment sizes"
+	@$(BIN) dump --state-dir $(QS)/state | python3 -c 'import sys,json,collections; c=collections.Counter(s for l in sys.stdin for s in json.loads(l)["segments"]); [print(f"{k:24} {v}") for k,v in sorted(c.items())]'
+
+test: deps
+	cargo test --workspace
+	python3 -m unittest discover -s tests/oracle
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -1,0 +1,129 @@
+//! Kafka: the consumer-group source and the producer that delivers the outbox.
+//!
+//! - [`source`]: a `BaseConsumer` polled on its own thread; batches go to the engine thread over a
+//!   bounded channel. Rebalance callbacks are synchronous: on revocation the callback waits until
+//!   the engine thread has committed every batch it was handed; on assignment each partition is
+//!   positioned at the offset stored in RocksDB (`Cf::Offsets`), never at the group's offset.
+//! - [`producer`]: an idempotent producer for transitions (keyed by user id) and dead letters
+//!   (original key and bytes, `tagstream.*` headers), reporting each delivery by outbox sequence.
+//!
+//! Engine partitions are Kafka partition numbers. Several input topics therefore share engine
+//! partition `p`: they must be co-partitioned by user id (same partition count, same key and
+//! partitioner), and the assignment strategy must keep partition `p` of every topic on one
+//! instance — the default `range` assignor does.
+
+pub mod producer;
+pub mod source;
+
+use std::collections::BTreeMap;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+
+/// `Cf::Offsets` key of a Kafka partition: `kafka/<topic>/<partition>`.
+pub fn offsets_key(topic: &str, partition: i32) -> Vec<u8> {
+    format!("kafka/{topic}/{partition}").into_bytes()
+}
+
+/// `Cf::Offsets` value: the next offset to apply, 8 bytes big-endian.
+pub fn encode_offset(next: i64) -> Vec<u8> {
+    next.to_be_bytes().to_vec()
+}
+
+pub fn decode_offset(bytes: &[u8]) -> Option<i64> {
+    Some(i64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// Options every client inherits from `[source.options]` even when it is not the consumer:
+/// what is needed to reach and authenticate to the same cluster.
+pub fn is_connection_option(key: &str) -> bool {
+    ["security.", "sasl.", "ssl.", "ssl_", "client.", "socket.", "broker.address.", "reconnect.", "enable.ssl"].iter().any(|p| key.starts_with(p))
+}
+
+/// A client configuration: `defaults` first, then the user's options, as is.
+pub fn client_config(brokers: &str, defaults: &[(&str, &str)], options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
+    for (k, v) in options {
+        config.set(k, v);
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    config
+}
+
+/// Forwards a librdkafka log line to `tracing`.
+pub(crate) fn log_line(client: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(client, facility = fac, "kafka: {message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(client, facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(client, facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(client, facility = fac, "kafka: {message}"),
+    }
+}
+
+/// Logs a client-level error (broker down, all brokers down...): librdkafka keeps retrying with
+/// its own backoff (`reconnect.backoff.ms` .. `reconnect.backoff.max.ms`), so these are warnings.
+/// Repeats of the same message are logged at most once every 30 seconds.
+pub(crate) fn log_client_error(limiter: &std::sync::Mutex<RateLimit>, client: &str, error: &KafkaError, reason: &str) {
+    let text = format!("{error}: {reason}");
+    if let Ok(mut l) = limiter.lock() {
+        if l.allow(&text) {
+            tracing::warn!(client, "kafka {client}: {text} (retrying with backoff)");
+        }
+    }
+}
+
+/// Suppresses repeats of a message within a period.
+#[derive(Debug, Default)]
+pub(crate) struct RateLimit {
+    last: Option<(String, std::time::Instant)>,
+}
+
+impl RateLimit {
+    pub(crate) fn allow(&mut self, message: &str) -> bool {
+        let now = std::time::Instant::now();
+        match &self.last {
+            Some((m, at)) if m == message && now.duration_since(*at) < std::time::Duration::from_secs(30) => false,
+            _ => {
+                self.last = Some((message.to_string(), now));
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_round_trip() {
+        assert_eq!(offsets_key("events", 3), b"kafka/events/3".to_vec());
+        assert_eq!(decode_offset(&encode_offset(42)), Some(42));
+        assert_eq!(decode_offset(b"xx"), None);
+    }
+
+    #[test]
+    fn user_options_override_defaults() {
+        let mut opts = BTreeMap::new();
+        opts.insert("auto.offset.reset".to_string(), "latest".to_string());
+        let c = client_config("b:9092", &[("auto.offset.reset", "earliest"), ("enable.auto.commit", "false")], &opts);
+        assert_eq!(c.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(c.get("enable.auto.commit"), Some("false"));
+        assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));
+    }
+
+    #[test]
+    fn repeated_errors_are_rate_limited() {
+        let mut l = RateLimit::default();
+        assert!(l.allow("a"));
+        assert!(!l.allow("a"));
+        assert!(l.allow("b"));
+    }
+}

@@ -1,0 +1,148 @@
+//! The Kafka producer behind the transitions sink and the dead-letter topic.
+//!
+//! Idempotent (`enable.idempotence=true`: no duplicates or reordering from librdkafka's own
+//! retries). Every message carries its outbox sequence number as delivery opaque; the delivery
+//! report (broker acknowledgement or final failure) is queued and collected by
+//! [`KafkaProducer::take_results`], so the caller deletes outbox entries only once the broker has
+//! them.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use super::{client_config, log_client_error, log_line, RateLimit};
+use crate::outbox::{DeadLetter, Origin};
+
+/// Dead letters of oversized messages keep this many bytes (SPEC §2).
+pub const TRUNCATED_BYTES: usize = 64 * 1024;
+
+/// Delivery outcome of one outbox entry.
+pub type Delivered = (u64, Result<(), KafkaError>);
+
+struct Context {
+    name: String,
+    results: Mutex<Vec<Delivered>>,
+    errors: Mutex<RateLimit>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_line(&self.name, level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.errors, &self.name, &error, reason);
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(e.clone()),
+        };
+        if let Ok(mut r) = self.results.lock() {
+            r.push((seq as u64, outcome));
+        }
+    }
+}
+
+/// A producer for one cluster.
+pub struct KafkaProducer {
+    producer: BaseProducer<Context>,
+    brokers: String,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer").field("brokers", &self.brokers).finish()
+    }
+}
+
+impl KafkaProducer {
+    /// Creates the producer (connections are made lazily: an unreachable broker is not an error
+    /// here, deliveries just wait). An invalid option is a user error, returned as text.
+    pub fn new(name: &str, brokers: &str, options: &BTreeMap<String, String>) -> Result<KafkaProducer, String> {
+        let defaults = [("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "none")];
+        let config = client_config(brokers, &defaults, options);
+        let context = Context { name: name.to_string(), results: Mutex::new(Vec::new()), errors: Mutex::new(RateLimit::default()) };
+        let producer = config.create_with_context(context).map_err(|e| format!("cannot create the {name} kafka producer for {brokers}: {e}"))?;
+        Ok(KafkaProducer { producer, brokers: brokers.to_string() })
+    }
+
+    /// Queues a transition, keyed by user id.
+    pub fn send_transition(&self, seq: u64, topic: &str, user_id: &str, json: &str) -> Result<(), KafkaError> {
+        let record = BaseRecord::with_opaque_to(topic, seq as usize).key(user_id).payload(json);
+        self.producer.send(record).map_err(|(e, _)| e)
+    }
+
+    /// Queues a dead letter: original key and bytes (the first 64 KiB for `too_large`, or when
+    /// `truncate` is forced after the broker refused the full size) and `tagstream.*` headers.
+    pub fn send_dead_letter(&self, seq: u64, topic: &str, dl: &DeadLetter, truncate: bool) -> Result<(), KafkaError> {
+        let truncated = (truncate || dl.reason == "too_large") && dl.raw.len() > TRUNCATED_BYTES;
+        let value: &[u8] = if truncated { &dl.raw[..TRUNCATED_BYTES] } else { &dl.raw };
+        let (source, partition, offset, key) = match &dl.origin {
+            Origin::Kafka { topic, partition, offset, key } => (topic.clone(), partition.to_string(), offset.to_string(), key.clone()),
+            Origin::Line { source, line } => (source.clone(), "0".to_string(), line.to_string(), None),
+        };
+        let mut headers = OwnedHeaders::new()
+            .insert(Header { key: "tagstream.reason", value: Some(dl.reason.as_str()) })
+            .insert(Header { key: "tagstream.detail", value: Some(dl.detail.as_str()) })
+            .insert(Header { key: "tagstream.topic", value: Some(source.as_str()) })
+            .insert(Header { key: "tagstream.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "tagstream.offset", value: Some(offset.as_str()) });
+        if truncated {
+            headers = headers.insert(Header { key: "tagstream.truncated", value: Some("true") });
+        }
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize).payload(value).headers(headers);
+        if let Some(k) = key.as_deref() {
+            record = record.key(k);
+        }
+        self.producer.send(record).map_err(|(e, _)| e)
+    }
+
+    /// Serves delivery reports (non-blocking).
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+
+    /// Delivery outcomes since the last call.
+    pub fn take_results(&self) -> Vec<Delivered> {
+        self.poll();
+        self.producer.context().results.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    /// Messages queued or in flight.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for queued messages to be delivered.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+}
+
+/// Whether a delivery error means "this message can never be accepted as is".
+pub fn is_too_large(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::InvalidMessageSize))
+}
+
+/// Whether a send failed only because the local queue is full (retry after polling).
+pub fn is_queue_full(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode;
+    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::QueueFull))
+}

@@ -1,0 +1,334 @@
+//! The Kafka source: a consumer-group member polled on its own thread.
+//!
+//! - **Offsets are state.** On every assignment each partition is positioned at the offset
+//!   stored in `Cf::Offsets` (written in the same atomic batch as the state it produced). A
+//!   partition without stored state is rebuilt from the earliest retained offset — never from
+//!   the group's committed offset, which would combine empty state with a later position. The
+//!   group's offsets are committed (asynchronously) only so standard lag tools work.
+//! - **Revocation** is synchronous: the callback hands a barrier to the engine thread and waits
+//!   until every batch handed over before it is committed, then commits those offsets to the
+//!   group and releases the partitions.
+//! - **Backpressure**: when the pipeline asks for it, the assigned partitions are paused; the
+//!   thread keeps polling (group membership and rebalances go on) without fetching.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message as _;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tagstream_state::{Cf, StateStore};
+
+use super::{client_config, decode_offset, log_client_error, log_line, offsets_key, RateLimit};
+use crate::metrics::Metrics;
+use crate::outbox::Origin;
+use crate::pipeline::{Batch, Control, Message, SourceEvent};
+
+/// What the consumer needs.
+#[derive(Debug, Clone)]
+pub struct KafkaSourceConfig {
+    pub brokers: String,
+    pub topics: Vec<String>,
+    pub group_id: String,
+    /// librdkafka properties, as is (override the defaults).
+    pub options: BTreeMap<String, String>,
+    /// At most this many messages per batch.
+    pub max_batch: usize,
+}
+
+type Tp = (String, i32);
+
+struct Context {
+    store: Arc<dyn StateStore>,
+    tx: SyncSender<SourceEvent>,
+    control: Arc<Control>,
+    metrics: Metrics,
+    /// `auto.offset.reset` says latest: a partition without state starts at the end.
+    latest_without_state: bool,
+    assignment: Mutex<BTreeSet<Tp>>,
+    rebalanced: AtomicBool,
+    errors: Mutex<RateLimit>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_line("consumer", level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.errors, "consumer", &error, reason);
+    }
+
+    /// Keeps each partition's low and high watermarks (for the lag gauge).
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(statistics) else { return };
+        let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else { return };
+        let Ok(mut marks) = self.control.watermarks.lock() else { return };
+        for (topic, t) in topics {
+            let Some(parts) = t.get("partitions").and_then(|p| p.as_object()) else { continue };
+            for (p, stats) in parts {
+                let Ok(p) = p.parse::<i32>() else { continue };
+                if p < 0 {
+                    continue;
+                }
+                let lo = stats.get("lo_offset").and_then(|x| x.as_i64()).unwrap_or(-1);
+                let hi = stats.get("hi_offset").and_then(|x| x.as_i64()).unwrap_or(-1);
+                if hi >= 0 {
+                    marks.insert((topic.clone(), p), (lo, hi));
+                }
+            }
+        }
+    }
+}
+
+impl Context {
+    fn elements(tpl: &TopicPartitionList) -> Vec<Tp> {
+        tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+    }
+
+    /// Where a newly assigned partition starts: its stored offset, or a rebuild.
+    fn start_offset(&self, topic: &str, partition: i32) -> Result<Offset, String> {
+        match self.store.get(Cf::Offsets, &offsets_key(topic, partition)) {
+            Ok(Some(v)) => decode_offset(&v).map(Offset::Offset).ok_or_else(|| format!("corrupt stored offset for {topic}/{partition}")),
+            Ok(None) => {
+                self.metrics.partition_rebuilds.inc();
+                if self.latest_without_state {
+                    tracing::warn!(topic, partition, "partition has no local state and auto.offset.reset is latest: starting at the end of the partition (earlier events are not applied)");
+                    Ok(Offset::End)
+                } else {
+                    tracing::info!(
+                        topic,
+                        partition,
+                        "partition has no local state: rebuilding it from the earliest retained offset (the group's committed offset is only used for lag)"
+                    );
+                    Ok(Offset::Beginning)
+                }
+            }
+            Err(e) => Err(format!("reading the stored offset of {topic}/{partition}: {e}")),
+        }
+    }
+
+    fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let parts = Self::elements(tpl);
+        for (topic, partition) in &parts {
+            match self.start_offset(topic, *partition) {
+                Ok(offset) => {
+                    if let Offset::Offset(o) = offset {
+                        tracing::info!(topic, partition, offset = o, "partition assigned: resuming at the stored offset");
+                    }
+                    if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
+                        self.control.fail(format!("positioning {topic}/{partition}: {e}"));
+                    }
+                }
+                Err(e) => self.control.fail(e),
+            }
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(tpl),
+            _ => consumer.assign(tpl),
+        };
+        if let Err(e) = result {
+            tracing::error!("assigning partitions failed: {e}");
+        }
+        self.metrics.rebalances.with_label_values(&["assign"]).inc();
+        if let Ok(mut a) = self.assignment.lock() {
+            a.extend(parts.iter().cloned());
+        }
+        self.rebalanced.store(true, Ordering::SeqCst);
+        let _ = self.tx.send(SourceEvent::Assigned(parts));
+    }
+
+    fn revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let parts = Self::elements(tpl);
+        tracing::info!(partitions = ?parts, lost = consumer.assignment_lost(), "partitions revoked: finishing the batches in hand");
+        // Wait until the engine thread has committed everything handed over so far.
+        let (done_tx, done_rx) = sync_channel(1);
+        if self.tx.send(SourceEvent::Revoked { partitions: parts.clone(), done: done_tx }).is_ok() {
+            let _ = done_rx.recv();
+        }
+        commit_pending(consumer, self);
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(e) = result {
+            tracing::error!("releasing partitions failed: {e}");
+        }
+        self.metrics.rebalances.with_label_values(&["revoke"]).inc();
+        if let Ok(mut a) = self.assignment.lock() {
+            for p in &parts {
+                a.remove(p);
+            }
+        }
+        self.rebalanced.store(true, Ordering::SeqCst);
+    }
+}
+
+impl ConsumerContext for Context {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
+            other => {
+                tracing::error!("consumer group rebalance error: {other:?}; releasing the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::debug!("committing offsets to the group failed (only affects lag reporting): {e}");
+        }
+    }
+}
+
+/// Commits the offsets the engine thread stored since the last call (assigned partitions only).
+fn commit_pending(consumer: &BaseConsumer<Context>, ctx: &Context) {
+    let pending = ctx.control.take_commits();
+    if pending.is_empty() {
+        return;
+    }
+    let assigned = ctx.assignment.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, partition), next) in pending {
+        if assigned.contains(&(topic.clone(), partition)) {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+        }
+    }
+    if tpl.count() > 0 {
+        if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!("committing offsets to the group failed (only affects lag reporting): {e}");
+        }
+    }
+}
+
+/// A running Kafka source.
+pub struct KafkaSource {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for KafkaSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KafkaSource")
+    }
+}
+
+impl KafkaSource {
+    /// Creates the consumer, subscribes, and starts polling on a new thread. Invalid options
+    /// are user errors (returned as text).
+    pub fn start(config: &KafkaSourceConfig, store: Arc<dyn StateStore>, control: Arc<Control>, tx: SyncSender<SourceEvent>, metrics: Metrics) -> Result<KafkaSource, String> {
+        let defaults = [
+            ("group.id", config.group_id.as_str()),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            ("statistics.interval.ms", "5000"),
+        ];
+        let latest_without_state = matches!(config.options.get("auto.offset.reset").map(|s| s.as_str()), Some("latest" | "largest" | "end"));
+        let context = Context {
+            store,
+            tx,
+            control: control.clone(),
+            metrics: metrics.clone(),
+            latest_without_state,
+            assignment: Mutex::new(BTreeSet::new()),
+            rebalanced: AtomicBool::new(false),
+            errors: Mutex::new(RateLimit::default()),
+        };
+        let consumer: BaseConsumer<Context> = client_config(&config.brokers, &defaults, &config.options)
+            .create_with_context(context)
+            .map_err(|e| format!("cannot create the kafka consumer for {}: {e}", config.brokers))?;
+        let topics: Vec<&str> = config.topics.iter().map(|s| s.as_str()).collect();
+        consumer.subscribe(&topics).map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        tracing::info!(brokers = %config.brokers, topics = ?config.topics, group = %config.group_id, "kafka source started");
+        let max_batch = config.max_batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("kafka-source".into())
+            .spawn(move || poll_loop(consumer, control, metrics, max_batch))
+            .map_err(|e| format!("cannot start the kafka source thread: {e}"))?;
+        Ok(KafkaSource { thread: Some(thread) })
+    }
+
+    /// Waits for the thread to finish (after [`Control::stop`]).
+    pub fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
+fn poll_loop(consumer: BaseConsumer<Context>, control: Arc<Control>, metrics: Metrics, max_batch: usize) {
+    let ctx = consumer.context().clone();
+    let mut paused = false;
+    let mut errors = RateLimit::default();
+    while !control.stopping() {
+        commit_pending(&consumer, &ctx);
+        let want = control.pause_wanted();
+        if ctx.rebalanced.swap(false, Ordering::SeqCst) && want {
+            paused = false; // re-apply to the new assignment
+        }
+        if want != paused {
+            let assigned = ctx.assignment.lock().map(|a| a.clone()).unwrap_or_default();
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &assigned {
+                tpl.add_partition(t, *p);
+            }
+            let result = if want { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+            match result {
+                Ok(()) => {
+                    tracing::info!(partitions = tpl.count(), "{} consumption", if want { "paused" } else { "resumed" });
+                    paused = want;
+                }
+                Err(e) => tracing::warn!("pause/resume failed: {e}"),
+            }
+        }
+        let mut messages = Vec::new();
+        let mut bytes = 0usize;
+        let mut timeout = Duration::from_millis(100);
+        while messages.len() < max_batch && bytes < MAX_BATCH_BYTES {
+            match consumer.poll(timeout) {
+                None => break,
+                Some(Ok(m)) => {
+                    let payload = m.payload().unwrap_or(&[]).to_vec();
+                    bytes += payload.len();
+                    messages.push(Message {
+                        partition: m.partition() as u32,
+                        bytes: payload,
+                        origin: Origin::Kafka { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset(), key: m.key().map(|k| k.to_vec()) },
+                    });
+                    timeout = Duration::ZERO;
+                }
+                Some(Err(e)) => {
+                    let text = e.to_string();
+                    if errors.allow(&text) {
+                        tracing::warn!("kafka consumer: {text} (retrying)");
+                    }
+                    break;
+                }
+            }
+        }
+        if !messages.is_empty() {
+            metrics.messages_read.inc_by(messages.len() as u64);
+            if ctx.tx.send(SourceEvent::Batch(Batch { messages, positions: Vec::new() })).is_err() {
+                break;
+            }
+        }
+    }
+    commit_pending(&consumer, &ctx);
+    tracing::info!("leaving the consumer group");
+    // Dropping the consumer closes it: the revocation callback runs (the engine thread finishes
+    // its batches), final offsets are committed, and the group is left.
+    drop(consumer);
+    tracing::info!("kafka consumer closed");
+}

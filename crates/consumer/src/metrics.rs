@@ -1,0 +1,221 @@
+//! The pipeline's Prometheus metrics (SPEC §9), in one [`Registry`] the HTTP API serves.
+//!
+//! Names follow `tagstream_<subsystem>_<name>_<unit>[_total]`; labels are bounded (outcome,
+//! reason, segment, transition type, partition, topic) and never carry a user id.
+
+use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::engine::BatchReport;
+
+/// Every metric of the pipeline. Cheap to clone (handles share their values).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// `tagstream_events_total{outcome="applied|dead_letter|duplicate"}`
+    pub events: IntCounterVec,
+    /// `tagstream_dead_letters_total{reason}`
+    pub dead_letters: IntCounterVec,
+    /// `tagstream_batch_apply_seconds`: one engine commit (decode, apply, timers, write).
+    pub batch_apply_seconds: Histogram,
+    /// `tagstream_event_to_transition_seconds`: event read → transition acknowledged by the sink.
+    pub event_to_transition_seconds: Histogram,
+    /// `tagstream_consumer_lag_messages{topic,partition}`: high watermark − next offset to apply.
+    pub consumer_lag: IntGaugeVec,
+    /// `tagstream_engine_time_seconds{partition}`
+    pub engine_time_seconds: GaugeVec,
+    /// `tagstream_segment_members{segment}`
+    pub segment_members: IntGaugeVec,
+    /// `tagstream_transitions_total{segment,type}`
+    pub transitions: IntCounterVec,
+    /// `tagstream_timers_pending`
+    pub timers_pending: IntGauge,
+    /// `tagstream_timers_fired_total`
+    pub timers_fired: IntCounter,
+    /// `tagstream_outbox_backlog`: outbox entries (transitions and dead letters) not yet
+    /// acknowledged by their sink.
+    pub outbox_backlog: IntGauge,
+    /// `tagstream_state_size_bytes`
+    pub state_size_bytes: IntGauge,
+    /// `tagstream_consumer_paused`: 1 while consumption is paused because the outbox is full.
+    pub consumer_paused: IntGauge,
+    /// `tagstream_partition_rebuilds_total`: partitions assigned without local state and
+    /// therefore rebuilt from the earliest retained offset.
+    pub partition_rebuilds: IntCounter,
+    /// `tagstream_sink_delivery_errors_total{sink="transitions|dead_letter"}`
+    pub sink_delivery_errors: IntCounterVec,
+    /// `tagstream_consumer_rebalances_total{kind="assign|revoke"}`
+    pub rebalances: IntCounterVec,
+    /// `tagstream_consumer_messages_total`: messages read from the source.
+    pub messages_read: IntCounter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let m = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let m = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+    registry.register(Box::new(m.clone())).expect("metric registered once");
+    m
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let events = counter_vec(&r, "tagstream_events_total", "Input events by outcome.", &["outcome"]);
+        let dead_letters = counter_vec(&r, "tagstream_dead_letters_total", "Messages sent to the dead-letter destination, by reason.", &["reason"]);
+        let batch_apply_seconds = histogram(
+            &r,
+            "tagstream_batch_apply_seconds",
+            "Time to decode, apply and commit one batch.",
+            prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+        );
+        let event_to_transition_seconds = histogram(
+            &r,
+            "tagstream_event_to_transition_seconds",
+            "From reading an event to the sink acknowledging the transition it caused.",
+            prometheus::exponential_buckets(0.001, 2.0, 18).expect("valid buckets"),
+        );
+        let consumer_lag = gauge_vec(&r, "tagstream_consumer_lag_messages", "Messages between the next offset to apply and the partition's high watermark.", &["topic", "partition"]);
+        let engine_time_seconds = GaugeVec::new(Opts::new("tagstream_engine_time_seconds", "Engine time of each partition (epoch seconds)."), &["partition"]).expect("valid metric");
+        r.register(Box::new(engine_time_seconds.clone())).expect("metric registered once");
+        let segment_members = gauge_vec(&r, "tagstream_segment_members", "Users in each segment.", &["segment"]);
+        let transitions = counter_vec(&r, "tagstream_transitions_total", "Segment transitions emitted.", &["segment", "type"]);
+        let timers_pending = gauge(&r, "tagstream_timers_pending", "Users with a pending time-driven re-evaluation.");
+        let timers_fired = counter(&r, "tagstream_timers_fired_total", "Time-driven re-evaluations that ran.");
+        let outbox_backlog = gauge(&r, "tagstream_outbox_backlog", "Outbox entries not yet acknowledged by their sink.");
+        let state_size_bytes = gauge(&r, "tagstream_state_size_bytes", "Approximate size of the state store on disk.");
+        let consumer_paused = gauge(&r, "tagstream_consumer_paused", "1 while consumption is paused because the outbox backlog is full.");
+        let partition_rebuilds = counter(&r, "tagstream_partition_rebuilds_total", "Partitions assigned without local state, rebuilt from the earliest retained offset.");
+        let sink_delivery_errors = counter_vec(&r, "tagstream_sink_delivery_errors_total", "Failed deliveries to a sink (retried).", &["sink"]);
+        let rebalances = counter_vec(&r, "tagstream_consumer_rebalances_total", "Consumer group rebalances seen.", &["kind"]);
+        let messages_read = counter(&r, "tagstream_consumer_messages_total", "Messages read from the source.");
+        for outcome in ["applied", "dead_letter", "duplicate"] {
+            events.with_label_values(&[outcome]);
+        }
+        Metrics {
+            registry: r,
+            events,
+            dead_letters,
+            batch_apply_seconds,
+            event_to_transition_seconds,
+            consumer_lag,
+            engine_time_seconds,
+            segment_members,
+            transitions,
+            timers_pending,
+            timers_fired,
+            outbox_backlog,
+            state_size_bytes,
+            consumer_paused,
+            partition_rebuilds,
+            sink_delivery_errors,
+            rebalances,
+            messages_read,
+        }
+    }
+
+    /// The registry to serve on `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Counts what one engine commit did.
+    pub fn record_batch(&self, report: &BatchReport) {
+        self.events.with_label_values(&["applied"]).inc_by(report.applied);
+        self.events.with_label_values(&["duplicate"]).inc_by(report.duplicates);
+        self.events.with_label_values(&["dead_letter"]).inc_by(report.dead_lettered());
+        for (reason, n) in &report.dead_letters {
+            self.dead_letters.with_label_values(&[reason]).inc_by(*n);
+        }
+        for ((segment, kind), n) in &report.transitions_by_segment {
+            self.transitions.with_label_values(&[segment.as_str(), kind]).inc_by(*n);
+        }
+        self.timers_fired.inc_by(report.timers_fired);
+    }
+
+    /// Sets a partition's engine time gauge.
+    pub fn set_engine_time(&self, partition: u32, millis: i64) {
+        let g: Gauge = self.engine_time_seconds.with_label_values(&[&partition.to_string()]);
+        g.set(millis as f64 / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_names_follow_the_spec() {
+        let m = Metrics::new();
+        let mut report = BatchReport { applied: 3, duplicates: 1, timers_fired: 2, ..BatchReport::default() };
+        report.dead_letters.insert("invalid_json", 2);
+        report.transitions_by_segment.insert(("vip".into(), "segment_enter"), 1);
+        m.record_batch(&report);
+        m.set_engine_time(3, 1_732_000_000_000);
+        m.consumer_lag.with_label_values(&["events", "3"]).set(7);
+        m.segment_members.with_label_values(&["vip"]).set(1);
+        m.event_to_transition_seconds.observe(0.01);
+        m.batch_apply_seconds.observe(0.01);
+        let text = m.render();
+        for needle in [
+            "tagstream_events_total{outcome=\"applied\"} 3",
+            "tagstream_events_total{outcome=\"duplicate\"} 1",
+            "tagstream_events_total{outcome=\"dead_letter\"} 2",
+            "tagstream_dead_letters_total{reason=\"invalid_json\"} 2",
+            "tagstream_transitions_total{segment=\"vip\",type=\"segment_enter\"} 1",
+            "tagstream_timers_fired_total 2",
+            "tagstream_engine_time_seconds{partition=\"3\"} 1732000000",
+            "tagstream_consumer_lag_messages{partition=\"3\",topic=\"events\"} 7",
+            "tagstream_segment_members{segment=\"vip\"} 1",
+            "tagstream_batch_apply_seconds_bucket",
+            "tagstream_event_to_transition_seconds_bucket",
+            "tagstream_timers_pending 0",
+            "tagstream_outbox_backlog 0",
+            "tagstream_state_size_bytes 0",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! The run loop of `tagstream run`: source → engine → outbox → sinks.
+//!
+//! One engine thread (the caller of [`run`]) owns the [`Engine`]. Sources run on their own
+//! threads and hand [`SourceEvent`]s over a bounded channel: batches of messages, partition
+//! assignments, and revocation barriers (the Kafka rebalance callback waits until every batch
+//! handed over before the barrier is committed). For each batch the loop
+//!
+//! 1. drops messages below the offset already stored for their partition (never twice),
+//! 2. calls [`Engine::process`], which commits state, timers, outbox entries and the input
+//!    positions in one atomic write,
+//! 3. queues the stored offsets for an asynchronous commit to the consumer group (lag only),
+//! 4. pumps the outbox to the sinks ([`Delivery`]): entries are deleted once acknowledged.
+//!
+//! Around that: clock ticks (wall mode: every assigned partition's engine time follows the
+//! system clock, so timers fire without events; event mode: due timers left over by bounded
+//! batches are fired), backpressure (consumption pauses while the outbox backlog is at its
+//! bound), and shutdown (stop polling, finish the batch in hand, flush the outbox, leave the
+//! group).
+
+mod delivery;
+mod lines;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tagstream_state::Cf;
+
+pub use delivery::{Delivery, Route};
+pub use lines::{start_lines, LinesConfig};
+
+use crate::engine::{BatchReport, ClockMode, Engine, Record};
+use crate::error::{ConsumerError, Result};
+use crate::kafka::{decode_offset, encode_offset, offsets_key};
+use crate::metrics::Metrics;
+use crate::outbox::Origin;
+
+/// One input message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Engine partition (the Kafka partition number; 0 for files and stdin).
+    pub partition: u32,
+    pub bytes: Vec<u8>,
+    pub origin: Origin,
+}
+
+/// Messages read together, plus extra input positions to commit with them (file sources; Kafka
+/// positions are derived from the messages' origins).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub messages: Vec<Message>,
+    pub positions: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What a source hands to the engine thread.
+#[derive(Debug)]
+pub enum SourceEvent {
+    Batch(Batch),
+    /// These (topic, partition) pairs are now owned by this instance.
+    Assigned(Vec<(String, i32)>),
+    /// These are being taken away: the engine thread has committed every earlier batch once it
+    /// receives this; it then drops `done` to release the source.
+    Revoked { partitions: Vec<(String, i32)>, done: SyncSender<()> },
+}
+
+/// State shared between the engine thread and a source thread.
+#[derive(Debug, Default)]
+pub struct Control {
+    stop: AtomicBool,
+    pause: AtomicBool,
+    /// Offsets to commit to the consumer group, by (topic, partition).
+    commits: Mutex<BTreeMap<(String, i32), i64>>,
+    /// (low, high) watermarks by (topic, partition), from the client's statistics.
+    pub watermarks: Mutex<HashMap<(String, i32), (i64, i64)>>,
+    failure: Mutex<Option<String>>,
+}
+
+impl Control {
+    pub fn new() -> Arc<Control> {
+        Arc::new(Control::default())
+    }
+
+    /// Asks the source to stop reading and close.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    pub fn set_pause(&self, pause: bool) {
+        self.pause.store(pause, Ordering::SeqCst);
+    }
+
+    pub fn pause_wanted(&self) -> bool {
+        self.pause.load(Ordering::SeqCst)
+    }
+
+    fn add_commits(&self, offsets: &BTreeMap<(String, i32), i64>) {
+        if let Ok(mut c) = self.commits.lock() {
+            for (k, v) in offsets {
+                c.insert(k.clone(), *v);
+            }
+        }
+    }
+
+    /// Offsets stored since the last call.
+    pub fn take_commits(&self) -> BTreeMap<(String, i32), i64> {
+        self.commits.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+    }
+
+    /// Reports an internal failure from a source thread: the pipeline stops without committing
+    /// anything further.
+    pub fn fail(&self, message: String) {
+        tracing::error!("{message}");
+        if let Ok(mut f) = self.failure.lock() {
+            f.get_or_insert(message);
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+}
+
+/// A shutdown request (SIGTERM/SIGINT, or a test).
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Shutdown {
+        Shutdown::default()
+    }
+
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn triggered(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Triggers `shutdown` on the first SIGTERM or SIGINT; a second one exits at once (exit 130).
+/// The handlers are installed before this returns.
+pub fn stop_on_signals(shutdown: Shutdown) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (mut term, mut int) = rt.block_on(async { Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)) })?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        rt.block_on(async move {
+            let mut seen = 0;
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                seen += 1;
+                if seen == 1 {
+                    tracing::info!("{name} received: finishing the batch in hand, flushing the outbox, leaving the group");
+                    shutdown.trigger();
+                } else {
+                    tracing::warn!("{name} received again: exiting now (state is consistent; undelivered outbox entries go out on the next start)");
+                    std::process::exit(130);
+                }
+            }
+        })
+    })?;
+    Ok(())
+}
+
+/// How the loop runs.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    pub clock: ClockMode,
+    /// Clock tick period (wall mode: how often engine time follows the system clock).
+    pub tick: Duration,
+    /// Consumption pauses when this many outbox entries await delivery; it resumes at half.
+    pub max_backlog: u64,
+    /// On shutdown, how long to keep delivering the outbox before giving up (entries stay in
+    /// the outbox for the next start).
+    pub flush_timeout: Duration,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { clock: ClockMode::Wall, tick: Duration::from_secs(1), max_backlog: 100_000, flush_timeout: Duration::from_secs(30) }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub report: BatchReport,
+    pub messages: u64,
+    /// Messages dropped because their offset was already applied.
+    pub skipped: u64,
+}
+
+fn internal(message: String) -> ConsumerError {
+    ConsumerError::io(message, std::io::Error::other("pipeline stopped"))
+}
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Loop<'a> {
+    engine: Engine,
+    delivery: Delivery,
+    metrics: &'a Metrics,
+    control: Arc<Control>,
+    options: &'a PipelineOptions,
+    assigned: BTreeSet<(String, i32)>,
+    next_offsets: HashMap<(String, i32), i64>,
+    /// Event mode: partitions whose clock moved since the last tick.
+    touched: BTreeSet<u32>,
+    paused: bool,
+    summary: Summary,
+}
+
+/// Runs until the source ends (after `shutdown` is triggered, or a stdin source closes) and
+/// returns what was done. Errors are internal failures: nothing further is committed.
+pub fn run(engine: Engine, rx: Receiver<SourceEvent>, control: Arc<Control>, delivery: Delivery, metrics: &Metrics, shutdown: &Shutdown, options: &PipelineOptions) -> Result<Summary> {
+    let mut l = Loop {
+        engine,
+        delivery,
+        metrics,
+        control: control.clone(),
+        options,
+        assigned: BTreeSet::new(),
+        next_offsets: HashMap::new(),
+        touched: BTreeSet::new(),
+        paused: false,
+        summary: Summary::default(),
+    };
+    let result = l.main(&rx, shutdown);
+    if result.is_err() {
+        // Release the source: stop it and unblock its sends and barriers.
+        control.stop();
+        drop(rx);
+        return result.map(|_| Summary::default());
+    }
+    drop(rx);
+    l.delivery.flush(&l.engine, options.flush_timeout)?;
+    l.engine.store().sync()?;
+    l.gauges(true)?;
+    Ok(l.summary)
+}
+
+impl Loop<'_> {
+    fn main(&mut self, rx: &Receiver<SourceEvent>, shutdown: &Shutdown) -> Result<()> {
+        let mut stopping = false;
+        let mut next_tick = Instant::now();
+        let mut next_slow = Instant::now();
+        loop {
+            if let Some(message) = self.control.failure() {
+                return Err(internal(message));
+            }
+            if shutdown.triggered() && !stopping {
+                stopping = true;
+                self.control.stop();
+                tracing::info!("stopping: no more polling; finishing the batches in hand");
+            }
+            let idle = if self.delivery.busy() { Duration::from_millis(5) } else { Duration::from_millis(100) };
+            let wait = idle.min(next_tick.saturating_duration_since(Instant::now()));
+            match rx.recv_timeout(wait) {
+                Ok(SourceEvent::Batch(batch)) => self.batch(batch)?,
+                Ok(SourceEvent::Assigned(parts)) => {
+                    tracing::info!(partitions = ?parts, "partitions assigned");
+                    self.assigned.extend(parts);
+                }
+                Ok(SourceEvent::Revoked { partitions, done }) => {
+                    // Every earlier batch is committed (they were processed in order).
+                    for p in &partitions {
+                        self.assigned.remove(p);
+                    }
+                    drop(done);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            self.delivery.pump(&self.engine)?;
+            self.backpressure();
+            let now = Instant::now();
+            if now >= next_tick {
+                next_tick = now + self.options.tick;
+                if !stopping {
+                    self.tick()?;
+                }
+                let slow = now >= next_slow;
+                if slow {
+                    next_slow = now + Duration::from_secs(15);
+                }
+                self.gauges(slow)?;
+            }
+        }
+    }
+
+    fn batch(&mut self, batch: Batch) -> Result<()> {
+        let mut records = Vec::with_capacity(batch.messages.len());
+        let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        self.summary.messages += batch.messages.len() as u64;
+        for m in &batch.messages {
+            if let Origin::Kafka { topic, partition, offset, .. } = &m.origin {
+                let key = (topic.clone(), *partition);
+                let next = match self.next_offsets.get(&key) {
+                    Some(n) => Some(*n),
+                    None => self.engine.store().get(Cf::Offsets, &offsets_key(topic, *partition))?.as_deref().and_then(decode_offset),
+                };
+                if next.is_some_and(|n| *offset < n) {
+                    self.summary.skipped += 1;
+                    continue;
+                }
+                self.next_offsets.insert(key.clone(), offset + 1);
+                offsets.insert(key, offset + 1);
+            }
+            records.push(Record { partition: m.partition, bytes: &m.bytes, origin: m.origin.clone() });
+        }
+        let mut positions = batch.positions;
+        positions.extend(offsets.iter().map(|((t, p), next)| (offsets_key(t, *p), encode_offset(*next))));
+        if records.is_empty() && positions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let report = self.engine.process(&records, &positions)?;
+        self.metrics.batch_apply_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics.record_batch(&report);
+        self.summary.report.merge(&report);
+        self.control.add_commits(&offsets);
+        for r in &records {
+            self.touched.insert(r.partition);
+        }
+        Ok(())
+    }
+
+    /// Engine partitions owned now.
+    fn partitions(&self) -> BTreeSet<u32> {
+        self.assigned.iter().map(|(_, p)| *p as u32).collect()
+    }
+
+    fn tick(&mut self) -> Result<()> {
+        let partitions: Vec<u32> = match self.options.clock {
+            ClockMode::Wall => self.partitions().into_iter().collect(),
+            ClockMode::Event => std::mem::take(&mut self.touched).into_iter().collect(),
+        };
+        for p in partitions {
+            let t = match self.options.clock {
+                ClockMode::Wall => now_millis(),
+                ClockMode::Event => match self.engine.clock(p) {
+                    Some(t) => t,
+                    None => continue,
+                },
+            };
+            let report = self.engine.advance(p, t)?;
+            self.metrics.record_batch(&report);
+            self.summary.report.merge(&report);
+        }
+        Ok(())
+    }
+
+    fn backpressure(&mut self) {
+        let backlog = self.delivery.backlog(&self.engine);
+        self.metrics.outbox_backlog.set(backlog as i64);
+        let max = self.options.max_backlog.max(1);
+        if !self.paused && backlog >= max {
+            tracing::warn!(backlog, "outbox backlog reached its bound: pausing consumption until the sink catches up");
+            self.paused = true;
+        } else if self.paused && backlog <= max / 2 {
+            tracing::info!(backlog, "outbox backlog drained: resuming consumption");
+            self.paused = false;
+        } else {
+            return;
+        }
+        self.control.set_pause(self.paused);
+        self.metrics.consumer_paused.set(i64::from(self.paused));
+    }
+
+    fn gauges(&mut self, slow: bool) -> Result<()> {
+        let m = self.metrics;
+        for p in self.partitions() {
+            if let Some(t) = self.engine.clock(p) {
+                m.set_engine_time(p, t);
+            }
+        }
+        for seg in &self.engine.rules().segments {
+            m.segment_members.with_label_values(&[seg.name.as_str()]).set(self.engine.bitmaps().len(&seg.name) as i64);
+        }
+        if let Ok(marks) = self.control.watermarks.lock() {
+            for tp in &self.assigned {
+                if let Some(&(lo, hi)) = marks.get(tp) {
+                    let lag = match self.next_offsets.get(tp) {
+                        Some(next) => hi - next,
+                        None => hi - lo.max(0),
+                    };
+                    m.consumer_lag.with_label_values(&[tp.0.as_str(), &tp.1.to_string()]).set(lag.max(0));
+                }
+            }
+        }
+        if slow {
+            m.timers_pending.set(self.engine.timers_pending()? as i64);
+            m.state_size_bytes.set(self.engine.store().approximate_size_bytes() as i64);
+        }
+        Ok(())
+    }
+}

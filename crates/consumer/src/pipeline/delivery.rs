@@ -1,0 +1,313 @@
+//! Outbox delivery: transitions and dead letters go from the outbox to their sinks, and entries
+//! are deleted only once the sink has them (Kafka: the broker acknowledged; files: written and
+//! flushed).
+//!
+//! Entries are sent in sequence order without waiting for each acknowledgement; the prefix of
+//! acknowledged entries is deleted as it grows. When a delivery fails for good (librdkafka gave
+//! up after its own retries and `message.timeout.ms`), sending stops, the in-flight entries
+//! settle, and delivery restarts from the first failed entry after a backoff (500 ms doubling
+//! to 30 s). Entries after it that had already been delivered go out again: delivery is at
+//! least once, and transitions carry stable `event_id`s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::error::KafkaError;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::file_sink::LineSink;
+use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
+use crate::kafka::RateLimit;
+use crate::metrics::Metrics;
+use crate::outbox::OutboxEntry;
+
+/// Where one kind of outbox entry goes.
+pub enum Route {
+    Kafka { producer: Arc<KafkaProducer>, topic: String },
+    Lines(LineSink),
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Route::Kafka { topic, .. } => write!(f, "kafka topic {topic}"),
+            Route::Lines(sink) => write!(f, "{sink:?}"),
+        }
+    }
+}
+
+struct Flight {
+    ingested_ms: i64,
+    dead_letter: bool,
+}
+
+/// Delivers the outbox. See the module documentation.
+pub struct Delivery {
+    transitions: Route,
+    dead_letters: Route,
+    producers: Vec<Arc<KafkaProducer>>,
+    metrics: Metrics,
+    /// Every entry below this is acknowledged (deleted).
+    first_unacked: u64,
+    /// The next entry to send.
+    next_send: u64,
+    in_flight: BTreeMap<u64, Flight>,
+    /// Written to a line sink, not yet flushed: (seq, ingested_ms).
+    unflushed: Vec<(u64, i64)>,
+    /// A delivery failed: restart from here once in-flight entries settle and `retry_at` passes.
+    rewind: Option<u64>,
+    retry_at: Instant,
+    backoff: Duration,
+    /// Dead letters the broker refused at full size: resend truncated.
+    truncate: BTreeSet<u64>,
+    errors: RateLimit,
+    max_in_flight: usize,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery").field("transitions", &self.transitions).field("dead_letters", &self.dead_letters).field("next_send", &self.next_send).finish()
+    }
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+enum SendError {
+    /// Retried after a backoff.
+    Kafka(KafkaError),
+    /// Stops the service.
+    Fatal(crate::error::ConsumerError),
+}
+
+enum Sent {
+    Done,
+    /// Local queue full: try again after the producer drained some.
+    Full,
+}
+
+impl Delivery {
+    /// Starts delivery at the first entry still in the outbox (left by an earlier run, or new).
+    pub fn new(engine: &Engine, transitions: Route, dead_letters: Route, metrics: Metrics) -> Result<Delivery> {
+        let first = engine.outbox_from(0, 1)?.first().map(|(seq, _)| *seq).unwrap_or(engine.outbox_next_seq());
+        let mut producers: Vec<Arc<KafkaProducer>> = Vec::new();
+        for route in [&transitions, &dead_letters] {
+            if let Route::Kafka { producer, .. } = route {
+                if !producers.iter().any(|p| Arc::ptr_eq(p, producer)) {
+                    producers.push(producer.clone());
+                }
+            }
+        }
+        if first < engine.outbox_next_seq() {
+            tracing::info!(entries = engine.outbox_next_seq() - first, "delivering outbox entries left by the previous run");
+        }
+        Ok(Delivery {
+            transitions,
+            dead_letters,
+            producers,
+            metrics,
+            first_unacked: first,
+            next_send: first,
+            in_flight: BTreeMap::new(),
+            unflushed: Vec::new(),
+            rewind: None,
+            retry_at: Instant::now(),
+            backoff: MIN_BACKOFF,
+            truncate: BTreeSet::new(),
+            errors: RateLimit::default(),
+            max_in_flight: 50_000,
+        })
+    }
+
+    /// Entries not yet acknowledged.
+    pub fn backlog(&self, engine: &Engine) -> u64 {
+        engine.outbox_next_seq().saturating_sub(self.first_unacked)
+    }
+
+    /// Whether deliveries are in flight (the loop then pumps more often).
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
+    /// Collects acknowledgements, sends what is pending, flushes line sinks, and deletes the
+    /// acknowledged prefix of the outbox. Never blocks on the network.
+    pub fn pump(&mut self, engine: &Engine) -> Result<()> {
+        self.collect();
+        if let Some(from) = self.rewind {
+            if self.in_flight.is_empty() && Instant::now() >= self.retry_at {
+                tracing::info!(seq = from, "retrying delivery from outbox entry {from}");
+                self.next_send = from;
+                self.rewind = None;
+            }
+        }
+        if self.rewind.is_none() {
+            self.send_pending(engine)?;
+        }
+        self.flush_lines()?;
+        let mut watermark = self.next_send;
+        if let Some((&seq, _)) = self.in_flight.first_key_value() {
+            watermark = watermark.min(seq);
+        }
+        if let Some(seq) = self.rewind {
+            watermark = watermark.min(seq);
+        }
+        if watermark > self.first_unacked {
+            engine.acknowledge(watermark - 1)?;
+            self.truncate = self.truncate.split_off(&watermark);
+            self.first_unacked = watermark;
+        }
+        Ok(())
+    }
+
+    /// Delivers until the outbox is empty or `timeout` passes (shutdown).
+    pub fn flush(&mut self, engine: &Engine, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.pump(engine)?;
+            let backlog = self.backlog(engine);
+            if backlog == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(backlog, "outbox not fully delivered at shutdown; the rest is delivered on the next start");
+                return Ok(());
+            }
+            for p in &self.producers {
+                p.flush(Duration::from_millis(20));
+            }
+            if self.producers.is_empty() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    fn collect(&mut self) {
+        for i in 0..self.producers.len() {
+            for (seq, result) in self.producers[i].take_results() {
+                let Some(flight) = self.in_flight.remove(&seq) else { continue };
+                match result {
+                    Ok(()) => {
+                        if flight.ingested_ms > 0 {
+                            self.metrics.event_to_transition_seconds.observe((now_millis() - flight.ingested_ms).max(0) as f64 / 1000.0);
+                        }
+                        if self.rewind.is_none() {
+                            self.backoff = MIN_BACKOFF;
+                        }
+                    }
+                    Err(e) => self.failed(seq, flight.dead_letter, &e),
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, seq: u64, dead_letter: bool, e: &KafkaError) {
+        let sink = if dead_letter { "dead_letter" } else { "transitions" };
+        self.metrics.sink_delivery_errors.with_label_values(&[sink]).inc();
+        if dead_letter && is_too_large(e) {
+            self.truncate.insert(seq);
+        }
+        let first_failure = self.rewind.is_none();
+        self.rewind = Some(self.rewind.map_or(seq, |r| r.min(seq)));
+        if first_failure {
+            self.retry_at = Instant::now() + self.backoff;
+            let text = format!("delivery to the {sink} sink failed: {e}");
+            if self.errors.allow(&text) {
+                tracing::warn!(seq, retry_in_ms = self.backoff.as_millis() as u64, "{text}; retrying");
+            }
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    fn send_pending(&mut self, engine: &Engine) -> Result<()> {
+        let mut budget = 20_000usize;
+        while budget > 0 && self.in_flight.len() < self.max_in_flight {
+            let entries = engine.outbox_from(self.next_send, budget.min(2_000))?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for (seq, entry) in entries {
+                match self.send(seq, &entry) {
+                    Ok(Sent::Done) => {
+                        self.next_send = seq + 1;
+                        budget -= 1;
+                    }
+                    Ok(Sent::Full) => {
+                        for p in &self.producers {
+                            p.poll();
+                        }
+                        return Ok(());
+                    }
+                    Err(SendError::Kafka(e)) => {
+                        let dead_letter = matches!(entry, OutboxEntry::DeadLetter(_));
+                        self.failed(seq, dead_letter, &e);
+                        return Ok(());
+                    }
+                    Err(SendError::Fatal(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, seq: u64, entry: &OutboxEntry) -> Result<Sent, SendError> {
+        let (route, dead_letter, ingested_ms) = match entry {
+            OutboxEntry::Transition { ingested_ms, .. } => (&mut self.transitions, false, *ingested_ms),
+            OutboxEntry::DeadLetter(_) => (&mut self.dead_letters, true, 0),
+        };
+        match route {
+            Route::Kafka { producer, topic } => {
+                let result = match entry {
+                    OutboxEntry::Transition { user_id, json, .. } => producer.send_transition(seq, topic, user_id, json),
+                    OutboxEntry::DeadLetter(dl) => producer.send_dead_letter(seq, topic, dl, self.truncate.contains(&seq)),
+                };
+                match result {
+                    Ok(()) => {
+                        self.in_flight.insert(seq, Flight { ingested_ms, dead_letter });
+                        Ok(Sent::Done)
+                    }
+                    Err(e) if is_queue_full(&e) => Ok(Sent::Full),
+                    Err(e) if dead_letter && is_too_large(&e) && !self.truncate.contains(&seq) => {
+                        // Over the producer's message.max.bytes: keep the first 64 KiB.
+                        self.truncate.insert(seq);
+                        Ok(Sent::Full)
+                    }
+                    Err(e) => Err(SendError::Kafka(e)),
+                }
+            }
+            Route::Lines(sink) => {
+                let line = match entry {
+                    OutboxEntry::Transition { json, .. } => std::borrow::Cow::Borrowed(json.as_str()),
+                    OutboxEntry::DeadLetter(dl) => std::borrow::Cow::Owned(dl.to_file_line()),
+                };
+                // File errors are not retried: they stop the service (exit 2) with the path.
+                sink.write_line(&line).map_err(SendError::Fatal)?;
+                self.unflushed.push((seq, ingested_ms));
+                Ok(Sent::Done)
+            }
+        }
+    }
+
+    fn flush_lines(&mut self) -> Result<()> {
+        if self.unflushed.is_empty() {
+            return Ok(());
+        }
+        for route in [&mut self.transitions, &mut self.dead_letters] {
+            if let Route::Lines(sink) = route {
+                sink.flush()?;
+            }
+        }
+        let now = now_millis();
+        for (_, ingested) in self.unflushed.drain(..) {
+            if ingested > 0 {
+                self.metrics.event_to_transition_seconds.observe((now - ingested).max(0) as f64 / 1000.0);
+            }
+        }
+        Ok(())
+    }
+}
