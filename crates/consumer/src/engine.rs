@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use tagstream_rules::engine::{self as core, Applied};
+use tagstream_rules::engine as core;
 use tagstream_rules::event::{decode, DecodeOptions, Event, EventBody, Millis, Reason};
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
@@ -42,7 +42,12 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { clock: ClockMode::Event, max_future_ms: 5 * 60_000, timers_per_batch: 10_000, decode: DecodeOptions::default() }
+        EngineOptions {
+            clock: ClockMode::Event,
+            max_future_ms: 5 * 60_000,
+            timers_per_batch: 10_000,
+            decode: DecodeOptions::default(),
+        }
     }
 }
 
@@ -127,13 +132,20 @@ pub struct Engine {
 }
 
 fn system_millis() -> Millis {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Engine {
     /// Opens the engine over a store. A store built with other rules is refused: rules changes
     /// go through reload, which re-evaluates stored users.
-    pub fn open(store: Arc<dyn StateStore>, rules: Arc<RuleSet>, rules_source: &str, options: EngineOptions) -> Result<Engine> {
+    pub fn open(
+        store: Arc<dyn StateStore>,
+        rules: Arc<RuleSet>,
+        rules_source: &str,
+        options: EngineOptions,
+    ) -> Result<Engine> {
         match store.get(Cf::Meta, META_RULES_HASH)? {
             Some(hash) if hash != rules.fingerprint.as_bytes() => {
                 return Err(ConsumerError::User(
@@ -149,22 +161,41 @@ impl Engine {
             }
         }
         let outbox_seq = match store.get(Cf::Meta, META_OUTBOX_SEQ)? {
-            Some(v) => tagstream_state::keys::decode_u64_be(&v).ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
+            Some(v) => tagstream_state::keys::decode_u64_be(&v)
+                .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
             None => 0,
         };
         let mut clocks = BTreeMap::new();
-        for (k, v) in store.scan(Cf::Meta, META_CLOCK, tagstream_state::keys::prefix_end(META_CLOCK).as_deref(), usize::MAX)? {
-            let p = tagstream_state::keys::decode_u32_be(&k[META_CLOCK.len()..]).ok_or_else(|| ConsumerError::Corrupt("clock key".into()))?;
-            let t = decode_i64_ordered(&v).ok_or_else(|| ConsumerError::Corrupt("clock value".into()))?;
+        for (k, v) in store.scan(
+            Cf::Meta,
+            META_CLOCK,
+            tagstream_state::keys::prefix_end(META_CLOCK).as_deref(),
+            usize::MAX,
+        )? {
+            let p = tagstream_state::keys::decode_u32_be(&k[META_CLOCK.len()..])
+                .ok_or_else(|| ConsumerError::Corrupt("clock key".into()))?;
+            let t = decode_i64_ordered(&v)
+                .ok_or_else(|| ConsumerError::Corrupt("clock value".into()))?;
             clocks.insert(p, t);
         }
         let bitmaps = SegmentBitmaps::load(store.as_ref())?;
-        Ok(Engine { store, rules, options, clocks, ids: UserIds::new(), bitmaps, outbox_seq, wall_clock: system_millis })
+        Ok(Engine {
+            store,
+            rules,
+            options,
+            clocks,
+            ids: UserIds::new(),
+            bitmaps,
+            outbox_seq,
+            wall_clock: system_millis,
+        })
     }
 
     /// The rules source stored in a state dir (for `dump` without `--rules`).
     pub fn stored_rules(store: &dyn StateStore) -> Result<Option<String>> {
-        Ok(store.get(Cf::Meta, META_RULES)?.map(|b| String::from_utf8_lossy(&b).into_owned()))
+        Ok(store
+            .get(Cf::Meta, META_RULES)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
     }
 
     pub fn rules(&self) -> &Arc<RuleSet> {
@@ -191,14 +222,19 @@ impl Engine {
 
     /// Processes one batch and commits it together with `positions` (Cf::Offsets key/value
     /// pairs describing how far the input has been consumed).
-    pub fn process(&mut self, records: &[Record<'_>], positions: &[(Vec<u8>, Vec<u8>)]) -> Result<BatchReport> {
+    pub fn process(
+        &mut self,
+        records: &[Record<'_>],
+        positions: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<BatchReport> {
+        let timers_per_batch = self.options.timers_per_batch;
         let mut run = Run::new(self);
         for record in records {
             run.record(record)?;
         }
         let partitions: Vec<u32> = run.touched_partitions.iter().copied().collect();
         for p in partitions {
-            run.fire_due(p, self.options.timers_per_batch)?;
+            run.fire_due(p, timers_per_batch)?;
         }
         run.commit(positions)
     }
@@ -207,15 +243,21 @@ impl Engine {
     /// bounded batches; each batch is committed. Returns what fired.
     pub fn advance(&mut self, partition: u32, t: Millis) -> Result<BatchReport> {
         let mut total = BatchReport::default();
+        let timers_per_batch = self.options.timers_per_batch;
         loop {
             let mut run = Run::new(self);
-            let now = run.clocks.get(&partition).copied().unwrap_or(Millis::MIN).max(t);
+            let now = run
+                .clocks
+                .get(&partition)
+                .copied()
+                .unwrap_or(Millis::MIN)
+                .max(t);
             run.clocks.insert(partition, now);
             run.clock_changed.insert(partition);
-            let fired = run.fire_due(partition, self.options.timers_per_batch)?;
+            let fired = run.fire_due(partition, timers_per_batch)?;
             let report = run.commit(&[])?;
             total.merge(&report);
-            if fired < self.options.timers_per_batch {
+            if fired < timers_per_batch {
                 return Ok(total);
             }
         }
@@ -224,7 +266,9 @@ impl Engine {
     /// Deletes a user (API `DELETE /v1/users/{id}`), emitting exits with cause `delete`.
     /// Returns false when the user is unknown.
     pub fn delete_user(&mut self, user: &str) -> Result<bool> {
-        let Some(partition) = self.partition_of(user)? else { return Ok(false) };
+        let Some(partition) = self.partition_of(user)? else {
+            return Ok(false);
+        };
         let mut run = Run::new(self);
         let now = run.now_for(partition, None);
         run.clocks.insert(partition, now);
@@ -256,32 +300,38 @@ impl Engine {
     }
 
     /// Calls `f` with every user (id, state, engine time of its partition), sorted by user id.
-    pub fn for_each_user(&self, f: &mut dyn FnMut(&str, &UserState, Millis) -> Result<()>) -> Result<()> {
+    pub fn for_each_user(
+        &self,
+        f: &mut dyn FnMut(&str, &UserState, Millis) -> Result<()>,
+    ) -> Result<()> {
         let mut rows: Vec<(Vec<u8>, Vec<u8>, Millis)> = Vec::new();
         let single = self.clocks.len() <= 1;
         for (&p, &now) in &self.clocks {
             let (start, end) = tagstream_state::keys::partition_range(p);
             let mut err = None;
-            self.store.for_each(Cf::Users, &start, end.as_deref(), &mut |k, v| {
-                let user = &k[4..];
-                if single {
-                    match (std::str::from_utf8(user), UserState::decode(v)) {
-                        (Ok(u), Ok(state)) => {
-                            if let Err(e) = f(u, &state, now) {
-                                err = Some(e);
+            self.store
+                .for_each(Cf::Users, &start, end.as_deref(), &mut |k, v| {
+                    let user = &k[4..];
+                    if single {
+                        match (std::str::from_utf8(user), UserState::decode(v)) {
+                            (Ok(u), Ok(state)) => {
+                                if let Err(e) = f(u, &state, now) {
+                                    err = Some(e);
+                                    return false;
+                                }
+                            }
+                            _ => {
+                                err = Some(ConsumerError::Corrupt(format!(
+                                    "user state under key {k:?}"
+                                )));
                                 return false;
                             }
                         }
-                        _ => {
-                            err = Some(ConsumerError::Corrupt(format!("user state under key {k:?}")));
-                            return false;
-                        }
+                    } else {
+                        rows.push((user.to_vec(), v.to_vec(), now));
                     }
-                } else {
-                    rows.push((user.to_vec(), v.to_vec(), now));
-                }
-                true
-            })?;
+                    true
+                })?;
             if let Some(e) = err {
                 return Err(e);
             }
@@ -302,11 +352,17 @@ impl Engine {
     /// Reads up to `limit` outbox entries with sequence numbers `>= from`, in commit order (a
     /// sink with deliveries in flight reads on from where it stopped sending).
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
-        let rows = self.store.scan(Cf::Outbox, &outbox::key(from), None, limit)?;
+        let rows = self
+            .store
+            .scan(Cf::Outbox, &outbox::key(from), None, limit)?;
         rows.into_iter()
             .map(|(k, v)| {
-                let seq = tagstream_state::keys::decode_u64_be(&k).ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
-                Ok((seq, OutboxEntry::decode(&v).map_err(ConsumerError::Corrupt)?))
+                let seq = tagstream_state::keys::decode_u64_be(&k)
+                    .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
+                Ok((
+                    seq,
+                    OutboxEntry::decode(&v).map_err(ConsumerError::Corrupt)?,
+                ))
             })
             .collect()
     }
@@ -314,7 +370,11 @@ impl Engine {
     /// Deletes delivered outbox entries (all with seq <= `upto`).
     pub fn acknowledge(&self, upto: u64) -> Result<()> {
         let mut batch = WriteBatch::new();
-        batch.delete_range(Cf::Outbox, outbox::key(0).to_vec(), outbox::key(upto + 1).to_vec());
+        batch.delete_range(
+            Cf::Outbox,
+            outbox::key(0).to_vec(),
+            outbox::key(upto + 1).to_vec(),
+        );
         self.store.commit(batch)?;
         Ok(())
     }
@@ -383,14 +443,30 @@ impl<'e> Run<'e> {
     fn slot(&mut self, partition: u32, user: &Arc<str>) -> Result<&mut Slot> {
         let key = (partition, user.clone());
         if !self.users.contains_key(&key) {
-            let state = match self.engine.store.get(Cf::Users, &user_key(partition, user))? {
+            let state = match self
+                .engine
+                .store
+                .get(Cf::Users, &user_key(partition, user))?
+            {
                 Some(bytes) => Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
                 None => None,
             };
             let stored_timer = state.as_ref().and_then(|s| s.next_timer);
-            let stored_members = state.as_ref().map(|s| s.segments.iter().map(|m| m.member).collect()).unwrap_or_default();
+            let stored_members = state
+                .as_ref()
+                .map(|s| s.segments.iter().map(|m| m.member).collect())
+                .unwrap_or_default();
             let existed = state.is_some();
-            self.users.insert(key.clone(), Slot { state, stored_timer, stored_members, existed, dirty: false });
+            self.users.insert(
+                key.clone(),
+                Slot {
+                    state,
+                    stored_timer,
+                    stored_members,
+                    existed,
+                    dirty: false,
+                },
+            );
         }
         Ok(self.users.get_mut(&key).expect("slot just inserted"))
     }
@@ -409,7 +485,12 @@ impl<'e> Run<'e> {
 
     fn dead_letter(&mut self, record: &Record<'_>, reason: Reason, detail: String) {
         *self.report.dead_letters.entry(reason.as_str()).or_insert(0) += 1;
-        self.outbox.push(OutboxEntry::DeadLetter(DeadLetter { reason: reason.as_str().into(), detail, raw: record.bytes.to_vec(), origin: record.origin.clone() }));
+        self.outbox.push(OutboxEntry::DeadLetter(DeadLetter {
+            reason: reason.as_str().into(),
+            detail,
+            raw: record.bytes.to_vec(),
+            origin: record.origin.clone(),
+        }));
     }
 
     fn record(&mut self, record: &Record<'_>) -> Result<()> {
@@ -423,7 +504,12 @@ impl<'e> Run<'e> {
         if self.engine.options.clock == ClockMode::Wall {
             let wall = (self.engine.wall_clock)();
             if event.ts > wall.saturating_add(self.engine.options.max_future_ms) {
-                let detail = format!("event time {} is {} ms ahead of the clock; at most {} ms allowed", event.ts, event.ts - wall, self.engine.options.max_future_ms);
+                let detail = format!(
+                    "event time {} is {} ms ahead of the clock; at most {} ms allowed",
+                    event.ts,
+                    event.ts - wall,
+                    self.engine.options.max_future_ms
+                );
                 self.dead_letter(record, Reason::FutureTimestamp, detail);
                 return Ok(());
             }
@@ -450,15 +536,15 @@ impl<'e> Run<'e> {
             return self.delete(partition, &user, now, self.ingested_ms);
         }
         let slot = self.slot(partition, &user)?;
-        let state = slot.state.get_or_insert_with(|| UserState::new(&rules.aggregates, rules.segments.len()));
+        let state = slot
+            .state
+            .get_or_insert_with(|| UserState::new(&rules.aggregates, rules.segments.len()));
         slot.dirty = true;
         let mut out = Vec::new();
-        self.report.timers_fired += core::catch_up(&rules, &user, state, now, &mut out) as u64;
+        let fired = core::catch_up(&rules, &user, state, now, &mut out) as u64;
         let before = out.len();
-        let _: Applied = {
-            core::apply(&rules, &user, state, &event, now, &mut out);
-            Applied::Applied
-        };
+        core::apply(&rules, &user, state, &event, now, &mut out);
+        self.report.timers_fired += fired;
         self.emit(out, before, self.ingested_ms);
         Ok(())
     }
@@ -468,17 +554,33 @@ impl<'e> Run<'e> {
     fn emit(&mut self, out: Vec<Transition>, caused_from: usize, ingested_ms: Millis) {
         for (i, t) in out.into_iter().enumerate() {
             self.report.transitions += 1;
-            *self.report.transitions_by_segment.entry((t.segment.to_string(), t.kind())).or_insert(0) += 1;
+            *self
+                .report
+                .transitions_by_segment
+                .entry((t.segment.to_string(), t.kind()))
+                .or_insert(0) += 1;
             let ingested = if i >= caused_from { ingested_ms } else { 0 };
-            self.outbox.push(OutboxEntry::Transition { user_id: t.user_id.to_string(), json: t.to_json().to_string(), ingested_ms: ingested });
+            self.outbox.push(OutboxEntry::Transition {
+                user_id: t.user_id.to_string(),
+                json: t.to_json().to_string(),
+                ingested_ms: ingested,
+            });
             self.transitions.push(t);
         }
     }
 
-    fn delete(&mut self, partition: u32, user: &Arc<str>, now: Millis, ingested_ms: Millis) -> Result<()> {
+    fn delete(
+        &mut self,
+        partition: u32,
+        user: &Arc<str>,
+        now: Millis,
+        ingested_ms: Millis,
+    ) -> Result<()> {
         let rules = self.engine.rules.clone();
         let slot = self.slot(partition, user)?;
-        let Some(mut state) = slot.state.take() else { return Ok(()) };
+        let Some(mut state) = slot.state.take() else {
+            return Ok(());
+        };
         slot.dirty = true;
         let mut out = Vec::new();
         self.report.timers_fired += core::catch_up(&rules, user, &mut state, now, &mut out) as u64;
@@ -490,14 +592,20 @@ impl<'e> Run<'e> {
 
     /// Fires up to `limit` timers of `partition` due at or before its engine time.
     fn fire_due(&mut self, partition: u32, limit: usize) -> Result<usize> {
-        let Some(now) = self.clocks.get(&partition).copied() else { return Ok(0) };
+        let Some(now) = self.clocks.get(&partition).copied() else {
+            return Ok(0);
+        };
         let start = prefixed(partition, &i64_ordered(Millis::MIN));
         let end = prefixed(partition, &i64_ordered(now.saturating_add(1)));
-        let due = self.engine.store.scan(Cf::Timers, &start, Some(&end), limit)?;
+        let due = self
+            .engine
+            .store
+            .scan(Cf::Timers, &start, Some(&end), limit)?;
         let rules = self.engine.rules.clone();
         let count = due.len();
         for (key, _) in due {
-            let user = std::str::from_utf8(&key[12..]).map_err(|_| ConsumerError::Corrupt("timer key".into()))?;
+            let user = std::str::from_utf8(&key[12..])
+                .map_err(|_| ConsumerError::Corrupt("timer key".into()))?;
             let user: Arc<str> = Arc::from(user);
             let slot = self.slot(partition, &user)?;
             let Some(state) = slot.state.as_mut() else {
@@ -538,7 +646,10 @@ impl<'e> Run<'e> {
             match &slot.state {
                 Some(state) => {
                     batch.put(Cf::Users, key, state.encode());
-                    let id = self.engine.ids.get_or_assign(store.as_ref(), user, &mut batch)?;
+                    let id = self
+                        .engine
+                        .ids
+                        .get_or_assign(store.as_ref(), user, &mut batch)?;
                     if !slot.existed {
                         self.engine.bitmaps.mark_present(*partition, id);
                     }
@@ -569,12 +680,24 @@ impl<'e> Run<'e> {
         }
         self.engine.bitmaps.flush_dirty(&mut batch);
         for entry in &self.outbox {
-            batch.put(Cf::Outbox, outbox::key(self.engine.outbox_seq).to_vec(), entry.encode());
+            batch.put(
+                Cf::Outbox,
+                outbox::key(self.engine.outbox_seq).to_vec(),
+                entry.encode(),
+            );
             self.engine.outbox_seq += 1;
         }
-        batch.put(Cf::Meta, META_OUTBOX_SEQ, tagstream_state::keys::u64_be(self.engine.outbox_seq).to_vec());
+        batch.put(
+            Cf::Meta,
+            META_OUTBOX_SEQ,
+            tagstream_state::keys::u64_be(self.engine.outbox_seq).to_vec(),
+        );
         for p in &self.clock_changed {
-            batch.put(Cf::Meta, clock_key(*p), i64_ordered(self.clocks[p]).to_vec());
+            batch.put(
+                Cf::Meta,
+                clock_key(*p),
+                i64_ordered(self.clocks[p]).to_vec(),
+            );
         }
         for (k, v) in positions {
             batch.put(Cf::Offsets, k.clone(), v.clone());

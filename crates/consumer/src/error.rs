@@ -11,7 +11,10 @@ pub enum ConsumerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
     /// Stored data could not be read back.
     #[error("corrupt state: {0}")]
     Corrupt(String),
@@ -19,7 +22,10 @@ pub enum ConsumerError {
 
 impl ConsumerError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        ConsumerError::Io { context: context.into(), source }
+        ConsumerError::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn is_user_error(&self) -> bool {

@@ -22,7 +22,10 @@ pub struct LineSource {
 
 impl std::fmt::Debug for LineSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LineSource").field("name", &self.name).field("line", &self.line).finish()
+        f.debug_struct("LineSource")
+            .field("name", &self.name)
+            .field("line", &self.line)
+            .finish()
     }
 }
 
@@ -31,21 +34,33 @@ impl LineSource {
         let reader: Box<dyn BufRead + Send> = if path == "-" {
             Box::new(BufReader::with_capacity(1 << 20, std::io::stdin()))
         } else {
-            let file = File::open(path).map_err(|e| ConsumerError::User(format!("cannot open input {path}: {e}")))?;
+            let file = File::open(path)
+                .map_err(|e| ConsumerError::User(format!("cannot open input {path}: {e}")))?;
             if path.ends_with(".gz") {
-                Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(file)))
+                Box::new(BufReader::with_capacity(
+                    1 << 20,
+                    flate2::read::MultiGzDecoder::new(file),
+                ))
             } else {
                 Box::new(BufReader::with_capacity(1 << 20, file))
             }
         };
-        Ok(LineSource { reader, name: path.to_string(), line: 0, buf: Vec::new() })
+        Ok(LineSource {
+            reader,
+            name: path.to_string(),
+            line: 0,
+            buf: Vec::new(),
+        })
     }
 
     /// The next non-blank line and its 1-based number, or None at the end.
     pub fn next_line(&mut self) -> Result<Option<(u64, &[u8])>> {
         loop {
             self.buf.clear();
-            let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| ConsumerError::io(format!("reading {}", self.name), e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| ConsumerError::io(format!("reading {}", self.name), e))?;
             if n == 0 {
                 return Ok(None);
             }
@@ -65,7 +80,10 @@ impl LineSource {
     pub fn skip_to(&mut self, upto: u64) -> Result<()> {
         while self.line < upto {
             self.buf.clear();
-            let n = self.reader.read_until(b'\n', &mut self.buf).map_err(|e| ConsumerError::io(format!("reading {}", self.name), e))?;
+            let n = self
+                .reader
+                .read_until(b'\n', &mut self.buf)
+                .map_err(|e| ConsumerError::io(format!("reading {}", self.name), e))?;
             if n == 0 {
                 break;
             }
@@ -84,10 +102,13 @@ pub fn fingerprint(path: &str) -> Result<Option<[u8; 16]>> {
     if path == "-" {
         return Ok(None);
     }
-    let file = File::open(path).map_err(|e| ConsumerError::User(format!("cannot open input {path}: {e}")))?;
+    let file = File::open(path)
+        .map_err(|e| ConsumerError::User(format!("cannot open input {path}: {e}")))?;
     let mut head = Vec::with_capacity(1 << 16);
     let read = if path.ends_with(".gz") {
-        flate2::read::MultiGzDecoder::new(file).take(1 << 16).read_to_end(&mut head)
+        flate2::read::MultiGzDecoder::new(file)
+            .take(1 << 16)
+            .read_to_end(&mut head)
     } else {
         file.take(1 << 16).read_to_end(&mut head)
     };
@@ -100,7 +121,9 @@ pub fn fingerprint(path: &str) -> Result<Option<[u8; 16]>> {
 
 /// Offsets key of a file input.
 pub fn position_key(path: &str) -> Vec<u8> {
-    let canonical = std::fs::canonicalize(path).map(|p| p.to_string_lossy().into_owned()).unwrap_or_else(|_| path.to_string());
+    let canonical = std::fs::canonicalize(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string());
     format!("file:{canonical}").into_bytes()
 }
 

@@ -3,7 +3,10 @@
 //! Names follow `tagstream_<subsystem>_<name>_<unit>[_total]`; labels are bounded (outcome,
 //! reason, segment, transition type, partition, topic) and never carry a user id.
 
-use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
+};
 
 use crate::engine::BatchReport;
 
@@ -63,31 +66,42 @@ impl Default for Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(m.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(m.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let m = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(m.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let m = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(m.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-    registry.register(Box::new(m.clone())).expect("metric registered once");
+    let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
@@ -95,8 +109,18 @@ impl Metrics {
     /// A fresh set of metrics in its own registry.
     pub fn new() -> Metrics {
         let r = Registry::new();
-        let events = counter_vec(&r, "tagstream_events_total", "Input events by outcome.", &["outcome"]);
-        let dead_letters = counter_vec(&r, "tagstream_dead_letters_total", "Messages sent to the dead-letter destination, by reason.", &["reason"]);
+        let events = counter_vec(
+            &r,
+            "tagstream_events_total",
+            "Input events by outcome.",
+            &["outcome"],
+        );
+        let dead_letters = counter_vec(
+            &r,
+            "tagstream_dead_letters_total",
+            "Messages sent to the dead-letter destination, by reason.",
+            &["reason"],
+        );
         let batch_apply_seconds = histogram(
             &r,
             "tagstream_batch_apply_seconds",
@@ -109,20 +133,81 @@ impl Metrics {
             "From reading an event to the sink acknowledging the transition it caused.",
             prometheus::exponential_buckets(0.001, 2.0, 18).expect("valid buckets"),
         );
-        let consumer_lag = gauge_vec(&r, "tagstream_consumer_lag_messages", "Messages between the next offset to apply and the partition's high watermark.", &["topic", "partition"]);
-        let engine_time_seconds = GaugeVec::new(Opts::new("tagstream_engine_time_seconds", "Engine time of each partition (epoch seconds)."), &["partition"]).expect("valid metric");
-        r.register(Box::new(engine_time_seconds.clone())).expect("metric registered once");
-        let segment_members = gauge_vec(&r, "tagstream_segment_members", "Users in each segment.", &["segment"]);
-        let transitions = counter_vec(&r, "tagstream_transitions_total", "Segment transitions emitted.", &["segment", "type"]);
-        let timers_pending = gauge(&r, "tagstream_timers_pending", "Users with a pending time-driven re-evaluation.");
-        let timers_fired = counter(&r, "tagstream_timers_fired_total", "Time-driven re-evaluations that ran.");
-        let outbox_backlog = gauge(&r, "tagstream_outbox_backlog", "Outbox entries not yet acknowledged by their sink.");
-        let state_size_bytes = gauge(&r, "tagstream_state_size_bytes", "Approximate size of the state store on disk.");
-        let consumer_paused = gauge(&r, "tagstream_consumer_paused", "1 while consumption is paused because the outbox backlog is full.");
-        let partition_rebuilds = counter(&r, "tagstream_partition_rebuilds_total", "Partitions assigned without local state, rebuilt from the earliest retained offset.");
-        let sink_delivery_errors = counter_vec(&r, "tagstream_sink_delivery_errors_total", "Failed deliveries to a sink (retried).", &["sink"]);
-        let rebalances = counter_vec(&r, "tagstream_consumer_rebalances_total", "Consumer group rebalances seen.", &["kind"]);
-        let messages_read = counter(&r, "tagstream_consumer_messages_total", "Messages read from the source.");
+        let consumer_lag = gauge_vec(
+            &r,
+            "tagstream_consumer_lag_messages",
+            "Messages between the next offset to apply and the partition's high watermark.",
+            &["topic", "partition"],
+        );
+        let engine_time_seconds = GaugeVec::new(
+            Opts::new(
+                "tagstream_engine_time_seconds",
+                "Engine time of each partition (epoch seconds).",
+            ),
+            &["partition"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(engine_time_seconds.clone()))
+            .expect("metric registered once");
+        let segment_members = gauge_vec(
+            &r,
+            "tagstream_segment_members",
+            "Users in each segment.",
+            &["segment"],
+        );
+        let transitions = counter_vec(
+            &r,
+            "tagstream_transitions_total",
+            "Segment transitions emitted.",
+            &["segment", "type"],
+        );
+        let timers_pending = gauge(
+            &r,
+            "tagstream_timers_pending",
+            "Users with a pending time-driven re-evaluation.",
+        );
+        let timers_fired = counter(
+            &r,
+            "tagstream_timers_fired_total",
+            "Time-driven re-evaluations that ran.",
+        );
+        let outbox_backlog = gauge(
+            &r,
+            "tagstream_outbox_backlog",
+            "Outbox entries not yet acknowledged by their sink.",
+        );
+        let state_size_bytes = gauge(
+            &r,
+            "tagstream_state_size_bytes",
+            "Approximate size of the state store on disk.",
+        );
+        let consumer_paused = gauge(
+            &r,
+            "tagstream_consumer_paused",
+            "1 while consumption is paused because the outbox backlog is full.",
+        );
+        let partition_rebuilds = counter(
+            &r,
+            "tagstream_partition_rebuilds_total",
+            "Partitions assigned without local state, rebuilt from the earliest retained offset.",
+        );
+        let sink_delivery_errors = counter_vec(
+            &r,
+            "tagstream_sink_delivery_errors_total",
+            "Failed deliveries to a sink (retried).",
+            &["sink"],
+        );
+        let rebalances = counter_vec(
+            &r,
+            "tagstream_consumer_rebalances_total",
+            "Consumer group rebalances seen.",
+            &["kind"],
+        );
+        let messages_read = counter(
+            &r,
+            "tagstream_consumer_messages_total",
+            "Messages read from the source.",
+        );
         for outcome in ["applied", "dead_letter", "duplicate"] {
             events.with_label_values(&[outcome]);
         }
@@ -163,21 +248,31 @@ impl Metrics {
 
     /// Counts what one engine commit did.
     pub fn record_batch(&self, report: &BatchReport) {
-        self.events.with_label_values(&["applied"]).inc_by(report.applied);
-        self.events.with_label_values(&["duplicate"]).inc_by(report.duplicates);
-        self.events.with_label_values(&["dead_letter"]).inc_by(report.dead_lettered());
+        self.events
+            .with_label_values(&["applied"])
+            .inc_by(report.applied);
+        self.events
+            .with_label_values(&["duplicate"])
+            .inc_by(report.duplicates);
+        self.events
+            .with_label_values(&["dead_letter"])
+            .inc_by(report.dead_lettered());
         for (reason, n) in &report.dead_letters {
             self.dead_letters.with_label_values(&[reason]).inc_by(*n);
         }
         for ((segment, kind), n) in &report.transitions_by_segment {
-            self.transitions.with_label_values(&[segment.as_str(), kind]).inc_by(*n);
+            self.transitions
+                .with_label_values(&[segment.as_str(), *kind])
+                .inc_by(*n);
         }
         self.timers_fired.inc_by(report.timers_fired);
     }
 
     /// Sets a partition's engine time gauge.
     pub fn set_engine_time(&self, partition: u32, millis: i64) {
-        let g: Gauge = self.engine_time_seconds.with_label_values(&[&partition.to_string()]);
+        let g: Gauge = self
+            .engine_time_seconds
+            .with_label_values(&[&partition.to_string()]);
         g.set(millis as f64 / 1000.0);
     }
 }
@@ -189,9 +284,16 @@ mod tests {
     #[test]
     fn metric_names_follow_the_spec() {
         let m = Metrics::new();
-        let mut report = BatchReport { applied: 3, duplicates: 1, timers_fired: 2, ..BatchReport::default() };
+        let mut report = BatchReport {
+            applied: 3,
+            duplicates: 1,
+            timers_fired: 2,
+            ..BatchReport::default()
+        };
         report.dead_letters.insert("invalid_json", 2);
-        report.transitions_by_segment.insert(("vip".into(), "segment_enter"), 1);
+        report
+            .transitions_by_segment
+            .insert(("vip".into(), "segment_enter"), 1);
         m.record_batch(&report);
         m.set_engine_time(3, 1_732_000_000_000);
         m.consumer_lag.with_label_values(&["events", "3"]).set(7);

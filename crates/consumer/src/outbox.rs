@@ -10,7 +10,12 @@ pub enum Origin {
     /// A line of a file source (1-based line number); `source` is the path as given.
     Line { source: String, line: u64 },
     /// A Kafka message.
-    Kafka { topic: String, partition: i32, offset: i64, key: Option<Vec<u8>> },
+    Kafka {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+    },
 }
 
 /// A message that could not be accepted, with its original bytes.
@@ -27,7 +32,11 @@ pub struct DeadLetter {
 pub enum OutboxEntry {
     /// A transition as its JSON text, keyed by user id; `ingested_ms` is the wall-clock time the
     /// event that caused it was read (for the latency histogram; 0 for timers).
-    Transition { user_id: String, json: String, ingested_ms: i64 },
+    Transition {
+        user_id: String,
+        json: String,
+        ingested_ms: i64,
+    },
     DeadLetter(DeadLetter),
 }
 
@@ -51,7 +60,12 @@ impl DeadLetter {
     pub fn to_file_line(&self) -> String {
         let (source, line) = match &self.origin {
             Origin::Line { source, line } => (source.clone(), *line as i64),
-            Origin::Kafka { topic, partition, offset, .. } => (format!("kafka:{topic}/{partition}"), *offset),
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } => (format!("kafka:{topic}/{partition}"), *offset),
         };
         let mut obj = serde_json::Map::new();
         obj.insert("reason".into(), self.reason.clone().into());
@@ -71,7 +85,11 @@ pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -90,14 +108,28 @@ mod tests {
 
     #[test]
     fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foobar", "Zm9vYmFy"),
+        ] {
             assert_eq!(base64(input.as_bytes()), want);
         }
     }
 
     #[test]
     fn dead_letter_lines_use_raw_base64_for_binary() {
-        let dl = DeadLetter { reason: "invalid_json".into(), detail: "not utf-8".into(), raw: vec![0xff, 0xfe], origin: Origin::Line { source: "in.ndjson".into(), line: 3 } };
+        let dl = DeadLetter {
+            reason: "invalid_json".into(),
+            detail: "not utf-8".into(),
+            raw: vec![0xff, 0xfe],
+            origin: Origin::Line {
+                source: "in.ndjson".into(),
+                line: 3,
+            },
+        };
         let v: serde_json::Value = serde_json::from_str(&dl.to_file_line()).unwrap();
         assert_eq!(v["raw_base64"], "//4=");
         assert_eq!(v["line"], 3);

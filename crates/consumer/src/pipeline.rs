@@ -62,7 +62,10 @@ pub enum SourceEvent {
     Assigned(Vec<(String, i32)>),
     /// These are being taken away: the engine thread has committed every earlier batch once it
     /// receives this; it then drops `done` to release the source.
-    Revoked { partitions: Vec<(String, i32)>, done: SyncSender<()> },
+    Revoked {
+        partitions: Vec<(String, i32)>,
+        done: SyncSender<()>,
+    },
 }
 
 /// State shared between the engine thread and a source thread.
@@ -109,7 +112,10 @@ impl Control {
 
     /// Offsets stored since the last call.
     pub fn take_commits(&self) -> BTreeMap<(String, i32), i64> {
-        self.commits.lock().map(|mut c| std::mem::take(&mut *c)).unwrap_or_default()
+        self.commits
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
     }
 
     /// Reports an internal failure from a source thread: the pipeline stops without committing
@@ -148,8 +154,15 @@ impl Shutdown {
 /// The handlers are installed before this returns.
 pub fn stop_on_signals(shutdown: Shutdown) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (mut term, mut int) = rt.block_on(async { Ok::<_, std::io::Error>((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)) })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut term, mut int) = rt.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
     std::thread::Builder::new().name("signals".into()).spawn(move || {
         rt.block_on(async move {
             let mut seen = 0;
@@ -187,7 +200,12 @@ pub struct PipelineOptions {
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        PipelineOptions { clock: ClockMode::Wall, tick: Duration::from_secs(1), max_backlog: 100_000, flush_timeout: Duration::from_secs(30) }
+        PipelineOptions {
+            clock: ClockMode::Wall,
+            tick: Duration::from_secs(1),
+            max_backlog: 100_000,
+            flush_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -205,7 +223,9 @@ fn internal(message: String) -> ConsumerError {
 }
 
 fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 struct Loop<'a> {
@@ -224,7 +244,15 @@ struct Loop<'a> {
 
 /// Runs until the source ends (after `shutdown` is triggered, or a stdin source closes) and
 /// returns what was done. Errors are internal failures: nothing further is committed.
-pub fn run(engine: Engine, rx: Receiver<SourceEvent>, control: Arc<Control>, delivery: Delivery, metrics: &Metrics, shutdown: &Shutdown, options: &PipelineOptions) -> Result<Summary> {
+pub fn run(
+    engine: Engine,
+    rx: Receiver<SourceEvent>,
+    control: Arc<Control>,
+    delivery: Delivery,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+    options: &PipelineOptions,
+) -> Result<Summary> {
     let mut l = Loop {
         engine,
         delivery,
@@ -265,7 +293,11 @@ impl Loop<'_> {
                 self.control.stop();
                 tracing::info!("stopping: no more polling; finishing the batches in hand");
             }
-            let idle = if self.delivery.busy() { Duration::from_millis(5) } else { Duration::from_millis(100) };
+            let idle = if self.delivery.busy() {
+                Duration::from_millis(5)
+            } else {
+                Duration::from_millis(100)
+            };
             let wait = idle.min(next_tick.saturating_duration_since(Instant::now()));
             match rx.recv_timeout(wait) {
                 Ok(SourceEvent::Batch(batch)) => self.batch(batch)?,
@@ -305,11 +337,22 @@ impl Loop<'_> {
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         self.summary.messages += batch.messages.len() as u64;
         for m in &batch.messages {
-            if let Origin::Kafka { topic, partition, offset, .. } = &m.origin {
+            if let Origin::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } = &m.origin
+            {
                 let key = (topic.clone(), *partition);
                 let next = match self.next_offsets.get(&key) {
                     Some(n) => Some(*n),
-                    None => self.engine.store().get(Cf::Offsets, &offsets_key(topic, *partition))?.as_deref().and_then(decode_offset),
+                    None => self
+                        .engine
+                        .store()
+                        .get(Cf::Offsets, &offsets_key(topic, *partition))?
+                        .as_deref()
+                        .and_then(decode_offset),
                 };
                 if next.is_some_and(|n| *offset < n) {
                     self.summary.skipped += 1;
@@ -318,16 +361,26 @@ impl Loop<'_> {
                 self.next_offsets.insert(key.clone(), offset + 1);
                 offsets.insert(key, offset + 1);
             }
-            records.push(Record { partition: m.partition, bytes: &m.bytes, origin: m.origin.clone() });
+            records.push(Record {
+                partition: m.partition,
+                bytes: &m.bytes,
+                origin: m.origin.clone(),
+            });
         }
         let mut positions = batch.positions;
-        positions.extend(offsets.iter().map(|((t, p), next)| (offsets_key(t, *p), encode_offset(*next))));
+        positions.extend(
+            offsets
+                .iter()
+                .map(|((t, p), next)| (offsets_key(t, *p), encode_offset(*next))),
+        );
         if records.is_empty() && positions.is_empty() {
             return Ok(());
         }
         let started = Instant::now();
         let report = self.engine.process(&records, &positions)?;
-        self.metrics.batch_apply_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .batch_apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.metrics.record_batch(&report);
         self.summary.report.merge(&report);
         self.control.add_commits(&offsets);
@@ -367,7 +420,10 @@ impl Loop<'_> {
         self.metrics.outbox_backlog.set(backlog as i64);
         let max = self.options.max_backlog.max(1);
         if !self.paused && backlog >= max {
-            tracing::warn!(backlog, "outbox backlog reached its bound: pausing consumption until the sink catches up");
+            tracing::warn!(
+                backlog,
+                "outbox backlog reached its bound: pausing consumption until the sink catches up"
+            );
             self.paused = true;
         } else if self.paused && backlog <= max / 2 {
             tracing::info!(backlog, "outbox backlog drained: resuming consumption");
@@ -387,7 +443,9 @@ impl Loop<'_> {
             }
         }
         for seg in &self.engine.rules().segments {
-            m.segment_members.with_label_values(&[seg.name.as_str()]).set(self.engine.bitmaps().len(&seg.name) as i64);
+            m.segment_members
+                .with_label_values(&[&*seg.name])
+                .set(self.engine.bitmaps().len(&seg.name) as i64);
         }
         if let Ok(marks) = self.control.watermarks.lock() {
             for tp in &self.assigned {
@@ -396,13 +454,16 @@ impl Loop<'_> {
                         Some(next) => hi - next,
                         None => hi - lo.max(0),
                     };
-                    m.consumer_lag.with_label_values(&[tp.0.as_str(), &tp.1.to_string()]).set(lag.max(0));
+                    m.consumer_lag
+                        .with_label_values(&[tp.0.as_str(), tp.1.to_string().as_str()])
+                        .set(lag.max(0));
                 }
             }
         }
         if slow {
             m.timers_pending.set(self.engine.timers_pending()? as i64);
-            m.state_size_bytes.set(self.engine.store().approximate_size_bytes() as i64);
+            m.state_size_bytes
+                .set(self.engine.store().approximate_size_bytes() as i64);
         }
         Ok(())
     }

@@ -39,7 +39,8 @@ pub struct ReplaySummary {
 
 /// Reads and compiles a rules file; errors are user errors naming file, line and column.
 pub fn load_rules(path: &str) -> Result<(RuleSet, String)> {
-    let source = std::fs::read_to_string(path).map_err(|e| ConsumerError::User(format!("cannot read rules file {path}: {e}")))?;
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| ConsumerError::User(format!("cannot read rules file {path}: {e}")))?;
     let rules = RuleSet::compile(&source, path).map_err(|e| ConsumerError::User(e.to_string()))?;
     Ok((rules, source))
 }
@@ -48,14 +49,22 @@ fn open_store(dir: &str, must_exist: bool) -> Result<Arc<dyn StateStore>> {
     if must_exist && !Path::new(dir).join("CURRENT").exists() {
         return Err(ConsumerError::User(format!("no tagstream state in {dir}: run `tagstream replay` (or `run`) with --state-dir {dir} first")));
     }
-    std::fs::create_dir_all(dir).map_err(|e| ConsumerError::User(format!("cannot create state dir {dir}: {e}")))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ConsumerError::User(format!("cannot create state dir {dir}: {e}")))?;
     Ok(Arc::new(RocksStore::open(Path::new(dir))?))
 }
 
 pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     let (rules, source) = load_rules(&opts.rules)?;
     let store = open_store(&opts.state_dir, false)?;
-    let options = EngineOptions { clock: ClockMode::Event, decode: DecodeOptions { format: opts.format, ..DecodeOptions::default() }, ..EngineOptions::default() };
+    let options = EngineOptions {
+        clock: ClockMode::Event,
+        decode: DecodeOptions {
+            format: opts.format,
+            ..DecodeOptions::default()
+        },
+        ..EngineOptions::default()
+    };
     let mut engine = Engine::open(store, Arc::new(rules), &source, options)?;
     if let (Some(t), Some(now)) = (opts.advance_to, engine.clock(PARTITION)) {
         if t < now {
@@ -77,10 +86,17 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
         if let Some(stored) = engine.store().get(tagstream_state::Cf::Offsets, &pos_key)? {
             match decode_position(&stored) {
                 Some((stored_fp, line)) if stored_fp == fp => {
-                    tracing::info!(line, "continuing {} after the last line consumed", opts.input);
+                    tracing::info!(
+                        line,
+                        "continuing {} after the last line consumed",
+                        opts.input
+                    );
                     input.skip_to(line)?;
                 }
-                _ => tracing::info!("{} changed since it was last read; reading it from the start", opts.input),
+                _ => tracing::info!(
+                    "{} changed since it was last read; reading it from the start",
+                    opts.input
+                ),
             }
         }
     }
@@ -100,7 +116,14 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
         }
         let records: Vec<Record<'_>> = lines
             .iter()
-            .map(|(n, bytes)| Record { partition: PARTITION, bytes, origin: Origin::Line { source: opts.input.clone(), line: *n } })
+            .map(|(n, bytes)| Record {
+                partition: PARTITION,
+                bytes,
+                origin: Origin::Line {
+                    source: opts.input.clone(),
+                    line: *n,
+                },
+            })
             .collect();
         let positions = match fp {
             Some(fp) => vec![(pos_key.clone(), encode_position(&fp, input.line()))],
@@ -135,25 +158,34 @@ fn advance_error(t: Millis, now: Millis) -> ConsumerError {
 }
 
 /// Writes the state dump (SPEC §5), sorted by user id; only `user` when given.
-pub fn dump(state_dir: &str, rules_path: Option<&str>, user: Option<&str>, out: &mut dyn Write) -> Result<u64> {
+pub fn dump(
+    state_dir: &str,
+    rules_path: Option<&str>,
+    user: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<u64> {
     let store = open_store(state_dir, true)?;
     let (rules, source) = match rules_path {
         Some(path) => load_rules(path)?,
         None => {
-            let source = Engine::stored_rules(store.as_ref())?.ok_or_else(|| ConsumerError::User(format!("{state_dir} holds no rules; pass --rules")))?;
-            let rules = RuleSet::compile(&source, "<stored rules>").map_err(|e| ConsumerError::Corrupt(e.to_string()))?;
+            let source = Engine::stored_rules(store.as_ref())?.ok_or_else(|| {
+                ConsumerError::User(format!("{state_dir} holds no rules; pass --rules"))
+            })?;
+            let rules = RuleSet::compile(&source, "<stored rules>")
+                .map_err(|e| ConsumerError::Corrupt(e.to_string()))?;
             (rules, source)
         }
     };
     let engine = Engine::open(store, Arc::new(rules), &source, EngineOptions::default())?;
     let rules = engine.rules().clone();
     let mut written = 0;
-    let mut write = |id: &str, state: &tagstream_rules::state::UserState, now: Millis| -> Result<()> {
-        let line = dump_line(&rules, id, state, now);
-        writeln!(out, "{line}").map_err(|e| ConsumerError::io("writing the dump", e))?;
-        written += 1;
-        Ok(())
-    };
+    let mut write =
+        |id: &str, state: &tagstream_rules::state::UserState, now: Millis| -> Result<()> {
+            let line = dump_line(&rules, id, state, now);
+            writeln!(out, "{line}").map_err(|e| ConsumerError::io("writing the dump", e))?;
+            written += 1;
+            Ok(())
+        };
     match user {
         Some(id) => {
             if let Some((state, now)) = engine.user(id)? {
@@ -162,6 +194,7 @@ pub fn dump(state_dir: &str, rules_path: Option<&str>, user: Option<&str>, out: 
         }
         None => engine.for_each_user(&mut write)?,
     }
-    out.flush().map_err(|e| ConsumerError::io("writing the dump", e))?;
+    out.flush()
+        .map_err(|e| ConsumerError::io("writing the dump", e))?;
     Ok(written)
 }

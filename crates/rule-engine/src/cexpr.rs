@@ -24,9 +24,21 @@ pub enum CExpr {
     Cmp(CmpOp, Box<CExpr>, Box<CExpr>),
     And(Box<CExpr>, Box<CExpr>),
     Or(Box<CExpr>, Box<CExpr>),
-    In { expr: Box<CExpr>, list: Vec<CExpr>, negated: bool },
-    Between { expr: Box<CExpr>, low: Box<CExpr>, high: Box<CExpr>, negated: bool },
-    IsNull { expr: Box<CExpr>, negated: bool },
+    In {
+        expr: Box<CExpr>,
+        list: Vec<CExpr>,
+        negated: bool,
+    },
+    Between {
+        expr: Box<CExpr>,
+        low: Box<CExpr>,
+        high: Box<CExpr>,
+        negated: bool,
+    },
+    IsNull {
+        expr: Box<CExpr>,
+        negated: bool,
+    },
     Call(Func, Vec<CExpr>),
 }
 
@@ -118,7 +130,10 @@ impl CExpr {
             CExpr::Const(v) => v.clone(),
             CExpr::Ref(i) => scope.values.get(*i).cloned().unwrap_or(Value::Null),
             CExpr::Prop(key) => match scope.event {
-                Some(ev) => ev.properties.get(&**key).map_or(Value::Null, Value::from_json),
+                Some(ev) => ev
+                    .properties
+                    .get(&**key)
+                    .map_or(Value::Null, Value::from_json),
                 None => Value::Null,
             },
             CExpr::EventName => scope.event.map_or(Value::Null, |ev| Value::str(ev.name)),
@@ -153,7 +168,11 @@ impl CExpr {
                     _ => Value::Null,
                 }
             }
-            CExpr::In { expr, list, negated } => {
+            CExpr::In {
+                expr,
+                list,
+                negated,
+            } => {
                 let x = expr.eval(scope);
                 if x.is_null() {
                     return Value::Null;
@@ -172,7 +191,12 @@ impl CExpr {
                     Value::Bool(*negated)
                 }
             }
-            CExpr::Between { expr, low, high, negated } => {
+            CExpr::Between {
+                expr,
+                low,
+                high,
+                negated,
+            } => {
                 let x = expr.eval(scope);
                 let ge = truth(&compare(CmpOp::GtEq, &x, &low.eval(scope)));
                 let le = truth(&compare(CmpOp::LtEq, &x, &high.eval(scope)));
@@ -207,7 +231,9 @@ pub fn arith(op: ArithOp, a: &Value, b: &Value) -> Value {
             ArithOp::Mod => finite(x % y),
         },
         (ArithOp::Sub, Ts(x), Ts(y)) => x.checked_sub(*y).map_or(Null, Dur),
-        (ArithOp::Add, Ts(x), Dur(y)) | (ArithOp::Add, Dur(y), Ts(x)) => x.checked_add(*y).map_or(Null, Ts),
+        (ArithOp::Add, Ts(x), Dur(y)) | (ArithOp::Add, Dur(y), Ts(x)) => {
+            x.checked_add(*y).map_or(Null, Ts)
+        }
         (ArithOp::Sub, Ts(x), Dur(y)) => x.checked_sub(*y).map_or(Null, Ts),
         (ArithOp::Add, Dur(x), Dur(y)) => x.checked_add(*y).map_or(Null, Dur),
         (ArithOp::Sub, Dur(x), Dur(y)) => x.checked_sub(*y).map_or(Null, Dur),
@@ -215,7 +241,9 @@ pub fn arith(op: ArithOp, a: &Value, b: &Value) -> Value {
         (ArithOp::Mod, Dur(x), Dur(y)) => Dur(x % y),
         (ArithOp::Div, Dur(_), Dur(0)) => Null,
         (ArithOp::Div, Dur(x), Dur(y)) => finite(*x as f64 / *y as f64),
-        (ArithOp::Mul, Dur(d), Num(n)) | (ArithOp::Mul, Num(n), Dur(d)) => scaled_duration(*d as f64 * n),
+        (ArithOp::Mul, Dur(d), Num(n)) | (ArithOp::Mul, Num(n), Dur(d)) => {
+            scaled_duration(*d as f64 * n)
+        }
         (ArithOp::Div, Dur(_), Num(n)) if *n == 0.0 => Null,
         (ArithOp::Div, Dur(d), Num(n)) => scaled_duration(*d as f64 / n),
         _ => Null,
@@ -239,7 +267,11 @@ fn number_arg(args: &[CExpr], i: usize, scope: &Scope<'_>) -> Option<f64> {
 
 fn call(func: Func, args: &[CExpr], scope: &Scope<'_>) -> Value {
     match func {
-        Func::Coalesce => args.iter().map(|a| a.eval(scope)).find(|v| !v.is_null()).unwrap_or(Value::Null),
+        Func::Coalesce => args
+            .iter()
+            .map(|a| a.eval(scope))
+            .find(|v| !v.is_null())
+            .unwrap_or(Value::Null),
         Func::DaysSince => match args[0].eval(scope) {
             Value::Ts(t) => match scope.now.checked_sub(t) {
                 Some(d) => Value::Num(d.div_euclid(DAY_MS) as f64),
@@ -261,7 +293,11 @@ fn call(func: Func, args: &[CExpr], scope: &Scope<'_>) -> Value {
             _ => Value::Null,
         },
         Func::Least | Func::Greatest => {
-            let want = if func == Func::Least { Ordering::Less } else { Ordering::Greater };
+            let want = if func == Func::Least {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
             let mut best: Option<Value> = None;
             for v in args.iter().map(|a| a.eval(scope)).filter(|v| !v.is_null()) {
                 best = match best {
@@ -276,7 +312,9 @@ fn call(func: Func, args: &[CExpr], scope: &Scope<'_>) -> Value {
             best.unwrap_or(Value::Null)
         }
         Func::Round => {
-            let Some(x) = number_arg(args, 0, scope) else { return Value::Null };
+            let Some(x) = number_arg(args, 0, scope) else {
+                return Value::Null;
+            };
             let digits = if args.len() > 1 {
                 match number_arg(args, 1, scope) {
                     Some(d) => d.trunc() as i32,
@@ -292,7 +330,9 @@ fn call(func: Func, args: &[CExpr], scope: &Scope<'_>) -> Value {
             _ => Value::Null,
         },
         Func::Exp => number_arg(args, 0, scope).map_or(Value::Null, |x| finite(x.exp())),
-        Func::Sigmoid => number_arg(args, 0, scope).map_or(Value::Null, |x| finite(1.0 / (1.0 + (-x).exp()))),
+        Func::Sigmoid => {
+            number_arg(args, 0, scope).map_or(Value::Null, |x| finite(1.0 / (1.0 + (-x).exp())))
+        }
     }
 }
 
@@ -316,7 +356,12 @@ mod tests {
 
     fn scope(values: &[Value]) -> Scope<'_> {
         static ZONE: std::sync::OnceLock<Zone> = std::sync::OnceLock::new();
-        Scope { values, now: 10 * DAY_MS + 5, zone: ZONE.get_or_init(Zone::utc), event: None }
+        Scope {
+            values,
+            now: 10 * DAY_MS + 5,
+            zone: ZONE.get_or_init(Zone::utc),
+            event: None,
+        }
     }
 
     fn c(v: Value) -> Box<CExpr> {
@@ -334,18 +379,40 @@ mod tests {
         assert_eq!(CExpr::Or(n(), t()).eval(&s), Value::Bool(true));
         assert_eq!(CExpr::Or(n(), f()).eval(&s), Value::Null);
         assert_eq!(CExpr::Not(n()).eval(&s), Value::Null);
-        let in_list = CExpr::In { expr: c(Value::Num(3.0)), list: vec![CExpr::Const(Value::Num(1.0)), CExpr::Const(Value::Null)], negated: true };
+        let in_list = CExpr::In {
+            expr: c(Value::Num(3.0)),
+            list: vec![CExpr::Const(Value::Num(1.0)), CExpr::Const(Value::Null)],
+            negated: true,
+        };
         assert_eq!(in_list.eval(&s), Value::Null);
     }
 
     #[test]
     fn arithmetic_edges() {
-        assert_eq!(arith(ArithOp::Div, &Value::Num(1.0), &Value::Num(0.0)), Value::Null);
-        assert_eq!(arith(ArithOp::Mod, &Value::Num(7.0), &Value::Num(0.0)), Value::Null);
-        assert_eq!(arith(ArithOp::Div, &Value::Num(7.0), &Value::Num(2.0)), Value::Num(3.5));
-        assert_eq!(arith(ArithOp::Sub, &Value::Ts(10), &Value::Ts(4)), Value::Dur(6));
-        assert_eq!(arith(ArithOp::Sub, &Value::Ts(10), &Value::Dur(4)), Value::Ts(6));
-        assert_eq!(arith(ArithOp::Add, &Value::str("a"), &Value::Num(1.0)), Value::Null);
+        assert_eq!(
+            arith(ArithOp::Div, &Value::Num(1.0), &Value::Num(0.0)),
+            Value::Null
+        );
+        assert_eq!(
+            arith(ArithOp::Mod, &Value::Num(7.0), &Value::Num(0.0)),
+            Value::Null
+        );
+        assert_eq!(
+            arith(ArithOp::Div, &Value::Num(7.0), &Value::Num(2.0)),
+            Value::Num(3.5)
+        );
+        assert_eq!(
+            arith(ArithOp::Sub, &Value::Ts(10), &Value::Ts(4)),
+            Value::Dur(6)
+        );
+        assert_eq!(
+            arith(ArithOp::Sub, &Value::Ts(10), &Value::Dur(4)),
+            Value::Ts(6)
+        );
+        assert_eq!(
+            arith(ArithOp::Add, &Value::str("a"), &Value::Num(1.0)),
+            Value::Null
+        );
     }
 
     #[test]
@@ -368,9 +435,19 @@ mod tests {
     #[test]
     fn least_greatest_skip_nulls() {
         let s = scope(&[]);
-        let args = vec![CExpr::Const(Value::Null), CExpr::Const(Value::Num(3.0)), CExpr::Const(Value::Num(1.0))];
-        assert_eq!(CExpr::Call(Func::Least, args.clone()).eval(&s), Value::Num(1.0));
+        let args = vec![
+            CExpr::Const(Value::Null),
+            CExpr::Const(Value::Num(3.0)),
+            CExpr::Const(Value::Num(1.0)),
+        ];
+        assert_eq!(
+            CExpr::Call(Func::Least, args.clone()).eval(&s),
+            Value::Num(1.0)
+        );
         assert_eq!(CExpr::Call(Func::Greatest, args).eval(&s), Value::Num(3.0));
-        assert_eq!(CExpr::Call(Func::Least, vec![CExpr::Const(Value::Null)]).eval(&s), Value::Null);
+        assert_eq!(
+            CExpr::Call(Func::Least, vec![CExpr::Const(Value::Null)]).eval(&s),
+            Value::Null
+        );
     }
 }

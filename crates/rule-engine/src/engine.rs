@@ -29,20 +29,38 @@ pub fn evaluate(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
 fn evaluate_needed(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
     let mut values = Vec::with_capacity(rules.nodes.len());
     for id in 0..rules.nodes.len() {
-        let v = if rules.needed[id] { evaluate_node(rules, state, id, &values, now) } else { Value::Null };
+        let v = if rules.needed[id] {
+            evaluate_node(rules, state, id, &values, now)
+        } else {
+            Value::Null
+        };
         values.push(v);
     }
     values
 }
 
-fn evaluate_node(rules: &RuleSet, state: &UserState, id: usize, values: &[Value], now: Millis) -> Value {
-    let scope = Scope { values, now, zone: &rules.zone, event: None };
+fn evaluate_node(
+    rules: &RuleSet,
+    state: &UserState,
+    id: usize,
+    values: &[Value],
+    now: Millis,
+) -> Value {
+    let scope = Scope {
+        values,
+        now,
+        zone: &rules.zone,
+        event: None,
+    };
     match &rules.nodes[id].kind {
         NodeKind::Aggregate(slot) => match state.aggs.get(*slot) {
             Some(agg) => agg.value(&rules.aggregates[*slot], &rules.zone, now),
             None => Value::Null,
         },
-        NodeKind::Profile(attr) => state.profile.get(&**attr).map_or(Value::Null, |(_, v)| v.to_value()),
+        NodeKind::Profile(attr) => state
+            .profile
+            .get(&**attr)
+            .map_or(Value::Null, |(_, v)| v.to_value()),
         NodeKind::Expr(e) => e.eval(&scope),
         NodeKind::Case { cases, otherwise } => {
             for (when, value) in cases {
@@ -53,10 +71,17 @@ fn evaluate_node(rules: &RuleSet, state: &UserState, id: usize, values: &[Value]
             otherwise.eval(&scope)
         }
         NodeKind::Tier { of, tiers } => match of.eval(&scope) {
-            Value::Num(x) => tiers.iter().rev().find(|(min, _)| *min <= x).map_or(Value::Null, |(_, label)| Value::Str(label.clone())),
+            Value::Num(x) => tiers
+                .iter()
+                .rev()
+                .find(|(min, _)| *min <= x)
+                .map_or(Value::Null, |(_, label)| Value::Str(label.clone())),
             _ => Value::Null,
         },
-        NodeKind::Nearest { features, centroids } => {
+        NodeKind::Nearest {
+            features,
+            centroids,
+        } => {
             let mut point = Vec::with_capacity(features.len());
             for f in features {
                 match values[*f] {
@@ -66,7 +91,11 @@ fn evaluate_node(rules: &RuleSet, state: &UserState, id: usize, values: &[Value]
             }
             let mut best: Option<(f64, &Arc<str>)> = None;
             for (name, centre) in centroids {
-                let d: f64 = point.iter().zip(centre).map(|(a, b)| (a - b) * (a - b)).sum();
+                let d: f64 = point
+                    .iter()
+                    .zip(centre)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
                 if best.is_none_or(|(bd, _)| d < bd) {
                     best = Some((d, name));
                 }
@@ -88,7 +117,12 @@ fn moved(rules: &RuleSet, state: &UserState, base: &[Value], scratch: &mut Vec<V
 }
 
 fn signature(rules: &RuleSet, probe: &Probe, values: &[Value], t: Millis) -> Vec<i64> {
-    let scope = Scope { values, now: t, zone: &rules.zone, event: None };
+    let scope = Scope {
+        values,
+        now: t,
+        zone: &rules.zone,
+        event: None,
+    };
     match probe {
         Probe::Compare(pairs) => pairs
             .iter()
@@ -117,7 +151,12 @@ fn signature(rules: &RuleSet, probe: &Probe, values: &[Value], t: Millis) -> Vec
 /// in evaluation order, shrinking the horizon as they go: up to the first change of any earlier
 /// probe, the values a probe compares are monotone in time, so bisection finds its first change
 /// exactly. The result may be a spurious wake-up (nothing changes) but never late.
-pub fn next_change(rules: &RuleSet, state: &UserState, values: &[Value], now: Millis) -> Option<Millis> {
+pub fn next_change(
+    rules: &RuleSet,
+    state: &UserState,
+    values: &[Value],
+    now: Millis,
+) -> Option<Millis> {
     let mut horizon = FAR_FUTURE;
     for &slot in &rules.windowed_for_segments {
         if let Some(t) = state.aggs[slot].next_drop(&rules.aggregates[slot], &rules.zone, now) {
@@ -173,11 +212,28 @@ fn as_number(v: &Value) -> Option<f64> {
 /// For a single comparison whose sides differ linearly in time (`x > now() - 7d`, `now() - x
 /// BETWEEN ..`), the instant the comparison flips, from two evaluations. Only a guess: the
 /// caller verifies it, and falls back to bisection (step functions such as `days_since`).
-fn linear_guess(rules: &RuleSet, state: &UserState, values: &[Value], scratch: &mut Vec<Value>, probe: &Probe, now: Millis, last: Millis) -> Option<Millis> {
-    let Probe::Compare(pairs) = probe else { return None };
-    let [(a, b)] = pairs.as_slice() else { return None };
+fn linear_guess(
+    rules: &RuleSet,
+    state: &UserState,
+    values: &[Value],
+    scratch: &mut Vec<Value>,
+    probe: &Probe,
+    now: Millis,
+    last: Millis,
+) -> Option<Millis> {
+    let Probe::Compare(pairs) = probe else {
+        return None;
+    };
+    let [(a, b)] = pairs.as_slice() else {
+        return None;
+    };
     let diff = |vals: &[Value], t: Millis| {
-        let scope = Scope { values: vals, now: t, zone: &rules.zone, event: None };
+        let scope = Scope {
+            values: vals,
+            now: t,
+            zone: &rules.zone,
+            event: None,
+        };
         Some(as_number(&a.eval(&scope))? - as_number(&b.eval(&scope))?)
     };
     let d0 = diff(values, now)?;
@@ -196,7 +252,15 @@ fn linear_guess(rules: &RuleSet, state: &UserState, values: &[Value], scratch: &
 }
 
 /// Compares segment values with stored membership and records transitions.
-fn transitions(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, values: &[Value], now: Millis, cause: Cause, out: &mut Vec<Transition>) {
+fn transitions(
+    rules: &RuleSet,
+    user: &Arc<str>,
+    state: &mut UserState,
+    values: &[Value],
+    now: Millis,
+    cause: Cause,
+    out: &mut Vec<Transition>,
+) {
     for (i, seg) in rules.segments.iter().enumerate() {
         let member = values[seg.node] == Value::Bool(true);
         let st = &mut state.segments[i];
@@ -210,14 +274,24 @@ fn transitions(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, values: 
                 seq: st.seq,
                 ts: now,
                 cause,
-                tags: seg.direct_tags.iter().map(|&t| (rules.nodes[t].name.clone(), values[t].clone())).collect(),
+                tags: seg
+                    .direct_tags
+                    .iter()
+                    .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
+                    .collect(),
             });
         }
     }
 }
 
 /// Fires every timer of this user due at or before `now`, each at its own instant.
-pub fn catch_up(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, now: Millis, out: &mut Vec<Transition>) -> usize {
+pub fn catch_up(
+    rules: &RuleSet,
+    user: &Arc<str>,
+    state: &mut UserState,
+    now: Millis,
+    out: &mut Vec<Transition>,
+) -> usize {
     let mut fired = 0;
     while let Some(due) = state.next_timer.filter(|t| *t <= now) {
         fired += 1;
@@ -237,13 +311,22 @@ pub enum Applied {
 
 fn id_hash(id: &str) -> u64 {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
-    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// Whether `event` repeats an event id already applied to this user within the dedup window,
 /// judged at the engine time `now` the event would be applied at.
-pub fn is_duplicate(rules: &RuleSet, state: Option<&UserState>, event: &Event, now: Millis) -> bool {
-    let (Some(state), Some(id)) = (state, event.event_id.as_deref()) else { return false };
+pub fn is_duplicate(
+    rules: &RuleSet,
+    state: Option<&UserState>,
+    event: &Event,
+    now: Millis,
+) -> bool {
+    let (Some(state), Some(id)) = (state, event.event_id.as_deref()) else {
+        return false;
+    };
     if rules.dedup_window_ms <= 0 {
         return false;
     }
@@ -254,7 +337,14 @@ pub fn is_duplicate(rules: &RuleSet, state: Option<&UserState>, event: &Event, n
 
 /// Applies a track or profile event at engine time `now` (timers must already be caught up) and
 /// records the transitions it causes. Returns the user's state afterwards.
-pub fn apply(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, event: &Event, now: Millis, out: &mut Vec<Transition>) {
+pub fn apply(
+    rules: &RuleSet,
+    user: &Arc<str>,
+    state: &mut UserState,
+    event: &Event,
+    now: Millis,
+    out: &mut Vec<Transition>,
+) {
     if let (Some(id), true) = (event.event_id.as_deref(), rules.dedup_window_ms > 0) {
         let horizon = now.saturating_sub(rules.dedup_window_ms);
         state.dedup.retain(|&(_, ts)| ts >= horizon);
@@ -266,7 +356,12 @@ pub fn apply(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, event: &Ev
             for slot in rules.aggregates_for(name) {
                 let agg = &rules.aggregates[slot];
                 if let Some(filter) = &agg.filter {
-                    let scope = Scope { values: &[], now, zone: &rules.zone, event: Some(view) };
+                    let scope = Scope {
+                        values: &[],
+                        now,
+                        zone: &rules.zone,
+                        event: Some(view),
+                    };
                     if filter.eval(&scope) != Value::Bool(true) {
                         continue;
                     }
@@ -284,7 +379,9 @@ pub fn apply(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, event: &Ev
                 let current = state.profile.get(key);
                 let write = match op {
                     ProfileOp::SetOnce => current.is_none_or(|(_, v)| v.is_null()),
-                    ProfileOp::Set | ProfileOp::Unset => current.is_none_or(|(t, _)| event.ts >= *t),
+                    ProfileOp::Set | ProfileOp::Unset => {
+                        current.is_none_or(|(t, _)| event.ts >= *t)
+                    }
                 };
                 if write {
                     state.profile.insert(key.clone(), (event.ts, value));
@@ -299,7 +396,13 @@ pub fn apply(rules: &RuleSet, user: &Arc<str>, state: &mut UserState, event: &Ev
 }
 
 /// Erases a user at engine time `now`: exits for every segment it is in, with cause `delete`.
-pub fn delete(rules: &RuleSet, user: &Arc<str>, state: &UserState, now: Millis, out: &mut Vec<Transition>) {
+pub fn delete(
+    rules: &RuleSet,
+    user: &Arc<str>,
+    state: &UserState,
+    now: Millis,
+    out: &mut Vec<Transition>,
+) {
     let values = evaluate(rules, state, now);
     for (i, seg) in rules.segments.iter().enumerate() {
         let st = state.segments[i];
@@ -311,7 +414,11 @@ pub fn delete(rules: &RuleSet, user: &Arc<str>, state: &UserState, now: Millis, 
                 seq: st.seq + 1,
                 ts: now,
                 cause: Cause::Delete,
-                tags: seg.direct_tags.iter().map(|&t| (rules.nodes[t].name.clone(), values[t].clone())).collect(),
+                tags: seg
+                    .direct_tags
+                    .iter()
+                    .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
+                    .collect(),
             });
         }
     }
@@ -320,8 +427,17 @@ pub fn delete(rules: &RuleSet, user: &Arc<str>, state: &UserState, now: Millis, 
 /// One line of the state dump (SPEC §5): every defined tag and the sorted segments, at `now`.
 pub fn dump_line(rules: &RuleSet, user: &str, state: &UserState, now: Millis) -> serde_json::Value {
     let values = evaluate(rules, state, now);
-    let tags: serde_json::Map<String, serde_json::Value> = rules.tags.iter().map(|&id| (rules.nodes[id].name.to_string(), values[id].to_json())).collect();
-    let mut segments: Vec<&str> = rules.segments.iter().filter(|s| values[s.node] == Value::Bool(true)).map(|s| &*s.name).collect();
+    let tags: serde_json::Map<String, serde_json::Value> = rules
+        .tags
+        .iter()
+        .map(|&id| (rules.nodes[id].name.to_string(), values[id].to_json()))
+        .collect();
+    let mut segments: Vec<&str> = rules
+        .segments
+        .iter()
+        .filter(|s| values[s.node] == Value::Bool(true))
+        .map(|s| &*s.name)
+        .collect();
     segments.sort_unstable();
     serde_json::json!({ "user_id": user, "tags": tags, "segments": segments })
 }

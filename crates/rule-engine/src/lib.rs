@@ -10,10 +10,10 @@
 //! Guarantees: decoding and rule compilation never panic on user input; evaluation at engine
 //! time `t` depends only on the events applied and `t`, so the incremental state always equals a
 //! from-scratch batch computation at the same engine time (SPEC §3).
-pub mod event;
-pub mod expr;
 pub mod cexpr;
 pub mod engine;
+pub mod event;
+pub mod expr;
 pub mod rules;
 pub mod state;
 pub mod time;

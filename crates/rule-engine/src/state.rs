@@ -125,8 +125,14 @@ struct Span {
 impl Span {
     fn new(agg: &Aggregate, zone: &Zone, now: Millis) -> Span {
         match agg.window {
-            Some(w) => Span { window: Some(w), oldest: w.oldest_bucket(zone, now) },
-            None => Span { window: None, oldest: i64::MIN },
+            Some(w) => Span {
+                window: Some(w),
+                oldest: w.oldest_bucket(zone, now),
+            },
+            None => Span {
+                window: None,
+                oldest: i64::MIN,
+            },
         }
     }
 
@@ -142,7 +148,14 @@ impl Span {
 impl AggState {
     /// Adds one matching event (its filter already passed). `property` is the event's value of
     /// the aggregate's property (None when absent).
-    pub fn add(&mut self, agg: &Aggregate, zone: &Zone, now: Millis, ts: Millis, property: Option<&Json>) {
+    pub fn add(
+        &mut self,
+        agg: &Aggregate,
+        zone: &Zone,
+        now: Millis,
+        ts: Millis,
+        property: Option<&Json>,
+    ) {
         let span = Span::new(agg, zone, now);
         let bucket = span.bucket(zone, ts);
         match self {
@@ -212,10 +225,20 @@ impl AggState {
         match self {
             AggState::Count(b) => Value::Num(b.live(oldest).sum::<u64>() as f64),
             AggState::Sum(b) => Value::Num(b.live(oldest).sum::<f64>()),
-            AggState::Min(b) => b.live(oldest).copied().reduce(f64::min).map_or(Value::Null, Value::Num),
-            AggState::Max(b) => b.live(oldest).copied().reduce(f64::max).map_or(Value::Null, Value::Num),
+            AggState::Min(b) => b
+                .live(oldest)
+                .copied()
+                .reduce(f64::min)
+                .map_or(Value::Null, Value::Num),
+            AggState::Max(b) => b
+                .live(oldest)
+                .copied()
+                .reduce(f64::max)
+                .map_or(Value::Null, Value::Num),
             AggState::Avg(b) => {
-                let (sum, n) = b.live(oldest).fold((0.0, 0u64), |(s, n), (bs, bn)| (s + bs, n + bn));
+                let (sum, n) = b
+                    .live(oldest)
+                    .fold((0.0, 0u64), |(s, n), (bs, bn)| (s + bs, n + bn));
                 if n == 0 {
                     Value::Null
                 } else {
@@ -237,8 +260,12 @@ impl AggState {
                 }
             }
             AggState::Top(b) => top_value(b.live(oldest), agg.k),
-            AggState::First(cur) | AggState::Last(cur) => cur.as_ref().map_or(Value::Null, |(_, v)| v.to_value()),
-            AggState::FirstTime(cur) | AggState::LastTime(cur) => cur.map_or(Value::Null, Value::Ts),
+            AggState::First(cur) | AggState::Last(cur) => {
+                cur.as_ref().map_or(Value::Null, |(_, v)| v.to_value())
+            }
+            AggState::FirstTime(cur) | AggState::LastTime(cur) => {
+                cur.map_or(Value::Null, Value::Ts)
+            }
         }
     }
 
@@ -274,7 +301,9 @@ fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: us
     if k <= 1 {
         ranked[0].0.to_value()
     } else {
-        Value::List(Arc::new(ranked.iter().take(k).map(|(v, _)| v.to_value()).collect()))
+        Value::List(Arc::new(
+            ranked.iter().take(k).map(|(v, _)| v.to_value()).collect(),
+        ))
     }
 }
 
@@ -298,8 +327,12 @@ impl UserState {
 
     pub fn decode(bytes: &[u8]) -> Result<UserState, String> {
         match bytes.split_first() {
-            Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|e| format!("corrupt user state: {e}")),
-            Some((v, _)) => Err(format!("user state has format version {v}, this build reads {FORMAT_VERSION}")),
+            Some((&FORMAT_VERSION, rest)) => {
+                postcard::from_bytes(rest).map_err(|e| format!("corrupt user state: {e}"))
+            }
+            Some((v, _)) => Err(format!(
+                "user state has format version {v}, this build reads {FORMAT_VERSION}"
+            )),
             None => Err("empty user state".into()),
         }
     }

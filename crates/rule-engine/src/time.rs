@@ -29,13 +29,19 @@ pub struct Zone {
 
 impl Zone {
     pub fn utc() -> Zone {
-        Zone { tz: Tz::UTC, utc: true }
+        Zone {
+            tz: Tz::UTC,
+            utc: true,
+        }
     }
 
     /// Parses an IANA zone name (`Asia/Shanghai`, `UTC`).
     pub fn parse(name: &str) -> Option<Zone> {
         let tz: Tz = name.parse().ok()?;
-        let utc = matches!(tz, Tz::UTC | Tz::Etc__UTC | Tz::Etc__UCT | Tz::UCT | Tz::Zulu | Tz::Etc__Zulu);
+        let utc = matches!(
+            tz,
+            Tz::UTC | Tz::Etc__UTC | Tz::Etc__UCT | Tz::UCT | Tz::Zulu | Tz::Etc__Zulu
+        );
         Some(Zone { tz, utc })
     }
 
@@ -49,7 +55,14 @@ impl Zone {
             return 0;
         }
         match chrono::DateTime::from_timestamp_millis(t) {
-            Some(dt) => i64::from(self.tz.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()) * 1000,
+            Some(dt) => {
+                i64::from(
+                    self.tz
+                        .offset_from_utc_datetime(&dt.naive_utc())
+                        .fix()
+                        .local_minus_utc(),
+                ) * 1000
+            }
             None => 0,
         }
     }
@@ -65,7 +78,9 @@ impl Zone {
         if self.utc {
             return day * DAY_MS;
         }
-        let Some(date) = NaiveDate::from_ymd_opt(1970, 1, 1).and_then(|d| d.checked_add_signed(chrono::Duration::days(day))) else {
+        let Some(date) = NaiveDate::from_ymd_opt(1970, 1, 1)
+            .and_then(|d| d.checked_add_signed(chrono::Duration::days(day)))
+        else {
             return day * DAY_MS;
         };
         let midnight = date.and_hms_opt(0, 0, 0).expect("midnight is a valid time");
@@ -154,22 +169,34 @@ impl Window {
     /// Parses `15m`, `24h`, `30d`, `4w` (weeks are 7 day buckets each).
     pub fn parse(text: &str) -> Result<Window, String> {
         let text = text.trim();
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
         let (digits, unit) = text.split_at(split);
         let hint = "a window is a positive whole number followed by m, h, d or w, like \"30d\"";
-        let n: i64 = digits.parse().map_err(|_| format!("invalid window {text:?}: {hint}"))?;
+        let n: i64 = digits
+            .parse()
+            .map_err(|_| format!("invalid window {text:?}: {hint}"))?;
         if n <= 0 {
-            return Err(format!("invalid window {text:?}: it must be at least one bucket; {hint}"));
+            return Err(format!(
+                "invalid window {text:?}: it must be at least one bucket; {hint}"
+            ));
         }
         let (unit, buckets) = match unit {
             "m" => (Unit::Minute, n),
             "h" => (Unit::Hour, n),
             "d" => (Unit::Day, n),
-            "w" => (Unit::Day, n.checked_mul(7).ok_or_else(|| format!("window {text:?} is too long"))?),
+            "w" => (
+                Unit::Day,
+                n.checked_mul(7)
+                    .ok_or_else(|| format!("window {text:?} is too long"))?,
+            ),
             _ => return Err(format!("invalid window unit in {text:?}: {hint}")),
         };
         if buckets > 100_000 {
-            return Err(format!("window {text:?} is too long: at most 100000 buckets"));
+            return Err(format!(
+                "window {text:?} is too long: at most 100000 buckets"
+            ));
         }
         Ok(Window { unit, buckets })
     }
@@ -206,10 +233,14 @@ impl Window {
 /// Parses a duration literal as used in the rules file (`90s`, `15m`, `12h`, `7d`, `2w`, `0d`).
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let hint = "a duration is a whole number followed by s, m, h, d or w, like \"7d\"";
-    let n: i64 = digits.parse().map_err(|_| format!("invalid duration {text:?}: {hint}"))?;
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: {hint}"))?;
     let unit_ms = match unit {
         "ms" => 1,
         "s" => 1000,
@@ -219,7 +250,8 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         "w" => 7 * DAY_MS,
         _ => return Err(format!("invalid duration unit in {text:?}: {hint}")),
     };
-    n.checked_mul(unit_ms).ok_or_else(|| format!("duration {text:?} is too long"))
+    n.checked_mul(unit_ms)
+        .ok_or_else(|| format!("duration {text:?} is too long"))
 }
 
 #[cfg(test)]
@@ -227,7 +259,9 @@ mod tests {
     use super::*;
 
     fn ms(rfc: &str) -> Millis {
-        chrono::DateTime::parse_from_rfc3339(rfc).unwrap().timestamp_millis()
+        chrono::DateTime::parse_from_rfc3339(rfc)
+            .unwrap()
+            .timestamp_millis()
     }
 
     #[test]
@@ -283,7 +317,13 @@ mod tests {
 
     #[test]
     fn weeks_are_day_buckets() {
-        assert_eq!(Window::parse("4w").unwrap(), Window { unit: Unit::Day, buckets: 28 });
+        assert_eq!(
+            Window::parse("4w").unwrap(),
+            Window {
+                unit: Unit::Day,
+                buckets: 28
+            }
+        );
         assert!(Window::parse("0d").is_err());
         assert!(Window::parse("30x").is_err());
         assert!(Window::parse("d").is_err());

@@ -64,7 +64,11 @@ impl Transition {
     }
 
     pub fn to_json(&self) -> Json {
-        let tags: Map<String, Json> = self.tags.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect();
+        let tags: Map<String, Json> = self
+            .tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_json()))
+            .collect();
         json!({
             "event_id": self.event_id(),
             "type": self.kind(),
@@ -84,10 +88,21 @@ mod tests {
 
     #[test]
     fn event_id_is_deterministic_and_distinguishes_fields() {
-        let t = Transition { user_id: "u1".into(), segment: "vip".into(), enter: true, seq: 1, ts: 5, cause: Cause::Event, tags: vec![] };
+        let t = Transition {
+            user_id: "u1".into(),
+            segment: "vip".into(),
+            enter: true,
+            seq: 1,
+            ts: 5,
+            cause: Cause::Event,
+            tags: vec![],
+        };
         assert_eq!(t.event_id(), t.clone().event_id());
         assert_eq!(t.event_id().len(), 32);
-        let other = Transition { seq: 2, ..t.clone() };
+        let other = Transition {
+            seq: 2,
+            ..t.clone()
+        };
         assert_ne!(t.event_id(), other.event_id());
         let j = t.to_json();
         assert_eq!(j["type"], "segment_enter");

@@ -130,7 +130,9 @@ impl Scalar {
         match json {
             Json::Null => Scalar::Null,
             Json::Bool(b) => Scalar::Bool(*b),
-            Json::Number(n) => n.as_f64().map_or(Scalar::Null, |f| Scalar::Num(if f == 0.0 { 0.0 } else { f })),
+            Json::Number(n) => n.as_f64().map_or(Scalar::Null, |f| {
+                Scalar::Num(if f == 0.0 { 0.0 } else { f })
+            }),
             Json::String(s) => Scalar::Str(s.clone()),
             other => Scalar::Composite(compact(other)),
         }
@@ -182,7 +184,9 @@ impl Ord for Scalar {
         match (self, other) {
             (Scalar::Bool(a), Scalar::Bool(b)) => a.cmp(b),
             (Scalar::Num(a), Scalar::Num(b)) => a.total_cmp(b),
-            (Scalar::Str(a), Scalar::Str(b)) | (Scalar::Composite(a), Scalar::Composite(b)) => a.cmp(b),
+            (Scalar::Str(a), Scalar::Str(b)) | (Scalar::Composite(a), Scalar::Composite(b)) => {
+                a.cmp(b)
+            }
             _ => self.rank().cmp(&other.rank()),
         }
     }
@@ -195,28 +199,56 @@ mod tests {
 
     #[test]
     fn scalar_order_follows_the_spec() {
-        let mut v: Vec<Scalar> = [json!("b"), json!(2), json!(true), json!([1]), json!("a"), json!(1.0), json!(false)]
-            .iter()
-            .map(Scalar::from_json)
-            .collect();
+        let mut v: Vec<Scalar> = [
+            json!("b"),
+            json!(2),
+            json!(true),
+            json!([1]),
+            json!("a"),
+            json!(1.0),
+            json!(false),
+        ]
+        .iter()
+        .map(Scalar::from_json)
+        .collect();
         v.sort();
         let back: Vec<Json> = v.iter().map(|s| s.to_value().to_json()).collect();
-        assert_eq!(back, vec![json!(false), json!(true), json!(1), json!(2), json!("a"), json!("b"), json!([1])]);
+        assert_eq!(
+            back,
+            vec![
+                json!(false),
+                json!(true),
+                json!(1),
+                json!(2),
+                json!("a"),
+                json!("b"),
+                json!([1])
+            ]
+        );
         assert_eq!(Scalar::from_json(&json!(1)), Scalar::from_json(&json!(1.0)));
-        assert_eq!(Scalar::from_json(&json!(-0.0)), Scalar::from_json(&json!(0)));
+        assert_eq!(
+            Scalar::from_json(&json!(-0.0)),
+            Scalar::from_json(&json!(0))
+        );
     }
 
     #[test]
     fn comparisons_across_types_are_null() {
         assert_eq!(Value::Num(1.0).compare(&Value::str("1")), None);
         assert_eq!(Value::Ts(5).compare(&Value::Num(5.0)), None);
-        assert_eq!(Value::str("a").compare(&Value::str("b")), Some(Ordering::Less));
+        assert_eq!(
+            Value::str("a").compare(&Value::str("b")),
+            Some(Ordering::Less)
+        );
     }
 
     #[test]
     fn integral_numbers_print_as_integers() {
         assert_eq!(Value::Num(12.0).to_json(), json!(12));
         assert_eq!(Value::Num(12.5).to_json(), json!(12.5));
-        assert_eq!(Value::Ts(1_732_000_000_000).to_json(), json!(1_732_000_000_000i64));
+        assert_eq!(
+            Value::Ts(1_732_000_000_000).to_json(),
+            json!(1_732_000_000_000i64)
+        );
     }
 }

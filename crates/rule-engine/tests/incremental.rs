@@ -98,8 +98,20 @@ struct Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    (0u8..3, 0u8..20, prop_oneof![4 => 0i64..(30 * HOUR), 1 => -(60 * HOUR)..0i64, 1 => Just(0i64)], 0u8..80, 0u8..4)
-        .prop_map(|(user, kind, dt, amount, cat)| Step { user, kind, dt, amount, cat })
+    (
+        0u8..3,
+        0u8..20,
+        prop_oneof![4 => 0i64..(30 * HOUR), 1 => -(60 * HOUR)..0i64, 1 => Just(0i64)],
+        0u8..80,
+        0u8..4,
+    )
+        .prop_map(|(user, kind, dt, amount, cat)| Step {
+            user,
+            kind,
+            dt,
+            amount,
+            cat,
+        })
 }
 
 fn to_json(s: &Step, ts: i64) -> String {
@@ -122,16 +134,31 @@ fn batch(lines: &[String], now: Millis) -> BTreeMap<String, serde_json::Value> {
             users.remove(&ev.user_id);
             continue;
         }
-        let st = users.entry(ev.user_id.clone()).or_insert_with(|| UserState::new(&rules.aggregates, rules.segments.len()));
+        let st = users
+            .entry(ev.user_id.clone())
+            .or_insert_with(|| UserState::new(&rules.aggregates, rules.segments.len()));
         let mut sink = Vec::new();
         // Apply at the final instant: no pruning history, no intermediate timers.
-        engine::apply(&rules, &Arc::from(ev.user_id.as_str()), st, &ev, now, &mut sink);
+        engine::apply(
+            &rules,
+            &Arc::from(ev.user_id.as_str()),
+            st,
+            &ev,
+            now,
+            &mut sink,
+        );
     }
-    users.iter().map(|(u, s)| (u.clone(), engine::dump_line(&rules, u, s, now))).collect()
+    users
+        .iter()
+        .map(|(u, s)| (u.clone(), engine::dump_line(&rules, u, s, now)))
+        .collect()
 }
 
 fn incremental_dump(sim: &Sim) -> BTreeMap<String, serde_json::Value> {
-    sim.users.iter().map(|(u, s)| (u.clone(), engine::dump_line(&sim.rules, u, s, sim.now))).collect()
+    sim.users
+        .iter()
+        .map(|(u, s)| (u.clone(), engine::dump_line(&sim.rules, u, s, sim.now)))
+        .collect()
 }
 
 proptest! {

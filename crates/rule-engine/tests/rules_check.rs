@@ -11,7 +11,11 @@ fn errors(src: &str) -> Vec<String> {
 
 fn assert_error(src: &str, needle: &str, line: usize) {
     let errs = errors(src);
-    assert!(errs.iter().any(|e| e.contains(needle) && e.starts_with(&format!("rules.toml:{line}:"))), "expected {needle:?} on line {line}, got {errs:#?}");
+    assert!(
+        errs.iter()
+            .any(|e| e.contains(needle) && e.starts_with(&format!("rules.toml:{line}:"))),
+        "expected {needle:?} on line {line}, got {errs:#?}"
+    );
 }
 
 #[test]
@@ -34,7 +38,11 @@ fn type_errors() {
 fn cycles_are_reported_with_the_path() {
     let src = "[[tag]]\nname = \"a\"\nkind = \"expr\"\nexpr = \"b + 1\"\n[[tag]]\nname = \"b\"\nkind = \"expr\"\nexpr = \"a + 1\"\n";
     let errs = errors(src);
-    assert!(errs.iter().any(|e| e.contains("cycle between rules") && (e.contains("a -> b -> a") || e.contains("b -> a -> b"))), "{errs:#?}");
+    assert!(
+        errs.iter().any(|e| e.contains("cycle between rules")
+            && (e.contains("a -> b -> a") || e.contains("b -> a -> b"))),
+        "{errs:#?}"
+    );
 }
 
 #[test]
@@ -63,10 +71,22 @@ fn where_sees_only_the_event() {
 
 #[test]
 fn unknown_keys_kinds_and_duplicates() {
-    assert_error("[[tag]]\nname = \"c\"\nkind = \"count\"\nevent = \"e\"\nwindw = \"7d\"\n", "unknown field", 5);
-    assert_error("[[tag]]\nname = \"c\"\nkind = \"median\"\nevent = \"e\"\n", "unknown kind", 3);
+    assert_error(
+        "[[tag]]\nname = \"c\"\nkind = \"count\"\nevent = \"e\"\nwindw = \"7d\"\n",
+        "unknown field",
+        5,
+    );
+    assert_error(
+        "[[tag]]\nname = \"c\"\nkind = \"median\"\nevent = \"e\"\n",
+        "unknown kind",
+        3,
+    );
     assert_error("[[tag]]\nname = \"c\"\nkind = \"count\"\nevent = \"e\"\n[[segment]]\nname = \"c\"\nwhen = \"TRUE\"\n", "already used on line 2", 6);
-    assert_error("[[tag]]\nname = \"sum\"\nkind = \"count\"\n", "needs `event`", 2);
+    assert_error(
+        "[[tag]]\nname = \"sum\"\nkind = \"count\"\n",
+        "needs `event`",
+        2,
+    );
 }
 
 #[test]

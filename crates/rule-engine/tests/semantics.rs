@@ -80,12 +80,30 @@ kind = "profile"
 property = "city"
 "#,
     );
-    sim.event(&track("u", "purchase", T0, json!({"amount": 10, "category": "b"})));
-    sim.event(&track("u", "purchase", T0 + 1, json!({"amount": "12.5", "category": "a"})));
-    sim.event(&track("u", "purchase", T0 + 2, json!({"amount": 2.5, "category": "b"})));
+    sim.event(&track(
+        "u",
+        "purchase",
+        T0,
+        json!({"amount": 10, "category": "b"}),
+    ));
+    sim.event(&track(
+        "u",
+        "purchase",
+        T0 + 1,
+        json!({"amount": "12.5", "category": "a"}),
+    ));
+    sim.event(&track(
+        "u",
+        "purchase",
+        T0 + 2,
+        json!({"amount": 2.5, "category": "b"}),
+    ));
     sim.event(&track("u", "purchase", T0 - 5, json!({"category": "c"})));
     sim.event(&track("u", "view", T0 + 3, json!({"amount": 1000})));
-    sim.event(&json!({"type": "profile", "user_id": "u", "ts": T0, "properties": {"city": "Paris"}}).to_string());
+    sim.event(
+        &json!({"type": "profile", "user_id": "u", "ts": T0, "properties": {"city": "Paris"}})
+            .to_string(),
+    );
     assert_eq!(sim.tag("u", "n"), json!(4));
     assert_eq!(sim.tag("u", "total"), json!(12.5));
     assert_eq!(sim.tag("u", "lo"), json!(2.5));
@@ -158,10 +176,18 @@ property = "v"
     sim.event(&track("u", "e", T0, json!({"v": "x"})));
     assert_eq!(sim.tag("u", "first_v"), json!("y"));
     assert_eq!(sim.tag("u", "last_v"), json!("x"));
-    assert_eq!(sim.tag("u", "fav"), json!("x"), "equal counts go to the smallest value");
+    assert_eq!(
+        sim.tag("u", "fav"),
+        json!("x"),
+        "equal counts go to the smallest value"
+    );
     sim.event(&track("u", "e", T0, json!({"v": 5})));
     sim.event(&track("u", "e", T0, json!({"v": 5.0})));
-    assert_eq!(sim.tag("u", "fav"), json!(5), "1 equals 1.0; numbers sort before strings");
+    assert_eq!(
+        sim.tag("u", "fav"),
+        json!(5),
+        "1 equals 1.0; numbers sort before strings"
+    );
 }
 
 #[test]
@@ -174,16 +200,26 @@ kind = "profile"
 property = "city"
 "#,
     );
-    let profile = |ts: i64, props: serde_json::Value| json!({"type": "profile", "user_id": "u", "ts": ts, "properties": props}).to_string();
+    let profile = |ts: i64, props: serde_json::Value| {
+        json!({"type": "profile", "user_id": "u", "ts": ts, "properties": props}).to_string()
+    };
     sim.event(&profile(T0 + 10, json!({"city": "A"})));
     sim.event(&profile(T0 + 5, json!({"city": "B"})));
     assert_eq!(sim.tag("u", "city"), json!("A"), "older value does not win");
     sim.event(&profile(T0 + 10, json!({"city": "C"})));
     assert_eq!(sim.tag("u", "city"), json!("C"), "ties: later arrival wins");
     sim.event(&profile(T0 + 11, json!({"other": 1})));
-    assert_eq!(sim.tag("u", "city"), json!("C"), "a profile event without the key leaves it alone");
+    assert_eq!(
+        sim.tag("u", "city"),
+        json!("C"),
+        "a profile event without the key leaves it alone"
+    );
     sim.event(&profile(T0 + 12, json!({"city": null})));
-    assert_eq!(sim.tag("u", "city"), json!(null), "explicit null is a value");
+    assert_eq!(
+        sim.tag("u", "city"),
+        json!(null),
+        "explicit null is a value"
+    );
 }
 
 #[test]
@@ -203,18 +239,25 @@ when = "spend_2d >= 100"
 "#,
     );
     // 2024-11-19T10:00+08:00
-    let t = chrono::DateTime::parse_from_rfc3339("2024-11-19T10:00:00+08:00").unwrap().timestamp_millis();
+    let t = chrono::DateTime::parse_from_rfc3339("2024-11-19T10:00:00+08:00")
+        .unwrap()
+        .timestamp_millis();
     sim.event(&track("u", "purchase", t, json!({"amount": 150})));
     assert_eq!(sim.segments("u"), json!(["big"]));
     // Window = 19th and 20th; the 19th leaves at local midnight starting the 21st.
-    let drop = chrono::DateTime::parse_from_rfc3339("2024-11-21T00:00:00+08:00").unwrap().timestamp_millis();
+    let drop = chrono::DateTime::parse_from_rfc3339("2024-11-21T00:00:00+08:00")
+        .unwrap()
+        .timestamp_millis();
     sim.advance(drop - 1);
     assert_eq!(sim.segments("u"), json!(["big"]));
     sim.advance(drop + DAY);
     assert_eq!(sim.tag("u", "spend_2d"), json!(0));
     let log = sim.log();
     assert_eq!(log.len(), 2);
-    assert_eq!(log[1], ("u".into(), "big".into(), "segment_exit", drop, "timer"));
+    assert_eq!(
+        log[1],
+        ("u".into(), "big".into(), "segment_exit", drop, "timer")
+    );
 }
 
 #[test]
@@ -240,8 +283,20 @@ when = "last_seen < now() - 7d"
         log,
         vec![
             ("u".into(), "recent".into(), "segment_enter", T0, "event"),
-            ("u".into(), "recent".into(), "segment_exit", T0 + 7 * DAY, "timer"),
-            ("u".into(), "dormant".into(), "segment_enter", T0 + 7 * DAY + 1, "timer"),
+            (
+                "u".into(),
+                "recent".into(),
+                "segment_exit",
+                T0 + 7 * DAY,
+                "timer"
+            ),
+            (
+                "u".into(),
+                "dormant".into(),
+                "segment_enter",
+                T0 + 7 * DAY + 1,
+                "timer"
+            ),
         ]
     );
 }
@@ -280,8 +335,26 @@ when = "idle_days >= 10"
     assert_eq!(sim.tag("u", "lifecycle"), json!("dormant"));
     sim.advance(T0 + 8 * DAY + 40 * DAY);
     let log = sim.log();
-    assert!(log.contains(&("u".into(), "idle_10".into(), "segment_enter", T0 + 18 * DAY, "timer")), "{log:?}");
-    assert!(log.contains(&("u".into(), "churned".into(), "segment_enter", T0 + 38 * DAY, "timer")), "{log:?}");
+    assert!(
+        log.contains(&(
+            "u".into(),
+            "idle_10".into(),
+            "segment_enter",
+            T0 + 18 * DAY,
+            "timer"
+        )),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&(
+            "u".into(),
+            "churned".into(),
+            "segment_enter",
+            T0 + 38 * DAY,
+            "timer"
+        )),
+        "{log:?}"
+    );
 }
 
 #[test]
@@ -319,13 +392,18 @@ kind = "count"
 event = "*"
 "#,
     );
-    let e = |ts: i64| json!({"user_id": "u", "event": "view", "ts": ts, "event_id": "e1"}).to_string();
+    let e =
+        |ts: i64| json!({"user_id": "u", "event": "view", "ts": ts, "event_id": "e1"}).to_string();
     sim.event(&e(T0));
     sim.event(&e(T0));
     assert_eq!((sim.tag("u", "n"), sim.duplicates), (json!(1), 1));
     sim.event(&track("u", "other", T0 + 2 * DAY, json!({})));
     sim.event(&e(T0));
-    assert_eq!(sim.tag("u", "n"), json!(3), "outside the window the id is forgotten");
+    assert_eq!(
+        sim.tag("u", "n"),
+        json!(3),
+        "outside the window the id is forgotten"
+    );
 }
 
 #[test]
@@ -353,10 +431,29 @@ name = "has_ratio"
 when = "ratio IS NOT NULL"
 "#,
     );
-    sim.event(&track("u", "purchase", T0, json!({"amount": 5, "channel": "app"})));
-    sim.event(&track("u", "purchase", T0, json!({"amount": 7, "channel": 3})));
-    sim.event(&track("u", "refund", T0, json!({"amount": 9, "channel": "app"})));
+    sim.event(&track(
+        "u",
+        "purchase",
+        T0,
+        json!({"amount": 5, "channel": "app"}),
+    ));
+    sim.event(&track(
+        "u",
+        "purchase",
+        T0,
+        json!({"amount": 7, "channel": 3}),
+    ));
+    sim.event(&track(
+        "u",
+        "refund",
+        T0,
+        json!({"amount": 9, "channel": "app"}),
+    ));
     assert_eq!(sim.tag("u", "app_spend"), json!(5));
     assert_eq!(sim.tag("u", "ratio"), json!(null));
-    assert_eq!(sim.segments("u"), json!(["neg"]), "NULL is not TRUE; a segment referenced is never NULL");
+    assert_eq!(
+        sim.segments("u"),
+        json!(["neg"]),
+        "NULL is not TRUE; a segment referenced is never NULL"
+    );
 }

@@ -33,10 +33,24 @@ fn main() {
     let users = env_or("BENCH_USERS", "20000");
     let events: u64 = env_or("BENCH_EVENTS", "500000").parse().unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let rules = env_or("BENCH_RULES", root.join("config/rules/ecommerce.toml").to_str().unwrap());
+    let rules = env_or(
+        "BENCH_RULES",
+        root.join("config/rules/ecommerce.toml").to_str().unwrap(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.ndjson");
-    let out = Command::new(env!("CARGO_BIN_EXE_tagstream")).args(["gen", "--users", &users, "--events", &events.to_string(), "--seed", "1"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args([
+            "gen",
+            "--users",
+            &users,
+            "--events",
+            &events.to_string(),
+            "--seed",
+            "1",
+        ])
+        .output()
+        .unwrap();
     std::fs::write(&input, out.stdout).unwrap();
 
     let mut best_parse = f64::MAX;
@@ -68,7 +82,16 @@ fn main() {
         );
     }
     println!("best of 3 over {events} events, {users} users, rules {rules}:");
-    println!("  parse-only  {:>10.0} events/s", events as f64 / best_parse);
-    println!("  full engine {:>10.0} events/s", events as f64 / best_engine);
-    println!("  ratio engine/parse-only = {:.3}", best_parse / best_engine);
+    println!(
+        "  parse-only  {:>10.0} events/s",
+        events as f64 / best_parse
+    );
+    println!(
+        "  full engine {:>10.0} events/s",
+        events as f64 / best_engine
+    );
+    println!(
+        "  ratio engine/parse-only = {:.3}",
+        best_parse / best_engine
+    );
 }

@@ -130,7 +130,14 @@ pub struct SinkConfig {
 
 impl Default for SinkConfig {
     fn default() -> Self {
-        SinkConfig { kind: SinkKind::Stdout, topic: None, path: None, brokers: None, options: BTreeMap::new(), max_backlog: default_max_backlog() }
+        SinkConfig {
+            kind: SinkKind::Stdout,
+            topic: None,
+            path: None,
+            brokers: None,
+            options: BTreeMap::new(),
+            max_backlog: default_max_backlog(),
+        }
     }
 }
 
@@ -162,7 +169,13 @@ pub struct DeadLetterConfig {
 
 impl Default for DeadLetterConfig {
     fn default() -> Self {
-        DeadLetterConfig { kind: DeadLetterKind::File, topic: None, path: None, brokers: None, options: BTreeMap::new() }
+        DeadLetterConfig {
+            kind: DeadLetterKind::File,
+            topic: None,
+            path: None,
+            brokers: None,
+            options: BTreeMap::new(),
+        }
     }
 }
 
@@ -176,7 +189,9 @@ pub struct StateConfig {
 
 impl Default for StateConfig {
     fn default() -> Self {
-        StateConfig { dir: default_state_dir() }
+        StateConfig {
+            dir: default_state_dir(),
+        }
     }
 }
 
@@ -202,7 +217,10 @@ pub struct ClockConfig {
 
 impl Default for ClockConfig {
     fn default() -> Self {
-        ClockConfig { mode: ClockModeConfig::Wall, max_future: default_max_future() }
+        ClockConfig {
+            mode: ClockModeConfig::Wall,
+            max_future: default_max_future(),
+        }
     }
 }
 
@@ -219,7 +237,10 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: default_listen(), token_file: None }
+        ApiConfig {
+            listen: default_listen(),
+            token_file: None,
+        }
     }
 }
 
@@ -288,7 +309,12 @@ fn opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Erro
 
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => s.text().split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+        OneOrMany::One(s) => s
+            .text()
+            .split(',')
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect(),
         OneOrMany::Many(v) => v.into_iter().map(Scalar::text).collect(),
     })
 }
@@ -296,27 +322,46 @@ fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
 fn brokers<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     Ok(Some(match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => s.text(),
-        OneOrMany::Many(v) => v.into_iter().map(Scalar::text).collect::<Vec<_>>().join(","),
+        OneOrMany::Many(v) => v
+            .into_iter()
+            .map(Scalar::text)
+            .collect::<Vec<_>>()
+            .join(","),
     }))
 }
 
 fn options<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    Ok(BTreeMap::<String, Scalar>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.text())).collect())
+    Ok(BTreeMap::<String, Scalar>::deserialize(d)?
+        .into_iter()
+        .map(|(k, v)| (k, v.text()))
+        .collect())
 }
 
 fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = Scalar::deserialize(d)?.text();
-    text.parse().map_err(|_| serde::de::Error::custom(format!("{text:?} is not a listen address like \"0.0.0.0:8080\"")))
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a listen address like \"0.0.0.0:8080\""
+        ))
+    })
 }
 
 fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
     let text = Scalar::deserialize(d)?.text();
-    parse_duration_ms(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a duration like \"90s\", \"5m\", \"1h\" or \"1d\"")))
+    parse_duration_ms(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"90s\", \"5m\", \"1h\" or \"1d\""
+        ))
+    })
 }
 
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let text = Scalar::deserialize(d)?.text();
-    parse_size(&text).ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a size like 1048576, \"512KiB\" or \"1MiB\"")))
+    parse_size(&text).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a size like 1048576, \"512KiB\" or \"1MiB\""
+        ))
+    })
 }
 
 /// `"90s"`, `"5m"`, `"12h"`, `"7d"`, `"2w"`, `"500ms"` → milliseconds.
@@ -358,16 +403,26 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 /// Reads, overrides from the process environment, interprets and validates a config file.
 pub fn load(path: &Path) -> Result<Config, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     parse(&text, path, std::env::vars())
 }
 
 /// Everything but reading the file: `vars` are the environment variables to consider.
-pub fn parse(text: &str, path: &Path, vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, String> {
+pub fn parse(
+    text: &str,
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, String> {
     let file = path.display().to_string();
-    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| located(&file, text, &e))?;
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| located(&file, text, &e))?;
     let mut applied = Vec::new();
-    let mut vars: Vec<(String, String)> = vars.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
+    let mut vars: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
     vars.sort();
     for (name, value) in vars {
         apply_override(&mut table, &name, &value)?;
@@ -379,7 +434,11 @@ pub fn parse(text: &str, path: &Path, vars: impl IntoIterator<Item = (String, St
             // Locate the error in the file when the file alone has it.
             return Err(match toml::from_str::<Config>(text) {
                 Err(e) if e.message() == merged.message() => located(&file, text, &e),
-                _ => format!("{file}: with the environment overrides {}: {}", applied.join(", "), merged.message().trim()),
+                _ => format!(
+                    "{file}: with the environment overrides {}: {}",
+                    applied.join(", "),
+                    merged.message().trim()
+                ),
             });
         }
     };
@@ -392,7 +451,11 @@ pub fn parse(text: &str, path: &Path, vars: impl IntoIterator<Item = (String, St
         } else {
             match find_key_line(text, &key) {
                 Some(line) => format!("{file}:{line}: {key}: {message}"),
-                None => format!("{file}: {key}: {message}"),
+                None if applied.is_empty() => format!("{file}: {key}: {message}"),
+                None => format!(
+                    "{file}: {key}: {message} (with the environment overrides {})",
+                    applied.join(", ")
+                ),
             }
         }
     })?;
@@ -402,31 +465,60 @@ pub fn parse(text: &str, path: &Path, vars: impl IntoIterator<Item = (String, St
 const ENV_PREFIX: &str = "TAGSTREAM__";
 
 fn env_name(dotted: &str) -> String {
-    format!("{ENV_PREFIX}{}", dotted.replace('.', "__").to_ascii_uppercase())
+    format!(
+        "{ENV_PREFIX}{}",
+        dotted.replace('.', "__").to_ascii_uppercase()
+    )
 }
 
 fn apply_override(table: &mut toml::Table, name: &str, raw: &str) -> Result<(), String> {
-    let parts: Vec<String> = name[ENV_PREFIX.len()..].split("__").map(|p| p.to_ascii_lowercase()).collect();
+    let parts: Vec<String> = name[ENV_PREFIX.len()..]
+        .split("__")
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
     if parts.iter().any(|p| p.is_empty()) {
         return Err(format!("environment variable {name}: empty key (use double underscores between levels, e.g. TAGSTREAM__SOURCE__BROKERS)"));
     }
     let (path, key, options) = match parts.iter().position(|p| p == "options") {
-        Some(i) if i + 1 < parts.len() => (parts[..=i].to_vec(), parts[i + 1..].join("_").replace('_', "."), true),
-        _ => (parts[..parts.len() - 1].to_vec(), parts[parts.len() - 1].clone(), false),
+        Some(i) if i + 1 < parts.len() => (
+            parts[..=i].to_vec(),
+            parts[i + 1..].join("_").replace('_', "."),
+            true,
+        ),
+        _ => (
+            parts[..parts.len() - 1].to_vec(),
+            parts[parts.len() - 1].clone(),
+            false,
+        ),
     };
     let mut t = table;
     for (i, p) in path.iter().enumerate() {
-        let entry = t.entry(p.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry.as_table_mut().ok_or_else(|| format!("environment variable {name}: `{}` is not a table", path[..=i].join(".")))?;
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry.as_table_mut().ok_or_else(|| {
+            format!(
+                "environment variable {name}: `{}` is not a table",
+                path[..=i].join(".")
+            )
+        })?;
     }
-    let value = if options || matches!(t.get(&key), Some(toml::Value::String(_))) { toml::Value::String(raw.to_string()) } else { parse_scalar(raw) };
+    let value = if options || matches!(t.get(&key), Some(toml::Value::String(_))) {
+        toml::Value::String(raw.to_string())
+    } else {
+        parse_scalar(raw)
+    };
     t.insert(key, value);
     Ok(())
 }
 
 /// A TOML value when `raw` is one (array, inline table, number, boolean), else a string.
 fn parse_scalar(raw: &str) -> toml::Value {
-    let looks_typed = raw.starts_with('[') || raw.starts_with('{') || raw == "true" || raw == "false" || raw.parse::<f64>().is_ok();
+    let looks_typed = raw.starts_with('[')
+        || raw.starts_with('{')
+        || raw == "true"
+        || raw == "false"
+        || raw.parse::<f64>().is_ok();
     if looks_typed {
         if let Ok(mut t) = format!("v = {raw}").parse::<toml::Table>() {
             if let Some(v) = t.remove("v") {
@@ -460,7 +552,12 @@ fn key_at(text: &str, at: usize) -> Option<String> {
     let line = &text[line_start..line_end];
     let trimmed = line.trim();
     if trimmed.starts_with('[') {
-        return Some(trimmed.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        return Some(
+            trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        );
     }
     let key = line.split('=').next()?.trim().trim_matches('"').to_string();
     if key.is_empty() {
@@ -515,14 +612,26 @@ impl Config {
         };
         join(&mut self.rules);
         join(&mut self.state.dir);
-        for p in [&mut self.source.path, &mut self.sink.path, &mut self.dead_letter.path, &mut self.api.token_file].into_iter().flatten() {
+        for p in [
+            &mut self.source.path,
+            &mut self.sink.path,
+            &mut self.dead_letter.path,
+            &mut self.api.token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             join(p);
         }
         if self.sink.brokers.is_none() {
             self.sink.brokers = self.source.brokers.clone();
         }
         if self.dead_letter.brokers.is_none() {
-            self.dead_letter.brokers = if self.sink.kind == SinkKind::Kafka { self.sink.brokers.clone() } else { self.source.brokers.clone() };
+            self.dead_letter.brokers = if self.sink.kind == SinkKind::Kafka {
+                self.sink.brokers.clone()
+            } else {
+                self.source.brokers.clone()
+            };
         }
         if self.dead_letter.kind == DeadLetterKind::File && self.dead_letter.path.is_none() {
             self.dead_letter.path = Some(self.state.dir.join(DEFAULT_DEAD_LETTER_FILE));
@@ -536,7 +645,10 @@ impl Config {
         match s.kind {
             SourceKind::Kafka => {
                 if s.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
-                    return err("source.brokers", "required when source.kind = \"kafka\" (e.g. \"127.0.0.1:9092\")");
+                    return err(
+                        "source.brokers",
+                        "required when source.kind = \"kafka\" (e.g. \"127.0.0.1:9092\")",
+                    );
                 }
                 if s.topics.is_empty() || s.topics.iter().any(|t| t.trim().is_empty()) {
                     return err("source.topics", "required when source.kind = \"kafka\": a list of topic names, e.g. [\"events\"]");
@@ -547,7 +659,9 @@ impl Config {
             }
             SourceKind::File => match &s.path {
                 None => return err("source.path", "required when source.kind = \"file\""),
-                Some(p) if s.follow && p.to_string_lossy().ends_with(".gz") => return err("source.follow", "cannot follow a .gz file"),
+                Some(p) if s.follow && p.to_string_lossy().ends_with(".gz") => {
+                    return err("source.follow", "cannot follow a .gz file")
+                }
                 Some(_) => {}
             },
             SourceKind::Stdin => {}
@@ -557,11 +671,24 @@ impl Config {
         }
         match self.sink.kind {
             SinkKind::Kafka => {
-                if self.sink.topic.as_deref().is_none_or(|t| t.trim().is_empty()) {
+                if self
+                    .sink
+                    .topic
+                    .as_deref()
+                    .is_none_or(|t| t.trim().is_empty())
+                {
                     return err("sink.topic", "required when sink.kind = \"kafka\"");
                 }
-                if self.sink.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
-                    return err("sink.brokers", "required when sink.kind = \"kafka\" and the source is not Kafka");
+                if self
+                    .sink
+                    .brokers
+                    .as_deref()
+                    .is_none_or(|b| b.trim().is_empty())
+                {
+                    return err(
+                        "sink.brokers",
+                        "required when sink.kind = \"kafka\" and the source is not Kafka",
+                    );
                 }
             }
             SinkKind::File => {
@@ -575,10 +702,23 @@ impl Config {
             return err("sink.max_backlog", "must be positive");
         }
         if self.dead_letter.kind == DeadLetterKind::Kafka {
-            if self.dead_letter.topic.as_deref().is_none_or(|t| t.trim().is_empty()) {
-                return err("dead_letter.topic", "required when dead_letter.kind = \"kafka\"");
+            if self
+                .dead_letter
+                .topic
+                .as_deref()
+                .is_none_or(|t| t.trim().is_empty())
+            {
+                return err(
+                    "dead_letter.topic",
+                    "required when dead_letter.kind = \"kafka\"",
+                );
             }
-            if self.dead_letter.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+            if self
+                .dead_letter
+                .brokers
+                .as_deref()
+                .is_none_or(|b| b.trim().is_empty())
+            {
                 return err("dead_letter.brokers", "required when dead_letter.kind = \"kafka\" and neither the source nor the sink is Kafka");
             }
         }
@@ -593,10 +733,15 @@ impl Config {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "rules = \"rules.toml\"\n[source]\nbrokers = \"k:9092\"\ntopics = [\"events\"]\n";
+    const MINIMAL: &str =
+        "rules = \"rules.toml\"\n[source]\nbrokers = \"k:9092\"\ntopics = [\"events\"]\n";
 
     fn parse_with(text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
-        parse(text, Path::new("/etc/ts/tagstream.toml"), vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        parse(
+            text,
+            Path::new("/etc/ts/tagstream.toml"),
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
     }
 
     #[test]
@@ -612,7 +757,10 @@ mod tests {
         assert_eq!(c.sink.brokers.as_deref(), Some("k:9092"));
         assert_eq!(c.sink.max_backlog, 100_000);
         assert_eq!(c.dead_letter.kind, DeadLetterKind::File);
-        assert_eq!(c.dead_letter.path, Some(PathBuf::from("/var/lib/tagstream/dead-letters.ndjson")));
+        assert_eq!(
+            c.dead_letter.path,
+            Some(PathBuf::from("/var/lib/tagstream/dead-letters.ndjson"))
+        );
         assert_eq!(c.state.dir, PathBuf::from("/var/lib/tagstream"));
         assert_eq!(c.clock.mode, ClockModeConfig::Wall);
         assert_eq!(c.clock.max_future, 300_000);
@@ -650,25 +798,50 @@ listen = "0.0.0.0:8080"
 token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
 "#;
         let c = parse_with(text, &[]).unwrap();
-        assert_eq!(c.source.options.get("session.timeout.ms").map(String::as_str), Some("10000"));
+        assert_eq!(
+            c.source
+                .options
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("10000")
+        );
         assert_eq!(c.sink.kind, SinkKind::Kafka);
         assert_eq!(c.sink.topic.as_deref(), Some("segment-events"));
         assert_eq!(c.dead_letter.brokers.as_deref(), Some("127.0.0.1:9092"));
-        assert_eq!(c.api.token_file, Some(PathBuf::from("/etc/tagstream/token")));
+        assert_eq!(
+            c.api.token_file,
+            Some(PathBuf::from("/etc/tagstream/token"))
+        );
     }
 
     #[test]
     fn unknown_keys_name_the_file_line_and_key() {
         let text = MINIMAL.replace("topics", "group_id = \"g\"\nbrokerz = \"x\"\ntopics");
         let e = parse_with(&text, &[]).unwrap_err();
-        assert!(e.starts_with("/etc/ts/tagstream.toml:5: source.brokerz: unknown field `brokerz`"), "{e}");
+        assert!(
+            e.starts_with("/etc/ts/tagstream.toml:5: source.brokerz: unknown field `brokerz`"),
+            "{e}"
+        );
         assert!(!e.contains('\n'), "{e}");
         let e = parse_with(&format!("{MINIMAL}[sinkk]\nkind = \"file\"\n"), &[]).unwrap_err();
-        assert!(e.starts_with("/etc/ts/tagstream.toml:5: sinkk: unknown field `sinkk`"), "{e}");
+        assert!(
+            e.starts_with("/etc/ts/tagstream.toml:5: sinkk: unknown field `sinkk`"),
+            "{e}"
+        );
         let e = parse_with(&format!("{MINIMAL}[clock]\nmode = \"lunar\"\n"), &[]).unwrap_err();
-        assert!(e.starts_with("/etc/ts/tagstream.toml:6: clock.mode: unknown variant `lunar`"), "{e}");
-        let e = parse_with(&format!("{MINIMAL}[clock]\nmax_future = \"5 parsecs\"\n"), &[]).unwrap_err();
-        assert!(e.contains(":6: clock.max_future:") && e.contains("not a duration"), "{e}");
+        assert!(
+            e.starts_with("/etc/ts/tagstream.toml:6: clock.mode: unknown variant `lunar`"),
+            "{e}"
+        );
+        let e = parse_with(
+            &format!("{MINIMAL}[clock]\nmax_future = \"5 parsecs\"\n"),
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(":6: clock.max_future:") && e.contains("not a duration"),
+            "{e}"
+        );
         let e = parse_with("rules = \"r\"\n[source\n", &[]).unwrap_err();
         assert!(e.starts_with("/etc/ts/tagstream.toml:2:"), "{e}");
     }
@@ -683,9 +856,17 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         assert!(e.contains(":5: sink.topic: required"), "{e}");
         let e = parse_with("rules = \"r\"\n[source]\nkind = \"file\"\n", &[]).unwrap_err();
         assert!(e.contains("source.path: required"), "{e}");
-        let e = parse_with("rules = \"r\"\n[source]\nkind = \"file\"\npath = \"in.gz\"\nfollow = true\n", &[]).unwrap_err();
+        let e = parse_with(
+            "rules = \"r\"\n[source]\nkind = \"file\"\npath = \"in.gz\"\nfollow = true\n",
+            &[],
+        )
+        .unwrap_err();
         assert!(e.contains(":5: source.follow"), "{e}");
-        let e = parse_with("rules = \"r\"\n[source]\nkind = \"stdin\"\n[sink]\nkind = \"kafka\"\ntopic = \"t\"\n", &[]).unwrap_err();
+        let e = parse_with(
+            "rules = \"r\"\n[source]\nkind = \"stdin\"\n[sink]\nkind = \"kafka\"\ntopic = \"t\"\n",
+            &[],
+        )
+        .unwrap_err();
         assert!(e.contains("sink.brokers: required"), "{e}");
         let e = parse_with(&format!("{MINIMAL}[api]\nlisten = \"nowhere\"\n"), &[]).unwrap_err();
         assert!(e.contains(":6: api.listen:"), "{e}");
@@ -719,8 +900,20 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         assert_eq!(c.state.dir, PathBuf::from("/data"));
         assert_eq!(c.source.topics, vec!["x", "y"]);
         assert_eq!(c.source.group_id, "123");
-        assert_eq!(c.source.options.get("session.timeout.ms").map(String::as_str), Some("6000"));
-        assert_eq!(c.source.options.get("group.instance.id").map(String::as_str), Some("pod-0"));
+        assert_eq!(
+            c.source
+                .options
+                .get("session.timeout.ms")
+                .map(String::as_str),
+            Some("6000")
+        );
+        assert_eq!(
+            c.source
+                .options
+                .get("group.instance.id")
+                .map(String::as_str),
+            Some("pod-0")
+        );
         assert_eq!(c.sink.kind, SinkKind::Kafka);
         assert_eq!(c.sink.topic.as_deref(), Some("out"));
         assert_eq!(c.sink.max_backlog, 500);
@@ -730,15 +923,34 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         assert_eq!(c.dead_letter.kind, DeadLetterKind::Kafka);
         assert_eq!(c.dead_letter.topic.as_deref(), Some("dlq"));
         // The rules path can come from the environment too.
-        let c = parse_with("[source]\nkind = \"stdin\"\n", &[("TAGSTREAM__RULES", "/r.toml")]).unwrap();
+        let c = parse_with(
+            "[source]\nkind = \"stdin\"\n",
+            &[("TAGSTREAM__RULES", "/r.toml")],
+        )
+        .unwrap();
         assert_eq!(c.rules, PathBuf::from("/r.toml"));
     }
 
     #[test]
     fn bad_environment_overrides_name_the_variable() {
         let e = parse_with(MINIMAL, &[("TAGSTREAM__SOURCE__BROKERZ", "x")]).unwrap_err();
-        assert!(e.contains("TAGSTREAM__SOURCE__BROKERZ") && e.contains("unknown field `brokerz`"), "{e}");
+        assert!(
+            e.contains("TAGSTREAM__SOURCE__BROKERZ") && e.contains("unknown field `brokerz`"),
+            "{e}"
+        );
         let e = parse_with(MINIMAL, &[("TAGSTREAM__SINK__KIND", "kafka")]).unwrap_err();
+        assert!(
+            e.contains("sink.topic: required") && e.contains("TAGSTREAM__SINK__KIND"),
+            "{e}"
+        );
+        let e = parse_with(
+            MINIMAL,
+            &[
+                ("TAGSTREAM__SINK__KIND", "kafka"),
+                ("TAGSTREAM__SINK__TOPIC", ""),
+            ],
+        )
+        .unwrap_err();
         assert!(e.contains("TAGSTREAM__SINK__TOPIC: required"), "{e}");
         let e = parse_with(MINIMAL, &[("TAGSTREAM__RULES__X", "1")]).unwrap_err();
         assert!(e.contains("`rules` is not a table"), "{e}");
@@ -771,7 +983,10 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         expected.rules = c.rules.clone();
         expected.source.brokers = Some("127.0.0.1:9092".into());
         expected.sink.brokers = expected.source.brokers.clone();
-        expected.source.options.insert("session.timeout.ms".into(), "10000".into());
+        expected
+            .source
+            .options
+            .insert("session.timeout.ms".into(), "10000".into());
         expected.sink.kind = SinkKind::Kafka;
         expected.sink.topic = Some("segment-events".into());
         expected.dead_letter.kind = DeadLetterKind::Kafka;

@@ -56,7 +56,12 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { users: 1_000, events: 100_000, seed: 42, days: 30 }
+        GenOptions {
+            users: 1_000,
+            events: 100_000,
+            seed: 42,
+            days: 30,
+        }
     }
 }
 
@@ -77,7 +82,8 @@ impl GenOptions {
 ///
 /// Fails with `InvalidInput` when [`GenOptions::validate`] fails, or with the writer's error.
 pub fn generate(opts: &GenOptions, out: &mut dyn Write) -> io::Result<()> {
-    opts.validate().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    opts.validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut out = io::BufWriter::with_capacity(1 << 16, out);
     let mut gen = Generator::new(opts);
     for i in 0..opts.events {
@@ -140,7 +146,13 @@ const CATEGORIES: [Category; 7] = [
         share: 70,
         median: 85.0,
         sigma: 0.5,
-        queries: &["perfume", "eau de toilette", "gift set", "travel spray", "body mist"],
+        queries: &[
+            "perfume",
+            "eau de toilette",
+            "gift set",
+            "travel spray",
+            "body mist",
+        ],
     },
     Category {
         name: "haircare",
@@ -148,7 +160,13 @@ const CATEGORIES: [Category; 7] = [
         share: 90,
         median: 18.0,
         sigma: 0.5,
-        queries: &["shampoo", "hair mask", "conditioner", "hair oil", "dry shampoo"],
+        queries: &[
+            "shampoo",
+            "hair mask",
+            "conditioner",
+            "hair oil",
+            "dry shampoo",
+        ],
     },
     Category {
         name: "apparel",
@@ -187,7 +205,14 @@ const CATEGORIES: [Category; 7] = [
         share: 90,
         median: 32.0,
         sigma: 0.6,
-        queries: &["scented candle", "bedding set", "storage box", "mug", "air purifier", "towels"],
+        queries: &[
+            "scented candle",
+            "bedding set",
+            "storage box",
+            "mug",
+            "air purifier",
+            "towels",
+        ],
     },
 ];
 
@@ -209,7 +234,12 @@ const CITIES: [(&str, u32); 12] = [
     ("Tianjin", 25),
 ];
 
-const TIERS: [(&str, u32); 4] = [("basic", 700), ("silver", 200), ("gold", 80), ("platinum", 20)];
+const TIERS: [(&str, u32); 4] = [
+    ("basic", 700),
+    ("silver", 200),
+    ("gold", 80),
+    ("platinum", 20),
+];
 
 /// Relative activity by local hour of day (Asia/Shanghai).
 const HOUR_WEIGHT: [f64; 24] = [
@@ -260,7 +290,9 @@ fn product_price_cents(seed: u64, cat: usize, idx: u64) -> u64 {
     let (u1, u2) = (unit(h).max(1e-12), unit(mix(h)));
     let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
     let c = &CATEGORIES[cat];
-    let units = (c.median * (c.sigma * z).exp()).round().clamp(2.0, 20_000.0) as u64;
+    let units = (c.median * (c.sigma * z).exp())
+        .round()
+        .clamp(2.0, 20_000.0) as u64;
     let ending = [1, 1, 10, 0][(h >> 60) as usize & 3];
     units * 100 - ending
 }
@@ -335,7 +367,12 @@ impl Clock {
             total += w;
             cum.push(total);
         }
-        Clock { start, cum, hour: 0, events: events.max(1) as f64 }
+        Clock {
+            start,
+            cum,
+            hour: 0,
+            events: events.max(1) as f64,
+        }
     }
 
     /// Timestamp of ordinal `i`, given `u` uniform in [0, 1). Non-decreasing in `i`.
@@ -354,10 +391,13 @@ impl Clock {
 }
 
 fn rfc3339(ms: i64, shanghai: bool) -> String {
-    let Some(dt) = DateTime::from_timestamp_millis(ms) else { return ms.to_string() };
+    let Some(dt) = DateTime::from_timestamp_millis(ms) else {
+        return ms.to_string();
+    };
     if shanghai {
         let tz = FixedOffset::east_opt(8 * 3600).expect("valid offset");
-        dt.with_timezone(&tz).to_rfc3339_opts(SecondsFormat::Millis, true)
+        dt.with_timezone(&tz)
+            .to_rfc3339_opts(SecondsFormat::Millis, true)
     } else {
         dt.to_rfc3339_opts(SecondsFormat::Millis, true)
     }
@@ -573,8 +613,11 @@ impl Generator {
         } else {
             None
         };
-        let category =
-            if self.rng.gen_bool(0.7) { t.category } else { pick_category(self.rng.gen()) };
+        let category = if self.rng.gen_bool(0.7) {
+            t.category
+        } else {
+            pick_category(self.rng.gen())
+        };
         self.pool.push(Session {
             user,
             category,
@@ -744,7 +787,11 @@ impl Generator {
         self.pool[k].category = cat;
         let c = &CATEGORIES[cat];
         let query = c.queries[self.rng.gen_range(0..c.queries.len())];
-        let results = if self.rng.gen_bool(0.04) { 0 } else { self.rng.gen_range(3..240) };
+        let results = if self.rng.gen_bool(0.04) {
+            0
+        } else {
+            self.rng.gen_range(3..240)
+        };
         let channel = self.channel(k);
         self.track_head(k, "search", ts);
         let _ = write!(
@@ -786,7 +833,9 @@ impl Generator {
     }
 
     fn purchase(&mut self, k: usize, ts: i64) {
-        let (cat, idx, _) = self.pool[k].cart_top.unwrap_or((self.pool[k].category, 1, 100));
+        let (cat, idx, _) = self.pool[k]
+            .cart_top
+            .unwrap_or((self.pool[k].category, 1, 100));
         let mut cents = self.pool[k].cart_cents.max(100);
         let items = self.pool[k].cart_items.max(1);
         let coupon = self.rng.gen_bool(self.pool[k].coupon_affinity);
@@ -825,11 +874,17 @@ impl Generator {
         let ts = self.tie_or(now);
         let when = rfc3339(ts, self.rng.gen_bool(0.5));
         self.begin(user);
-        let _ = write!(self.line, r#""type":"profile","ts":"{when}","properties":{{"#);
+        let _ = write!(
+            self.line,
+            r#""type":"profile","ts":"{when}","properties":{{"#
+        );
         match kind {
             ProfileKind::Signup => {
-                let age =
-                    if self.rng.gen_bool(0.01) { "null".to_owned() } else { t.age.to_string() };
+                let age = if self.rng.gen_bool(0.01) {
+                    "null".to_owned()
+                } else {
+                    t.age.to_string()
+                };
                 let channel = self.channel(k);
                 let _ = write!(
                     self.line,
@@ -870,7 +925,16 @@ mod tests {
 
     fn gen(users: u64, events: u64, seed: u64, days: u32) -> Vec<u8> {
         let mut out = Vec::new();
-        generate(&GenOptions { users, events, seed, days }, &mut out).unwrap();
+        generate(
+            &GenOptions {
+                users,
+                events,
+                seed,
+                days,
+            },
+            &mut out,
+        )
+        .unwrap();
         out
     }
 
@@ -894,9 +958,14 @@ mod tests {
 
     #[test]
     fn exact_line_count() {
-        for (users, events, days) in
-            [(1, 0, 1), (1, 1, 1), (1, 7, 1), (3, 100, 2), (50, 999, 30), (2_000, 12_345, 30)]
-        {
+        for (users, events, days) in [
+            (1, 0, 1),
+            (1, 1, 1),
+            (1, 7, 1),
+            (3, 100, 2),
+            (50, 999, 30),
+            (2_000, 12_345, 30),
+        ] {
             let out = gen(users, events, 1, days);
             assert_eq!(out.iter().filter(|&&b| b == b'\n').count() as u64, events);
             assert!(out.is_empty() || out.ends_with(b"\n"));
@@ -906,9 +975,18 @@ mod tests {
     #[test]
     fn rejects_bad_options() {
         let mut out = Vec::new();
-        let bad = GenOptions { users: 0, ..GenOptions::default() };
-        assert_eq!(generate(&bad, &mut out).unwrap_err().kind(), io::ErrorKind::InvalidInput);
-        let bad = GenOptions { days: 0, ..GenOptions::default() };
+        let bad = GenOptions {
+            users: 0,
+            ..GenOptions::default()
+        };
+        assert_eq!(
+            generate(&bad, &mut out).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+        let bad = GenOptions {
+            days: 0,
+            ..GenOptions::default()
+        };
         assert!(bad.validate().is_err());
         assert!(GenOptions::default().validate().is_ok());
     }
@@ -934,7 +1012,8 @@ mod tests {
             let num: u64 = id[1..].parse().unwrap();
             assert!((1..=users).contains(&num));
             users_seen.insert(id.clone());
-            *ids.entry(ev.event_id.as_deref().expect("every event has an id")).or_default() += 1;
+            *ids.entry(ev.event_id.as_deref().expect("every event has an id"))
+                .or_default() += 1;
             if ev.ts < prev {
                 late += 1;
             }
@@ -945,7 +1024,10 @@ mod tests {
             match &ev.body {
                 EventBody::Track { name, properties } => {
                     *names.entry(name.clone()).or_default() += 1;
-                    assert!(first_seen.contains_key(id.as_str()), "{id} tracked before profile");
+                    assert!(
+                        first_seen.contains_key(id.as_str()),
+                        "{id} tracked before profile"
+                    );
                     let channel = properties["channel"].as_str().unwrap();
                     assert!(channel == "app" || channel == "web");
                     let cat = properties["category"].as_str().unwrap();
@@ -983,9 +1065,15 @@ mod tests {
         let carts = names["add_to_cart"];
         let purchases = names["purchase"];
         assert_eq!(names.len(), 4, "{names:?}");
-        assert!(views > searches && searches > carts && carts > purchases, "{names:?}");
+        assert!(
+            views > searches && searches > carts && carts > purchases,
+            "{names:?}"
+        );
         assert!(purchases > 1_000, "{names:?}");
-        assert!(coupons > purchases / 20 && coupons < purchases / 2, "{coupons}/{purchases}");
+        assert!(
+            coupons > purchases / 20 && coupons < purchases / 2,
+            "{coupons}/{purchases}"
+        );
         assert!((3..=12).contains(&deletes), "{deletes}");
         assert!(profiles as usize >= users_seen.len());
         assert!(users_seen.len() > 500, "{}", users_seen.len());
@@ -996,7 +1084,10 @@ mod tests {
         assert!((80..400).contains(&dups), "dups {dups}");
         assert!(string_amounts >= 1 || purchases < 2_000, "{string_amounts}");
         // duplicate ids are exact repeats of an earlier line
-        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&[u8]> = out
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
         let mut by_id: HashMap<&str, &[u8]> = HashMap::new();
         for (ev, line) in events.iter().zip(&lines) {
             let prev = by_id.insert(ev.event_id.as_deref().unwrap(), line);
@@ -1017,10 +1108,16 @@ mod tests {
         let mut counts: Vec<u64> = per_user.values().copied().collect();
         counts.sort_unstable_by(|a, b| b.cmp(a));
         let top_1pct: u64 = counts.iter().take(100).sum();
-        assert!(top_1pct * 10 > 50_000, "top 1% of users make {top_1pct} of 50000 events");
+        assert!(
+            top_1pct * 10 > 50_000,
+            "top 1% of users make {top_1pct} of 50000 events"
+        );
         assert!(counts.len() > 2_000, "{} users", counts.len());
         // u000001 is not automatically the heaviest user
-        let heaviest = per_user.iter().max_by_key(|(u, c)| (**c, std::cmp::Reverse(**u))).unwrap();
+        let heaviest = per_user
+            .iter()
+            .max_by_key(|(u, c)| (**c, std::cmp::Reverse(**u)))
+            .unwrap();
         assert_ne!(*heaviest.0, "u000001");
     }
 
@@ -1042,7 +1139,11 @@ mod tests {
             let mut c = Clock::new(days, events);
             let mut prev = i64::MIN;
             for i in 0..events {
-                let u = if i % 2 == 0 { 0.999_999_999 } else { rng.gen::<f64>() };
+                let u = if i % 2 == 0 {
+                    0.999_999_999
+                } else {
+                    rng.gen::<f64>()
+                };
                 let t = c.at(i, u);
                 assert!(t >= prev && t >= END_MS - i64::from(days) * DAY_MS && t < END_MS);
                 prev = t;

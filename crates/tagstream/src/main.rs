@@ -15,7 +15,11 @@ use tagstream_consumer::ConsumerError;
 use tagstream_rules::event::{Format, Millis};
 
 #[derive(Parser, Debug)]
-#[command(name = "tagstream", version, about = "Real-time user tags and segments from tracking events")]
+#[command(
+    name = "tagstream",
+    version,
+    about = "Real-time user tags and segments from tracking events"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,12 +88,18 @@ struct Failure {
 
 impl From<ConsumerError> for Failure {
     fn from(e: ConsumerError) -> Self {
-        Failure { code: if e.is_user_error() { 1 } else { 2 }, message: e.to_string() }
+        Failure {
+            code: if e.is_user_error() { 1 } else { 2 },
+            message: e.to_string(),
+        }
     }
 }
 
 fn user_error(message: impl Into<String>) -> Failure {
-    Failure { code: 1, message: message.into() }
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
 }
 
 fn parse_instant(text: &str) -> Result<Millis, Failure> {
@@ -103,11 +113,35 @@ fn parse_instant(text: &str) -> Result<Millis, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Run { config } => run::run(&config).map_err(|e| Failure { code: e.exit_code(), message: e.to_string() }),
-        Command::Replay { rules, input, state_dir, out, format, dlq, advance_to } => {
-            let format = Format::parse(&format).ok_or_else(|| user_error(format!("unknown --format {format:?}; use native, segment or sensors")))?;
+        Command::Run { config } => run::run(&config).map_err(|e| Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }),
+        Command::Replay {
+            rules,
+            input,
+            state_dir,
+            out,
+            format,
+            dlq,
+            advance_to,
+        } => {
+            let format = Format::parse(&format).ok_or_else(|| {
+                user_error(format!(
+                    "unknown --format {format:?}; use native, segment or sensors"
+                ))
+            })?;
             let advance_to = advance_to.as_deref().map(parse_instant).transpose()?;
-            let opts = ReplayOptions { rules, input, state_dir, out, format, dlq, advance_to, batch_size: 4096 };
+            let opts = ReplayOptions {
+                rules,
+                input,
+                state_dir,
+                out,
+                format,
+                dlq,
+                advance_to,
+                batch_size: 4096,
+            };
             let summary = replay(&opts)?;
             let r = &summary.report;
             tracing::info!(
@@ -121,19 +155,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Dump { state_dir, rules, user } => {
+        Command::Dump {
+            state_dir,
+            rules,
+            user,
+        } => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             dump(&state_dir, rules.as_deref(), user.as_deref(), &mut out)?;
-            out.flush().map_err(|e| Failure { code: 2, message: format!("writing the dump: {e}") })
+            out.flush().map_err(|e| Failure {
+                code: 2,
+                message: format!("writing the dump: {e}"),
+            })
         }
         Command::Check { rules } => {
             let (compiled, _) = load_rules(&rules)?;
-            println!("{rules}: ok ({} tags, {} segments)", compiled.tags.len(), compiled.segments.len());
+            println!(
+                "{rules}: ok ({} tags, {} segments)",
+                compiled.tags.len(),
+                compiled.segments.len()
+            );
             Ok(())
         }
-        Command::Gen { users, events, seed, days } => {
-            let opts = gen::GenOptions { users, events, seed, days };
+        Command::Gen {
+            users,
+            events,
+            seed,
+            days,
+        } => {
+            let opts = gen::GenOptions {
+                users,
+                events,
+                seed,
+                days,
+            };
             opts.validate().map_err(user_error)?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
@@ -141,15 +196,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(()) => Ok(()),
                 // A closed pipe (`gen | head`) is a normal way to stop.
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                Err(e) => Err(Failure { code: 2, message: format!("writing events: {e}") }),
+                Err(e) => Err(Failure {
+                    code: 2,
+                    message: format!("writing events: {e}"),
+                }),
             }
         }
     }
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGSTREAM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -13,11 +13,13 @@ use std::time::Duration;
 
 use tagstream_consumer::engine::{ClockMode, Engine, EngineOptions};
 use tagstream_consumer::file_sink::LineSink;
+use tagstream_consumer::kafka::is_connection_option;
 use tagstream_consumer::kafka::producer::KafkaProducer;
 use tagstream_consumer::kafka::source::{KafkaSource, KafkaSourceConfig};
-use tagstream_consumer::kafka::is_connection_option;
 use tagstream_consumer::metrics::Metrics;
-use tagstream_consumer::pipeline::{self, start_lines, Control, Delivery, LinesConfig, PipelineOptions, Route, Shutdown};
+use tagstream_consumer::pipeline::{
+    self, start_lines, Control, Delivery, LinesConfig, PipelineOptions, Route, Shutdown,
+};
 use tagstream_consumer::replay::load_rules;
 use tagstream_consumer::ConsumerError;
 use tagstream_rules::event::DecodeOptions;
@@ -38,17 +40,26 @@ impl RunError {
     }
 
     fn user(message: impl Into<String>) -> RunError {
-        RunError { code: 1, message: message.into() }
+        RunError {
+            code: 1,
+            message: message.into(),
+        }
     }
 
     fn runtime(message: impl Into<String>) -> RunError {
-        RunError { code: 2, message: message.into() }
+        RunError {
+            code: 2,
+            message: message.into(),
+        }
     }
 }
 
 impl From<ConsumerError> for RunError {
     fn from(e: ConsumerError) -> Self {
-        RunError { code: if e.is_user_error() { 1 } else { 2 }, message: e.to_string() }
+        RunError {
+            code: if e.is_user_error() { 1 } else { 2 },
+            message: e.to_string(),
+        }
     }
 }
 
@@ -69,8 +80,17 @@ pub fn run(config: &str) -> Result<(), RunError> {
 struct Producers(Vec<(String, BTreeMap<String, String>, Arc<KafkaProducer>)>);
 
 impl Producers {
-    fn get(&mut self, name: &str, brokers: &str, options: BTreeMap<String, String>) -> Result<Arc<KafkaProducer>, RunError> {
-        if let Some((_, _, p)) = self.0.iter().find(|(b, o, _)| b == brokers && *o == options) {
+    fn get(
+        &mut self,
+        name: &str,
+        brokers: &str,
+        options: BTreeMap<String, String>,
+    ) -> Result<Arc<KafkaProducer>, RunError> {
+        if let Some((_, _, p)) = self
+            .0
+            .iter()
+            .find(|(b, o, _)| b == brokers && *o == options)
+        {
             return Ok(p.clone());
         }
         let p = Arc::new(KafkaProducer::new(name, brokers, &options).map_err(RunError::user)?);
@@ -81,20 +101,30 @@ impl Producers {
 
 /// Connection and security options of the source, then the sink's own.
 fn producer_options(config: &Config, own: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = config.source.options.iter().filter(|(k, _)| is_connection_option(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut out: BTreeMap<String, String> = config
+        .source
+        .options
+        .iter()
+        .filter(|(k, _)| is_connection_option(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     out.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
     out
 }
 
 fn path_text(p: &Option<std::path::PathBuf>) -> String {
-    p.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    p.as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn serve(config: &Config) -> Result<(), RunError> {
     let (rules, rules_source) = load_rules(&config.rules.to_string_lossy())?;
     let dir = &config.state.dir;
-    std::fs::create_dir_all(dir).map_err(|e| RunError::user(format!("cannot create state dir {}: {e}", dir.display())))?;
-    let store: Arc<dyn StateStore> = Arc::new(RocksStore::open(dir).map_err(|e| RunError::runtime(e.to_string()))?);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RunError::user(format!("cannot create state dir {}: {e}", dir.display())))?;
+    let store: Arc<dyn StateStore> =
+        Arc::new(RocksStore::open(dir).map_err(|e| RunError::runtime(e.to_string()))?);
     let clock = match config.clock.mode {
         ClockModeConfig::Wall => ClockMode::Wall,
         ClockModeConfig::Event => ClockMode::Event,
@@ -102,7 +132,10 @@ fn serve(config: &Config) -> Result<(), RunError> {
     let options = EngineOptions {
         clock,
         max_future_ms: config.clock.max_future,
-        decode: DecodeOptions { format: config.source.format.format(), max_event_bytes: config.source.max_event_bytes as usize },
+        decode: DecodeOptions {
+            format: config.source.format.format(),
+            max_event_bytes: config.source.max_event_bytes as usize,
+        },
         ..EngineOptions::default()
     };
     let engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
@@ -112,7 +145,11 @@ fn serve(config: &Config) -> Result<(), RunError> {
     let mut producers = Producers::default();
     let transitions = match config.sink.kind {
         SinkKind::Kafka => Route::Kafka {
-            producer: producers.get("transitions", config.sink.brokers.as_deref().unwrap_or_default(), producer_options(config, &config.sink.options))?,
+            producer: producers.get(
+                "transitions",
+                config.sink.brokers.as_deref().unwrap_or_default(),
+                producer_options(config, &config.sink.options),
+            )?,
             topic: config.sink.topic.clone().unwrap_or_default(),
         },
         SinkKind::File => Route::Lines(LineSink::open(&path_text(&config.sink.path), false)?),
@@ -120,17 +157,24 @@ fn serve(config: &Config) -> Result<(), RunError> {
     };
     let dead_letters = match config.dead_letter.kind {
         DeadLetterKind::Kafka => Route::Kafka {
-            producer: producers.get("dead-letter", config.dead_letter.brokers.as_deref().unwrap_or_default(), producer_options(config, &config.dead_letter.options))?,
+            producer: producers.get(
+                "dead-letter",
+                config.dead_letter.brokers.as_deref().unwrap_or_default(),
+                producer_options(config, &config.dead_letter.options),
+            )?,
             topic: config.dead_letter.topic.clone().unwrap_or_default(),
         },
-        DeadLetterKind::File => Route::Lines(LineSink::open(&path_text(&config.dead_letter.path), false)?),
+        DeadLetterKind::File => {
+            Route::Lines(LineSink::open(&path_text(&config.dead_letter.path), false)?)
+        }
     };
     let delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
 
     let control = Control::new();
     let (tx, rx) = sync_channel(4);
     let shutdown = Shutdown::new();
-    pipeline::stop_on_signals(shutdown.clone()).map_err(|e| RunError::runtime(format!("cannot install signal handlers: {e}")))?;
+    pipeline::stop_on_signals(shutdown.clone())
+        .map_err(|e| RunError::runtime(format!("cannot install signal handlers: {e}")))?;
     let mut kafka = None;
     let mut lines = None;
     match config.source.kind {
@@ -142,15 +186,31 @@ fn serve(config: &Config) -> Result<(), RunError> {
                 options: config.source.options.clone(),
                 max_batch: 4096,
             };
-            kafka = Some(KafkaSource::start(&source, store.clone(), control.clone(), tx, metrics.clone()).map_err(RunError::user)?);
+            kafka = Some(
+                KafkaSource::start(&source, store.clone(), control.clone(), tx, metrics.clone())
+                    .map_err(RunError::user)?,
+            );
         }
         SourceKind::File | SourceKind::Stdin => {
-            let path = if config.source.kind == SourceKind::Stdin { "-".to_string() } else { path_text(&config.source.path) };
-            let lc = LinesConfig { path, follow: config.source.follow, batch_size: 4096 };
+            let path = if config.source.kind == SourceKind::Stdin {
+                "-".to_string()
+            } else {
+                path_text(&config.source.path)
+            };
+            let lc = LinesConfig {
+                path,
+                follow: config.source.follow,
+                batch_size: 4096,
+            };
             lines = Some(start_lines(&lc, store.clone(), control.clone(), tx)?);
         }
     }
-    let popts = PipelineOptions { clock, tick: Duration::from_secs(1), max_backlog: config.sink.max_backlog, flush_timeout: Duration::from_secs(30) };
+    let popts = PipelineOptions {
+        clock,
+        tick: Duration::from_secs(1),
+        max_backlog: config.sink.max_backlog,
+        flush_timeout: Duration::from_secs(30),
+    };
     tracing::info!(state_dir = %dir.display(), clock = ?clock, "tagstream running");
     let summary = pipeline::run(engine, rx, control, delivery, &metrics, &shutdown, &popts)?;
     if let Some(mut k) = kafka {

@@ -4,12 +4,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn bin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagstream")).args(args).output().expect("run tagstream")
+    Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(args)
+        .output()
+        .expect("run tagstream")
 }
 
 fn ok(args: &[&str]) -> Output {
     let out = bin(args);
-    assert!(out.status.success(), "tagstream {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tagstream {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -40,11 +47,20 @@ fn check_accepts_good_rules_and_reports_bad_ones_with_exit_1() {
     let good = write(dir.path(), "good.toml", RULES);
     let out = ok(&["check", "--rules", good.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
-    let bad = write(dir.path(), "bad.toml", &RULES.replace("spend > 0", "spend > 'x'"));
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        &RULES.replace("spend > 0", "spend > 'x'"),
+    );
     let out = bin(&["check", "--rules", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.toml:14:") && err.contains("segment 'buyer'") && err.contains("cannot compare"), "{err}");
+    assert!(
+        err.contains("bad.toml:13:9:")
+            && err.contains("segment 'buyer'")
+            && err.contains("cannot compare"),
+        "{err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     let out = bin(&["check", "--rules", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(1));
@@ -57,7 +73,8 @@ fn malformed_events_go_to_the_dead_letter_file_and_the_rest_is_applied() {
     let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
     let long_id = "x".repeat(300);
     let lines = [
-        r#"{"user_id":"u1","event":"purchase","ts":1732000000000,"properties":{"amount":5}}"#.to_string(),
+        r#"{"user_id":"u1","event":"purchase","ts":1732000000000,"properties":{"amount":5}}"#
+            .to_string(),
         "{not json".into(),
         "[1,2]".into(),
         r#"{"event":"view","ts":1732000000000}"#.into(),
@@ -71,10 +88,38 @@ fn malformed_events_go_to_the_dead_letter_file_and_the_rest_is_applied() {
         r#"{"user_id":"u2","event":"view","ts":"2024-11-19T07:06:40.123456Z"}"#.into(),
     ];
     let input = write(dir.path(), "in.ndjson", &(lines.join("\n") + "\n"));
-    let (state, out, dlq) = (dir.path().join("state"), dir.path().join("out.ndjson"), dir.path().join("dlq.ndjson"));
-    ok(&["replay", "--rules", rules.to_str().unwrap(), "--input", input.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--out", out.to_str().unwrap(), "--dlq", dlq.to_str().unwrap()]);
-    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dlq).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let got: Vec<(String, u64)> = dead.iter().map(|d| (d["reason"].as_str().unwrap().to_string(), d["line"].as_u64().unwrap())).collect();
+    let (state, out, dlq) = (
+        dir.path().join("state"),
+        dir.path().join("out.ndjson"),
+        dir.path().join("dlq.ndjson"),
+    );
+    ok(&[
+        "replay",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--dlq",
+        dlq.to_str().unwrap(),
+    ]);
+    let dead: Vec<serde_json::Value> = std::fs::read_to_string(&dlq)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<(String, u64)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["reason"].as_str().unwrap().to_string(),
+                d["line"].as_u64().unwrap(),
+            )
+        })
+        .collect();
     let want: Vec<(String, u64)> = [
         ("invalid_json", 2),
         ("not_an_object", 3),
@@ -90,9 +135,15 @@ fn malformed_events_go_to_the_dead_letter_file_and_the_rest_is_applied() {
     .map(|(r, l)| (r.to_string(), *l))
     .collect();
     assert_eq!(got, want);
-    assert!(dead.iter().all(|d| d["source"] == input.to_str().unwrap() && d["raw"].is_string() && !d["detail"].as_str().unwrap().is_empty()));
-    let dump = String::from_utf8(ok(&["dump", "--state-dir", state.to_str().unwrap()]).stdout).unwrap();
-    let users: Vec<serde_json::Value> = dump.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(dead.iter().all(|d| d["source"] == input.to_str().unwrap()
+        && d["raw"].is_string()
+        && !d["detail"].as_str().unwrap().is_empty()));
+    let dump =
+        String::from_utf8(ok(&["dump", "--state-dir", state.to_str().unwrap()]).stdout).unwrap();
+    let users: Vec<serde_json::Value> = dump
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(users.len(), 2);
     assert_eq!(users[0]["user_id"], "u1");
     assert_eq!(users[0]["tags"]["spend"], 5);
@@ -105,7 +156,9 @@ fn malformed_events_go_to_the_dead_letter_file_and_the_rest_is_applied() {
 fn replay_continues_on_the_same_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     let rules = write(dir.path(), "rules.toml", RULES);
-    let events = String::from_utf8(ok(&["gen", "--users", "50", "--events", "3000", "--seed", "3"]).stdout).unwrap();
+    let events =
+        String::from_utf8(ok(&["gen", "--users", "50", "--events", "3000", "--seed", "3"]).stdout)
+            .unwrap();
     let all: Vec<&str> = events.lines().collect();
     let whole = write(dir.path(), "all.ndjson", &events);
     let part1 = write(dir.path(), "part1.ndjson", &(all[..1700].join("\n") + "\n"));
@@ -114,25 +167,84 @@ fn replay_continues_on_the_same_state_dir() {
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     let sink = dir.path().join("t.ndjson");
     let s = sink.to_str().unwrap();
-    ok(&["replay", "--rules", r, "--input", whole.to_str().unwrap(), "--state-dir", one.to_str().unwrap(), "--out", s]);
-    ok(&["replay", "--rules", r, "--input", part1.to_str().unwrap(), "--state-dir", two.to_str().unwrap(), "--out", s]);
-    ok(&["replay", "--rules", r, "--input", part2.to_str().unwrap(), "--state-dir", two.to_str().unwrap(), "--out", s]);
+    ok(&[
+        "replay",
+        "--rules",
+        r,
+        "--input",
+        whole.to_str().unwrap(),
+        "--state-dir",
+        one.to_str().unwrap(),
+        "--out",
+        s,
+    ]);
+    ok(&[
+        "replay",
+        "--rules",
+        r,
+        "--input",
+        part1.to_str().unwrap(),
+        "--state-dir",
+        two.to_str().unwrap(),
+        "--out",
+        s,
+    ]);
+    ok(&[
+        "replay",
+        "--rules",
+        r,
+        "--input",
+        part2.to_str().unwrap(),
+        "--state-dir",
+        two.to_str().unwrap(),
+        "--out",
+        s,
+    ]);
     // Replaying the same file again applies nothing twice.
-    ok(&["replay", "--rules", r, "--input", part2.to_str().unwrap(), "--state-dir", two.to_str().unwrap(), "--out", s]);
+    ok(&[
+        "replay",
+        "--rules",
+        r,
+        "--input",
+        part2.to_str().unwrap(),
+        "--state-dir",
+        two.to_str().unwrap(),
+        "--out",
+        s,
+    ]);
     let d1 = ok(&["dump", "--state-dir", one.to_str().unwrap()]).stdout;
     let d2 = ok(&["dump", "--state-dir", two.to_str().unwrap()]).stdout;
     assert!(!d1.is_empty());
-    assert_eq!(String::from_utf8(d1).unwrap(), String::from_utf8(d2).unwrap());
+    assert_eq!(
+        String::from_utf8(d1).unwrap(),
+        String::from_utf8(d2).unwrap()
+    );
 }
 
 #[test]
 fn user_errors_exit_1_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let rules = write(dir.path(), "rules.toml", RULES);
-    let input = write(dir.path(), "in.ndjson", "{\"user_id\":\"u\",\"event\":\"e\",\"ts\":1732000000000}\n");
+    let input = write(
+        dir.path(),
+        "in.ndjson",
+        "{\"user_id\":\"u\",\"event\":\"e\",\"ts\":1732000000000}\n",
+    );
     let state = dir.path().join("s");
     let args = |advance: &'static str| {
-        vec!["replay".to_string(), "--rules".into(), rules.to_str().unwrap().into(), "--input".into(), input.to_str().unwrap().into(), "--state-dir".into(), state.to_str().unwrap().into(), "--out".into(), "-".into(), "--advance-to".into(), advance.into()]
+        vec![
+            "replay".to_string(),
+            "--rules".into(),
+            rules.to_str().unwrap().into(),
+            "--input".into(),
+            input.to_str().unwrap().into(),
+            "--state-dir".into(),
+            state.to_str().unwrap().into(),
+            "--out".into(),
+            "-".into(),
+            "--advance-to".into(),
+            advance.into(),
+        ]
     };
     let a = args("2024-11-20T00:00:00Z");
     ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -140,17 +252,50 @@ fn user_errors_exit_1_with_one_line() {
     let out = bin(&b.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("before the current engine time") && err.lines().count() == 1, "{err}");
+    assert!(
+        err.contains("before the current engine time") && err.lines().count() == 1,
+        "{err}"
+    );
 
-    let out = bin(&["dump", "--state-dir", dir.path().join("missing").to_str().unwrap()]);
+    let out = bin(&[
+        "dump",
+        "--state-dir",
+        dir.path().join("missing").to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    let out = bin(&["replay", "--rules", rules.to_str().unwrap(), "--input", input.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--out", "-", "--format", "xml"]);
+    let out = bin(&[
+        "replay",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--out",
+        "-",
+        "--format",
+        "xml",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let out = bin(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(1));
     // Other rules on an existing state dir are refused rather than silently mixed.
-    let other = write(dir.path(), "other.toml", &RULES.replace("spend > 0", "spend > 1"));
-    let out = bin(&["replay", "--rules", other.to_str().unwrap(), "--input", input.to_str().unwrap(), "--state-dir", state.to_str().unwrap(), "--out", "-"]);
+    let other = write(
+        dir.path(),
+        "other.toml",
+        &RULES.replace("spend > 0", "spend > 1"),
+    );
+    let out = bin(&[
+        "replay",
+        "--rules",
+        other.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
     assert_eq!(out.status.code(), Some(1));
 }
 

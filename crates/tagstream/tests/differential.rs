@@ -6,34 +6,66 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 fn tagstream(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_tagstream")).args(args).output().expect("run tagstream");
-    assert!(out.status.success(), "tagstream {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(args)
+        .output()
+        .expect("run tagstream");
+    assert!(
+        out.status.success(),
+        "tagstream {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
 fn oracle(rules: &Path, input: &Path, now: Option<i64>) -> Vec<u8> {
     let script = repo_root().join("tests/oracle/oracle.py");
     let mut cmd = Command::new("python3");
-    cmd.arg(script).arg("--rules").arg(rules).arg("--input").arg(input);
+    cmd.arg(script)
+        .arg("--rules")
+        .arg(rules)
+        .arg("--input")
+        .arg(input);
     if let Some(now) = now {
         cmd.arg("--now").arg(now.to_string());
     }
-    let out = cmd.output().expect("python3 is needed for the differential test");
-    assert!(out.status.success(), "oracle failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .expect("python3 is needed for the differential test");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
 fn compare(dir: &Path, name: &str, expected: &[u8], actual: &[u8]) {
-    let (e, a) = (dir.join(format!("{name}.expected.ndjson")), dir.join(format!("{name}.actual.ndjson")));
+    let (e, a) = (
+        dir.join(format!("{name}.expected.ndjson")),
+        dir.join(format!("{name}.actual.ndjson")),
+    );
     std::fs::write(&e, expected).unwrap();
     std::fs::write(&a, actual).unwrap();
-    let out = Command::new("python3").arg(repo_root().join("tests/oracle/compare.py")).arg(&e).arg(&a).output().unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/oracle/compare.py"))
+        .arg(&e)
+        .arg(&a)
+        .output()
+        .unwrap();
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{name}: engine differs from the oracle:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{name}: engine differs from the oracle:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(report.contains(" 0 differences"), "{report}");
     assert!(!expected.is_empty(), "the comparison must cover users");
 }
@@ -49,19 +81,38 @@ fn last_engine_time(rules: &Path, input: &Path) -> i64 {
         .output()
         .unwrap();
     let stats = String::from_utf8_lossy(&out.stderr);
-    let clock = stats.split(|c: char| !c.is_ascii_digit() && c != '-').filter_map(|w| w.parse::<i64>().ok()).find(|n| *n > 1_000_000_000_000);
+    let clock = stats
+        .split(|c: char| !c.is_ascii_digit() && c != '-')
+        .filter_map(|w| w.parse::<i64>().ok())
+        .find(|n| *n > 1_000_000_000_000);
     clock.unwrap_or_else(|| panic!("no clock in oracle stats: {stats}"))
 }
 
 fn run_differential(rules: &Path, users: &str, events: &str, seed: &str) {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.ndjson");
-    let generated = tagstream(&["gen", "--users", users, "--events", events, "--seed", seed, "--days", "45"]);
+    let generated = tagstream(&[
+        "gen", "--users", users, "--events", events, "--seed", seed, "--days", "45",
+    ]);
     std::fs::write(&input, &generated.stdout).unwrap();
     let state = dir.path().join("state");
-    let (input_s, state_s, rules_s) = (input.to_str().unwrap(), state.to_str().unwrap(), rules.to_str().unwrap());
+    let (input_s, state_s, rules_s) = (
+        input.to_str().unwrap(),
+        state.to_str().unwrap(),
+        rules.to_str().unwrap(),
+    );
     let out = dir.path().join("transitions.ndjson");
-    tagstream(&["replay", "--rules", rules_s, "--input", input_s, "--state-dir", state_s, "--out", out.to_str().unwrap()]);
+    tagstream(&[
+        "replay",
+        "--rules",
+        rules_s,
+        "--input",
+        input_s,
+        "--state-dir",
+        state_s,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let dump = tagstream(&["dump", "--state-dir", state_s, "--rules", rules_s]).stdout;
     compare(dir.path(), "final", &oracle(rules, &input, None), &dump);
 
@@ -71,9 +122,26 @@ fn run_differential(rules: &Path, users: &str, events: &str, seed: &str) {
     std::fs::write(&empty, b"").unwrap();
     let out2 = dir.path().join("transitions2.ndjson");
     let advance = now.to_string();
-    tagstream(&["replay", "--rules", rules_s, "--input", empty.to_str().unwrap(), "--state-dir", state_s, "--out", out2.to_str().unwrap(), "--advance-to", &advance]);
+    tagstream(&[
+        "replay",
+        "--rules",
+        rules_s,
+        "--input",
+        empty.to_str().unwrap(),
+        "--state-dir",
+        state_s,
+        "--out",
+        out2.to_str().unwrap(),
+        "--advance-to",
+        &advance,
+    ]);
     let dump = tagstream(&["dump", "--state-dir", state_s]).stdout;
-    compare(dir.path(), "advanced", &oracle(rules, &input, Some(now)), &dump);
+    compare(
+        dir.path(),
+        "advanced",
+        &oracle(rules, &input, Some(now)),
+        &dump,
+    );
 
     // Membership implied by the transitions equals the dump's segments.
     check_transitions_match_dump(&[out, out2], &dump);
@@ -84,6 +152,7 @@ fn check_transitions_match_dump(logs: &[PathBuf], dump: &[u8]) {
     let mut members: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut last_seq: BTreeMap<(String, String), u64> = BTreeMap::new();
     let mut last_ts: BTreeMap<String, i64> = BTreeMap::new();
+    let mut deleted: BTreeSet<String> = BTreeSet::new();
     let mut count = 0;
     for log in logs {
         for line in std::fs::read_to_string(log).unwrap().lines() {
@@ -93,13 +162,29 @@ fn check_transitions_match_dump(logs: &[PathBuf], dump: &[u8]) {
             let seq = t["seq"].as_u64().unwrap();
             let ts = t["ts"].as_i64().unwrap();
             let enter = t["type"] == "segment_enter";
-            let prev = last_seq.get(&(user.clone(), seg.clone())).copied().unwrap_or(0);
+            let prev = last_seq
+                .get(&(user.clone(), seg.clone()))
+                .copied()
+                .unwrap_or(0);
             if t["cause"] == "delete" {
-                assert_eq!(seq, prev + 1);
-                last_seq.retain(|(u, _), _| *u != user);
+                // A delete ends every sequence of the user (reset before its next transition).
+                assert_eq!(seq, prev + 1, "{line}");
+                deleted.insert(user.clone());
                 members.remove(&user);
             } else {
-                assert_eq!(seq, if prev % 2 == 0 && !enter { panic!("exit without enter: {line}") } else { prev + 1 }, "{line}");
+                if deleted.remove(&user) {
+                    last_seq.retain(|(u, _), _| *u != user);
+                }
+                let prev = last_seq
+                    .get(&(user.clone(), seg.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                // A user re-created after a delete (which emits nothing when the user was in no
+                // segment) starts again at 1.
+                assert!(
+                    seq == prev + 1 || (enter && seq == 1),
+                    "seq gap: {line} after {prev}"
+                );
                 last_seq.insert((user.clone(), seg.clone()), seq);
                 let set = members.entry(user.clone()).or_default();
                 if enter {
@@ -109,7 +194,10 @@ fn check_transitions_match_dump(logs: &[PathBuf], dump: &[u8]) {
                 }
             }
             assert_eq!(enter, seq % 2 == 1, "odd seq = enter: {line}");
-            assert!(ts >= last_ts.get(&user).copied().unwrap_or(i64::MIN), "per user, transitions come in non-decreasing ts: {line}");
+            assert!(
+                ts >= last_ts.get(&user).copied().unwrap_or(i64::MIN),
+                "per user, transitions come in non-decreasing ts: {line}"
+            );
             last_ts.insert(user, ts);
             count += 1;
         }
@@ -118,8 +206,17 @@ fn check_transitions_match_dump(logs: &[PathBuf], dump: &[u8]) {
     for line in String::from_utf8_lossy(dump).lines() {
         let row: serde_json::Value = serde_json::from_str(line).unwrap();
         let user = row["user_id"].as_str().unwrap();
-        let want: BTreeSet<String> = row["segments"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
-        assert_eq!(members.get(user).cloned().unwrap_or_default(), want, "user {user}");
+        let want: BTreeSet<String> = row["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            members.get(user).cloned().unwrap_or_default(),
+            want,
+            "user {user}"
+        );
     }
 }
 

@@ -38,11 +38,27 @@ pub fn decode_offset(bytes: &[u8]) -> Option<i64> {
 /// Options every client inherits from `[source.options]` even when it is not the consumer:
 /// what is needed to reach and authenticate to the same cluster.
 pub fn is_connection_option(key: &str) -> bool {
-    ["security.", "sasl.", "ssl.", "ssl_", "client.", "socket.", "broker.address.", "reconnect.", "enable.ssl"].iter().any(|p| key.starts_with(p))
+    [
+        "security.",
+        "sasl.",
+        "ssl.",
+        "ssl_",
+        "client.",
+        "socket.",
+        "broker.address.",
+        "reconnect.",
+        "enable.ssl",
+    ]
+    .iter()
+    .any(|p| key.starts_with(p))
 }
 
 /// A client configuration: `defaults` first, then the user's options, as is.
-pub fn client_config(brokers: &str, defaults: &[(&str, &str)], options: &BTreeMap<String, String>) -> ClientConfig {
+pub fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    options: &BTreeMap<String, String>,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     for (k, v) in defaults {
@@ -58,11 +74,16 @@ pub fn client_config(brokers: &str, defaults: &[(&str, &str)], options: &BTreeMa
 /// Forwards a librdkafka log line to `tracing`.
 pub(crate) fn log_line(client: &str, level: RDKafkaLogLevel, fac: &str, message: &str) {
     match level {
-        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => {
             tracing::error!(client, facility = fac, "kafka: {message}")
         }
         RDKafkaLogLevel::Warning => tracing::warn!(client, facility = fac, "kafka: {message}"),
-        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(client, facility = fac, "kafka: {message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(client, facility = fac, "kafka: {message}")
+        }
         RDKafkaLogLevel::Debug => tracing::debug!(client, facility = fac, "kafka: {message}"),
     }
 }
@@ -70,7 +91,12 @@ pub(crate) fn log_line(client: &str, level: RDKafkaLogLevel, fac: &str, message:
 /// Logs a client-level error (broker down, all brokers down...): librdkafka keeps retrying with
 /// its own backoff (`reconnect.backoff.ms` .. `reconnect.backoff.max.ms`), so these are warnings.
 /// Repeats of the same message are logged at most once every 30 seconds.
-pub(crate) fn log_client_error(limiter: &std::sync::Mutex<RateLimit>, client: &str, error: &KafkaError, reason: &str) {
+pub(crate) fn log_client_error(
+    limiter: &std::sync::Mutex<RateLimit>,
+    client: &str,
+    error: &KafkaError,
+    reason: &str,
+) {
     let text = format!("{error}: {reason}");
     if let Ok(mut l) = limiter.lock() {
         if l.allow(&text) {
@@ -89,7 +115,11 @@ impl RateLimit {
     pub(crate) fn allow(&mut self, message: &str) -> bool {
         let now = std::time::Instant::now();
         match &self.last {
-            Some((m, at)) if m == message && now.duration_since(*at) < std::time::Duration::from_secs(30) => false,
+            Some((m, at))
+                if m == message && now.duration_since(*at) < std::time::Duration::from_secs(30) =>
+            {
+                false
+            }
             _ => {
                 self.last = Some((message.to_string(), now));
                 true
@@ -113,7 +143,14 @@ mod tests {
     fn user_options_override_defaults() {
         let mut opts = BTreeMap::new();
         opts.insert("auto.offset.reset".to_string(), "latest".to_string());
-        let c = client_config("b:9092", &[("auto.offset.reset", "earliest"), ("enable.auto.commit", "false")], &opts);
+        let c = client_config(
+            "b:9092",
+            &[
+                ("auto.offset.reset", "earliest"),
+                ("enable.auto.commit", "false"),
+            ],
+            &opts,
+        );
         assert_eq!(c.get("auto.offset.reset"), Some("latest"));
         assert_eq!(c.get("enable.auto.commit"), Some("false"));
         assert_eq!(c.get("bootstrap.servers"), Some("b:9092"));

@@ -63,46 +63,115 @@ pub struct KafkaProducer {
 
 impl std::fmt::Debug for KafkaProducer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaProducer").field("brokers", &self.brokers).finish()
+        f.debug_struct("KafkaProducer")
+            .field("brokers", &self.brokers)
+            .finish()
     }
 }
 
 impl KafkaProducer {
     /// Creates the producer (connections are made lazily: an unreachable broker is not an error
     /// here, deliveries just wait). An invalid option is a user error, returned as text.
-    pub fn new(name: &str, brokers: &str, options: &BTreeMap<String, String>) -> Result<KafkaProducer, String> {
-        let defaults = [("enable.idempotence", "true"), ("linger.ms", "5"), ("compression.type", "none")];
+    pub fn new(
+        name: &str,
+        brokers: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<KafkaProducer, String> {
+        let defaults = [
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("compression.type", "none"),
+        ];
         let config = client_config(brokers, &defaults, options);
-        let context = Context { name: name.to_string(), results: Mutex::new(Vec::new()), errors: Mutex::new(RateLimit::default()) };
-        let producer = config.create_with_context(context).map_err(|e| format!("cannot create the {name} kafka producer for {brokers}: {e}"))?;
-        Ok(KafkaProducer { producer, brokers: brokers.to_string() })
+        let context = Context {
+            name: name.to_string(),
+            results: Mutex::new(Vec::new()),
+            errors: Mutex::new(RateLimit::default()),
+        };
+        let producer = config
+            .create_with_context(context)
+            .map_err(|e| format!("cannot create the {name} kafka producer for {brokers}: {e}"))?;
+        Ok(KafkaProducer {
+            producer,
+            brokers: brokers.to_string(),
+        })
     }
 
     /// Queues a transition, keyed by user id.
-    pub fn send_transition(&self, seq: u64, topic: &str, user_id: &str, json: &str) -> Result<(), KafkaError> {
-        let record = BaseRecord::with_opaque_to(topic, seq as usize).key(user_id).payload(json);
+    pub fn send_transition(
+        &self,
+        seq: u64,
+        topic: &str,
+        user_id: &str,
+        json: &str,
+    ) -> Result<(), KafkaError> {
+        let record = BaseRecord::with_opaque_to(topic, seq as usize)
+            .key(user_id)
+            .payload(json);
         self.producer.send(record).map_err(|(e, _)| e)
     }
 
     /// Queues a dead letter: original key and bytes (the first 64 KiB for `too_large`, or when
     /// `truncate` is forced after the broker refused the full size) and `tagstream.*` headers.
-    pub fn send_dead_letter(&self, seq: u64, topic: &str, dl: &DeadLetter, truncate: bool) -> Result<(), KafkaError> {
+    pub fn send_dead_letter(
+        &self,
+        seq: u64,
+        topic: &str,
+        dl: &DeadLetter,
+        truncate: bool,
+    ) -> Result<(), KafkaError> {
         let truncated = (truncate || dl.reason == "too_large") && dl.raw.len() > TRUNCATED_BYTES;
-        let value: &[u8] = if truncated { &dl.raw[..TRUNCATED_BYTES] } else { &dl.raw };
+        let value: &[u8] = if truncated {
+            &dl.raw[..TRUNCATED_BYTES]
+        } else {
+            &dl.raw
+        };
         let (source, partition, offset, key) = match &dl.origin {
-            Origin::Kafka { topic, partition, offset, key } => (topic.clone(), partition.to_string(), offset.to_string(), key.clone()),
-            Origin::Line { source, line } => (source.clone(), "0".to_string(), line.to_string(), None),
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+                key,
+            } => (
+                topic.clone(),
+                partition.to_string(),
+                offset.to_string(),
+                key.clone(),
+            ),
+            Origin::Line { source, line } => {
+                (source.clone(), "0".to_string(), line.to_string(), None)
+            }
         };
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "tagstream.reason", value: Some(dl.reason.as_str()) })
-            .insert(Header { key: "tagstream.detail", value: Some(dl.detail.as_str()) })
-            .insert(Header { key: "tagstream.topic", value: Some(source.as_str()) })
-            .insert(Header { key: "tagstream.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "tagstream.offset", value: Some(offset.as_str()) });
+            .insert(Header {
+                key: "tagstream.reason",
+                value: Some(dl.reason.as_str()),
+            })
+            .insert(Header {
+                key: "tagstream.detail",
+                value: Some(dl.detail.as_str()),
+            })
+            .insert(Header {
+                key: "tagstream.topic",
+                value: Some(source.as_str()),
+            })
+            .insert(Header {
+                key: "tagstream.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "tagstream.offset",
+                value: Some(offset.as_str()),
+            });
         if truncated {
-            headers = headers.insert(Header { key: "tagstream.truncated", value: Some("true") });
+            headers = headers.insert(Header {
+                key: "tagstream.truncated",
+                value: Some("true"),
+            });
         }
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize).payload(value).headers(headers);
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize)
+            .payload(value)
+            .headers(headers);
         if let Some(k) = key.as_deref() {
             record = record.key(k);
         }
@@ -117,7 +186,12 @@ impl KafkaProducer {
     /// Delivery outcomes since the last call.
     pub fn take_results(&self) -> Vec<Delivered> {
         self.poll();
-        self.producer.context().results.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+        self.producer
+            .context()
+            .results
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 
     /// Messages queued or in flight.
@@ -138,7 +212,10 @@ impl KafkaProducer {
 /// Whether a delivery error means "this message can never be accepted as is".
 pub fn is_too_large(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode;
-    matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::InvalidMessageSize))
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) | Some(RDKafkaErrorCode::InvalidMessageSize)
+    )
 }
 
 /// Whether a send failed only because the local queue is full (retry after polling).

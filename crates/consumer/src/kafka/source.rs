@@ -68,18 +68,32 @@ impl ClientContext for Context {
 
     /// Keeps each partition's low and high watermarks (for the lag gauge).
     fn stats_raw(&self, statistics: &[u8]) {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(statistics) else { return };
-        let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else { return };
-        let Ok(mut marks) = self.control.watermarks.lock() else { return };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(topics) = v.get("topics").and_then(|t| t.as_object()) else {
+            return;
+        };
+        let Ok(mut marks) = self.control.watermarks.lock() else {
+            return;
+        };
         for (topic, t) in topics {
-            let Some(parts) = t.get("partitions").and_then(|p| p.as_object()) else { continue };
+            let Some(parts) = t.get("partitions").and_then(|p| p.as_object()) else {
+                continue;
+            };
             for (p, stats) in parts {
                 let Ok(p) = p.parse::<i32>() else { continue };
                 if p < 0 {
                     continue;
                 }
-                let lo = stats.get("lo_offset").and_then(|x| x.as_i64()).unwrap_or(-1);
-                let hi = stats.get("hi_offset").and_then(|x| x.as_i64()).unwrap_or(-1);
+                let lo = stats
+                    .get("lo_offset")
+                    .and_then(|x| x.as_i64())
+                    .unwrap_or(-1);
+                let hi = stats
+                    .get("hi_offset")
+                    .and_then(|x| x.as_i64())
+                    .unwrap_or(-1);
                 if hi >= 0 {
                     marks.insert((topic.clone(), p), (lo, hi));
                 }
@@ -90,13 +104,18 @@ impl ClientContext for Context {
 
 impl Context {
     fn elements(tpl: &TopicPartitionList) -> Vec<Tp> {
-        tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+        tpl.elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect()
     }
 
     /// Where a newly assigned partition starts: its stored offset, or a rebuild.
     fn start_offset(&self, topic: &str, partition: i32) -> Result<Offset, String> {
         match self.store.get(Cf::Offsets, &offsets_key(topic, partition)) {
-            Ok(Some(v)) => decode_offset(&v).map(Offset::Offset).ok_or_else(|| format!("corrupt stored offset for {topic}/{partition}")),
+            Ok(Some(v)) => decode_offset(&v)
+                .map(Offset::Offset)
+                .ok_or_else(|| format!("corrupt stored offset for {topic}/{partition}")),
             Ok(None) => {
                 self.metrics.partition_rebuilds.inc();
                 if self.latest_without_state {
@@ -111,7 +130,9 @@ impl Context {
                     Ok(Offset::Beginning)
                 }
             }
-            Err(e) => Err(format!("reading the stored offset of {topic}/{partition}: {e}")),
+            Err(e) => Err(format!(
+                "reading the stored offset of {topic}/{partition}: {e}"
+            )),
         }
     }
 
@@ -121,10 +142,16 @@ impl Context {
             match self.start_offset(topic, *partition) {
                 Ok(offset) => {
                     if let Offset::Offset(o) = offset {
-                        tracing::info!(topic, partition, offset = o, "partition assigned: resuming at the stored offset");
+                        tracing::info!(
+                            topic,
+                            partition,
+                            offset = o,
+                            "partition assigned: resuming at the stored offset"
+                        );
                     }
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
-                        self.control.fail(format!("positioning {topic}/{partition}: {e}"));
+                        self.control
+                            .fail(format!("positioning {topic}/{partition}: {e}"));
                     }
                 }
                 Err(e) => self.control.fail(e),
@@ -150,7 +177,14 @@ impl Context {
         tracing::info!(partitions = ?parts, lost = consumer.assignment_lost(), "partitions revoked: finishing the batches in hand");
         // Wait until the engine thread has committed everything handed over so far.
         let (done_tx, done_rx) = sync_channel(1);
-        if self.tx.send(SourceEvent::Revoked { partitions: parts.clone(), done: done_tx }).is_ok() {
+        if self
+            .tx
+            .send(SourceEvent::Revoked {
+                partitions: parts.clone(),
+                done: done_tx,
+            })
+            .is_ok()
+        {
             let _ = done_rx.recv();
         }
         commit_pending(consumer, self);
@@ -172,12 +206,19 @@ impl Context {
 }
 
 impl ConsumerContext for Context {
-    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(consumer, tpl),
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.revoke(consumer, tpl),
             other => {
-                tracing::error!("consumer group rebalance error: {other:?}; releasing the assignment");
+                tracing::error!(
+                    "consumer group rebalance error: {other:?}; releasing the assignment"
+                );
                 let _ = consumer.unassign();
             }
         }
@@ -185,7 +226,9 @@ impl ConsumerContext for Context {
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
         if let Err(e) = result {
-            tracing::debug!("committing offsets to the group failed (only affects lag reporting): {e}");
+            tracing::debug!(
+                "committing offsets to the group failed (only affects lag reporting): {e}"
+            );
         }
     }
 }
@@ -205,7 +248,9 @@ fn commit_pending(consumer: &BaseConsumer<Context>, ctx: &Context) {
     }
     if tpl.count() > 0 {
         if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-            tracing::debug!("committing offsets to the group failed (only affects lag reporting): {e}");
+            tracing::debug!(
+                "committing offsets to the group failed (only affects lag reporting): {e}"
+            );
         }
     }
 }
@@ -224,7 +269,13 @@ impl std::fmt::Debug for KafkaSource {
 impl KafkaSource {
     /// Creates the consumer, subscribes, and starts polling on a new thread. Invalid options
     /// are user errors (returned as text).
-    pub fn start(config: &KafkaSourceConfig, store: Arc<dyn StateStore>, control: Arc<Control>, tx: SyncSender<SourceEvent>, metrics: Metrics) -> Result<KafkaSource, String> {
+    pub fn start(
+        config: &KafkaSourceConfig,
+        store: Arc<dyn StateStore>,
+        control: Arc<Control>,
+        tx: SyncSender<SourceEvent>,
+        metrics: Metrics,
+    ) -> Result<KafkaSource, String> {
         let defaults = [
             ("group.id", config.group_id.as_str()),
             ("enable.auto.commit", "false"),
@@ -233,7 +284,10 @@ impl KafkaSource {
             ("enable.partition.eof", "false"),
             ("statistics.interval.ms", "5000"),
         ];
-        let latest_without_state = matches!(config.options.get("auto.offset.reset").map(|s| s.as_str()), Some("latest" | "largest" | "end"));
+        let latest_without_state = matches!(
+            config.options.get("auto.offset.reset").map(|s| s.as_str()),
+            Some("latest" | "largest" | "end")
+        );
         let context = Context {
             store,
             tx,
@@ -244,18 +298,28 @@ impl KafkaSource {
             rebalanced: AtomicBool::new(false),
             errors: Mutex::new(RateLimit::default()),
         };
-        let consumer: BaseConsumer<Context> = client_config(&config.brokers, &defaults, &config.options)
-            .create_with_context(context)
-            .map_err(|e| format!("cannot create the kafka consumer for {}: {e}", config.brokers))?;
+        let consumer: BaseConsumer<Context> =
+            client_config(&config.brokers, &defaults, &config.options)
+                .create_with_context(context)
+                .map_err(|e| {
+                    format!(
+                        "cannot create the kafka consumer for {}: {e}",
+                        config.brokers
+                    )
+                })?;
         let topics: Vec<&str> = config.topics.iter().map(|s| s.as_str()).collect();
-        consumer.subscribe(&topics).map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
         tracing::info!(brokers = %config.brokers, topics = ?config.topics, group = %config.group_id, "kafka source started");
         let max_batch = config.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("kafka-source".into())
             .spawn(move || poll_loop(consumer, control, metrics, max_batch))
             .map_err(|e| format!("cannot start the kafka source thread: {e}"))?;
-        Ok(KafkaSource { thread: Some(thread) })
+        Ok(KafkaSource {
+            thread: Some(thread),
+        })
     }
 
     /// Waits for the thread to finish (after [`Control::stop`]).
@@ -268,7 +332,12 @@ impl KafkaSource {
 
 const MAX_BATCH_BYTES: usize = 16 << 20;
 
-fn poll_loop(consumer: BaseConsumer<Context>, control: Arc<Control>, metrics: Metrics, max_batch: usize) {
+fn poll_loop(
+    consumer: BaseConsumer<Context>,
+    control: Arc<Control>,
+    metrics: Metrics,
+    max_batch: usize,
+) {
     let ctx = consumer.context().clone();
     let mut paused = false;
     let mut errors = RateLimit::default();
@@ -284,10 +353,18 @@ fn poll_loop(consumer: BaseConsumer<Context>, control: Arc<Control>, metrics: Me
             for (t, p) in &assigned {
                 tpl.add_partition(t, *p);
             }
-            let result = if want { consumer.pause(&tpl) } else { consumer.resume(&tpl) };
+            let result = if want {
+                consumer.pause(&tpl)
+            } else {
+                consumer.resume(&tpl)
+            };
             match result {
                 Ok(()) => {
-                    tracing::info!(partitions = tpl.count(), "{} consumption", if want { "paused" } else { "resumed" });
+                    tracing::info!(
+                        partitions = tpl.count(),
+                        "{} consumption",
+                        if want { "paused" } else { "resumed" }
+                    );
                     paused = want;
                 }
                 Err(e) => tracing::warn!("pause/resume failed: {e}"),
@@ -305,7 +382,12 @@ fn poll_loop(consumer: BaseConsumer<Context>, control: Arc<Control>, metrics: Me
                     messages.push(Message {
                         partition: m.partition() as u32,
                         bytes: payload,
-                        origin: Origin::Kafka { topic: m.topic().to_string(), partition: m.partition(), offset: m.offset(), key: m.key().map(|k| k.to_vec()) },
+                        origin: Origin::Kafka {
+                            topic: m.topic().to_string(),
+                            partition: m.partition(),
+                            offset: m.offset(),
+                            key: m.key().map(|k| k.to_vec()),
+                        },
                     });
                     timeout = Duration::ZERO;
                 }
@@ -320,7 +402,14 @@ fn poll_loop(consumer: BaseConsumer<Context>, control: Arc<Control>, metrics: Me
         }
         if !messages.is_empty() {
             metrics.messages_read.inc_by(messages.len() as u64);
-            if ctx.tx.send(SourceEvent::Batch(Batch { messages, positions: Vec::new() })).is_err() {
+            if ctx
+                .tx
+                .send(SourceEvent::Batch(Batch {
+                    messages,
+                    positions: Vec::new(),
+                }))
+                .is_err()
+            {
                 break;
             }
         }

@@ -25,7 +25,10 @@ use crate::outbox::OutboxEntry;
 
 /// Where one kind of outbox entry goes.
 pub enum Route {
-    Kafka { producer: Arc<KafkaProducer>, topic: String },
+    Kafka {
+        producer: Arc<KafkaProducer>,
+        topic: String,
+    },
     Lines(LineSink),
 }
 
@@ -68,7 +71,11 @@ pub struct Delivery {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery").field("transitions", &self.transitions).field("dead_letters", &self.dead_letters).field("next_send", &self.next_send).finish()
+        f.debug_struct("Delivery")
+            .field("transitions", &self.transitions)
+            .field("dead_letters", &self.dead_letters)
+            .field("next_send", &self.next_send)
+            .finish()
     }
 }
 
@@ -76,7 +83,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 fn now_millis() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 enum SendError {
@@ -94,8 +103,17 @@ enum Sent {
 
 impl Delivery {
     /// Starts delivery at the first entry still in the outbox (left by an earlier run, or new).
-    pub fn new(engine: &Engine, transitions: Route, dead_letters: Route, metrics: Metrics) -> Result<Delivery> {
-        let first = engine.outbox_from(0, 1)?.first().map(|(seq, _)| *seq).unwrap_or(engine.outbox_next_seq());
+    pub fn new(
+        engine: &Engine,
+        transitions: Route,
+        dead_letters: Route,
+        metrics: Metrics,
+    ) -> Result<Delivery> {
+        let first = engine
+            .outbox_from(0, 1)?
+            .first()
+            .map(|(seq, _)| *seq)
+            .unwrap_or(engine.outbox_next_seq());
         let mut producers: Vec<Arc<KafkaProducer>> = Vec::new();
         for route in [&transitions, &dead_letters] {
             if let Route::Kafka { producer, .. } = route {
@@ -105,7 +123,10 @@ impl Delivery {
             }
         }
         if first < engine.outbox_next_seq() {
-            tracing::info!(entries = engine.outbox_next_seq() - first, "delivering outbox entries left by the previous run");
+            tracing::info!(
+                entries = engine.outbox_next_seq() - first,
+                "delivering outbox entries left by the previous run"
+            );
         }
         Ok(Delivery {
             transitions,
@@ -190,11 +211,15 @@ impl Delivery {
     fn collect(&mut self) {
         for i in 0..self.producers.len() {
             for (seq, result) in self.producers[i].take_results() {
-                let Some(flight) = self.in_flight.remove(&seq) else { continue };
+                let Some(flight) = self.in_flight.remove(&seq) else {
+                    continue;
+                };
                 match result {
                     Ok(()) => {
                         if flight.ingested_ms > 0 {
-                            self.metrics.event_to_transition_seconds.observe((now_millis() - flight.ingested_ms).max(0) as f64 / 1000.0);
+                            self.metrics.event_to_transition_seconds.observe(
+                                (now_millis() - flight.ingested_ms).max(0) as f64 / 1000.0,
+                            );
                         }
                         if self.rewind.is_none() {
                             self.backoff = MIN_BACKOFF;
@@ -207,8 +232,15 @@ impl Delivery {
     }
 
     fn failed(&mut self, seq: u64, dead_letter: bool, e: &KafkaError) {
-        let sink = if dead_letter { "dead_letter" } else { "transitions" };
-        self.metrics.sink_delivery_errors.with_label_values(&[sink]).inc();
+        let sink = if dead_letter {
+            "dead_letter"
+        } else {
+            "transitions"
+        };
+        self.metrics
+            .sink_delivery_errors
+            .with_label_values(&[sink])
+            .inc();
         if dead_letter && is_too_large(e) {
             self.truncate.insert(seq);
         }
@@ -218,7 +250,11 @@ impl Delivery {
             self.retry_at = Instant::now() + self.backoff;
             let text = format!("delivery to the {sink} sink failed: {e}");
             if self.errors.allow(&text) {
-                tracing::warn!(seq, retry_in_ms = self.backoff.as_millis() as u64, "{text}; retrying");
+                tracing::warn!(
+                    seq,
+                    retry_in_ms = self.backoff.as_millis() as u64,
+                    "{text}; retrying"
+                );
             }
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }
@@ -257,18 +293,30 @@ impl Delivery {
 
     fn send(&mut self, seq: u64, entry: &OutboxEntry) -> Result<Sent, SendError> {
         let (route, dead_letter, ingested_ms) = match entry {
-            OutboxEntry::Transition { ingested_ms, .. } => (&mut self.transitions, false, *ingested_ms),
+            OutboxEntry::Transition { ingested_ms, .. } => {
+                (&mut self.transitions, false, *ingested_ms)
+            }
             OutboxEntry::DeadLetter(_) => (&mut self.dead_letters, true, 0),
         };
         match route {
             Route::Kafka { producer, topic } => {
                 let result = match entry {
-                    OutboxEntry::Transition { user_id, json, .. } => producer.send_transition(seq, topic, user_id, json),
-                    OutboxEntry::DeadLetter(dl) => producer.send_dead_letter(seq, topic, dl, self.truncate.contains(&seq)),
+                    OutboxEntry::Transition { user_id, json, .. } => {
+                        producer.send_transition(seq, topic, user_id, json)
+                    }
+                    OutboxEntry::DeadLetter(dl) => {
+                        producer.send_dead_letter(seq, topic, dl, self.truncate.contains(&seq))
+                    }
                 };
                 match result {
                     Ok(()) => {
-                        self.in_flight.insert(seq, Flight { ingested_ms, dead_letter });
+                        self.in_flight.insert(
+                            seq,
+                            Flight {
+                                ingested_ms,
+                                dead_letter,
+                            },
+                        );
                         Ok(Sent::Done)
                     }
                     Err(e) if is_queue_full(&e) => Ok(Sent::Full),
@@ -282,7 +330,9 @@ impl Delivery {
             }
             Route::Lines(sink) => {
                 let line = match entry {
-                    OutboxEntry::Transition { json, .. } => std::borrow::Cow::Borrowed(json.as_str()),
+                    OutboxEntry::Transition { json, .. } => {
+                        std::borrow::Cow::Borrowed(json.as_str())
+                    }
                     OutboxEntry::DeadLetter(dl) => std::borrow::Cow::Owned(dl.to_file_line()),
                 };
                 // File errors are not retried: they stop the service (exit 2) with the path.
@@ -305,7 +355,9 @@ impl Delivery {
         let now = now_millis();
         for (_, ingested) in self.unflushed.drain(..) {
             if ingested > 0 {
-                self.metrics.event_to_transition_seconds.observe((now - ingested).max(0) as f64 / 1000.0);
+                self.metrics
+                    .event_to_transition_seconds
+                    .observe((now - ingested).max(0) as f64 / 1000.0);
             }
         }
         Ok(())

@@ -45,11 +45,18 @@ struct Reader {
 
 fn open(path: &str) -> Result<Box<dyn BufRead + Send>> {
     if path == "-" {
-        return Ok(Box::new(BufReader::with_capacity(1 << 20, std::io::stdin())));
+        return Ok(Box::new(BufReader::with_capacity(
+            1 << 20,
+            std::io::stdin(),
+        )));
     }
-    let file = File::open(path).map_err(|e| ConsumerError::User(format!("cannot open input {path}: {e}")))?;
+    let file = File::open(path)
+        .map_err(|e| ConsumerError::User(format!("cannot open input {path}: {e}")))?;
     Ok(if path.ends_with(".gz") {
-        Box::new(BufReader::with_capacity(1 << 20, flate2::read::MultiGzDecoder::new(file)))
+        Box::new(BufReader::with_capacity(
+            1 << 20,
+            flate2::read::MultiGzDecoder::new(file),
+        ))
     } else {
         Box::new(BufReader::with_capacity(1 << 20, file))
     })
@@ -73,15 +80,24 @@ fn encode(fp: &[u8; 16], line: u64, covered: u64) -> Vec<u8> {
 
 impl Reader {
     fn new(inner: Box<dyn BufRead + Send>) -> Reader {
-        Reader { inner, line: 0, partial: Vec::new(), head: Vec::new() }
+        Reader {
+            inner,
+            line: 0,
+            partial: Vec::new(),
+            head: Vec::new(),
+        }
     }
 
     fn read_raw(&mut self) -> Result<usize> {
         let before = self.partial.len();
-        let n = self.inner.read_until(b'\n', &mut self.partial).map_err(|e| ConsumerError::io("reading the input", e))?;
+        let n = self
+            .inner
+            .read_until(b'\n', &mut self.partial)
+            .map_err(|e| ConsumerError::io("reading the input", e))?;
         if self.head.len() < HEAD_BYTES {
             let take = (HEAD_BYTES - self.head.len()).min(self.partial.len() - before);
-            self.head.extend_from_slice(&self.partial[before..before + take]);
+            self.head
+                .extend_from_slice(&self.partial[before..before + take]);
         }
         Ok(n)
     }
@@ -123,12 +139,20 @@ impl Reader {
 /// Whether the file at `path` starts with the bytes fingerprinted as `fp` over `covered` bytes.
 fn same_file(path: &str, fp: &[u8; 16], covered: u64) -> Result<bool> {
     let mut head = Vec::new();
-    open(path)?.take(covered).read_to_end(&mut head).map_err(|e| ConsumerError::io(format!("reading {path}"), e))?;
+    open(path)?
+        .take(covered)
+        .read_to_end(&mut head)
+        .map_err(|e| ConsumerError::io(format!("reading {path}"), e))?;
     Ok(head.len() as u64 == covered && digest(&head) == *fp)
 }
 
 /// Opens the input, positions it after the last committed line, and starts the reader thread.
-pub fn start_lines(config: &LinesConfig, store: Arc<dyn StateStore>, control: Arc<Control>, tx: SyncSender<SourceEvent>) -> Result<JoinHandle<()>> {
+pub fn start_lines(
+    config: &LinesConfig,
+    store: Arc<dyn StateStore>,
+    control: Arc<Control>,
+    tx: SyncSender<SourceEvent>,
+) -> Result<JoinHandle<()>> {
     let path = config.path.clone();
     let mut reader = Reader::new(open(&path)?);
     let key = (path != "-").then(|| position_key(&path));
@@ -152,7 +176,9 @@ pub fn start_lines(config: &LinesConfig, store: Arc<dyn StateStore>, control: Ar
                     tracing::info!(line, "continuing {path} after the last line consumed");
                     reader.skip_to(line)?;
                 }
-                None => tracing::info!("{path} changed since it was last read; reading it from the start"),
+                None => tracing::info!(
+                    "{path} changed since it was last read; reading it from the start"
+                ),
             }
         }
     }
@@ -168,8 +194,19 @@ pub fn start_lines(config: &LinesConfig, store: Arc<dyn StateStore>, control: Ar
         .map_err(|e| ConsumerError::io("starting the input thread", e))
 }
 
-fn read_loop(path: &str, mut reader: Reader, key: Option<Vec<u8>>, follow: bool, batch_size: usize, control: &Control, tx: &SyncSender<SourceEvent>) -> Result<()> {
-    if tx.send(SourceEvent::Assigned(vec![(path.to_string(), 0)])).is_err() {
+fn read_loop(
+    path: &str,
+    mut reader: Reader,
+    key: Option<Vec<u8>>,
+    follow: bool,
+    batch_size: usize,
+    control: &Control,
+    tx: &SyncSender<SourceEvent>,
+) -> Result<()> {
+    if tx
+        .send(SourceEvent::Assigned(vec![(path.to_string(), 0)]))
+        .is_err()
+    {
         return Ok(());
     }
     let mut announced_end = false;
@@ -183,7 +220,14 @@ fn read_loop(path: &str, mut reader: Reader, key: Option<Vec<u8>>, follow: bool,
         let mut at_end = false;
         while messages.len() < batch_size {
             match reader.next(follow)? {
-                Some((n, bytes)) => messages.push(Message { partition: 0, bytes, origin: Origin::Line { source: path.to_string(), line: n } }),
+                Some((n, bytes)) => messages.push(Message {
+                    partition: 0,
+                    bytes,
+                    origin: Origin::Line {
+                        source: path.to_string(),
+                        line: n,
+                    },
+                }),
                 None => {
                     at_end = true;
                     break;
@@ -192,12 +236,21 @@ fn read_loop(path: &str, mut reader: Reader, key: Option<Vec<u8>>, follow: bool,
         }
         if !messages.is_empty() || reader.line != sent_line {
             let positions = match &key {
-                Some(k) => vec![(k.clone(), encode(&digest(&reader.head), reader.line, reader.head.len() as u64))],
+                Some(k) => vec![(
+                    k.clone(),
+                    encode(&digest(&reader.head), reader.line, reader.head.len() as u64),
+                )],
                 None => vec![],
             };
             sent_line = reader.line;
             announced_end = false;
-            if tx.send(SourceEvent::Batch(Batch { messages, positions })).is_err() {
+            if tx
+                .send(SourceEvent::Batch(Batch {
+                    messages,
+                    positions,
+                }))
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -207,7 +260,15 @@ fn read_loop(path: &str, mut reader: Reader, key: Option<Vec<u8>>, follow: bool,
                 // Keep the service up (timers, API) until stopped, like a file source.
             }
             if !announced_end {
-                tracing::info!(line = reader.line, "reached the end of {path}; {}", if follow { "waiting for appended lines" } else { "running until stopped" });
+                tracing::info!(
+                    line = reader.line,
+                    "reached the end of {path}; {}",
+                    if follow {
+                        "waiting for appended lines"
+                    } else {
+                        "running until stopped"
+                    }
+                );
                 announced_end = true;
             }
             std::thread::sleep(Duration::from_millis(if follow { 100 } else { 200 }));

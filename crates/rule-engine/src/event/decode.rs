@@ -98,7 +98,10 @@ pub struct DecodeOptions {
 impl Default for DecodeOptions {
     /// `native`, 1 MiB.
     fn default() -> Self {
-        DecodeOptions { format: Format::Native, max_event_bytes: DEFAULT_MAX_EVENT_BYTES }
+        DecodeOptions {
+            format: Format::Native,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
     }
 }
 
@@ -107,7 +110,11 @@ pub fn decode(raw: &[u8], opts: &DecodeOptions) -> Result<Event, Rejection> {
     if raw.len() > opts.max_event_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,
-            format!("message is {} bytes, at most {} allowed", raw.len(), opts.max_event_bytes),
+            format!(
+                "message is {} bytes, at most {} allowed",
+                raw.len(),
+                opts.max_event_bytes
+            ),
         ));
     }
     match opts.format {
@@ -145,7 +152,10 @@ fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
     let text = std::str::from_utf8(raw).map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,
-            format!("message is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+            format!(
+                "message is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
         )
     })?;
     let trimmed = text.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r'));
@@ -153,18 +163,27 @@ fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
         return Err(Rejection::new(Reason::InvalidJson, "message is empty"));
     }
     if trimmed == "null" {
-        return Err(Rejection::new(Reason::InvalidJson, "message is null (a tombstone)"));
+        return Err(Rejection::new(
+            Reason::InvalidJson,
+            "message is null (a tombstone)",
+        ));
     }
     check_depth(trimmed.as_bytes())?;
     let mut de = serde_json::Deserializer::from_str(trimmed);
     let mut fields = Fields::default();
-    let top = TopSeed { keys, fields: &mut fields }
-        .deserialize(&mut de)
-        .and_then(|top| de.end().map(|()| top))
-        .map_err(|e| Rejection::new(Reason::InvalidJson, format!("JSON syntax error: {e}")))?;
+    let top = TopSeed {
+        keys,
+        fields: &mut fields,
+    }
+    .deserialize(&mut de)
+    .and_then(|top| de.end().map(|()| top))
+    .map_err(|e| Rejection::new(Reason::InvalidJson, format!("JSON syntax error: {e}")))?;
     match top {
         Top::Object => Ok(fields),
-        Top::Null => Err(Rejection::new(Reason::InvalidJson, "message is null (a tombstone)")),
+        Top::Null => Err(Rejection::new(
+            Reason::InvalidJson,
+            "message is null (a tombstone)",
+        )),
         Top::Other(what) => Err(Rejection::new(
             Reason::NotAnObject,
             format!("top-level JSON value is {what}, expected an object"),
@@ -348,22 +367,37 @@ pub(super) fn type_from(
 
 /// The rejection for a type string the format does not know.
 pub(super) fn unknown_type(key: &str, ty: &str, known: &str) -> Rejection {
-    Rejection::new(Reason::UnknownType, format!("unknown {key} {ty:?}, expected one of {known}"))
+    Rejection::new(
+        Reason::UnknownType,
+        format!("unknown {key} {ty:?}, expected one of {known}"),
+    )
 }
 
 /// Validates a user id (`None` = absent): a non-empty string of at most 256 bytes, or a JSON
 /// integer (used as its decimal string).
 pub(super) fn user_id_from(value: Option<Json>, key: &str) -> Result<String, Rejection> {
     match value {
-        None => Err(Rejection::new(Reason::MissingUserId, format!("{key} is missing"))),
-        Some(Json::Null) => Err(Rejection::new(Reason::MissingUserId, format!("{key} is null"))),
+        None => Err(Rejection::new(
+            Reason::MissingUserId,
+            format!("{key} is missing"),
+        )),
+        Some(Json::Null) => Err(Rejection::new(
+            Reason::MissingUserId,
+            format!("{key} is null"),
+        )),
         Some(Json::String(s)) => {
             if s.is_empty() {
-                Err(Rejection::new(Reason::InvalidUserId, format!("{key} is an empty string")))
+                Err(Rejection::new(
+                    Reason::InvalidUserId,
+                    format!("{key} is an empty string"),
+                ))
             } else if s.len() > MAX_USER_ID_BYTES {
                 Err(Rejection::new(
                     Reason::InvalidUserId,
-                    format!("{key} is {} bytes, at most {MAX_USER_ID_BYTES} allowed", s.len()),
+                    format!(
+                        "{key} is {} bytes, at most {MAX_USER_ID_BYTES} allowed",
+                        s.len()
+                    ),
                 ))
             } else {
                 Ok(s)
@@ -384,14 +418,21 @@ pub(super) fn user_id_from(value: Option<Json>, key: &str) -> Result<String, Rej
 /// Validates the event name of a track event: a non-empty string.
 pub(super) fn event_name_from(value: Option<Json>, key: &str) -> Result<String, Rejection> {
     match value {
-        None => Err(Rejection::new(Reason::MissingEvent, format!("{key} is missing"))),
+        None => Err(Rejection::new(
+            Reason::MissingEvent,
+            format!("{key} is missing"),
+        )),
         Some(Json::String(s)) if !s.is_empty() => Ok(s),
-        Some(Json::String(_)) => {
-            Err(Rejection::new(Reason::MissingEvent, format!("{key} is an empty string")))
-        }
+        Some(Json::String(_)) => Err(Rejection::new(
+            Reason::MissingEvent,
+            format!("{key} is an empty string"),
+        )),
         Some(other) => Err(Rejection::new(
             Reason::MissingEvent,
-            format!("{key} is {}, expected a non-empty string", type_name(&other)),
+            format!(
+                "{key} is {}, expected a non-empty string",
+                type_name(&other)
+            ),
         )),
     }
 }
@@ -413,7 +454,10 @@ pub(super) fn ts_from(value: Option<Json>, key: &str) -> Result<Millis, Rejectio
             None => return Err(bad(format!("{key} {n} is out of range (years 0 to 9999)"))),
         },
         Some(Json::String(s)) => parse_rfc3339_ms(&s).map_err(|why| {
-            bad(format!("{key} {} is not an RFC 3339 time with an offset ({why})", show_str(&s)))
+            bad(format!(
+                "{key} {} is not an RFC 3339 time with an offset ({why})",
+                show_str(&s)
+            ))
         })?,
         Some(other) => {
             return Err(bad(format!(
@@ -504,16 +548,28 @@ mod tests {
 
     #[test]
     fn too_large_comes_first() {
-        let opts = DecodeOptions { format: Format::Native, max_event_bytes: 10 };
+        let opts = DecodeOptions {
+            format: Format::Native,
+            max_event_bytes: 10,
+        };
         let r = decode(b"\xff\xfe not json at all", &opts).unwrap_err();
         assert_eq!(r.reason, Reason::TooLarge);
         assert!(r.detail.contains("at most 10"), "{}", r.detail);
         // exactly at the limit is fine
         let ok = r#"{"user_id":"u","event":"e","ts":1}"#;
-        let opts = DecodeOptions { format: Format::Native, max_event_bytes: ok.len() };
+        let opts = DecodeOptions {
+            format: Format::Native,
+            max_event_bytes: ok.len(),
+        };
         assert!(decode(ok.as_bytes(), &opts).is_ok());
-        let opts = DecodeOptions { format: Format::Native, max_event_bytes: ok.len() - 1 };
-        assert_eq!(decode(ok.as_bytes(), &opts).unwrap_err().reason, Reason::TooLarge);
+        let opts = DecodeOptions {
+            format: Format::Native,
+            max_event_bytes: ok.len() - 1,
+        };
+        assert_eq!(
+            decode(ok.as_bytes(), &opts).unwrap_err().reason,
+            Reason::TooLarge
+        );
     }
 
     #[test]
@@ -553,12 +609,18 @@ mod tests {
             reason(r#"{"context":[1,,2],"user_id":"u","event":"e","ts":1}"#),
             Reason::InvalidJson
         );
-        assert_eq!(reason(r#"{"user_id":"u","event":"e","ts":1,"x":tru}"#), Reason::InvalidJson);
+        assert_eq!(
+            reason(r#"{"user_id":"u","event":"e","ts":1,"x":tru}"#),
+            Reason::InvalidJson
+        );
         // escaped keys are matched after unescaping
         let ev = native(r#"{"user\u005fid":"u","event":"e","ts":1}"#).unwrap();
         assert_eq!(ev.user_id, "u");
         // trailing data and a second object are syntax errors; trailing whitespace is not
-        assert_eq!(reason(r#"{"user_id":"u","event":"e","ts":1}{}"#), Reason::InvalidJson);
+        assert_eq!(
+            reason(r#"{"user_id":"u","event":"e","ts":1}{}"#),
+            Reason::InvalidJson
+        );
         assert!(native("{\"user_id\":\"u\",\"event\":\"e\",\"ts\":1}\r\n").is_ok());
         // a broken non-object is invalid JSON, a well-formed one is not an object
         assert_eq!(reason("[1,"), Reason::InvalidJson);
@@ -602,11 +664,23 @@ mod tests {
         assert_eq!(ev("1732000000000").unwrap().ts, 1_732_000_000_000);
         assert_eq!(ev("-1").unwrap().ts, -1);
         assert_eq!(ev("0").unwrap().ts, 0);
-        assert_eq!(ev(r#""2024-11-19T07:06:40Z""#).unwrap().ts, 1_732_000_000_000);
-        assert_eq!(ev(r#""2024-11-19T15:06:40+08:00""#).unwrap().ts, 1_732_000_000_000);
+        assert_eq!(
+            ev(r#""2024-11-19T07:06:40Z""#).unwrap().ts,
+            1_732_000_000_000
+        );
+        assert_eq!(
+            ev(r#""2024-11-19T15:06:40+08:00""#).unwrap().ts,
+            1_732_000_000_000
+        );
         // sub-millisecond precision is truncated, not rounded
-        assert_eq!(ev(r#""2024-11-19T07:06:40.123999999Z""#).unwrap().ts, 1_732_000_000_123);
-        assert_eq!(ev(r#""2024-11-19T07:06:40.1239Z""#).unwrap().ts, 1_732_000_000_123);
+        assert_eq!(
+            ev(r#""2024-11-19T07:06:40.123999999Z""#).unwrap().ts,
+            1_732_000_000_123
+        );
+        assert_eq!(
+            ev(r#""2024-11-19T07:06:40.1239Z""#).unwrap().ts,
+            1_732_000_000_123
+        );
         assert_eq!(ev(r#""1969-12-31T23:59:59.9995Z""#).unwrap().ts, -1);
         assert_eq!(ev(&MIN_TS.to_string()).unwrap().ts, MIN_TS);
         assert_eq!(ev(&MAX_TS.to_string()).unwrap().ts, MAX_TS);
@@ -637,7 +711,10 @@ mod tests {
         assert_eq!(r.reason, Reason::InvalidTimestamp);
         assert_eq!(r.detail, "ts is missing");
         assert!(ev("1.5").unwrap_err().detail.contains("float"));
-        assert!(ev(r#""2024-11-19T07:06:40""#).unwrap_err().detail.contains("offset"));
+        assert!(ev(r#""2024-11-19T07:06:40""#)
+            .unwrap_err()
+            .detail
+            .contains("offset"));
     }
 
     #[test]
@@ -645,7 +722,10 @@ mod tests {
         let ev = |uid: &str| native(&format!(r#"{{"user_id":{uid},"event":"e","ts":1}}"#));
         assert_eq!(ev("42").unwrap().user_id, "42");
         assert_eq!(ev("-7").unwrap().user_id, "-7");
-        assert_eq!(ev("18446744073709551615").unwrap().user_id, "18446744073709551615");
+        assert_eq!(
+            ev("18446744073709551615").unwrap().user_id,
+            "18446744073709551615"
+        );
         assert_eq!(ev(r#""u42""#).unwrap().user_id, "u42");
         let max = format!("\"{}\"", "é".repeat(128)); // 256 bytes
         assert_eq!(ev(&max).unwrap().user_id.len(), 256);
@@ -667,7 +747,10 @@ mod tests {
             reason(r#"{"type":"x","event":"","ts":1.5,"properties":1}"#),
             Reason::UnknownType
         );
-        assert_eq!(reason(r#"{"event":"","ts":1.5,"properties":1}"#), Reason::MissingUserId);
+        assert_eq!(
+            reason(r#"{"event":"","ts":1.5,"properties":1}"#),
+            Reason::MissingUserId
+        );
         assert_eq!(
             reason(r#"{"user_id":"u","event":"","ts":1.5,"properties":1}"#),
             Reason::MissingEvent
@@ -684,20 +767,34 @@ mod tests {
 
     #[test]
     fn event_id_forms() {
-        let ev =
-            |id: &str| native(&format!(r#"{{"user_id":"u","event":"e","ts":1,"event_id":{id}}}"#));
+        let ev = |id: &str| {
+            native(&format!(
+                r#"{{"user_id":"u","event":"e","ts":1,"event_id":{id}}}"#
+            ))
+        };
         assert_eq!(ev(r#""abc""#).unwrap().event_id.as_deref(), Some("abc"));
         assert_eq!(ev("123").unwrap().event_id.as_deref(), Some("123"));
         for none in ["null", "1.5", "true", "[]", "{}", r#""""#] {
             assert_eq!(ev(none).unwrap().event_id, None, "{none}");
         }
-        assert_eq!(native(r#"{"user_id":"u","event":"e","ts":1}"#).unwrap().event_id, None);
+        assert_eq!(
+            native(r#"{"user_id":"u","event":"e","ts":1}"#)
+                .unwrap()
+                .event_id,
+            None
+        );
     }
 
     #[test]
     fn rfc3339_helper() {
-        assert_eq!(parse_rfc3339_ms("2024-11-20T00:00:00Z"), Ok(1_732_060_800_000));
-        assert_eq!(parse_rfc3339_ms("2024-11-20t00:00:00z"), Ok(1_732_060_800_000));
+        assert_eq!(
+            parse_rfc3339_ms("2024-11-20T00:00:00Z"),
+            Ok(1_732_060_800_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2024-11-20t00:00:00z"),
+            Ok(1_732_060_800_000)
+        );
         assert!(parse_rfc3339_ms("2024-11-20T00:00:00").is_err());
         assert!(parse_rfc3339_ms("2024-13-20T00:00:00Z").is_err());
     }
@@ -707,7 +804,10 @@ mod tests {
     fn all_formats(raw: &[u8]) {
         for format in Format::ALL {
             for max in [DEFAULT_MAX_EVENT_BYTES, 16] {
-                let opts = DecodeOptions { format, max_event_bytes: max };
+                let opts = DecodeOptions {
+                    format,
+                    max_event_bytes: max,
+                };
                 match decode(raw, &opts) {
                     Ok(ev) => {
                         assert!(!ev.user_id.is_empty() && ev.user_id.len() <= MAX_USER_ID_BYTES);
@@ -774,14 +874,19 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..4)
                     .prop_map(|v| format!("[{}]", v.join(","))),
                 prop::collection::vec(("[a-z]{1,3}", inner), 0..4).prop_map(|kv| {
-                    let body: Vec<String> =
-                        kv.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                    let body: Vec<String> = kv
+                        .into_iter()
+                        .map(|(k, v)| format!("\"{k}\":{v}"))
+                        .collect();
                     format!("{{{}}}", body.join(","))
                 }),
             ]
         });
         let obj = prop::collection::vec((key, value), 0..8).prop_map(|kv| {
-            let body: Vec<String> = kv.into_iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let body: Vec<String> = kv
+                .into_iter()
+                .map(|(k, v)| format!("\"{k}\":{v}"))
+                .collect();
             format!("{{{}}}", body.join(","))
         });
         // whole objects, and objects with random damage (cut anywhere, or a stray byte)
@@ -819,6 +924,12 @@ mod tests {
     #[test]
     fn profile_op_is_set_for_native_profile() {
         let ev = native(r#"{"type":"profile","user_id":"u","ts":1,"properties":{"a":1}}"#).unwrap();
-        assert!(matches!(ev.body, EventBody::Profile { op: ProfileOp::Set, .. }));
+        assert!(matches!(
+            ev.body,
+            EventBody::Profile {
+                op: ProfileOp::Set,
+                ..
+            }
+        ));
     }
 }

@@ -32,9 +32,15 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventBody {
     /// A tracked action (`purchase`, `page`, ...).
-    Track { name: String, properties: Properties },
+    Track {
+        name: String,
+        properties: Properties,
+    },
     /// Set user attributes.
-    Profile { op: ProfileOp, properties: Properties },
+    Profile {
+        op: ProfileOp,
+        properties: Properties,
+    },
     /// Erase the user.
     Delete,
 }
@@ -109,6 +115,9 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into() }
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
     }
 }

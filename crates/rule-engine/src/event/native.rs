@@ -48,10 +48,18 @@ pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
     let event_id = event_id_from(f.take(EVENT_ID));
     let body = match (kind, name) {
         (Kind::Track, Some(name)) => EventBody::Track { name, properties },
-        (Kind::Profile, _) => EventBody::Profile { op: ProfileOp::Set, properties },
+        (Kind::Profile, _) => EventBody::Profile {
+            op: ProfileOp::Set,
+            properties,
+        },
         _ => EventBody::Delete,
     };
-    Ok(Event { user_id, ts, event_id, body })
+    Ok(Event {
+        user_id,
+        ts,
+        event_id,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -61,7 +69,13 @@ mod tests {
     use serde_json::{json, Map, Value as Json};
 
     fn dec(s: &str) -> Result<Event, Rejection> {
-        decode(s.as_bytes(), &DecodeOptions { format: Format::Native, ..DecodeOptions::default() })
+        decode(
+            s.as_bytes(),
+            &DecodeOptions {
+                format: Format::Native,
+                ..DecodeOptions::default()
+            },
+        )
     }
 
     fn props(v: Json) -> Map<String, Json> {
@@ -110,8 +124,10 @@ mod tests {
         let ev = dec(r#"{"type":"track","user_id":"u","event":"e","ts":1}"#).unwrap();
         assert!(matches!(ev.body, EventBody::Track { .. }));
         for t in [r#""identify""#, r#""Track""#, r#""""#, "1", "true", "[]"] {
-            let r =
-                dec(&format!(r#"{{"type":{t},"user_id":"u","event":"e","ts":1}}"#)).unwrap_err();
+            let r = dec(&format!(
+                r#"{{"type":{t},"user_id":"u","event":"e","ts":1}}"#
+            ))
+            .unwrap_err();
             assert_eq!(r.reason, Reason::UnknownType, "{t}");
         }
         let r = dec(r#"{"type":"alias","user_id":"u","ts":1}"#).unwrap_err();
@@ -120,7 +136,13 @@ mod tests {
 
     #[test]
     fn missing_event() {
-        for e in ["", r#","event":null"#, r#","event":"""#, r#","event":5"#, r#","event":["a"]"#] {
+        for e in [
+            "",
+            r#","event":null"#,
+            r#","event":"""#,
+            r#","event":5"#,
+            r#","event":["a"]"#,
+        ] {
             let r = dec(&format!(r#"{{"user_id":"u","ts":1{e}}}"#)).unwrap_err();
             assert_eq!(r.reason, Reason::MissingEvent, "{e}");
         }
@@ -173,9 +195,14 @@ mod tests {
 
     #[test]
     fn delete_needs_user_and_time() {
-        assert_eq!(dec(r#"{"type":"delete","ts":1}"#).unwrap_err().reason, Reason::MissingUserId);
         assert_eq!(
-            dec(r#"{"type":"delete","user_id":"u"}"#).unwrap_err().reason,
+            dec(r#"{"type":"delete","ts":1}"#).unwrap_err().reason,
+            Reason::MissingUserId
+        );
+        assert_eq!(
+            dec(r#"{"type":"delete","user_id":"u"}"#)
+                .unwrap_err()
+                .reason,
             Reason::InvalidTimestamp
         );
     }

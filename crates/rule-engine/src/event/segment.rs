@@ -87,7 +87,12 @@ pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
         },
     };
     let event_id = event_id_from(f.take(MESSAGE_ID));
-    Ok(Event { user_id, ts, event_id, body })
+    Ok(Event {
+        user_id,
+        ts,
+        event_id,
+        body,
+    })
 }
 
 /// `userId`, or `anonymousId` when `userId` is absent, null or "" and `anonymousId` is given.
@@ -114,7 +119,13 @@ mod tests {
     use serde_json::{json, Map};
 
     fn dec(s: &str) -> Result<Event, Rejection> {
-        decode(s.as_bytes(), &DecodeOptions { format: Format::Segment, ..DecodeOptions::default() })
+        decode(
+            s.as_bytes(),
+            &DecodeOptions {
+                format: Format::Segment,
+                ..DecodeOptions::default()
+            },
+        )
     }
 
     fn props(ev: &Event) -> &Map<String, Json> {
@@ -128,11 +139,12 @@ mod tests {
 
     #[test]
     fn track() {
-        let ev =
-            dec(r#"{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1",
+        let ev = dec(
+            r#"{"type":"track","event":"Order Completed","userId":"u1","anonymousId":"a1",
             "timestamp":"2024-11-19T07:06:40.123456Z","properties":{"revenue":10.5},
-            "messageId":"m-1","context":{"ip":"1.2.3.4"},"sentAt":"2024-11-19T07:06:41Z"}"#)
-            .unwrap();
+            "messageId":"m-1","context":{"ip":"1.2.3.4"},"sentAt":"2024-11-19T07:06:41Z"}"#,
+        )
+        .unwrap();
         assert_eq!(ev.user_id, "u1");
         assert_eq!(ev.ts, 1_732_000_000_123);
         assert_eq!(ev.event_id.as_deref(), Some("m-1"));
@@ -180,15 +192,20 @@ mod tests {
 
     #[test]
     fn identify() {
-        let ev = dec(r#"{"type":"identify","userId":"u1","timestamp":"2024-11-19T07:06:40Z",
-            "traits":{"email":"a@b.c","plan":null},"properties":{"ignored":1},"messageId":42}"#)
+        let ev = dec(
+            r#"{"type":"identify","userId":"u1","timestamp":"2024-11-19T07:06:40Z",
+            "traits":{"email":"a@b.c","plan":null},"properties":{"ignored":1},"messageId":42}"#,
+        )
         .unwrap();
         assert_eq!(ev.event_id.as_deref(), Some("42"));
         assert_eq!(
             ev.body,
             EventBody::Profile {
                 op: ProfileOp::Set,
-                properties: json!({"email":"a@b.c","plan":null}).as_object().unwrap().clone()
+                properties: json!({"email":"a@b.c","plan":null})
+                    .as_object()
+                    .unwrap()
+                    .clone()
             }
         );
         let ev = dec(r#"{"type":"identify","userId":"u1","timestamp":1,"traits":null}"#).unwrap();
@@ -209,13 +226,22 @@ mod tests {
             ev.body,
             EventBody::Track {
                 name: "page".into(),
-                properties: json!({"url":"https://x/","name":"Home"}).as_object().unwrap().clone()
+                properties: json!({"url":"https://x/","name":"Home"})
+                    .as_object()
+                    .unwrap()
+                    .clone()
             }
         );
         let ev =
             dec(r#"{"type":"screen","userId":"u1","timestamp":1,"name":null,"properties":null}"#)
                 .unwrap();
-        assert_eq!(ev.body, EventBody::Track { name: "screen".into(), properties: Map::new() });
+        assert_eq!(
+            ev.body,
+            EventBody::Track {
+                name: "screen".into(),
+                properties: Map::new()
+            }
+        );
         let ev = dec(r#"{"type":"screen","userId":"u1","timestamp":1,"name":"Cart"}"#).unwrap();
         assert_eq!(props(&ev)["name"], json!("Cart"));
         // a page needs no `event`; one that is there is ignored
@@ -228,8 +254,10 @@ mod tests {
     #[test]
     fn other_types_unknown() {
         for t in ["alias", "group", "Track", "delete", "profile"] {
-            let r = dec(&format!(r#"{{"type":"{t}","userId":"u1","timestamp":1,"event":"e"}}"#))
-                .unwrap_err();
+            let r = dec(&format!(
+                r#"{{"type":"{t}","userId":"u1","timestamp":1,"event":"e"}}"#
+            ))
+            .unwrap_err();
             assert_eq!(r.reason, Reason::UnknownType, "{t}");
         }
     }

@@ -24,8 +24,14 @@ use super::decode::{
 use super::{Event, EventBody, ProfileOp, Rejection};
 
 /// The top-level fields read, in the order of the indices below.
-pub(super) const KEYS: &[&str] =
-    &["type", "distinct_id", "event", "time", "properties", "_track_id"];
+pub(super) const KEYS: &[&str] = &[
+    "type",
+    "distinct_id",
+    "event",
+    "time",
+    "properties",
+    "_track_id",
+];
 const TYPE: usize = 0;
 const DISTINCT_ID: usize = 1;
 const EVENT: usize = 2;
@@ -64,7 +70,12 @@ pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
         (Kind::Profile(op), _) => EventBody::Profile { op, properties },
         _ => EventBody::Delete,
     };
-    Ok(Event { user_id, ts, event_id, body })
+    Ok(Event {
+        user_id,
+        ts,
+        event_id,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -74,7 +85,13 @@ mod tests {
     use serde_json::{json, Map, Value as Json};
 
     fn dec(s: &str) -> Result<Event, Rejection> {
-        decode(s.as_bytes(), &DecodeOptions { format: Format::Sensors, ..DecodeOptions::default() })
+        decode(
+            s.as_bytes(),
+            &DecodeOptions {
+                format: Format::Sensors,
+                ..DecodeOptions::default()
+            },
+        )
     }
 
     fn obj(v: Json) -> Map<String, Json> {
@@ -83,10 +100,11 @@ mod tests {
 
     #[test]
     fn track_and_signup() {
-        let ev =
-            dec(r#"{"type":"track","event":"BuyProduct","distinct_id":"u1","time":1732000000000,
-            "properties":{"price":10,"$os":"iOS"},"_track_id":1234567,"lib":{"$lib":"js"}}"#)
-            .unwrap();
+        let ev = dec(
+            r#"{"type":"track","event":"BuyProduct","distinct_id":"u1","time":1732000000000,
+            "properties":{"price":10,"$os":"iOS"},"_track_id":1234567,"lib":{"$lib":"js"}}"#,
+        )
+        .unwrap();
         assert_eq!(
             ev,
             Event {
@@ -133,7 +151,10 @@ mod tests {
             assert_eq!(ev.event_id.as_deref(), Some("t"));
             assert_eq!(
                 ev.body,
-                EventBody::Profile { op, properties: obj(json!({"gender":"F","age":30})) }
+                EventBody::Profile {
+                    op,
+                    properties: obj(json!({"gender":"F","age":30}))
+                }
             );
         }
         // profile_unset: the keys name the attributes (values are ignored, often true)
@@ -142,7 +163,10 @@ mod tests {
         )
         .unwrap();
         match ev.body {
-            EventBody::Profile { op: ProfileOp::Unset, properties } => {
+            EventBody::Profile {
+                op: ProfileOp::Unset,
+                properties,
+            } => {
                 assert_eq!(properties.keys().collect::<Vec<_>>(), ["city"]);
             }
             other => panic!("{other:?}"),
@@ -152,16 +176,30 @@ mod tests {
         assert_eq!(r.reason, Reason::InvalidProperties);
         let ev =
             dec(r#"{"type":"profile_set","distinct_id":"u1","time":5,"properties":null}"#).unwrap();
-        assert_eq!(ev.body, EventBody::Profile { op: ProfileOp::Set, properties: Map::new() });
+        assert_eq!(
+            ev.body,
+            EventBody::Profile {
+                op: ProfileOp::Set,
+                properties: Map::new()
+            }
+        );
     }
 
     #[test]
     fn delete_and_unknown() {
         let ev = dec(r#"{"type":"profile_delete","distinct_id":"u1","time":5}"#).unwrap();
         assert_eq!(ev.body, EventBody::Delete);
-        for t in ["profile_append", "profile_increment", "item_set", "delete", "profile"] {
-            let r = dec(&format!(r#"{{"type":"{t}","distinct_id":"u1","time":5,"event":"e"}}"#))
-                .unwrap_err();
+        for t in [
+            "profile_append",
+            "profile_increment",
+            "item_set",
+            "delete",
+            "profile",
+        ] {
+            let r = dec(&format!(
+                r#"{{"type":"{t}","distinct_id":"u1","time":5,"event":"e"}}"#
+            ))
+            .unwrap_err();
             assert_eq!(r.reason, Reason::UnknownType, "{t}");
         }
     }

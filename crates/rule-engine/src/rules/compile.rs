@@ -8,13 +8,29 @@ use toml::Spanned;
 
 use super::error::LineIndex;
 use super::raw::{EventSelector, RawRules, RawSegment, RawTag};
-use super::{AggKind, Aggregate, Node, NodeId, NodeKind, Probe, RuleError, RuleErrors, RuleSet, Segment, Shape};
+use super::{
+    AggKind, Aggregate, Node, NodeId, NodeKind, Probe, RuleError, RuleErrors, RuleSet, Segment,
+    Shape,
+};
 use crate::cexpr::{ArithOp, CExpr, CmpOp, Func};
 use crate::expr::{self, BinaryOp, Expr, ExprKind, UnaryOp};
 use crate::time::{parse_duration, Unit, Window, Zone, DAY_MS};
 use crate::value::Value;
 
-const RESERVED: &[&str] = &["and", "or", "not", "in", "is", "null", "true", "false", "between", "properties", "event", "now"];
+const RESERVED: &[&str] = &[
+    "and",
+    "or",
+    "not",
+    "in",
+    "is",
+    "null",
+    "true",
+    "false",
+    "between",
+    "properties",
+    "event",
+    "now",
+];
 const FUNCTIONS: &str = "now, coalesce, days_since, hour_of_day, day_of_week, abs, least, greatest, round, ln, exp, sigmoid";
 const WINDOW_KINDS: &str = "count, sum, min, max, avg, distinct and top";
 const DEFAULT_DEDUP_WINDOW_MS: i64 = 7 * DAY_MS;
@@ -84,7 +100,11 @@ struct Typed {
 
 impl Typed {
     fn poisoned() -> Typed {
-        Typed { c: CExpr::Const(Value::Null), ty: Type::Any, shape: Shape::Const }
+        Typed {
+            c: CExpr::Const(Value::Null),
+            ty: Type::Any,
+            shape: Shape::Const,
+        }
     }
 }
 
@@ -147,7 +167,10 @@ pub(super) fn compile(source: &str, path: &str) -> Result<RuleSet, RuleErrors> {
         probes: Vec::new(),
         current: 0,
     };
-    let fail = |errors: Vec<RuleError>| RuleErrors { path: path.to_string(), errors };
+    let fail = |errors: Vec<RuleError>| RuleErrors {
+        path: path.to_string(),
+        errors,
+    };
     let raw: RawRules = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(e) => {
@@ -171,7 +194,12 @@ pub(super) fn compile(source: &str, path: &str) -> Result<RuleSet, RuleErrors> {
 impl<'s> Compiler<'s> {
     fn error_at(&mut self, offset: usize, message: impl Into<String>) {
         let (line, column) = self.lines.position(offset);
-        self.errors.push(RuleError { line, column, rule: self.rule.clone(), message: message.into() });
+        self.errors.push(RuleError {
+            line,
+            column,
+            rule: self.rule.clone(),
+            message: message.into(),
+        });
     }
 
     fn error_span<T>(&mut self, spanned: &Spanned<T>, message: impl Into<String>) {
@@ -189,7 +217,10 @@ impl<'s> Compiler<'s> {
         let dedup_window_ms = match &raw.dedup_window {
             None => DEFAULT_DEDUP_WINDOW_MS,
             Some(text) => parse_duration(text.get_ref()).unwrap_or_else(|e| {
-                self.error_span(text, format!("dedup_window: {e} (\"0d\" turns deduplication off)"));
+                self.error_span(
+                    text,
+                    format!("dedup_window: {e} (\"0d\" turns deduplication off)"),
+                );
                 DEFAULT_DEDUP_WINDOW_MS
             }),
         };
@@ -224,7 +255,14 @@ impl<'s> Compiler<'s> {
             let (kind, ty, shape) = match &decl.source {
                 DeclSource::Implicit(kind) => {
                     let slot = agg_slot[&decl_index];
-                    aggregates[slot] = Some(Aggregate { name: Arc::from(decl.name.as_str()), kind: *kind, property: None, filter: None, window: None, k: 1 });
+                    aggregates[slot] = Some(Aggregate {
+                        name: Arc::from(decl.name.as_str()),
+                        kind: *kind,
+                        property: None,
+                        filter: None,
+                        window: None,
+                        k: 1,
+                    });
                     (NodeKind::Aggregate(slot), Type::Ts, Shape::Const)
                 }
                 DeclSource::Segment(seg) => {
@@ -243,15 +281,32 @@ impl<'s> Compiler<'s> {
             };
             self.types.push(ty);
             self.shapes.push(shape);
-            self.is_segment.push(matches!(decl.source, DeclSource::Segment(_)));
-            nodes.push(Node { name: Arc::from(decl.name.as_str()), kind, shape, hidden: matches!(decl.source, DeclSource::Implicit(_)) });
+            self.is_segment
+                .push(matches!(decl.source, DeclSource::Segment(_)));
+            nodes.push(Node {
+                name: Arc::from(decl.name.as_str()),
+                kind,
+                shape,
+                hidden: matches!(decl.source, DeclSource::Implicit(_)),
+            });
         }
         let _ = source;
         if !self.errors.is_empty() {
             return None;
         }
-        let aggregates: Vec<Aggregate> = aggregates.into_iter().map(|a| a.expect("every aggregate slot is compiled")).collect();
-        self.finish(zone, dedup_window_ms, &decls, &order, nodes, aggregates, source)
+        let aggregates: Vec<Aggregate> = aggregates
+            .into_iter()
+            .map(|a| a.expect("every aggregate slot is compiled"))
+            .collect();
+        self.finish(
+            zone,
+            dedup_window_ms,
+            &decls,
+            &order,
+            nodes,
+            aggregates,
+            source,
+        )
     }
 
     /// Collects declarations, checking names and duplicates, and reads their dependencies.
@@ -262,7 +317,11 @@ impl<'s> Compiler<'s> {
             .tag
             .iter()
             .map(|t| (&t.get_ref().name, DeclSource::Tag(t.get_ref())))
-            .chain(raw.segment.iter().map(|s| (&s.get_ref().name, DeclSource::Segment(s.get_ref()))));
+            .chain(
+                raw.segment
+                    .iter()
+                    .map(|s| (&s.get_ref().name, DeclSource::Segment(s.get_ref()))),
+            );
         for (name, source) in sources {
             self.rule = format!("{} '{}'", source.what(), name.get_ref());
             let text = name.get_ref().clone();
@@ -280,7 +339,12 @@ impl<'s> Compiler<'s> {
                 continue;
             }
             seen.insert(text.clone(), name.span().start);
-            decls.push(Decl { name: text, name_offset: name.span().start, source, deps: Vec::new() });
+            decls.push(Decl {
+                name: text,
+                name_offset: name.span().start,
+                source,
+                deps: Vec::new(),
+            });
         }
         decls
     }
@@ -303,14 +367,23 @@ impl<'s> Compiler<'s> {
             referenced.push(names);
         }
         let declared: HashSet<String> = decls.iter().map(|d| d.name.clone()).collect();
-        for (implicit, kind) in [("first_seen", AggKind::FirstTime), ("last_seen", AggKind::LastTime)] {
+        for (implicit, kind) in [
+            ("first_seen", AggKind::FirstTime),
+            ("last_seen", AggKind::LastTime),
+        ] {
             if !declared.contains(implicit) && referenced.iter().flatten().any(|n| n == implicit) {
-                decls.push(Decl { name: implicit.into(), name_offset: 0, source: DeclSource::Implicit(kind), deps: Vec::new() });
+                decls.push(Decl {
+                    name: implicit.into(),
+                    name_offset: 0,
+                    source: DeclSource::Implicit(kind),
+                    deps: Vec::new(),
+                });
             }
         }
         let declared: HashSet<String> = decls.iter().map(|d| d.name.clone()).collect();
         for (d, names) in decls.iter_mut().zip(referenced) {
-            let mut deps: Vec<String> = names.into_iter().filter(|n| declared.contains(n)).collect();
+            let mut deps: Vec<String> =
+                names.into_iter().filter(|n| declared.contains(n)).collect();
             deps.dedup();
             d.deps = deps;
         }
@@ -318,7 +391,11 @@ impl<'s> Compiler<'s> {
 
     /// Depth-first order in which every declaration follows what it reads; reports cycles.
     fn topological_order(&mut self, decls: &[Decl<'_>]) -> Vec<usize> {
-        let index: HashMap<&str, usize> = decls.iter().enumerate().map(|(i, d)| (d.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> = decls
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.as_str(), i))
+            .collect();
         // 0 = unvisited, 1 = on the stack, 2 = done.
         let mut state = vec![0u8; decls.len()];
         let mut order = Vec::with_capacity(decls.len());
@@ -340,7 +417,10 @@ impl<'s> Compiler<'s> {
                     0 => visit(c, j, decls, index, state, stack, order),
                     1 => {
                         let from = stack.iter().position(|&s| s == j).unwrap_or(0);
-                        let mut path: Vec<&str> = stack[from..].iter().map(|&s| decls[s].name.as_str()).collect();
+                        let mut path: Vec<&str> = stack[from..]
+                            .iter()
+                            .map(|&s| decls[s].name.as_str())
+                            .collect();
                         path.push(decls[j].name.as_str());
                         c.rule = format!("{} '{}'", decls[i].source.what(), decls[i].name);
                         let message = format!("cycle between rules: {}; a tag or segment cannot depend on itself, directly or through others", path.join(" -> "));
@@ -366,7 +446,10 @@ impl<'s> Compiler<'s> {
         match expr::parse(text.get_ref()) {
             Ok(e) => Some((e, base)),
             Err(err) => {
-                self.error_at(base + err.span.start, format!("syntax error: {}", err.message));
+                self.error_at(
+                    base + err.span.start,
+                    format!("syntax error: {}", err.message),
+                );
                 None
             }
         }
@@ -381,7 +464,11 @@ impl<'s> Compiler<'s> {
 
     /// An expression that must be a condition (a segment's `when`, a `case` when, a `where`).
     fn condition(&mut self, text: &Spanned<String>, field: &str) -> Typed {
-        let ctx = if field == "where" { Ctx::Filter } else { Ctx::Rule };
+        let ctx = if field == "where" {
+            Ctx::Filter
+        } else {
+            Ctx::Rule
+        };
         let t = self.compile_text(text, ctx);
         if !t.ty.is(Type::Bool) {
             self.error_span(text, format!("`{field}` must be a condition (true or false), but this expression is {}; compare it with something, e.g. `x > 0`", t.ty.name()));
@@ -391,22 +478,52 @@ impl<'s> Compiler<'s> {
 
     fn forbid<T>(&mut self, field: &Option<Spanned<T>>, name: &str, kind: &str, why: &str) {
         if let Some(f) = field {
-            self.error_span(f, format!("`{name}` does not apply to kind \"{kind}\"; {why}"));
+            self.error_span(
+                f,
+                format!("`{name}` does not apply to kind \"{kind}\"; {why}"),
+            );
         }
     }
 
     fn aggregate(&mut self, tag: &RawTag, kind: AggKind) -> (Aggregate, Type) {
         let kind_name = tag.kind.get_ref().as_str();
-        let windowed = matches!(kind, AggKind::Count | AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg | AggKind::Distinct | AggKind::Top);
-        let needs_property = !matches!(kind, AggKind::Count | AggKind::FirstTime | AggKind::LastTime);
+        let windowed = matches!(
+            kind,
+            AggKind::Count
+                | AggKind::Sum
+                | AggKind::Min
+                | AggKind::Max
+                | AggKind::Avg
+                | AggKind::Distinct
+                | AggKind::Top
+        );
+        let needs_property = !matches!(
+            kind,
+            AggKind::Count | AggKind::FirstTime | AggKind::LastTime
+        );
         self.forbid(&tag.expr, "expr", kind_name, "it is for kind \"expr\"");
         self.forbid(&tag.cases, "cases", kind_name, "it is for kind \"case\"");
         self.forbid(&tag.otherwise, "else", kind_name, "it is for kind \"case\"");
-        self.forbid(&tag.else_expr, "else_expr", kind_name, "it is for kind \"case\"");
+        self.forbid(
+            &tag.else_expr,
+            "else_expr",
+            kind_name,
+            "it is for kind \"case\"",
+        );
         self.forbid(&tag.of, "of", kind_name, "it is for kind \"tier\"");
         self.forbid(&tag.tiers, "tiers", kind_name, "it is for kind \"tier\"");
-        self.forbid(&tag.features, "features", kind_name, "it is for kind \"nearest\"");
-        self.forbid(&tag.centroids, "centroids", kind_name, "it is for kind \"nearest\"");
+        self.forbid(
+            &tag.features,
+            "features",
+            kind_name,
+            "it is for kind \"nearest\"",
+        );
+        self.forbid(
+            &tag.centroids,
+            "centroids",
+            kind_name,
+            "it is for kind \"nearest\"",
+        );
         if kind != AggKind::Top {
             self.forbid(&tag.k, "k", kind_name, "it is for kind \"top\"");
         }
@@ -414,7 +531,12 @@ impl<'s> Compiler<'s> {
             self.forbid(&tag.window, "window", kind_name, &format!("windows are allowed on {WINDOW_KINDS}; this kind always covers the user's whole history"));
         }
         if !needs_property {
-            self.forbid(&tag.property, "property", kind_name, "this kind does not read a property");
+            self.forbid(
+                &tag.property,
+                "property",
+                kind_name,
+                "this kind does not read a property",
+            );
         }
         match &tag.event {
             None => self.error_span(&tag.name, format!("kind \"{kind_name}\" needs `event`: an event name, a list of names, or \"*\" for every track event")),
@@ -460,13 +582,28 @@ impl<'s> Compiler<'s> {
             }
         }
         let ty = match kind {
-            AggKind::Count | AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg | AggKind::Distinct => Type::Num,
+            AggKind::Count
+            | AggKind::Sum
+            | AggKind::Min
+            | AggKind::Max
+            | AggKind::Avg
+            | AggKind::Distinct => Type::Num,
             AggKind::Top if k > 1 => Type::List,
             AggKind::Top | AggKind::First | AggKind::Last => Type::Any,
             AggKind::FirstTime | AggKind::LastTime => Type::Ts,
         };
         let name = Arc::from(tag.name.get_ref().as_str());
-        (Aggregate { name, kind, property, filter, window, k }, ty)
+        (
+            Aggregate {
+                name,
+                kind,
+                property,
+                filter,
+                window,
+                k,
+            },
+            ty,
+        )
     }
 
     fn derived(&mut self, tag: &RawTag) -> (NodeKind, Type, Shape) {
@@ -477,7 +614,12 @@ impl<'s> Compiler<'s> {
             self.forbid(&tag.property, "property", kind, not_aggregate);
         }
         self.forbid(&tag.filter, "where", kind, not_aggregate);
-        self.forbid(&tag.window, "window", kind, &format!("windows are allowed on {WINDOW_KINDS}"));
+        self.forbid(
+            &tag.window,
+            "window",
+            kind,
+            &format!("windows are allowed on {WINDOW_KINDS}"),
+        );
         self.forbid(&tag.k, "k", kind, "it is for kind \"top\"");
         if kind != "expr" {
             self.forbid(&tag.expr, "expr", kind, "it is for kind \"expr\"");
@@ -492,15 +634,38 @@ impl<'s> Compiler<'s> {
             self.forbid(&tag.tiers, "tiers", kind, "it is for kind \"tier\"");
         }
         if kind != "nearest" {
-            self.forbid(&tag.features, "features", kind, "it is for kind \"nearest\"");
-            self.forbid(&tag.centroids, "centroids", kind, "it is for kind \"nearest\"");
+            self.forbid(
+                &tag.features,
+                "features",
+                kind,
+                "it is for kind \"nearest\"",
+            );
+            self.forbid(
+                &tag.centroids,
+                "centroids",
+                kind,
+                "it is for kind \"nearest\"",
+            );
         }
-        let poisoned = (NodeKind::Expr(CExpr::Const(Value::Null)), Type::Any, Shape::Const);
+        let poisoned = (
+            NodeKind::Expr(CExpr::Const(Value::Null)),
+            Type::Any,
+            Shape::Const,
+        );
         match kind {
             "profile" => {
-                self.forbid(&tag.event, "event", kind, "a profile tag reads a user attribute set by profile events");
+                self.forbid(
+                    &tag.event,
+                    "event",
+                    kind,
+                    "a profile tag reads a user attribute set by profile events",
+                );
                 match &tag.property {
-                    Some(p) if !p.get_ref().is_empty() => (NodeKind::Profile(Arc::from(p.get_ref().as_str())), Type::Any, Shape::Const),
+                    Some(p) if !p.get_ref().is_empty() => (
+                        NodeKind::Profile(Arc::from(p.get_ref().as_str())),
+                        Type::Any,
+                        Shape::Const,
+                    ),
                     _ => {
                         self.error_span(&tag.name, "kind \"profile\" needs `property`: the profile attribute it reads, e.g. property = \"city\"");
                         poisoned
@@ -513,7 +678,10 @@ impl<'s> Compiler<'s> {
                     (NodeKind::Expr(t.c), t.ty, t.shape)
                 }
                 None => {
-                    self.error_span(&tag.name, "kind \"expr\" needs `expr`, e.g. expr = \"spend_30d / orders_30d\"");
+                    self.error_span(
+                        &tag.name,
+                        "kind \"expr\" needs `expr`, e.g. expr = \"spend_30d / orders_30d\"",
+                    );
                     poisoned
                 }
             },
@@ -541,16 +709,26 @@ impl<'s> Compiler<'s> {
                 return Typed::poisoned();
             }
         };
-        Typed { c: CExpr::Const(value), ty, shape: Shape::Const }
+        Typed {
+            c: CExpr::Const(value),
+            ty,
+            shape: Shape::Const,
+        }
     }
 
     fn case(&mut self, tag: &RawTag) -> Option<(NodeKind, Type, Shape)> {
         let Some(cases) = &tag.cases else {
-            self.error_span(&tag.name, "kind \"case\" needs `cases = [{ when = \"...\", value = \"...\" }, ...]`");
+            self.error_span(
+                &tag.name,
+                "kind \"case\" needs `cases = [{ when = \"...\", value = \"...\" }, ...]`",
+            );
             return None;
         };
         if cases.get_ref().is_empty() {
-            self.error_span(cases, "`cases` is empty; give at least one { when = \"...\", value = \"...\" }");
+            self.error_span(
+                cases,
+                "`cases` is empty; give at least one { when = \"...\", value = \"...\" }",
+            );
         }
         let mut compiled = Vec::new();
         let mut types = Vec::new();
@@ -568,7 +746,10 @@ impl<'s> Compiler<'s> {
                     Typed::poisoned()
                 }
                 (None, None) => {
-                    self.error_span(&case.when, "this case has no `value` (a literal) or `value_expr` (an expression)");
+                    self.error_span(
+                        &case.when,
+                        "this case has no `value` (a literal) or `value_expr` (an expression)",
+                    );
                     Typed::poisoned()
                 }
             };
@@ -583,12 +764,27 @@ impl<'s> Compiler<'s> {
                 self.error_span(v, "give either `else` or `else_expr`, not both");
                 Typed::poisoned()
             }
-            (None, None) => Typed { c: CExpr::Const(Value::Null), ty: Type::Null, shape: Shape::Const },
+            (None, None) => Typed {
+                c: CExpr::Const(Value::Null),
+                ty: Type::Null,
+                shape: Shape::Const,
+            },
         };
         types.push(otherwise.ty);
         value_shapes.push(otherwise.shape);
-        let shape = if unknown { Shape::Unknown } else { Shape::choice(value_shapes) };
-        Some((NodeKind::Case { cases: compiled, otherwise: otherwise.c }, Type::join(types), shape))
+        let shape = if unknown {
+            Shape::Unknown
+        } else {
+            Shape::choice(value_shapes)
+        };
+        Some((
+            NodeKind::Case {
+                cases: compiled,
+                otherwise: otherwise.c,
+            },
+            Type::join(types),
+            shape,
+        ))
     }
 
     fn tier(&mut self, tag: &RawTag) -> Option<(NodeKind, Type, Shape)> {
@@ -598,16 +794,31 @@ impl<'s> Compiler<'s> {
         };
         let value = self.compile_text(of, Ctx::Rule);
         if !value.ty.is(Type::Num) {
-            self.error_span(of, format!("`of` must be a number, but this expression is {}", value.ty.name()));
+            self.error_span(
+                of,
+                format!(
+                    "`of` must be a number, but this expression is {}",
+                    value.ty.name()
+                ),
+            );
         }
         if tiers.get_ref().is_empty() {
-            self.error_span(tiers, "`tiers` is empty; give at least one { label = \"...\", min = ... }");
+            self.error_span(
+                tiers,
+                "`tiers` is empty; give at least one { label = \"...\", min = ... }",
+            );
         }
         let mut list: Vec<(f64, Arc<str>)> = Vec::new();
         for t in tiers.get_ref() {
             let t = t.get_ref();
             if list.iter().any(|(m, _)| *m == *t.min.get_ref()) {
-                self.error_span(&t.min, format!("two tiers have min = {}; each tier needs its own threshold", t.min.get_ref()));
+                self.error_span(
+                    &t.min,
+                    format!(
+                        "two tiers have min = {}; each tier needs its own threshold",
+                        t.min.get_ref()
+                    ),
+                );
             }
             list.push((*t.min.get_ref(), Arc::from(t.label.get_ref().as_str())));
         }
@@ -616,12 +827,22 @@ impl<'s> Compiler<'s> {
             Shape::Const => Shape::Const,
             Shape::Unknown => Shape::Unknown,
             _ => {
-                let pairs = list.iter().map(|(min, _)| (value.c.clone(), CExpr::Const(Value::Num(*min)))).collect();
+                let pairs = list
+                    .iter()
+                    .map(|(min, _)| (value.c.clone(), CExpr::Const(Value::Num(*min))))
+                    .collect();
                 self.probes.push((self.current, Probe::Compare(pairs)));
                 Shape::Const
             }
         };
-        Some((NodeKind::Tier { of: value.c, tiers: list }, Type::Str, shape))
+        Some((
+            NodeKind::Tier {
+                of: value.c,
+                tiers: list,
+            },
+            Type::Str,
+            shape,
+        ))
     }
 
     fn nearest(&mut self, tag: &RawTag) -> Option<(NodeKind, Type, Shape)> {
@@ -635,7 +856,14 @@ impl<'s> Compiler<'s> {
             match self.ids.get(f.get_ref()).copied() {
                 Some(id) if !self.is_segment[id] => {
                     if !self.types[id].is(Type::Num) {
-                        self.error_span(f, format!("feature {:?} is {}, but features must be numbers", f.get_ref(), self.types[id].name()));
+                        self.error_span(
+                            f,
+                            format!(
+                                "feature {:?} is {}, but features must be numbers",
+                                f.get_ref(),
+                                self.types[id].name()
+                            ),
+                        );
                     }
                     if !self.shapes[id].is_const() {
                         shape = Shape::Unknown;
@@ -653,20 +881,42 @@ impl<'s> Compiler<'s> {
         }
         let mut list: Vec<(Arc<str>, Vec<f64>)> = Vec::new();
         if centroids.get_ref().is_empty() {
-            self.error_span(centroids, "`centroids` is empty; give at least one name = [numbers]");
+            self.error_span(
+                centroids,
+                "`centroids` is empty; give at least one name = [numbers]",
+            );
         }
         for (name, point) in centroids.get_ref() {
             if point.get_ref().len() != features.get_ref().len() {
-                self.error_span(point, format!("centroid {name:?} has {} coordinates but there are {} features", point.get_ref().len(), features.get_ref().len()));
+                self.error_span(
+                    point,
+                    format!(
+                        "centroid {name:?} has {} coordinates but there are {} features",
+                        point.get_ref().len(),
+                        features.get_ref().len()
+                    ),
+                );
             }
             list.push((Arc::from(name.as_str()), point.get_ref().clone()));
         }
         list.sort_by(|a, b| a.0.cmp(&b.0));
-        Some((NodeKind::Nearest { features: ids, centroids: list }, Type::Str, shape))
+        Some((
+            NodeKind::Nearest {
+                features: ids,
+                centroids: list,
+            },
+            Type::Str,
+            shape,
+        ))
     }
 
     fn suggest(&self, name: &str) -> String {
-        let best = self.ids.keys().map(|k| (edit_distance(k, name), k)).filter(|(d, _)| *d <= 2).min();
+        let best = self
+            .ids
+            .keys()
+            .map(|k| (edit_distance(k, name), k))
+            .filter(|(d, _)| *d <= 2)
+            .min();
         match best {
             Some((_, k)) => format!("; did you mean {k:?}?"),
             None => String::new(),
@@ -675,7 +925,11 @@ impl<'s> Compiler<'s> {
 
     fn expr(&mut self, e: &Expr, base: usize, ctx: Ctx) -> Typed {
         let at = base + e.span.start;
-        let constant = |c: CExpr, ty: Type| Typed { c, ty, shape: Shape::Const };
+        let constant = |c: CExpr, ty: Type| Typed {
+            c,
+            ty,
+            shape: Shape::Const,
+        };
         match &e.kind {
             ExprKind::Null => constant(CExpr::Const(Value::Null), Type::Null),
             ExprKind::Bool(b) => constant(CExpr::Const(Value::Bool(*b)), Type::Bool),
@@ -692,24 +946,48 @@ impl<'s> Compiler<'s> {
                 }
             }
             ExprKind::Call { name, args } => self.call(name, args, base, at, ctx),
-            ExprKind::Unary { op: UnaryOp::Neg, expr } => {
+            ExprKind::Unary {
+                op: UnaryOp::Neg,
+                expr,
+            } => {
                 let t = self.expr(expr, base, ctx);
                 if !(t.ty.is(Type::Num) || t.ty == Type::Dur) {
-                    self.error_at(at, format!("cannot negate {}; `-` needs a number or a duration", t.ty.name()));
+                    self.error_at(
+                        at,
+                        format!(
+                            "cannot negate {}; `-` needs a number or a duration",
+                            t.ty.name()
+                        ),
+                    );
                 }
-                Typed { c: CExpr::Neg(Box::new(t.c)), ty: t.ty, shape: t.shape.negate() }
+                Typed {
+                    c: CExpr::Neg(Box::new(t.c)),
+                    ty: t.ty,
+                    shape: t.shape.negate(),
+                }
             }
-            ExprKind::Unary { op: UnaryOp::Not, expr } => {
+            ExprKind::Unary {
+                op: UnaryOp::Not,
+                expr,
+            } => {
                 let t = self.expr(expr, base, ctx);
                 self.expect_bool(&t, at, "NOT");
-                Typed { c: CExpr::Not(Box::new(t.c)), ty: Type::Bool, shape: t.shape }
+                Typed {
+                    c: CExpr::Not(Box::new(t.c)),
+                    ty: Type::Bool,
+                    shape: t.shape,
+                }
             }
             ExprKind::Binary { op, left, right } => {
                 let l = self.expr(left, base, ctx);
                 let r = self.expr(right, base, ctx);
                 self.binary(*op, l, r, at)
             }
-            ExprKind::In { expr, list, negated } => {
+            ExprKind::In {
+                expr,
+                list,
+                negated,
+            } => {
                 let x = self.expr(expr, base, ctx);
                 let items: Vec<Typed> = list.iter().map(|i| self.expr(i, base, ctx)).collect();
                 for item in &items {
@@ -720,10 +998,23 @@ impl<'s> Compiler<'s> {
                 }
                 let pairs: Vec<(&Typed, &Typed)> = items.iter().map(|i| (&x, i)).collect();
                 let shape = self.decision(&pairs);
-                let c = CExpr::In { expr: Box::new(x.c), list: items.into_iter().map(|i| i.c).collect(), negated: *negated };
-                Typed { c, ty: Type::Bool, shape }
+                let c = CExpr::In {
+                    expr: Box::new(x.c),
+                    list: items.into_iter().map(|i| i.c).collect(),
+                    negated: *negated,
+                };
+                Typed {
+                    c,
+                    ty: Type::Bool,
+                    shape,
+                }
             }
-            ExprKind::Between { expr, low, high, negated } => {
+            ExprKind::Between {
+                expr,
+                low,
+                high,
+                negated,
+            } => {
                 let x = self.expr(expr, base, ctx);
                 let lo = self.expr(low, base, ctx);
                 let hi = self.expr(high, base, ctx);
@@ -731,12 +1022,32 @@ impl<'s> Compiler<'s> {
                     self.error_at(at, format!("BETWEEN compares {} with {} and {}; the bounds must have the same type", x.ty.name(), lo.ty.name(), hi.ty.name()));
                 }
                 let shape = self.decision(&[(&x, &lo), (&x, &hi)]);
-                Typed { c: CExpr::Between { expr: Box::new(x.c), low: Box::new(lo.c), high: Box::new(hi.c), negated: *negated }, ty: Type::Bool, shape }
+                Typed {
+                    c: CExpr::Between {
+                        expr: Box::new(x.c),
+                        low: Box::new(lo.c),
+                        high: Box::new(hi.c),
+                        negated: *negated,
+                    },
+                    ty: Type::Bool,
+                    shape,
+                }
             }
             ExprKind::IsNull { expr, negated } => {
                 let x = self.expr(expr, base, ctx);
-                let shape = if x.shape == Shape::Unknown { Shape::Unknown } else { Shape::Const };
-                Typed { c: CExpr::IsNull { expr: Box::new(x.c), negated: *negated }, ty: Type::Bool, shape }
+                let shape = if x.shape == Shape::Unknown {
+                    Shape::Unknown
+                } else {
+                    Shape::Const
+                };
+                Typed {
+                    c: CExpr::IsNull {
+                        expr: Box::new(x.c),
+                        negated: *negated,
+                    },
+                    ty: Type::Bool,
+                    shape,
+                }
             }
         }
     }
@@ -744,22 +1055,36 @@ impl<'s> Compiler<'s> {
     fn ident(&mut self, name: &str, at: usize, ctx: Ctx) -> Typed {
         if ctx == Ctx::Filter {
             if name.eq_ignore_ascii_case("event") {
-                return Typed { c: CExpr::EventName, ty: Type::Str, shape: Shape::Const };
+                return Typed {
+                    c: CExpr::EventName,
+                    ty: Type::Str,
+                    shape: Shape::Const,
+                };
             }
             self.error_at(at, format!("a `where` filter sees only the event: use `event`, `properties.<name>`, literals and functions; {name:?} cannot be used here"));
             return Typed::poisoned();
         }
         match self.ids.get(name).copied() {
-            Some(id) if id < self.types.len() => Typed { c: CExpr::Ref(id), ty: self.types[id], shape: self.shapes[id] },
+            Some(id) if id < self.types.len() => Typed {
+                c: CExpr::Ref(id),
+                ty: self.types[id],
+                shape: self.shapes[id],
+            },
             // A reference into a cycle (already reported).
             Some(_) => Typed::poisoned(),
             None if name.eq_ignore_ascii_case("event") => {
-                self.error_at(at, "`event` (the event name) can only be used in a `where` filter");
+                self.error_at(
+                    at,
+                    "`event` (the event name) can only be used in a `where` filter",
+                );
                 Typed::poisoned()
             }
             None => {
                 let hint = self.suggest(name);
-                self.error_at(at, format!("unknown name {name:?}: no tag or segment has this name{hint}"));
+                self.error_at(
+                    at,
+                    format!("unknown name {name:?}: no tag or segment has this name{hint}"),
+                );
                 Typed::poisoned()
             }
         }
@@ -767,7 +1092,13 @@ impl<'s> Compiler<'s> {
 
     fn expect_bool(&mut self, t: &Typed, at: usize, what: &str) {
         if !t.ty.is(Type::Bool) {
-            self.error_at(at, format!("{what} needs conditions (true or false), but got {}", t.ty.name()));
+            self.error_at(
+                at,
+                format!(
+                    "{what} needs conditions (true or false), but got {}",
+                    t.ty.name()
+                ),
+            );
         }
     }
 
@@ -783,7 +1114,12 @@ impl<'s> Compiler<'s> {
             moving |= !diff.is_const();
         }
         if moving {
-            let probe = Probe::Compare(pairs.iter().map(|(a, b)| (a.c.clone(), b.c.clone())).collect());
+            let probe = Probe::Compare(
+                pairs
+                    .iter()
+                    .map(|(a, b)| (a.c.clone(), b.c.clone()))
+                    .collect(),
+            );
             self.probes.push((self.current, probe));
         }
         Shape::Const
@@ -796,9 +1132,21 @@ impl<'s> Compiler<'s> {
                 let what = if op == BinaryOp::And { "AND" } else { "OR" };
                 self.expect_bool(&l, at, what);
                 self.expect_bool(&r, at, what);
-                let shape = if l.shape == Shape::Unknown || r.shape == Shape::Unknown { Shape::Unknown } else { Shape::Const };
-                let c = if op == BinaryOp::And { CExpr::And(Box::new(l.c), Box::new(r.c)) } else { CExpr::Or(Box::new(l.c), Box::new(r.c)) };
-                return Typed { c, ty: Type::Bool, shape };
+                let shape = if l.shape == Shape::Unknown || r.shape == Shape::Unknown {
+                    Shape::Unknown
+                } else {
+                    Shape::Const
+                };
+                let c = if op == BinaryOp::And {
+                    CExpr::And(Box::new(l.c), Box::new(r.c))
+                } else {
+                    CExpr::Or(Box::new(l.c), Box::new(r.c))
+                };
+                return Typed {
+                    c,
+                    ty: Type::Bool,
+                    shape,
+                };
             }
             BinaryOp::Eq => (Some(CmpOp::Eq), true),
             BinaryOp::NotEq => (Some(CmpOp::NotEq), true),
@@ -810,11 +1158,26 @@ impl<'s> Compiler<'s> {
         };
         if is_cmp {
             if !Type::comparable(l.ty, r.ty) {
-                self.error_at(at, format!("cannot compare {} with {}; both sides must have the same type", l.ty.name(), r.ty.name()));
+                self.error_at(
+                    at,
+                    format!(
+                        "cannot compare {} with {}; both sides must have the same type",
+                        l.ty.name(),
+                        r.ty.name()
+                    ),
+                );
             }
             let shape = self.decision(&[(&l, &r)]);
-            let c = CExpr::Cmp(c_op.expect("comparison operator"), Box::new(l.c), Box::new(r.c));
-            return Typed { c, ty: Type::Bool, shape };
+            let c = CExpr::Cmp(
+                c_op.expect("comparison operator"),
+                Box::new(l.c),
+                Box::new(r.c),
+            );
+            return Typed {
+                c,
+                ty: Type::Bool,
+                shape,
+            };
         }
         let op = arith(match op {
             BinaryOp::Add => ArithOp::Add,
@@ -845,26 +1208,45 @@ impl<'s> Compiler<'s> {
             ArithOp::Div | ArithOp::Mod if l.shape.is_const() && r.shape.is_const() => Shape::Const,
             ArithOp::Div | ArithOp::Mod => Shape::Unknown,
         };
-        Typed { c: CExpr::Arith(op, Box::new(l.c), Box::new(r.c)), ty, shape }
+        Typed {
+            c: CExpr::Arith(op, Box::new(l.c), Box::new(r.c)),
+            ty,
+            shape,
+        }
     }
 
     fn call(&mut self, name: &str, args: &[Expr], base: usize, at: usize, ctx: Ctx) -> Typed {
         let arity = |n: usize| args.len() == n;
         let (func, ok_arity, usage) = match name {
             "now" => (None, arity(0), "now()"),
-            "coalesce" => (Some(Func::Coalesce), !args.is_empty(), "coalesce(a, b, ...)"),
+            "coalesce" => (
+                Some(Func::Coalesce),
+                !args.is_empty(),
+                "coalesce(a, b, ...)",
+            ),
             "days_since" => (Some(Func::DaysSince), arity(1), "days_since(timestamp)"),
             "hour_of_day" => (Some(Func::HourOfDay), arity(1), "hour_of_day(timestamp)"),
             "day_of_week" => (Some(Func::DayOfWeek), arity(1), "day_of_week(timestamp)"),
             "abs" => (Some(Func::Abs), arity(1), "abs(x)"),
             "least" => (Some(Func::Least), !args.is_empty(), "least(a, b, ...)"),
-            "greatest" => (Some(Func::Greatest), !args.is_empty(), "greatest(a, b, ...)"),
-            "round" => (Some(Func::Round), arity(1) || arity(2), "round(x) or round(x, digits)"),
+            "greatest" => (
+                Some(Func::Greatest),
+                !args.is_empty(),
+                "greatest(a, b, ...)",
+            ),
+            "round" => (
+                Some(Func::Round),
+                arity(1) || arity(2),
+                "round(x) or round(x, digits)",
+            ),
             "ln" => (Some(Func::Ln), arity(1), "ln(x)"),
             "exp" => (Some(Func::Exp), arity(1), "exp(x)"),
             "sigmoid" => (Some(Func::Sigmoid), arity(1), "sigmoid(x)"),
             other => {
-                self.error_at(at, format!("unknown function {other:?}; functions are {FUNCTIONS}"));
+                self.error_at(
+                    at,
+                    format!("unknown function {other:?}; functions are {FUNCTIONS}"),
+                );
                 return Typed::poisoned();
             }
         };
@@ -878,13 +1260,20 @@ impl<'s> Compiler<'s> {
             return Typed::poisoned();
         }
         let Some(func) = func else {
-            return Typed { c: CExpr::Now, ty: Type::Ts, shape: Shape::Inc };
+            return Typed {
+                c: CExpr::Now,
+                ty: Type::Ts,
+                shape: Shape::Inc,
+            };
         };
         let typed: Vec<Typed> = args.iter().map(|a| self.expr(a, base, ctx)).collect();
         let want = |c: &mut Self, i: usize, ok: &[Type], what: &str| {
             let t = typed[i].ty;
             if !(t.flexible() || ok.contains(&t)) {
-                c.error_at(base + args[i].span.start, format!("{name}() needs {what}, but got {}", t.name()));
+                c.error_at(
+                    base + args[i].span.start,
+                    format!("{name}() needs {what}, but got {}", t.name()),
+                );
             }
         };
         let shapes: Vec<Shape> = typed.iter().map(|t| t.shape).collect();
@@ -895,15 +1284,32 @@ impl<'s> Compiler<'s> {
             }
             Func::DaysSince => {
                 want(self, 0, &[Type::Ts], "a timestamp");
-                (Type::Num, if shapes[0].is_const() { Shape::Inc } else { Shape::Unknown })
+                (
+                    Type::Num,
+                    if shapes[0].is_const() {
+                        Shape::Inc
+                    } else {
+                        Shape::Unknown
+                    },
+                )
             }
             Func::HourOfDay | Func::DayOfWeek => {
                 want(self, 0, &[Type::Ts], "a timestamp");
                 let shape = match shapes[0] {
                     Shape::Const => Shape::Const,
                     Shape::Inc => {
-                        let unit = if func == Func::HourOfDay { Unit::Hour } else { Unit::Day };
-                        self.probes.push((self.current, Probe::LocalBucket { arg: typed[0].c.clone(), unit }));
+                        let unit = if func == Func::HourOfDay {
+                            Unit::Hour
+                        } else {
+                            Unit::Day
+                        };
+                        self.probes.push((
+                            self.current,
+                            Probe::LocalBucket {
+                                arg: typed[0].c.clone(),
+                                unit,
+                            },
+                        ));
                         Shape::Const
                     }
                     _ => Shape::Unknown,
@@ -912,8 +1318,19 @@ impl<'s> Compiler<'s> {
             }
             Func::Abs => {
                 want(self, 0, &[Type::Num, Type::Dur], "a number or a duration");
-                let ty = if typed[0].ty == Type::Dur { Type::Dur } else { Type::Num };
-                (ty, if shapes[0].is_const() { Shape::Const } else { Shape::Unknown })
+                let ty = if typed[0].ty == Type::Dur {
+                    Type::Dur
+                } else {
+                    Type::Num
+                };
+                (
+                    ty,
+                    if shapes[0].is_const() {
+                        Shape::Const
+                    } else {
+                        Shape::Unknown
+                    },
+                )
             }
             Func::Least | Func::Greatest => {
                 let ty = Type::join(typed.iter().map(|t| t.ty));
@@ -927,7 +1344,11 @@ impl<'s> Compiler<'s> {
                 if typed.len() == 2 {
                     want(self, 1, &[Type::Num], "a whole number of digits");
                 }
-                let shape = if typed.len() == 2 && !shapes[1].is_const() { Shape::Unknown } else { shapes[0] };
+                let shape = if typed.len() == 2 && !shapes[1].is_const() {
+                    Shape::Unknown
+                } else {
+                    shapes[0]
+                };
                 (Type::Num, shape)
             }
             Func::Ln | Func::Exp | Func::Sigmoid => {
@@ -935,7 +1356,11 @@ impl<'s> Compiler<'s> {
                 (Type::Num, shapes[0])
             }
         };
-        Typed { c: CExpr::Call(func, typed.into_iter().map(|t| t.c).collect()), ty, shape }
+        Typed {
+            c: CExpr::Call(func, typed.into_iter().map(|t| t.c).collect()),
+            ty,
+            shape,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -949,7 +1374,8 @@ impl<'s> Compiler<'s> {
         aggregates: Vec<Aggregate>,
         source: &str,
     ) -> Option<RuleSet> {
-        let id_of_decl: HashMap<usize, NodeId> = order.iter().enumerate().map(|(id, &d)| (d, id)).collect();
+        let id_of_decl: HashMap<usize, NodeId> =
+            order.iter().enumerate().map(|(id, &d)| (d, id)).collect();
         // Reachability from segments, following dependencies.
         let mut reach = vec![false; nodes.len()];
         let mut stack: Vec<NodeId> = (0..nodes.len()).filter(|&i| self.is_segment[i]).collect();
@@ -974,7 +1400,9 @@ impl<'s> Compiler<'s> {
         if !self.errors.is_empty() {
             return None;
         }
-        let moving_nodes = (0..nodes.len()).filter(|&i| reach[i] && !nodes[i].shape.is_const()).collect();
+        let moving_nodes = (0..nodes.len())
+            .filter(|&i| reach[i] && !nodes[i].shape.is_const())
+            .collect();
         let windowed_for_segments = (0..nodes.len())
             .filter(|&i| reach[i])
             .filter_map(|i| match nodes[i].kind {
@@ -982,13 +1410,21 @@ impl<'s> Compiler<'s> {
                 _ => None,
             })
             .collect();
-        let probes = std::mem::take(&mut self.probes).into_iter().filter(|(owner, _)| reach[*owner]).map(|(_, p)| p).collect();
+        let probes = std::mem::take(&mut self.probes)
+            .into_iter()
+            .filter(|(owner, _)| reach[*owner])
+            .map(|(_, p)| p)
+            .collect();
 
         let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
         let mut all_events = Vec::new();
         for (i, d) in decls.iter().enumerate() {
-            let Some(&id) = id_of_decl.get(&i) else { continue };
-            let NodeKind::Aggregate(slot) = nodes[id].kind else { continue };
+            let Some(&id) = id_of_decl.get(&i) else {
+                continue;
+            };
+            let NodeKind::Aggregate(slot) = nodes[id].kind else {
+                continue;
+            };
             let names: Vec<String> = match &d.source {
                 DeclSource::Implicit(_) => vec!["*".into()],
                 DeclSource::Tag(t) => match t.event.as_ref().map(|e| e.get_ref()) {
@@ -1033,7 +1469,12 @@ impl<'s> Compiler<'s> {
                             }
                         }
                     }
-                    Some(Segment { name: Arc::from(d.name.as_str()), description: seg.description.clone().unwrap_or_default(), node, direct_tags })
+                    Some(Segment {
+                        name: Arc::from(d.name.as_str()),
+                        description: seg.description.clone().unwrap_or_default(),
+                        node,
+                        direct_tags,
+                    })
                 }
                 _ => None,
             })
@@ -1131,7 +1572,9 @@ fn collect_idents(e: &Expr, out: &mut Vec<String>) {
             collect_idents(expr, out);
             list.iter().for_each(|a| collect_idents(a, out));
         }
-        ExprKind::Between { expr, low, high, .. } => {
+        ExprKind::Between {
+            expr, low, high, ..
+        } => {
             collect_idents(expr, out);
             collect_idents(low, out);
             collect_idents(high, out);
@@ -1142,7 +1585,8 @@ fn collect_idents(e: &Expr, out: &mut Vec<String>) {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -1151,7 +1595,11 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }

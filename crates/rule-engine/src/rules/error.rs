@@ -25,7 +25,11 @@ impl fmt::Display for RuleErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: {}: {}", self.path, e.line, e.column, e.rule, e.message)?;
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.path, e.line, e.column, e.rule, e.message
+            )?;
         }
         Ok(())
     }
@@ -50,7 +54,11 @@ impl<'a> LineIndex<'a> {
         let offset = offset.min(self.source.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts[line - 1];
-        let column = self.source.get(start..offset).map_or(offset - start, |s| s.chars().count()) + 1;
+        let column = self
+            .source
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count())
+            + 1;
         (line, column)
     }
 

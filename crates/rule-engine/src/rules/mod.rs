@@ -64,11 +64,20 @@ pub enum NodeKind {
     Aggregate(usize),
     Profile(Arc<str>),
     Expr(CExpr),
-    Case { cases: Vec<(CExpr, CExpr)>, otherwise: CExpr },
+    Case {
+        cases: Vec<(CExpr, CExpr)>,
+        otherwise: CExpr,
+    },
     /// Sorted by `min` ascending.
-    Tier { of: CExpr, tiers: Vec<(f64, Arc<str>)> },
+    Tier {
+        of: CExpr,
+        tiers: Vec<(f64, Arc<str>)>,
+    },
     /// Centroids sorted by name so that ties go to the name that sorts first.
-    Nearest { features: Vec<NodeId>, centroids: Vec<(Arc<str>, Vec<f64>)> },
+    Nearest {
+        features: Vec<NodeId>,
+        centroids: Vec<(Arc<str>, Vec<f64>)>,
+    },
     Segment(CExpr),
 }
 
@@ -126,7 +135,12 @@ impl RuleSet {
 
     /// Aggregates that a track event named `name` feeds (before their `where` filters).
     pub fn aggregates_for(&self, name: &str) -> impl Iterator<Item = usize> + '_ {
-        self.by_event.get(name).into_iter().flatten().chain(self.all_events.iter()).copied()
+        self.by_event
+            .get(name)
+            .into_iter()
+            .flatten()
+            .chain(self.all_events.iter())
+            .copied()
     }
 
     pub fn node_by_name(&self, name: &str) -> Option<NodeId> {

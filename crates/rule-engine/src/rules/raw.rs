@@ -21,6 +21,7 @@ pub struct RawRules {
 pub struct RawTag {
     pub name: Spanned<String>,
     pub kind: Spanned<String>,
+    #[allow(dead_code)]
     pub description: Option<String>,
     pub event: Option<Spanned<EventSelector>>,
     pub property: Option<Spanned<String>>,
@@ -65,6 +66,7 @@ pub struct RawTier {
 #[serde(deny_unknown_fields)]
 pub struct RawSegment {
     pub name: Spanned<String>,
+    #[allow(dead_code)]
     pub description: Option<String>,
     pub when: Spanned<String>,
 }

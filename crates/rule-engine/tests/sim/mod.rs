@@ -21,18 +21,36 @@ pub struct Sim {
 impl Sim {
     pub fn new(rules: &str) -> Sim {
         let rules = RuleSet::compile(rules, "test.toml").unwrap_or_else(|e| panic!("{e}"));
-        Sim { rules, users: BTreeMap::new(), now: Millis::MIN, out: Vec::new(), duplicates: 0 }
+        Sim {
+            rules,
+            users: BTreeMap::new(),
+            now: Millis::MIN,
+            out: Vec::new(),
+            duplicates: 0,
+        }
     }
 
     fn catch_up_all(&mut self, now: Millis) {
         for (id, state) in self.users.iter_mut() {
-            engine::catch_up(&self.rules, &Arc::from(id.as_str()), state, now, &mut self.out);
+            engine::catch_up(
+                &self.rules,
+                &Arc::from(id.as_str()),
+                state,
+                now,
+                &mut self.out,
+            );
         }
     }
 
     pub fn event(&mut self, json: &str) {
-        let event = decode(json.as_bytes(), &DecodeOptions::default()).unwrap_or_else(|r| panic!("{json}: {r:?}"));
-        if engine::is_duplicate(&self.rules, self.users.get(&event.user_id), &event, self.now) {
+        let event = decode(json.as_bytes(), &DecodeOptions::default())
+            .unwrap_or_else(|r| panic!("{json}: {r:?}"));
+        if engine::is_duplicate(
+            &self.rules,
+            self.users.get(&event.user_id),
+            &event,
+            self.now,
+        ) {
             self.duplicates += 1;
             return;
         }
@@ -46,7 +64,10 @@ impl Sim {
             }
             return;
         }
-        let state = self.users.entry(event.user_id.clone()).or_insert_with(|| UserState::new(&self.rules.aggregates, self.rules.segments.len()));
+        let state = self
+            .users
+            .entry(event.user_id.clone())
+            .or_insert_with(|| UserState::new(&self.rules.aggregates, self.rules.segments.len()));
         engine::apply(&self.rules, &user, state, &event, now, &mut self.out);
     }
 
@@ -62,13 +83,26 @@ impl Sim {
 
     pub fn segments(&self, user: &str) -> serde_json::Value {
         match self.users.get(user) {
-            Some(state) => engine::dump_line(&self.rules, user, state, self.now)["segments"].clone(),
+            Some(state) => {
+                engine::dump_line(&self.rules, user, state, self.now)["segments"].clone()
+            }
             None => serde_json::json!(null),
         }
     }
 
     /// Transitions as (user, segment, type, ts, cause).
     pub fn log(&self) -> Vec<(String, String, &'static str, Millis, &'static str)> {
-        self.out.iter().map(|t| (t.user_id.to_string(), t.segment.to_string(), t.kind(), t.ts, t.cause.as_str())).collect()
+        self.out
+            .iter()
+            .map(|t| {
+                (
+                    t.user_id.to_string(),
+                    t.segment.to_string(),
+                    t.kind(),
+                    t.ts,
+                    t.cause.as_str(),
+                )
+            })
+            .collect()
     }
 }

@@ -1,0 +1,1020 @@
+//! `tagstream run` against a real Kafka protocol endpoint: librdkafka's mock cluster, hosted in
+//! this test process, with the real binary spawned as a child.
+//!
+//! The reference result is `tagstream replay` of each partition's events, in partition order,
+//! into its own state dir (a user lives in one partition and event clocks are per partition):
+//! the service's final dump must equal the merged per-partition dumps, and its transitions
+//! (deduplicated by `event_id`; duplicates must be byte-identical) the union of the replays'.
+//!
+//! No assertion depends on wall-clock time; deadlines only stop a broken run from hanging.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+
+const PARTITIONS: i32 = 4;
+const EVENTS: &str = "events";
+const TRANSITIONS: &str = "transitions";
+const DLQ: &str = "dlq";
+const GROUP: &str = "ts-e2e";
+const DEADLINE: Duration = Duration::from_secs(180);
+
+const RULES: &str = r#"
+time_zone = "Asia/Shanghai"
+
+[[tag]]
+name = "spend_7d"
+kind = "sum"
+event = "purchase"
+property = "amount"
+window = "7d"
+
+[[tag]]
+name = "orders"
+kind = "count"
+event = "purchase"
+
+[[tag]]
+name = "views_1d"
+kind = "count"
+event = ["view", "search"]
+window = "1d"
+
+[[tag]]
+name = "fav_category_30d"
+kind = "top"
+event = ["view", "purchase"]
+property = "category"
+window = "30d"
+
+[[tag]]
+name = "city"
+kind = "profile"
+property = "city"
+
+[[tag]]
+name = "lifecycle"
+kind = "case"
+cases = [
+  { when = "first_seen > now() - 2d", value = "new" },
+  { when = "last_seen > now() - 3d", value = "active" },
+]
+else = "dormant"
+
+[[segment]]
+name = "spender_7d"
+when = "spend_7d >= 100"
+
+[[segment]]
+name = "browser_1d"
+when = "views_1d >= 3"
+
+[[segment]]
+name = "dormant"
+when = "lifecycle = 'dormant'"
+
+[[segment]]
+name = "skincare_fan"
+when = "fav_category_30d = 'skincare' AND orders > 0"
+"#;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tagstream")
+}
+
+/// FNV-1a: the test's own partitioner (messages are produced to explicit partitions).
+fn partition_of(key: &[u8]) -> i32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in key {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % PARTITIONS as u32) as i32
+}
+
+fn gen(users: u64, events: u64, seed: u64) -> Vec<String> {
+    let out = Command::new(bin())
+        .args([
+            "gen",
+            "--users",
+            &users.to_string(),
+            "--events",
+            &events.to_string(),
+            "--seed",
+            &seed.to_string(),
+            "--days",
+            "20",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn user_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).expect("generated lines are JSON");
+    v["user_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v["user_id"].to_string())
+}
+
+/// One input message: partition, key, payload (None = tombstone).
+#[derive(Clone)]
+struct Msg {
+    partition: i32,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+}
+
+fn keyed(lines: &[String]) -> Vec<Msg> {
+    lines
+        .iter()
+        .map(|l| {
+            let user = user_of(l);
+            Msg {
+                partition: partition_of(user.as_bytes()),
+                key: Some(user.into_bytes()),
+                payload: Some(l.clone().into_bytes()),
+            }
+        })
+        .collect()
+}
+
+struct Cluster {
+    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    servers: String,
+}
+
+impl Cluster {
+    fn new(brokers: i32) -> Cluster {
+        let mock = MockCluster::new(brokers).unwrap();
+        for t in [EVENTS, TRANSITIONS, DLQ] {
+            mock.create_topic(t, PARTITIONS, 1).unwrap();
+        }
+        let servers = mock.bootstrap_servers();
+        Cluster { mock, servers }
+    }
+
+    fn produce(&self, messages: &[Msg]) {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.servers)
+            .set("message.max.bytes", "20000000")
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "true")
+            .create()
+            .unwrap();
+        for m in messages {
+            let mut record = BaseRecord::<[u8], [u8]>::to(EVENTS).partition(m.partition);
+            if let Some(k) = &m.key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &m.payload {
+                record = record.payload(p.as_slice());
+            }
+            let mut record = record;
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        producer.poll(Duration::from_millis(10));
+                        record = r;
+                    }
+                }
+            }
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    fn reader(&self, group: &str) -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.servers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("fetch.max.bytes", "30000000")
+            .set("receive.message.max.bytes", "40000000")
+            .create()
+            .unwrap()
+    }
+
+    fn high_watermarks(&self, topic: &str) -> Vec<i64> {
+        let c = self.reader("watermarks");
+        (0..PARTITIONS)
+            .map(|p| {
+                c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap()
+                    .1
+            })
+            .collect()
+    }
+
+    /// Every message of a topic: (partition, offset, key, payload, headers).
+    fn read_all(&self, topic: &str) -> Vec<Read> {
+        let hi = self.high_watermarks(topic);
+        let c = self.reader("reader");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        let mut next = vec![0i64; PARTITIONS as usize];
+        let mut out = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        while (0..PARTITIONS as usize).any(|p| next[p] < hi[p]) {
+            assert!(Instant::now() < deadline, "reading {topic} timed out");
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                next[m.partition() as usize] = m.offset() + 1;
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Read {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+        out
+    }
+
+    /// The group's committed offsets (what lag tools see), per partition of `events`.
+    fn committed(&self) -> Vec<i64> {
+        let c = self.reader(GROUP);
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition(EVENTS, p);
+        }
+        match c.committed_offsets(tpl, Duration::from_secs(10)) {
+            Ok(t) => (0..PARTITIONS)
+                .map(|p| {
+                    t.find_partition(EVENTS, p)
+                        .and_then(|e| e.offset().to_raw())
+                        .unwrap_or(-1)
+                        .max(0)
+                })
+                .collect(),
+            Err(_) => vec![0; PARTITIONS as usize],
+        }
+    }
+
+    /// Waits until the group has committed every produced offset of `events`.
+    fn wait_consumed(&self, child: &mut Child, log: &Path) {
+        let hi = self.high_watermarks(EVENTS);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if self.committed() == hi {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("tagstream exited early ({status}):\n{}", tail(log));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not all events consumed; committed {:?} of {hi:?}\n{}",
+                self.committed(),
+                tail(log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Read {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: BTreeMap<String, String>,
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+struct Service {
+    dir: PathBuf,
+    config: PathBuf,
+    runs: usize,
+}
+
+impl Service {
+    fn new(dir: &Path, cluster: &Cluster, name: &str, extra: &str) -> Service {
+        let root = dir.join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        let rules = root.join("rules.toml");
+        std::fs::write(&rules, RULES).unwrap();
+        let config = root.join("tagstream.toml");
+        let text = format!(
+            r#"rules = "rules.toml"
+[source]
+kind = "kafka"
+brokers = "{servers}"
+topics = ["{EVENTS}"]
+group_id = "{GROUP}"
+[source.options]
+"session.timeout.ms" = "2000"
+"heartbeat.interval.ms" = "300"
+"fetch.max.bytes" = "30000000"
+"receive.message.max.bytes" = "40000000"
+[sink]
+kind = "kafka"
+topic = "{TRANSITIONS}"
+[dead_letter]
+kind = "kafka"
+topic = "{DLQ}"
+[state]
+dir = "state"
+[clock]
+mode = "event"
+{extra}"#,
+            servers = cluster.servers
+        );
+        std::fs::write(&config, text).unwrap();
+        Service {
+            dir: root,
+            config,
+            runs: 0,
+        }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join(format!("run-{}.log", self.runs))
+    }
+
+    fn spawn(&mut self) -> Child {
+        self.runs += 1;
+        let log = std::fs::File::create(self.log()).unwrap();
+        Command::new(bin())
+            .args(["run", "--config", self.config.to_str().unwrap()])
+            .env("TAGSTREAM_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
+
+    fn stop(&self, mut child: Child) {
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tagstream did not stop after SIGTERM:\n{}",
+                tail(&self.log())
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status after SIGTERM:\n{}",
+            tail(&self.log())
+        );
+    }
+
+    fn dump(&self) -> Vec<String> {
+        dump(&self.state())
+    }
+}
+
+fn dump(state: &Path) -> Vec<String> {
+    let out = Command::new(bin())
+        .args(["dump", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The reference: each partition's good events replayed into its own state dir.
+struct Expected {
+    dump: Vec<String>,
+    transitions: BTreeMap<String, serde_json::Value>,
+}
+
+fn replay_per_partition(dir: &Path, messages: &[Msg]) -> Expected {
+    let root = dir.join("replay");
+    std::fs::create_dir_all(&root).unwrap();
+    let rules = root.join("rules.toml");
+    std::fs::write(&rules, RULES).unwrap();
+    let mut rows: Vec<(Vec<u8>, String)> = Vec::new();
+    let mut transitions = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let input = root.join(format!("p{p}.ndjson"));
+        let mut f = std::fs::File::create(&input).unwrap();
+        for m in messages.iter().filter(|m| m.partition == p) {
+            f.write_all(m.payload.as_deref().unwrap_or_default())
+                .unwrap();
+            f.write_all(b"\n").unwrap();
+        }
+        drop(f);
+        let (state, out, dlq) = (
+            root.join(format!("state{p}")),
+            root.join(format!("out{p}.ndjson")),
+            root.join(format!("dlq{p}.ndjson")),
+        );
+        let o = Command::new(bin())
+            .args([
+                "replay",
+                "--rules",
+                rules.to_str().unwrap(),
+                "--input",
+                input.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--dlq",
+                dlq.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "replay: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        for line in dump(&state) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            rows.push((v["user_id"].as_str().unwrap().as_bytes().to_vec(), line));
+        }
+        add_transitions(
+            &mut transitions,
+            std::fs::read_to_string(&out)
+                .unwrap()
+                .lines()
+                .map(|l| l.as_bytes().to_vec()),
+        );
+    }
+    rows.sort();
+    Expected {
+        dump: rows.into_iter().map(|(_, l)| l).collect(),
+        transitions,
+    }
+}
+
+/// Deduplicates transitions by event_id; a redelivered transition must be identical.
+fn add_transitions(
+    map: &mut BTreeMap<String, serde_json::Value>,
+    payloads: impl Iterator<Item = Vec<u8>>,
+) -> usize {
+    let mut n = 0;
+    for p in payloads {
+        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
+        let id = v["event_id"].as_str().unwrap().to_string();
+        if let Some(old) = map.get(&id) {
+            assert_eq!(old, &v, "two different transitions with event_id {id}");
+        } else {
+            map.insert(id, v);
+        }
+        n += 1;
+    }
+    n
+}
+
+fn assert_same_dump(got: &[String], want: &[String]) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g, w, "dump line {i} differs");
+    }
+    assert_eq!(got.len(), want.len(), "dump sizes differ");
+}
+
+/// Reads the transitions topic until it holds every expected transition.
+fn wait_transitions(
+    cluster: &Cluster,
+    expected: &BTreeMap<String, serde_json::Value>,
+) -> (BTreeMap<String, serde_json::Value>, usize) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut got = BTreeMap::new();
+        let raw = add_transitions(
+            &mut got,
+            cluster.read_all(TRANSITIONS).into_iter().map(|r| r.payload),
+        );
+        if got.len() >= expected.len() || Instant::now() > deadline {
+            return (got, raw);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn assert_transitions(cluster: &Cluster, expected: &BTreeMap<String, serde_json::Value>) -> usize {
+    let (got, raw) = wait_transitions(cluster, expected);
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !got.contains_key(*k))
+        .take(3)
+        .collect();
+    let extra: Vec<&String> = got
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .take(3)
+        .collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "transitions differ: missing {missing:?} (e.g. {:?}), unexpected {extra:?} (e.g. {:?})",
+        missing.first().map(|k| &expected[*k]),
+        extra.first().map(|k| &got[*k])
+    );
+    assert_eq!(&got, expected);
+    raw
+}
+
+#[test]
+fn end_to_end_run_equals_a_replay_per_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(1);
+    let messages = keyed(&gen(400, 40_000, 11));
+    cluster.produce(&messages);
+    let expected = replay_per_partition(dir.path(), &messages);
+    assert!(
+        expected.transitions.len() > 500,
+        "the rules should produce plenty of transitions"
+    );
+
+    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut child = service.spawn();
+    // Throughput: from the first committed offset to the last.
+    let hi = cluster.high_watermarks(EVENTS);
+    let total: i64 = hi.iter().sum();
+    let (mut first, mut first_done) = (None, 0i64);
+    let deadline = Instant::now() + DEADLINE;
+    let finished = loop {
+        let done: i64 = cluster.committed().iter().sum();
+        if done > 0 && first.is_none() {
+            first = Some(Instant::now());
+            first_done = done;
+        }
+        if done == total {
+            break Instant::now();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tagstream exited:\n{}",
+            tail(&service.log())
+        );
+        assert!(
+            Instant::now() < deadline,
+            "not consumed:\n{}",
+            tail(&service.log())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let secs = finished.duration_since(first.unwrap()).as_secs_f64();
+    if secs > 0.0 {
+        eprintln!(
+            "end to end: {} events in {secs:.2}s after the first commit = {:.0} events/s",
+            total - first_done,
+            (total - first_done) as f64 / secs
+        );
+    }
+    let raw = assert_transitions(&cluster, &expected.transitions);
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+    eprintln!(
+        "end to end: {} users, {} transitions ({raw} messages)",
+        expected.dump.len(),
+        expected.transitions.len()
+    );
+    // Nothing was dead-lettered.
+    assert!(cluster.read_all(DLQ).is_empty());
+}
+
+#[test]
+fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(1);
+    let messages = keyed(&gen(300, 60_000, 23));
+    cluster.produce(&messages);
+    let expected = replay_per_partition(dir.path(), &messages);
+    let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
+
+    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut kills = 0;
+    let mut progress = Vec::new();
+    while kills < 6 {
+        let before: i64 = cluster.committed().iter().sum();
+        if before == hi {
+            break;
+        }
+        let mut child = service.spawn();
+        // Kill once this run has committed something, at a random moment after that.
+        let deadline = Instant::now() + DEADLINE;
+        while cluster.committed().iter().sum::<i64>() == before {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "tagstream exited:\n{}",
+                tail(&service.log())
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no progress:\n{}",
+                tail(&service.log())
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(rand(400)));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        progress.push(cluster.committed().iter().sum::<i64>());
+    }
+    eprintln!("kill -9 x{kills}; committed offsets after each kill: {progress:?} of {hi}");
+    assert!(
+        kills >= 5,
+        "consumption finished before 5 kills: {progress:?}"
+    );
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    let raw = assert_transitions(&cluster, &expected.transitions);
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+    eprintln!("after {kills} kills: {} transitions, {raw} messages on the topic (redeliveries dropped by event_id)", expected.transitions.len());
+}
+
+#[test]
+fn sigterm_mid_stream_then_restart_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(1);
+    let messages = keyed(&gen(300, 40_000, 5));
+    cluster.produce(&messages);
+    let expected = replay_per_partition(dir.path(), &messages);
+    let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
+
+    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut child = service.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.committed().iter().sum::<i64>() == 0 {
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "no progress:\n{}",
+            tail(&service.log())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    service.stop(child);
+    let at_stop: i64 = cluster.committed().iter().sum();
+    let log = std::fs::read_to_string(service.log()).unwrap();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("kafka consumer closed"),
+        "{log}"
+    );
+    eprintln!("SIGTERM after {at_stop} of {hi} events");
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    assert_transitions(&cluster, &expected.transitions);
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+}
+
+/// The bad-input corpus: (payload, expected reason). Keys are `bad-<i>`.
+fn poison_pills() -> Vec<(Option<Vec<u8>>, &'static str)> {
+    let deep = format!(
+        r#"{{"user_id":"u9","event":"view","ts":1732000000000,"properties":{}1{}}}"#,
+        r#"{"a":"#.repeat(100),
+        "}".repeat(100)
+    );
+    let mut huge =
+        br#"{"user_id":"u9","event":"view","ts":1732000000000,"properties":{"blob":""#.to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 10 << 20));
+    huge.extend_from_slice(br#""}}"#);
+    vec![
+        (Some(b"{not json".to_vec()), "invalid_json"),
+        (Some(b"[1,2,3]".to_vec()), "not_an_object"),
+        (
+            Some(br#"{"user_id":"u9","event":"view","ts":"yesterday"}"#.to_vec()),
+            "invalid_timestamp",
+        ),
+        (
+            Some(br#"{"user_id":"u9","event":"view","ts":1732000000000.5}"#.to_vec()),
+            "invalid_timestamp",
+        ),
+        (
+            Some(br#"{"user_id":"u9","event":42,"ts":1732000000000}"#.to_vec()),
+            "missing_event",
+        ),
+        (
+            Some(br#"{"user_id":true,"event":"view","ts":1732000000000}"#.to_vec()),
+            "invalid_user_id",
+        ),
+        (
+            Some(
+                br#"{"user_id":"u9","event":"view","ts":1732000000000,"properties":[1]}"#.to_vec(),
+            ),
+            "invalid_properties",
+        ),
+        (Some(huge), "too_large"),
+        (
+            Some(b"\xff\xfe{\"user_id\":\"u9\"}".to_vec()),
+            "invalid_json",
+        ),
+        (Some(deep.into_bytes()), "invalid_json"),
+        (
+            Some(br#"{"event":"view","ts":1732000000000}"#.to_vec()),
+            "missing_user_id",
+        ),
+        (
+            Some(br#"{"user_id":null,"event":"view","ts":1732000000000}"#.to_vec()),
+            "missing_user_id",
+        ),
+        (
+            Some(br#"{"user_id":"","event":"view","ts":1732000000000}"#.to_vec()),
+            "invalid_user_id",
+        ),
+        (
+            Some(br#"{"type":"merge","user_id":"u9","ts":1732000000000}"#.to_vec()),
+            "unknown_type",
+        ),
+        (Some(Vec::new()), "invalid_json"),
+        (None, "invalid_json"),
+    ]
+}
+
+#[test]
+fn poison_pills_go_to_the_dead_letter_topic_and_every_good_event_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(1);
+    let good = keyed(&gen(200, 10_000, 3));
+    let pills = poison_pills();
+    let mut messages = Vec::new();
+    let step = good.len() / pills.len();
+    for (i, m) in good.iter().enumerate() {
+        messages.push(m.clone());
+        if i % step == step / 2 && i / step < pills.len() {
+            let key = format!("bad-{}", i / step).into_bytes();
+            messages.push(Msg {
+                partition: partition_of(&key),
+                key: Some(key),
+                payload: pills[i / step].0.clone(),
+            });
+        }
+    }
+    cluster.produce(&messages);
+    let expected = replay_per_partition(dir.path(), &good);
+
+    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    assert_transitions(&cluster, &expected.transitions);
+    // Every pill is in the dead-letter topic, once or more (at least once), with its reason.
+    let deadline = Instant::now() + DEADLINE;
+    let dead = loop {
+        let dead = cluster.read_all(DLQ);
+        let keys: BTreeSet<Vec<u8>> = dead.iter().filter_map(|d| d.key.clone()).collect();
+        if keys.len() >= pills.len() || Instant::now() > deadline {
+            break dead;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+
+    let inputs = cluster.read_all(EVENTS);
+    let mut seen = BTreeSet::new();
+    for d in &dead {
+        let key =
+            String::from_utf8(d.key.clone().expect("dead letters keep the message key")).unwrap();
+        let i: usize = key
+            .strip_prefix("bad-")
+            .expect("only pills are dead-lettered")
+            .parse()
+            .unwrap();
+        let (payload, reason) = &pills[i];
+        assert_eq!(
+            d.headers.get("tagstream.reason").map(String::as_str),
+            Some(*reason),
+            "{key}: {:?}",
+            d.headers
+        );
+        assert!(!d.headers["tagstream.detail"].is_empty());
+        assert_eq!(d.headers["tagstream.topic"], EVENTS);
+        let (p, o): (i32, i64) = (
+            d.headers["tagstream.partition"].parse().unwrap(),
+            d.headers["tagstream.offset"].parse().unwrap(),
+        );
+        let original = inputs
+            .iter()
+            .find(|r| r.partition == p && r.offset == o)
+            .expect("headers point at the original message");
+        assert_eq!(original.key.as_deref(), Some(key.as_bytes()));
+        let payload = payload.clone().unwrap_or_default();
+        if *reason == "too_large" {
+            assert_eq!(d.payload, payload[..64 * 1024].to_vec());
+            assert_eq!(
+                d.headers.get("tagstream.truncated").map(String::as_str),
+                Some("true")
+            );
+        } else {
+            assert_eq!(d.payload, payload, "{key}: the original bytes");
+            assert!(!d.headers.contains_key("tagstream.truncated"));
+        }
+        seen.insert(i);
+    }
+    assert_eq!(
+        seen.len(),
+        pills.len(),
+        "every pill dead-lettered: {seen:?}"
+    );
+}
+
+#[test]
+fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
+    use rdkafka::mocking::MockCoordinator;
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(3);
+    // The input and the group live on broker 1, the transitions topic on broker 3.
+    for p in 0..PARTITIONS {
+        cluster.mock.partition_leader(EVENTS, p, Some(1)).unwrap();
+        cluster.mock.partition_leader(DLQ, p, Some(1)).unwrap();
+        cluster
+            .mock
+            .partition_leader(TRANSITIONS, p, Some(3))
+            .unwrap();
+    }
+    cluster
+        .mock
+        .coordinator(MockCoordinator::Group(GROUP.into()), 1)
+        .unwrap();
+    let messages = keyed(&gen(300, 30_000, 17));
+    cluster.produce(&messages);
+    let expected = replay_per_partition(dir.path(), &messages);
+    let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
+
+    cluster.mock.broker_down(3).unwrap();
+    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let text = std::fs::read_to_string(&service.config).unwrap().replace(
+        "topic = \"transitions\"",
+        "topic = \"transitions\"\nmax_backlog = 200",
+    );
+    std::fs::write(&service.config, text).unwrap();
+    let child = service.spawn();
+    let log = service.log();
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("pausing consumption")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no backpressure:\n{}",
+            tail(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Paused: the committed position stays put well short of the end.
+    std::thread::sleep(Duration::from_secs(2));
+    let paused_at: i64 = cluster.committed().iter().sum();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        cluster.committed().iter().sum::<i64>(),
+        paused_at,
+        "consumption went on while the sink was down"
+    );
+    assert!(
+        paused_at < hi,
+        "everything was consumed before the backlog bound was reached"
+    );
+    eprintln!("sink down: paused at {paused_at} of {hi} events");
+    cluster.mock.broker_up(3).unwrap();
+    let mut child = child;
+    cluster.wait_consumed(&mut child, &log);
+    assert_transitions(&cluster, &expected.transitions);
+    service.stop(child);
+    assert!(std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("resuming consumption"));
+    assert_same_dump(&service.dump(), &expected.dump);
+}
+
+#[test]
+fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(1);
+    let all = keyed(&gen(300, 30_000, 29));
+    let (first, second) = all.split_at(all.len() / 2);
+    cluster.produce(first);
+    let expected = replay_per_partition(dir.path(), &all);
+
+    let mut a = Service::new(dir.path(), &cluster, "a", "");
+    let mut b = Service::new(dir.path(), &cluster, "b", "");
+    for (s, id) in [(&a, "a"), (&b, "b")] {
+        let text = std::fs::read_to_string(&s.config).unwrap().replace(
+            "[sink]",
+            &format!("\"group.instance.id\" = \"{id}\"\n[sink]"),
+        );
+        std::fs::write(&s.config, text).unwrap();
+    }
+    // B starts alone and commits group offsets; then A joins and is handed partitions that have
+    // group offsets but no local state in A: it must rebuild them from the earliest offset.
+    let rebuilds = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("rebuilding it from the earliest")
+            .count()
+    };
+    let mut child_b = b.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.committed().iter().sum::<i64>() == 0 {
+        assert!(
+            Instant::now() < deadline && child_b.try_wait().unwrap().is_none(),
+            "B made no progress:\n{}",
+            tail(&b.log())
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut child_a = a.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while rebuilds(&a.log()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "A was never assigned a partition:\n{}",
+            tail(&a.log())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.wait_consumed(&mut child_a, &a.log());
+    // B leaves for good; A is assigned B's partitions, for which it holds no state either.
+    let before = rebuilds(&a.log());
+    b.stop(child_b);
+    let deadline = Instant::now() + DEADLINE;
+    while rebuilds(&a.log()) == before {
+        assert!(
+            Instant::now() < deadline,
+            "A never took over B's partitions:\n{}",
+            tail(&a.log())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.produce(second);
+    cluster.wait_consumed(&mut child_a, &a.log());
+    assert_transitions(&cluster, &expected.transitions);
+    a.stop(child_a);
+    assert_same_dump(&a.dump(), &expected.dump);
+    eprintln!(
+        "survivor rebuilt {} partitions it held no state for ({before} when it joined)",
+        rebuilds(&a.log())
+    );
+}
