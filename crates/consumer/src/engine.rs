@@ -129,7 +129,16 @@ pub struct Engine {
     bitmaps: SegmentBitmaps,
     outbox_seq: u64,
     wall_clock: fn() -> Millis,
+    /// Per partition, no timer key below this instant is left: scans start here instead of
+    /// walking the tombstones of every timer already fired.
+    timer_floor: BTreeMap<u32, Millis>,
+    /// Committed user states kept decoded between batches (hot users are read once, not per
+    /// batch). Always equal to what the store holds; bounded by [`CACHED_USERS`].
+    cache: HashMap<(u32, Arc<str>), UserState>,
 }
+
+/// Users kept decoded between batches; the cache is simply emptied when it grows past this.
+const CACHED_USERS: usize = 200_000;
 
 fn system_millis() -> Millis {
     std::time::SystemTime::now()
@@ -188,6 +197,8 @@ impl Engine {
             bitmaps,
             outbox_seq,
             wall_clock: system_millis,
+            timer_floor: BTreeMap::new(),
+            cache: HashMap::new(),
         })
     }
 
@@ -420,6 +431,10 @@ struct Run<'e> {
     ingested_ms: Millis,
     /// Timer keys whose user has no state (left by an interrupted change): removed at commit.
     orphan_timers: Vec<Vec<u8>>,
+    /// Timer scan floors to adopt once this batch is committed.
+    floors: BTreeMap<u32, Millis>,
+    /// Partitions whose due timers were scanned in this batch.
+    scanned: std::collections::BTreeSet<u32>,
 }
 
 impl<'e> Run<'e> {
@@ -437,19 +452,24 @@ impl<'e> Run<'e> {
             report: BatchReport::default(),
             ingested_ms,
             orphan_timers: Vec::new(),
+            floors: BTreeMap::new(),
+            scanned: Default::default(),
         }
     }
 
     fn slot(&mut self, partition: u32, user: &Arc<str>) -> Result<&mut Slot> {
         let key = (partition, user.clone());
         if !self.users.contains_key(&key) {
-            let state = match self
-                .engine
-                .store
-                .get(Cf::Users, &user_key(partition, user))?
-            {
-                Some(bytes) => Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
-                None => None,
+            let state = match self.engine.cache.remove(&key) {
+                Some(state) => Some(state),
+                None => match self
+                    .engine
+                    .store
+                    .get(Cf::Users, &user_key(partition, user))?
+                {
+                    Some(bytes) => Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
+                    None => None,
+                },
             };
             let stored_timer = state.as_ref().and_then(|s| s.next_timer);
             let stored_members = state
@@ -595,7 +615,13 @@ impl<'e> Run<'e> {
         let Some(now) = self.clocks.get(&partition).copied() else {
             return Ok(0);
         };
-        let start = prefixed(partition, &i64_ordered(Millis::MIN));
+        let floor = self
+            .engine
+            .timer_floor
+            .get(&partition)
+            .copied()
+            .unwrap_or(Millis::MIN);
+        let start = prefixed(partition, &i64_ordered(floor));
         let end = prefixed(partition, &i64_ordered(now.saturating_add(1)));
         let due = self
             .engine
@@ -603,6 +629,15 @@ impl<'e> Run<'e> {
             .scan(Cf::Timers, &start, Some(&end), limit)?;
         let rules = self.engine.rules.clone();
         let count = due.len();
+        // New timers are always later than the partition's engine time, so once every key up
+        // to `now` has been seen, nothing below `now + 1` can appear again.
+        let next_floor = match due.last() {
+            Some((key, _)) if count >= limit => decode_i64_ordered(&key[4..12]).unwrap_or(floor),
+            _ => now.saturating_add(1),
+        };
+        self.scanned.insert(partition);
+        let floor = self.floors.entry(partition).or_insert(next_floor);
+        *floor = (*floor).min(next_floor);
         for (key, _) in due {
             let user = std::str::from_utf8(&key[12..])
                 .map_err(|_| ConsumerError::Corrupt("timer key".into()))?;
@@ -641,6 +676,10 @@ impl<'e> Run<'e> {
                 }
                 if let Some(t) = new_timer {
                     batch.put(Cf::Timers, timer_key(*partition, t, user), Vec::new());
+                    // A timer written now may be due before this batch's final engine time (its
+                    // user was processed earlier in the batch): keep the scan floor below it.
+                    let floor = self.floors.entry(*partition).or_insert(t);
+                    *floor = (*floor).min(t);
                 }
             }
             match &slot.state {
@@ -703,7 +742,23 @@ impl<'e> Run<'e> {
             batch.put(Cf::Offsets, k.clone(), v.clone());
         }
         store.commit(batch)?;
+        if self.engine.cache.len() + self.users.len() > CACHED_USERS {
+            self.engine.cache.clear();
+        }
+        for (key, slot) in self.users.drain() {
+            if let Some(state) = slot.state {
+                self.engine.cache.insert(key, state);
+            }
+        }
         self.engine.ids.committed();
+        for (p, floor) in std::mem::take(&mut self.floors) {
+            let current = self.engine.timer_floor.entry(p).or_insert(floor);
+            *current = if self.scanned.contains(&p) {
+                floor
+            } else {
+                (*current).min(floor)
+            };
+        }
         self.engine.clocks = std::mem::take(&mut self.clocks);
         Ok(self.report)
     }

@@ -8,7 +8,7 @@ use crate::time::{Zone, DAY_MS};
 use crate::value::Value;
 
 /// A compiled expression. Built only by the rules compiler, after type checking.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CExpr {
     Const(Value),
     /// The value of a tag or segment (segments are always `Bool`).
@@ -125,6 +125,38 @@ fn finite(x: f64) -> Value {
 }
 
 impl CExpr {
+    /// Calls `f` with every direct sub-expression.
+    pub fn for_each_child(&self, f: &mut dyn FnMut(&CExpr)) {
+        match self {
+            CExpr::Const(_) | CExpr::Ref(_) | CExpr::Prop(_) | CExpr::EventName | CExpr::Now => {}
+            CExpr::Neg(e) | CExpr::Not(e) | CExpr::IsNull { expr: e, .. } => f(e),
+            CExpr::Arith(_, a, b) | CExpr::Cmp(_, a, b) | CExpr::And(a, b) | CExpr::Or(a, b) => {
+                f(a);
+                f(b);
+            }
+            CExpr::In { expr, list, .. } => {
+                f(expr);
+                list.iter().for_each(|e| f(e));
+            }
+            CExpr::Between {
+                expr, low, high, ..
+            } => {
+                f(expr);
+                f(low);
+                f(high);
+            }
+            CExpr::Call(_, args) => args.iter().for_each(|e| f(e)),
+        }
+    }
+
+    /// Node ids this expression reads directly.
+    pub fn refs(&self, out: &mut Vec<usize>) {
+        if let CExpr::Ref(id) = self {
+            out.push(*id);
+        }
+        self.for_each_child(&mut |c| c.refs(out));
+    }
+
     pub fn eval(&self, scope: &Scope<'_>) -> Value {
         match self {
             CExpr::Const(v) => v.clone(),

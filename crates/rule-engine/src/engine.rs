@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use crate::cexpr::{EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
-use crate::rules::{NodeKind, Probe, RuleSet};
+use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
 use crate::state::UserState;
-use crate::time::{Unit, FAR_FUTURE, HOUR_MS};
+use crate::time::{Unit, DAY_MS, FAR_FUTURE, HOUR_MS};
 use crate::transition::{Cause, Transition};
 use crate::value::{Scalar, Value};
 
@@ -106,12 +106,11 @@ fn evaluate_node(
     }
 }
 
-/// Recomputes the nodes that move continuously with time at instant `t`, reusing everything
-/// else from `base` (valid while no breakpoint lies between base's instant and `t`).
-fn moved(rules: &RuleSet, state: &UserState, base: &[Value], scratch: &mut Vec<Value>, t: Millis) {
-    scratch.clear();
-    scratch.extend_from_slice(base);
-    for &id in &rules.moving_nodes {
+/// Recomputes, in `scratch`, the nodes that move continuously with time at instant `t`. Every
+/// other entry of `scratch` keeps its value at the start of the interval (valid while no
+/// breakpoint lies between that instant and `t`).
+fn moved(rules: &RuleSet, state: &UserState, moving: &[usize], scratch: &mut [Value], t: Millis) {
+    for &id in moving {
         scratch[id] = evaluate_node(rules, state, id, scratch, t);
     }
 }
@@ -151,7 +150,7 @@ fn signature(rules: &RuleSet, probe: &Probe, values: &[Value], t: Millis) -> Vec
 /// in evaluation order, shrinking the horizon as they go: up to the first change of any earlier
 /// probe, the values a probe compares are monotone in time, so bisection finds its first change
 /// exactly. The result may be a spurious wake-up (nothing changes) but never late.
-pub fn next_change(
+fn next_candidate(
     rules: &RuleSet,
     state: &UserState,
     values: &[Value],
@@ -163,37 +162,70 @@ pub fn next_change(
             horizon = horizon.min(t);
         }
     }
-    let mut scratch = Vec::new();
-    for probe in &rules.probes {
+    if rules.probes.is_empty() {
+        return (horizon < FAR_FUTURE).then_some(horizon);
+    }
+    let mut scratch = values.to_vec();
+    let changed = |scratch: &mut Vec<Value>, info: &ProbeInfo, initial: &[i64], at: Millis| {
+        moved(rules, state, &info.moving, scratch, at);
+        signature(rules, &info.probe, scratch, at) != initial
+    };
+    for info in &rules.probes {
         if horizon - 1 <= now {
             break;
         }
-        let initial = signature(rules, probe, values, now);
+        let initial = signature(rules, &info.probe, values, now);
         let last = horizon - 1;
-        moved(rules, state, values, &mut scratch, last);
-        if signature(rules, probe, &scratch, last) == initial {
+        if let Some(arg) = &info.day_steps {
+            // Only `days_since(x)` moves: the outcome can change only at x + k days.
+            let scope = Scope {
+                values,
+                now,
+                zone: &rules.zone,
+                event: None,
+            };
+            let Value::Ts(x) = arg.eval(&scope) else {
+                continue;
+            };
+            let at = |k: i64| x.saturating_add(k.saturating_mul(DAY_MS));
+            let first = (now - x).div_euclid(DAY_MS) + 1;
+            let final_step = (last - x).div_euclid(DAY_MS);
+            if first > final_step || !changed(&mut scratch, info, &initial, at(final_step)) {
+                continue;
+            }
+            let (mut lo, mut hi) = (first - 1, final_step);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if changed(&mut scratch, info, &initial, at(mid)) {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            horizon = at(hi);
             continue;
         }
-        if let Some(t) = linear_guess(rules, state, values, &mut scratch, probe, now, last) {
-            let changed = |scratch: &mut Vec<Value>, at: Millis| {
-                moved(rules, state, values, scratch, at);
-                signature(rules, probe, scratch, at) != initial
-            };
-            // The change predicate is monotone, so a guess that checks out on both sides is exact.
-            if !changed(&mut scratch, t - 1) && changed(&mut scratch, t) {
+        // The change predicate is monotone up to `horizon`, so a guess that checks out on both
+        // sides is exact.
+        if let Some(t) = linear_guess(rules, state, values, &mut scratch, info, now, last) {
+            if !changed(&mut scratch, info, &initial, t - 1)
+                && changed(&mut scratch, info, &initial, t)
+            {
                 horizon = t;
                 continue;
             }
+        }
+        if !changed(&mut scratch, info, &initial, last) {
+            continue;
         }
         // Invariant: signature(lo) == initial, signature(hi) != initial.
         let (mut lo, mut hi) = (now, last);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            moved(rules, state, values, &mut scratch, mid);
-            if signature(rules, probe, &scratch, mid) == initial {
-                lo = mid;
-            } else {
+            if changed(&mut scratch, info, &initial, mid) {
                 hi = mid;
+            } else {
+                lo = mid;
             }
         }
         horizon = hi;
@@ -217,11 +249,11 @@ fn linear_guess(
     state: &UserState,
     values: &[Value],
     scratch: &mut Vec<Value>,
-    probe: &Probe,
+    info: &ProbeInfo,
     now: Millis,
     last: Millis,
 ) -> Option<Millis> {
-    let Probe::Compare(pairs) = probe else {
+    let Probe::Compare(pairs) = &info.probe else {
         return None;
     };
     let [(a, b)] = pairs.as_slice() else {
@@ -238,7 +270,7 @@ fn linear_guess(
     };
     let d0 = diff(values, now)?;
     let step = (last - now).min(crate::time::DAY_MS);
-    moved(rules, state, values, scratch, now + step);
+    moved(rules, state, &info.moving, scratch, now + step);
     let slope = (diff(scratch, now + step)? - d0) / step as f64;
     let ahead = if d0 == 0.0 {
         1.0
@@ -249,6 +281,44 @@ fn linear_guess(
     };
     let t = now as f64 + ahead;
     (t <= last as f64).then_some(t as Millis)
+}
+
+/// How many candidate instants a timer firing examines before settling for the next wake-up.
+/// (After an event no look-ahead is done: the user's next event usually comes first.)
+const TIMER_LOOKAHEAD: usize = 8;
+
+/// The first instant after `now` at which any segment of this user changes with no new event,
+/// or None if none ever will. `values` are the node values at `now`.
+///
+/// Candidates come from [`next_candidate`]; between two consecutive candidates nothing changes,
+/// so evaluating the segments at each candidate in turn finds the first real change. Looking
+/// ahead skips the many instants at which a window rolls without changing any membership; after
+/// `lookahead` candidates the last one is returned as a wake-up (exact either way: a wake-up
+/// that changes nothing just schedules the next one).
+pub fn next_change(
+    rules: &RuleSet,
+    state: &UserState,
+    values: &[Value],
+    now: Millis,
+    lookahead: usize,
+) -> Option<Millis> {
+    let members = |vals: &[Value]| {
+        rules
+            .segments
+            .iter()
+            .map(|s| vals[s.node] == Value::Bool(true))
+            .collect::<Vec<_>>()
+    };
+    let start = members(values);
+    let mut t = next_candidate(rules, state, values, now)?;
+    for _ in 1..lookahead {
+        let at = evaluate_needed(rules, state, t);
+        if members(&at) != start {
+            return Some(t);
+        }
+        t = next_candidate(rules, state, &at, t)?;
+    }
+    Some(t)
 }
 
 /// Compares segment values with stored membership and records transitions.
@@ -297,7 +367,7 @@ pub fn catch_up(
         fired += 1;
         let values = evaluate_needed(rules, state, due);
         transitions(rules, user, state, &values, due, Cause::Timer, out);
-        state.next_timer = next_change(rules, state, &values, due);
+        state.next_timer = next_change(rules, state, &values, due, TIMER_LOOKAHEAD);
     }
     fired
 }
@@ -392,7 +462,7 @@ pub fn apply(
     }
     let values = evaluate_needed(rules, state, now);
     transitions(rules, user, state, &values, now, Cause::Event, out);
-    state.next_timer = next_change(rules, state, &values, now);
+    state.next_timer = next_change(rules, state, &values, now, 1);
 }
 
 /// Erases a user at engine time `now`: exits for every segment it is in, with cause `delete`.

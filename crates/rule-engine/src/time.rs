@@ -9,6 +9,8 @@
 //!   of hours this is the plain UTC hour.
 
 use chrono::{Datelike, LocalResult, NaiveDate, Offset, TimeZone as _, Timelike};
+use std::sync::Arc;
+
 use chrono_tz::Tz;
 
 use crate::event::Millis;
@@ -20,11 +22,102 @@ pub const DAY_MS: i64 = 86_400_000;
 /// The largest instant the engine reasons about (year ~2262 would overflow nanos; we stay in ms).
 pub const FAR_FUTURE: Millis = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
 
-/// The rules' IANA time zone, with a fast path for UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The rules' IANA time zone, with a fast path for UTC and a precomputed table of offset
+/// changes (chrono-tz lookups are far too slow for the per-event path).
+#[derive(Debug, Clone)]
 pub struct Zone {
     tz: Tz,
     utc: bool,
+    table: Arc<OffsetTable>,
+}
+
+impl PartialEq for Zone {
+    fn eq(&self, other: &Self) -> bool {
+        self.tz == other.tz
+    }
+}
+
+impl Eq for Zone {}
+
+/// Offsets between [`TABLE_START`] and [`TABLE_END`]: `offsets[i]` holds from `starts[i]` on.
+#[derive(Debug, Default)]
+struct OffsetTable {
+    starts: Vec<Millis>,
+    offsets: Vec<i64>,
+}
+
+const TABLE_START: Millis = 0; // 1970-01-01
+const TABLE_END: Millis = 4_102_444_800_000; // 2100-01-01
+
+impl OffsetTable {
+    /// One table per zone per process (building one takes a few milliseconds).
+    fn shared(tz: &Tz) -> Arc<OffsetTable> {
+        static TABLES: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashMap<Tz, Arc<OffsetTable>>>,
+        > = std::sync::OnceLock::new();
+        let tables = TABLES.get_or_init(Default::default);
+        let mut tables = tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        tables
+            .entry(*tz)
+            .or_insert_with(|| Arc::new(OffsetTable::build(tz)))
+            .clone()
+    }
+
+    fn build(tz: &Tz) -> OffsetTable {
+        let slow = |t: Millis| slow_offset(tz, t);
+        let mut table = OffsetTable {
+            starts: vec![TABLE_START],
+            offsets: vec![slow(TABLE_START)],
+        };
+        // Offsets change at most a few times a year: sample every 6 hours, then bisect each
+        // change down to the millisecond.
+        let step = 6 * HOUR_MS;
+        let mut t = TABLE_START;
+        let mut current = table.offsets[0];
+        while t < TABLE_END {
+            let next = t + step;
+            let o = slow(next);
+            if o != current {
+                let (mut lo, mut hi) = (t, next);
+                while hi - lo > 1 {
+                    let mid = lo + (hi - lo) / 2;
+                    if slow(mid) == current {
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                table.starts.push(hi);
+                table.offsets.push(o);
+                current = o;
+            }
+            t = next;
+        }
+        table
+    }
+
+    fn lookup(&self, t: Millis) -> Option<i64> {
+        if !(TABLE_START..TABLE_END).contains(&t) {
+            return None;
+        }
+        let i = self.starts.partition_point(|&s| s <= t);
+        Some(self.offsets[i - 1])
+    }
+}
+
+fn slow_offset(tz: &Tz, t: Millis) -> i64 {
+    match chrono::DateTime::from_timestamp_millis(t) {
+        Some(dt) => {
+            i64::from(
+                tz.offset_from_utc_datetime(&dt.naive_utc())
+                    .fix()
+                    .local_minus_utc(),
+            ) * 1000
+        }
+        None => 0,
+    }
 }
 
 impl Zone {
@@ -32,6 +125,7 @@ impl Zone {
         Zone {
             tz: Tz::UTC,
             utc: true,
+            table: Arc::default(),
         }
     }
 
@@ -42,7 +136,12 @@ impl Zone {
             tz,
             Tz::UTC | Tz::Etc__UTC | Tz::Etc__UCT | Tz::UCT | Tz::Zulu | Tz::Etc__Zulu
         );
-        Some(Zone { tz, utc })
+        let table = if utc {
+            Arc::default()
+        } else {
+            OffsetTable::shared(&tz)
+        };
+        Some(Zone { tz, utc, table })
     }
 
     pub fn name(&self) -> &'static str {
@@ -54,17 +153,9 @@ impl Zone {
         if self.utc {
             return 0;
         }
-        match chrono::DateTime::from_timestamp_millis(t) {
-            Some(dt) => {
-                i64::from(
-                    self.tz
-                        .offset_from_utc_datetime(&dt.naive_utc())
-                        .fix()
-                        .local_minus_utc(),
-                ) * 1000
-            }
-            None => 0,
-        }
+        self.table
+            .lookup(t)
+            .unwrap_or_else(|| slow_offset(&self.tz, t))
     }
 
     /// The local calendar date holding `t`, as days since 1970-01-01.
@@ -77,6 +168,16 @@ impl Zone {
     pub fn day_start(&self, day: i64) -> Millis {
         if self.utc {
             return day * DAY_MS;
+        }
+        // Fast path: local midnight exists and is found from the offset table.
+        let local_midnight = day * DAY_MS;
+        let guess = local_midnight - self.offset_ms(local_midnight);
+        let t = local_midnight - self.offset_ms(guess);
+        if self.local_day(t) == day
+            && self.local_day(t - 1) == day - 1
+            && t + self.offset_ms(t) == local_midnight
+        {
+            return t;
         }
         let Some(date) = NaiveDate::from_ymd_opt(1970, 1, 1)
             .and_then(|d| d.checked_add_signed(chrono::Duration::days(day)))
@@ -336,6 +437,48 @@ mod tests {
         assert_eq!(z.hour_of_day(t), 23);
         assert_eq!(z.day_of_week(t), 1);
         assert_eq!(Zone::utc().day_of_week(0), 4);
+    }
+
+    #[test]
+    fn offset_table_matches_chrono_tz() {
+        for name in [
+            "Europe/Berlin",
+            "America/New_York",
+            "Asia/Kolkata",
+            "Australia/Lord_Howe",
+            "America/Santiago",
+            "Asia/Shanghai",
+        ] {
+            let z = Zone::parse(name).unwrap();
+            let tz: Tz = name.parse().unwrap();
+            let mut t = 0i64;
+            while t < 4_000_000_000_000 {
+                assert_eq!(z.offset_ms(t), slow_offset(&tz, t), "{name} at {t}");
+                assert_eq!(
+                    z.offset_ms(t + 1),
+                    slow_offset(&tz, t + 1),
+                    "{name} at {}",
+                    t + 1
+                );
+                t += 7_777_777_777;
+            }
+            // Around every change, both sides agree to the millisecond.
+            for &start in &z.table.starts[1..] {
+                for d in [-1, 0, 1] {
+                    assert_eq!(
+                        z.offset_ms(start + d),
+                        slow_offset(&tz, start + d),
+                        "{name} at {}",
+                        start + d
+                    );
+                }
+            }
+            for day in (0..60_000).step_by(37) {
+                let s = z.day_start(day);
+                assert_eq!(z.local_day(s), day, "{name} day {day}");
+                assert_eq!(z.local_day(s - 1), day - 1, "{name} day {day}");
+            }
+        }
     }
 
     #[test]

@@ -457,3 +457,52 @@ when = "ratio IS NOT NULL"
         "NULL is not TRUE; a segment referenced is never NULL"
     );
 }
+
+#[test]
+fn a_window_drop_before_a_now_comparison_is_not_skipped() {
+    let mut sim = Sim::new(
+        r#"
+time_zone = "Asia/Shanghai"
+[[tag]]
+name = "carts_7d"
+kind = "count"
+event = "add_to_cart"
+window = "7d"
+[[tag]]
+name = "orders_7d"
+kind = "count"
+event = "purchase"
+window = "7d"
+[[tag]]
+name = "last_seen"
+kind = "last_time"
+event = "*"
+[[segment]]
+name = "cart_abandoner"
+when = "carts_7d > 0 AND orders_7d = 0 AND last_seen > now() - 2d"
+"#,
+    );
+    for (name, ts) in [
+        ("view", 1730106033471),
+        ("add_to_cart", 1730106104466),
+        ("view", 1730106429215),
+        ("view", 1730640527855),
+        ("search", 1730638293453),
+        ("view", 1730640641032),
+    ] {
+        sim.event(&track("u", name, ts, json!({})));
+    }
+    sim.advance(1730640641032 + 10 * DAY);
+    let log = sim.log();
+    assert_eq!(
+        log.last().unwrap(),
+        &(
+            "u".to_string(),
+            "cart_abandoner".to_string(),
+            "segment_exit",
+            1730649600000,
+            "timer"
+        ),
+        "{log:#?}"
+    );
+}

@@ -211,7 +211,8 @@ impl SegmentBitmaps {
     }
 
     /// Forgets `partition`'s bitmaps and stages their deletion (the partition's state is
-    /// being dropped).
+    /// being dropped). Deletes what is held: the partition must be loaded (it is after
+    /// [`SegmentBitmaps::load`], not after [`SegmentBitmaps::unload_partition`]).
     pub fn drop_partition(&mut self, partition: u32, batch: &mut WriteBatch) {
         // Bitmaps emptied since the last flush are no longer held but still on disk.
         let mut gone: BTreeSet<String> = self

@@ -40,11 +40,12 @@ pub enum StoreError {
         source: io::Error,
     },
 
-    /// A read (get, multi_get, scan, property) failed.
+    /// A read (get, multi_get, scan) failed.
     #[error("reading column family `{cf}` in state dir {path}: {source}")]
     Read {
         /// The state directory.
         path: PathBuf,
+        /// The column family read.
         cf: &'static str,
         /// RocksDB's own error.
         #[source]

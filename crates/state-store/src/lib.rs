@@ -42,6 +42,9 @@ pub use rocks::{RocksStore, StoreOptions};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// One `(key, value)` entry of a scan.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// A column family: an independent, ordered key space. One RocksDB column family each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Cf {
@@ -209,7 +212,7 @@ pub trait StateStore: Send + Sync {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<KeyValue>, StoreError>;
 
     /// Streaming ordered scan of `[start, end)` for large ranges (dumps): calls `f` for
     /// each entry until it returns `false`. Sees one consistent view throughout.

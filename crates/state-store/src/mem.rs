@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
-use crate::{Cf, Op, StateStore, StoreError, WriteBatch};
+use crate::{Cf, KeyValue, Op, StateStore, StoreError, WriteBatch};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -63,7 +63,7 @@ impl StateStore for MemStore {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let cfs = self.read();
         Ok(range(&cfs[cf.index()], start, end)
             .take(limit)

@@ -16,7 +16,7 @@ use rocksdb::{
     DEFAULT_COLUMN_FAMILY_NAME,
 };
 
-use crate::{Cf, Op, StateStore, StoreError, WriteBatch};
+use crate::{Cf, KeyValue, Op, StateStore, StoreError, WriteBatch};
 
 const MIB: usize = 1024 * 1024;
 
@@ -253,7 +253,7 @@ impl StateStore for RocksStore {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);

@@ -83,7 +83,7 @@ fn scan_bounds_and_limits(s: &dyn StateStore) {
     put_all(s, Cf::Outbox, &[(b"zz", b"other cf")]);
 
     let sorted: Vec<&[u8]> = vec![
-        b"\x00", b"a", b"a\x00", b"a\xff", b"ab", b"b", b"c", b"\xff",
+        b"\x00", b"a", b"a\x00", b"ab", b"a\xff", b"b", b"c", b"\xff",
     ];
     let all = s.scan(Cf::Timers, b"", None, usize::MAX).unwrap();
     assert_eq!(
@@ -95,14 +95,14 @@ fn scan_bounds_and_limits(s: &dyn StateStore) {
 
     // [start, end): start included, end excluded.
     let mid = s.scan(Cf::Timers, b"a\x00", Some(b"b"), 100).unwrap();
-    assert_eq!(keys_of(&mid), vec![&b"a\x00"[..], b"a\xff", b"ab"]);
+    assert_eq!(keys_of(&mid), vec![&b"a\x00"[..], b"ab", b"a\xff"]);
     // Bounds between keys.
     let mid = s.scan(Cf::Timers, b"a\x01", Some(b"bb"), 100).unwrap();
-    assert_eq!(keys_of(&mid), vec![&b"a\xff"[..], b"ab", b"b"]);
+    assert_eq!(keys_of(&mid), vec![&b"ab"[..], b"a\xff", b"b"]);
     // Prefix scan through prefix_end.
     let end = prefix_end(b"a").unwrap();
     let pre = s.scan(Cf::Timers, b"a", Some(&end), 100).unwrap();
-    assert_eq!(keys_of(&pre), vec![&b"a"[..], b"a\x00", b"a\xff", b"ab"]);
+    assert_eq!(keys_of(&pre), vec![&b"a"[..], b"a\x00", b"ab", b"a\xff"]);
 
     // Limits.
     assert_eq!(

@@ -87,6 +87,19 @@ name = "skincare_fan"
 when = "fav_category_30d = 'skincare' AND orders > 0"
 "#;
 
+/// A scratch directory, kept (and printed) when `TS_KEEP` is set.
+fn workdir() -> (Option<tempfile::TempDir>, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    if std::env::var("TS_KEEP").is_ok() {
+        let path = dir.keep();
+        eprintln!("keeping {}", path.display());
+        (None, path)
+    } else {
+        let path = dir.path().to_path_buf();
+        (Some(dir), path)
+    }
+}
+
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_tagstream")
 }
@@ -144,9 +157,23 @@ struct Msg {
     payload: Option<Vec<u8>>,
 }
 
+/// The generated events keyed by user id, plus one last event per partition far in the future
+/// (a profile event of a partition's own sentinel user), so both the service and the reference
+/// replay end with every timer of the stream fired.
 fn keyed(lines: &[String]) -> Vec<Msg> {
+    let mut sentinels = Vec::new();
+    let mut n = 0;
+    while sentinels.len() < PARTITIONS as usize {
+        let user = format!("zz-sentinel-{n}");
+        n += 1;
+        if partition_of(user.as_bytes()) == sentinels.len() as i32 {
+            let ts = 1_732_060_800_000i64 + 400 * 86_400_000;
+            sentinels.push(format!(r#"{{"type":"profile","user_id":"{user}","ts":{ts},"properties":{{"city":"Nowhere"}}}}"#));
+        }
+    }
     lines
         .iter()
+        .chain(&sentinels)
         .map(|l| {
             let user = user_of(l);
             Msg {
@@ -179,6 +206,9 @@ impl Cluster {
             .set("message.max.bytes", "20000000")
             .set("linger.ms", "5")
             .set("enable.idempotence", "true")
+            // The mock keeps at most 5 MB per partition: compressed batches keep the 10 MB pill
+            // (and long streams) retained.
+            .set("compression.type", "gzip")
             .create()
             .unwrap();
         for m in messages {
@@ -290,7 +320,7 @@ impl Cluster {
     }
 
     /// Waits until the group has committed every produced offset of `events`.
-    fn wait_consumed(&self, child: &mut Child, log: &Path) {
+    fn wait_consumed(&self, child: &mut Proc, log: &Path) {
         let hi = self.high_watermarks(EVENTS);
         let deadline = Instant::now() + DEADLINE;
         loop {
@@ -307,6 +337,31 @@ impl Cluster {
                 tail(log)
             );
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// A spawned `tagstream run`, killed if the test fails before stopping it.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
@@ -347,10 +402,12 @@ brokers = "{servers}"
 topics = ["{EVENTS}"]
 group_id = "{GROUP}"
 [source.options]
-"session.timeout.ms" = "2000"
+"session.timeout.ms" = "4500"
 "heartbeat.interval.ms" = "300"
 "fetch.max.bytes" = "30000000"
+"max.partition.fetch.bytes" = "30000000"
 "receive.message.max.bytes" = "40000000"
+{debug}
 [sink]
 kind = "kafka"
 topic = "{TRANSITIONS}"
@@ -362,7 +419,10 @@ dir = "state"
 [clock]
 mode = "event"
 {extra}"#,
-            servers = cluster.servers
+            servers = cluster.servers,
+            debug = std::env::var("TS_KAFKA_DEBUG")
+                .map(|d| format!("\"debug\" = \"{d}\""))
+                .unwrap_or_default()
         );
         std::fs::write(&config, text).unwrap();
         Service {
@@ -380,20 +440,25 @@ mode = "event"
         self.dir.join(format!("run-{}.log", self.runs))
     }
 
-    fn spawn(&mut self) -> Child {
+    fn spawn(&mut self) -> Proc {
         self.runs += 1;
         let log = std::fs::File::create(self.log()).unwrap();
-        Command::new(bin())
-            .args(["run", "--config", self.config.to_str().unwrap()])
-            .env("TAGSTREAM_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        Proc(
+            Command::new(bin())
+                .args(["run", "--config", self.config.to_str().unwrap()])
+                .env(
+                    "TAGSTREAM_LOG",
+                    std::env::var("TS_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
     }
 
-    fn stop(&self, mut child: Child) {
+    fn stop(&self, mut child: Proc) {
         let pid = child.id().to_string();
         assert!(Command::new("kill")
             .args(["-TERM", &pid])
@@ -556,6 +621,14 @@ fn wait_transitions(
 
 fn assert_transitions(cluster: &Cluster, expected: &BTreeMap<String, serde_json::Value>) -> usize {
     let (got, raw) = wait_transitions(cluster, expected);
+    if let Ok(dir) = std::env::var("TS_DEBUG_DIR") {
+        let write = |name: &str, m: &BTreeMap<String, serde_json::Value>| {
+            let text: String = m.values().map(|v| v.to_string() + "\n").collect();
+            std::fs::write(Path::new(&dir).join(name), text).unwrap();
+        };
+        write("got.ndjson", &got);
+        write("expected.ndjson", expected);
+    }
     let missing: Vec<&String> = expected
         .keys()
         .filter(|k| !got.contains_key(*k))
@@ -578,17 +651,17 @@ fn assert_transitions(cluster: &Cluster, expected: &BTreeMap<String, serde_json:
 
 #[test]
 fn end_to_end_run_equals_a_replay_per_partition() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
     let messages = keyed(&gen(400, 40_000, 11));
     cluster.produce(&messages);
-    let expected = replay_per_partition(dir.path(), &messages);
+    let expected = replay_per_partition(dir.as_path(), &messages);
     assert!(
         expected.transitions.len() > 500,
         "the rules should produce plenty of transitions"
     );
 
-    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
     let mut child = service.spawn();
     // Throughput: from the first committed offset to the last.
     let hi = cluster.high_watermarks(EVENTS);
@@ -638,14 +711,14 @@ fn end_to_end_run_equals_a_replay_per_partition() {
 
 #[test]
 fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
-    let messages = keyed(&gen(300, 60_000, 23));
+    let messages = keyed(&gen(500, 100_000, 23));
     cluster.produce(&messages);
-    let expected = replay_per_partition(dir.path(), &messages);
+    let expected = replay_per_partition(dir.as_path(), &messages);
     let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
 
-    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rand = move |n: u64| {
         seed ^= seed << 13;
@@ -676,7 +749,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(rand(400)));
+        std::thread::sleep(Duration::from_millis(rand(100)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
@@ -697,14 +770,14 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
 
 #[test]
 fn sigterm_mid_stream_then_restart_is_exact() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
     let messages = keyed(&gen(300, 40_000, 5));
     cluster.produce(&messages);
-    let expected = replay_per_partition(dir.path(), &messages);
+    let expected = replay_per_partition(dir.as_path(), &messages);
     let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
 
-    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
     let mut child = service.spawn();
     let deadline = Instant::now() + DEADLINE;
     while cluster.committed().iter().sum::<i64>() == 0 {
@@ -795,7 +868,7 @@ fn poison_pills() -> Vec<(Option<Vec<u8>>, &'static str)> {
 
 #[test]
 fn poison_pills_go_to_the_dead_letter_topic_and_every_good_event_is_applied() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
     let good = keyed(&gen(200, 10_000, 3));
     let pills = poison_pills();
@@ -813,9 +886,9 @@ fn poison_pills_go_to_the_dead_letter_topic_and_every_good_event_is_applied() {
         }
     }
     cluster.produce(&messages);
-    let expected = replay_per_partition(dir.path(), &good);
+    let expected = replay_per_partition(dir.as_path(), &good);
 
-    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
     let mut child = service.spawn();
     cluster.wait_consumed(&mut child, &service.log());
     assert_transitions(&cluster, &expected.transitions);
@@ -883,7 +956,7 @@ fn poison_pills_go_to_the_dead_letter_topic_and_every_good_event_is_applied() {
 #[test]
 fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
     use rdkafka::mocking::MockCoordinator;
-    let dir = tempfile::tempdir().unwrap();
+    let (_guard, dir) = workdir();
     let cluster = Cluster::new(3);
     // The input and the group live on broker 1, the transitions topic on broker 3.
     for p in 0..PARTITIONS {
@@ -900,11 +973,11 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
         .unwrap();
     let messages = keyed(&gen(300, 30_000, 17));
     cluster.produce(&messages);
-    let expected = replay_per_partition(dir.path(), &messages);
+    let expected = replay_per_partition(dir.as_path(), &messages);
     let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
 
     cluster.mock.broker_down(3).unwrap();
-    let mut service = Service::new(dir.path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
     let text = std::fs::read_to_string(&service.config).unwrap().replace(
         "topic = \"transitions\"",
         "topic = \"transitions\"\nmax_backlog = 200",
@@ -951,15 +1024,15 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
 
 #[test]
 fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
     let all = keyed(&gen(300, 30_000, 29));
     let (first, second) = all.split_at(all.len() / 2);
     cluster.produce(first);
-    let expected = replay_per_partition(dir.path(), &all);
+    let expected = replay_per_partition(dir.as_path(), &all);
 
-    let mut a = Service::new(dir.path(), &cluster, "a", "");
-    let mut b = Service::new(dir.path(), &cluster, "b", "");
+    let mut a = Service::new(dir.as_path(), &cluster, "a", "");
+    let mut b = Service::new(dir.as_path(), &cluster, "b", "");
     for (s, id) in [(&a, "a"), (&b, "b")] {
         let text = std::fs::read_to_string(&s.config).unwrap().replace(
             "[sink]",
@@ -1017,4 +1090,44 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
         "survivor rebuilt {} partitions it held no state for ({before} when it joined)",
         rebuilds(&a.log())
     );
+}
+
+/// Consumed events/s end to end (decode, rules, RocksDB commit, transitions produced and
+/// acknowledged): `cargo test -p tagstream --test kafka_e2e throughput -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn throughput() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let events: u64 = std::env::var("TS_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let messages = keyed(&gen(events / 50, events, 1));
+    cluster.produce(&messages);
+    let hi = cluster.high_watermarks(EVENTS);
+    let total: i64 = hi.iter().sum();
+    let mut service = Service::new(&dir, &cluster, "svc", "");
+    let mut child = service.spawn();
+    let (mut first, mut first_done) = (None, 0i64);
+    let deadline = Instant::now() + DEADLINE;
+    let finished = loop {
+        let done: i64 = cluster.committed().iter().sum();
+        if done > 0 && first.is_none() {
+            first = Some(Instant::now());
+            first_done = done;
+        }
+        if done == total {
+            break Instant::now();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "{}",
+            tail(&service.log())
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let secs = finished.duration_since(first.unwrap()).as_secs_f64();
+    eprintln!("throughput: {} events in {secs:.2}s = {:.0} events/s (after the first commit; group join excluded)", total - first_done, (total - first_done) as f64 / secs);
+    service.stop(child);
 }

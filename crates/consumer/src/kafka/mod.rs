@@ -67,7 +67,11 @@ pub fn client_config(
     for (k, v) in options {
         config.set(k, v);
     }
-    config.set_log_level(RDKafkaLogLevel::Warning);
+    config.set_log_level(if options.contains_key("debug") {
+        RDKafkaLogLevel::Debug
+    } else {
+        RDKafkaLogLevel::Warning
+    });
     config
 }
 

@@ -9,8 +9,8 @@ use toml::Spanned;
 use super::error::LineIndex;
 use super::raw::{EventSelector, RawRules, RawSegment, RawTag};
 use super::{
-    AggKind, Aggregate, Node, NodeId, NodeKind, Probe, RuleError, RuleErrors, RuleSet, Segment,
-    Shape,
+    AggKind, Aggregate, Node, NodeId, NodeKind, Probe, ProbeInfo, RuleError, RuleErrors, RuleSet,
+    Segment, Shape,
 };
 use crate::cexpr::{ArithOp, CExpr, CmpOp, Func};
 use crate::expr::{self, BinaryOp, Expr, ExprKind, UnaryOp};
@@ -1410,10 +1410,11 @@ impl<'s> Compiler<'s> {
                 _ => None,
             })
             .collect();
+        let sources = time_sources(&nodes);
         let probes = std::mem::take(&mut self.probes)
             .into_iter()
             .filter(|(owner, _)| reach[*owner])
-            .map(|(_, p)| p)
+            .map(|(_, probe)| probe_info(probe, &nodes, &sources))
             .collect();
 
         let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();
@@ -1604,4 +1605,127 @@ fn edit_distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// How a value depends on time within an interval where every probe keeps its outcome.
+#[derive(Debug, Clone, PartialEq)]
+enum TimeSource {
+    None,
+    /// Only through `days_since` of this (time-independent) argument.
+    Days(CExpr),
+    Continuous,
+}
+
+impl TimeSource {
+    fn join(self, other: TimeSource) -> TimeSource {
+        match (self, other) {
+            (TimeSource::None, x) | (x, TimeSource::None) => x,
+            (TimeSource::Days(a), TimeSource::Days(b)) if a == b => TimeSource::Days(a),
+            _ => TimeSource::Continuous,
+        }
+    }
+}
+
+/// The time source of an expression's value. Decisions (comparisons, logic) contribute nothing:
+/// their changes are probes of their own, visited earlier.
+fn source_of(e: &CExpr, nodes: &[TimeSource]) -> TimeSource {
+    match e {
+        CExpr::Now => TimeSource::Continuous,
+        CExpr::Ref(id) => nodes.get(*id).cloned().unwrap_or(TimeSource::None),
+        CExpr::Call(Func::DaysSince, args) => match source_of(&args[0], nodes) {
+            TimeSource::None => TimeSource::Days(args[0].clone()),
+            _ => TimeSource::Continuous,
+        },
+        CExpr::Call(Func::HourOfDay | Func::DayOfWeek, _) => TimeSource::None,
+        CExpr::Cmp(..)
+        | CExpr::And(..)
+        | CExpr::Or(..)
+        | CExpr::Not(_)
+        | CExpr::In { .. }
+        | CExpr::Between { .. }
+        | CExpr::IsNull { .. } => TimeSource::None,
+        _ => {
+            let mut out = TimeSource::None;
+            e.for_each_child(&mut |c| {
+                let s = source_of(c, nodes);
+                out = std::mem::replace(&mut out, TimeSource::None).join(s);
+            });
+            out
+        }
+    }
+}
+
+fn time_sources(nodes: &[Node]) -> Vec<TimeSource> {
+    let mut out: Vec<TimeSource> = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let s = match &node.kind {
+            NodeKind::Expr(e) => source_of(e, &out),
+            // Which branch is taken only changes at the `when` probes; within, the value moves
+            // like the branch's value.
+            NodeKind::Case { cases, otherwise } => cases
+                .iter()
+                .fold(source_of(otherwise, &out), |acc, (_, v)| {
+                    acc.join(source_of(v, &out))
+                }),
+            NodeKind::Nearest { .. } if !node.shape.is_const() => TimeSource::Continuous,
+            _ => TimeSource::None,
+        };
+        out.push(s);
+    }
+    out
+}
+
+fn node_refs(kind: &NodeKind) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    match kind {
+        NodeKind::Expr(e) | NodeKind::Segment(e) | NodeKind::Tier { of: e, .. } => e.refs(&mut out),
+        NodeKind::Case { cases, otherwise } => {
+            for (w, v) in cases {
+                w.refs(&mut out);
+                v.refs(&mut out);
+            }
+            otherwise.refs(&mut out);
+        }
+        NodeKind::Nearest { features, .. } => out.extend(features),
+        NodeKind::Aggregate(_) | NodeKind::Profile(_) => {}
+    }
+    out
+}
+
+fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -> ProbeInfo {
+    let mut refs = Vec::new();
+    let mut source = TimeSource::None;
+    match &probe {
+        Probe::Compare(pairs) => {
+            for (a, b) in pairs {
+                a.refs(&mut refs);
+                b.refs(&mut refs);
+                source = source
+                    .join(source_of(a, sources))
+                    .join(source_of(b, sources));
+            }
+        }
+        Probe::LocalBucket { arg, .. } => {
+            arg.refs(&mut refs);
+            source = TimeSource::Continuous;
+        }
+    }
+    // Moving nodes reached through moving nodes (a constant node's value is reused as is).
+    let mut moving: Vec<NodeId> = Vec::new();
+    while let Some(id) = refs.pop() {
+        if !nodes[id].shape.is_const() && !moving.contains(&id) {
+            moving.push(id);
+            refs.extend(node_refs(&nodes[id].kind));
+        }
+    }
+    moving.sort_unstable();
+    let day_steps = match source {
+        TimeSource::Days(arg) => Some(arg),
+        _ => None,
+    };
+    ProbeInfo {
+        probe,
+        moving,
+        day_steps,
+    }
 }

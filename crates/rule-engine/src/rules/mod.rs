@@ -39,7 +39,7 @@ pub struct RuleSet {
     by_event: HashMap<String, Vec<usize>>,
     all_events: Vec<usize>,
     /// Time-dependent decision points reachable from segments, in evaluation order.
-    pub probes: Vec<Probe>,
+    pub probes: Vec<ProbeInfo>,
     /// Nodes reachable from segments whose value moves continuously with `now`.
     pub moving_nodes: Vec<NodeId>,
     /// Nodes that some segment reads (directly or not): all the event path has to evaluate.
@@ -114,6 +114,18 @@ pub struct Aggregate {
     pub window: Option<Window>,
     /// `top` only: how many values (1 = the value itself, >1 = a list).
     pub k: usize,
+}
+
+/// A probe with what its evaluation needs.
+#[derive(Debug)]
+pub struct ProbeInfo {
+    pub probe: Probe,
+    /// The moving nodes (in evaluation order) the probe's operands read, directly or not: all
+    /// that must be recomputed to evaluate it at another instant.
+    pub moving: Vec<NodeId>,
+    /// When all of the probe's time dependence goes through `days_since(x)` of a single `x`,
+    /// that `x`: the outcome can then only change at instants `x + k days`.
+    pub day_steps: Option<CExpr>,
 }
 
 /// A decision point whose outcome can change with time alone. Its signature at an instant is
