@@ -186,15 +186,22 @@ pub fn dump(
             written += 1;
             Ok(())
         };
-    match user {
-        Some(id) => {
-            if let Some((state, now)) = engine.user(id)? {
-                write(id, &state, now)?;
-            }
-        }
-        None => engine.for_each_user(&mut write)?,
+    let result = match user {
+        Some(id) => match engine.user(id)? {
+            Some((state, now)) => write(id, &state, now),
+            None => Ok(()),
+        },
+        None => engine.for_each_user(&mut write),
+    };
+    let result = result.and_then(|_| {
+        out.flush()
+            .map_err(|e| ConsumerError::io("writing the dump", e))
+    });
+    match result {
+        // A reader that stops early (`dump | head`) is a normal way to end.
+        Err(ConsumerError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other?,
     }
-    out.flush()
-        .map_err(|e| ConsumerError::io("writing the dump", e))?;
     Ok(written)
 }

@@ -130,7 +130,7 @@ fn driver(
     };
     let mut engine = Engine::open(store, rules, source, options).unwrap();
     let mut rows = Vec::new();
-    let mut drain = |engine: &Engine, rows: &mut Vec<Row>| {
+    let drain = |engine: &Engine, rows: &mut Vec<Row>| {
         let entries = engine.outbox(usize::MAX).unwrap();
         if let Some(&(last, _)) = entries.last() {
             for (_, e) in &entries {

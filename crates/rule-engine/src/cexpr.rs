@@ -136,7 +136,7 @@ impl CExpr {
             }
             CExpr::In { expr, list, .. } => {
                 f(expr);
-                list.iter().for_each(|e| f(e));
+                list.iter().for_each(&mut *f);
             }
             CExpr::Between {
                 expr, low, high, ..
@@ -145,7 +145,7 @@ impl CExpr {
                 f(low);
                 f(high);
             }
-            CExpr::Call(_, args) => args.iter().for_each(|e| f(e)),
+            CExpr::Call(_, args) => args.iter().for_each(f),
         }
     }
 

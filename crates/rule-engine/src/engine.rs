@@ -166,7 +166,7 @@ fn next_candidate(
         return (horizon < FAR_FUTURE).then_some(horizon);
     }
     let mut scratch = values.to_vec();
-    let changed = |scratch: &mut Vec<Value>, info: &ProbeInfo, initial: &[i64], at: Millis| {
+    let changed = |scratch: &mut [Value], info: &ProbeInfo, initial: &[i64], at: Millis| {
         moved(rules, state, &info.moving, scratch, at);
         signature(rules, &info.probe, scratch, at) != initial
     };
@@ -248,7 +248,7 @@ fn linear_guess(
     rules: &RuleSet,
     state: &UserState,
     values: &[Value],
-    scratch: &mut Vec<Value>,
+    scratch: &mut [Value],
     info: &ProbeInfo,
     now: Millis,
     last: Millis,

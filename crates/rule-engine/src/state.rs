@@ -297,7 +297,7 @@ fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: us
     }
     let mut ranked: Vec<(&Scalar, u64)> = merged.into_iter().collect();
     // Count descending, then value order ascending (the BTreeMap order) — a stable sort keeps it.
-    ranked.sort_by(|a, b| b.1.cmp(&a.1));
+    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
     if k <= 1 {
         ranked[0].0.to_value()
     } else {

@@ -119,7 +119,7 @@ fn to_json(s: &Step, ts: i64) -> String {
     let cat = ["a", "b", "c", "a"][s.cat as usize];
     match s.kind {
         0 => json!({"type": "delete", "user_id": user, "ts": ts}).to_string(),
-        1..=7 => json!({"user_id": user, "event": "purchase", "ts": ts, "properties": {"amount": if s.amount % 9 == 0 { json!("12.5") } else { json!(s.amount) }, "cat": cat}}).to_string(),
+        1..=7 => json!({"user_id": user, "event": "purchase", "ts": ts, "properties": {"amount": if s.amount.is_multiple_of(9) { json!("12.5") } else { json!(s.amount) }, "cat": cat}}).to_string(),
         _ => json!({"user_id": user, "event": "view", "ts": ts, "properties": {"cat": cat}}).to_string(),
     }
 }

@@ -163,10 +163,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             dump(&state_dir, rules.as_deref(), user.as_deref(), &mut out)?;
-            out.flush().map_err(|e| Failure {
-                code: 2,
-                message: format!("writing the dump: {e}"),
-            })
+            match out.flush() {
+                // A reader that stops early (`dump | head`) is a normal way to end.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure {
+                    code: 2,
+                    message: format!("writing the dump: {e}"),
+                }),
+                _ => Ok(()),
+            }
         }
         Command::Check { rules } => {
             let (compiled, _) = load_rules(&rules)?;

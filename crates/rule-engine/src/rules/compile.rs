@@ -1107,7 +1107,7 @@ impl<'s> Compiler<'s> {
     fn decision(&mut self, pairs: &[(&Typed, &Typed)]) -> Shape {
         let mut moving = false;
         for (a, b) in pairs {
-            let diff = Shape::add(a.shape, b.shape.negate());
+            let diff = Shape::sum(a.shape, b.shape.negate());
             if diff == Shape::Unknown {
                 return Shape::Unknown;
             }
@@ -1201,8 +1201,8 @@ impl<'s> Compiler<'s> {
             }
         };
         let shape = match op {
-            ArithOp::Add => Shape::add(l.shape, r.shape),
-            ArithOp::Sub => Shape::add(l.shape, r.shape.negate()),
+            ArithOp::Add => Shape::sum(l.shape, r.shape),
+            ArithOp::Sub => Shape::sum(l.shape, r.shape.negate()),
             ArithOp::Mul => Shape::scale(l.shape, r.shape),
             ArithOp::Div if r.shape.is_const() => Shape::scale(l.shape, r.shape),
             ArithOp::Div | ArithOp::Mod if l.shape.is_const() && r.shape.is_const() => Shape::Const,
@@ -1558,11 +1558,7 @@ fn rule_expressions<'r>(source: &DeclSource<'r>) -> Vec<&'r str> {
 
 fn collect_idents(e: &Expr, out: &mut Vec<String>) {
     match &e.kind {
-        ExprKind::Ident(n) => {
-            if !out.contains(n) {
-                out.push(n.clone());
-            }
-        }
+        ExprKind::Ident(n) if !out.contains(n) => out.push(n.clone()),
         ExprKind::Call { args, .. } => args.iter().for_each(|a| collect_idents(a, out)),
         ExprKind::Unary { expr, .. } | ExprKind::IsNull { expr, .. } => collect_idents(expr, out),
         ExprKind::Binary { left, right, .. } => {

@@ -38,7 +38,7 @@ impl Shape {
     }
 
     /// Shape of `a + b`.
-    pub fn add(a: Shape, b: Shape) -> Shape {
+    pub fn sum(a: Shape, b: Shape) -> Shape {
         match (a, b) {
             (Shape::Const, x) | (x, Shape::Const) => x,
             (Shape::Inc, Shape::Inc) => Shape::Inc,
@@ -96,9 +96,9 @@ mod tests {
 
     #[test]
     fn algebra() {
-        assert_eq!(Shape::add(Inc, Const), Inc);
-        assert_eq!(Shape::add(Inc, Dec), Unknown);
-        assert_eq!(Shape::add(Inc, Inc.negate().negate()), Inc);
+        assert_eq!(Shape::sum(Inc, Const), Inc);
+        assert_eq!(Shape::sum(Inc, Dec), Unknown);
+        assert_eq!(Shape::sum(Inc, Inc.negate().negate()), Inc);
         assert_eq!(Shape::scale(Const, Inc), Mono);
         assert_eq!(Shape::scale(Inc, Inc), Unknown);
         assert_eq!(Shape::choice([Inc, Const, Dec]), Mono);
