@@ -506,3 +506,113 @@ when = "carts_7d > 0 AND orders_7d = 0 AND last_seen > now() - 2d"
         "{log:#?}"
     );
 }
+
+#[test]
+fn every_function_through_the_compiler() {
+    let mut sim = Sim::new(
+        r#"
+time_zone = "Asia/Shanghai"
+[[tag]]
+name = "seen"
+kind = "last_time"
+event = "*"
+[[tag]]
+name = "amount"
+kind = "sum"
+event = "*"
+property = "amount"
+[[tag]]
+name = "f_coalesce"
+kind = "expr"
+expr = "coalesce(NULL, amount, 1)"
+[[tag]]
+name = "f_days"
+kind = "expr"
+expr = "days_since(seen)"
+[[tag]]
+name = "f_hour"
+kind = "expr"
+expr = "hour_of_day(seen)"
+[[tag]]
+name = "f_dow"
+kind = "expr"
+expr = "day_of_week(seen)"
+[[tag]]
+name = "f_abs"
+kind = "expr"
+expr = "abs(-amount)"
+[[tag]]
+name = "f_least"
+kind = "expr"
+expr = "least(amount, NULL, 3)"
+[[tag]]
+name = "f_greatest"
+kind = "expr"
+expr = "greatest(amount, NULL, 3)"
+[[tag]]
+name = "f_round"
+kind = "expr"
+expr = "round(amount / 4, 1)"
+[[tag]]
+name = "f_ln"
+kind = "expr"
+expr = "round(ln(amount), 3)"
+[[tag]]
+name = "f_ln_bad"
+kind = "expr"
+expr = "ln(0)"
+[[tag]]
+name = "f_exp"
+kind = "expr"
+expr = "round(exp(1), 4)"
+[[tag]]
+name = "f_sigmoid"
+kind = "expr"
+expr = "sigmoid(0)"
+[[tag]]
+name = "f_time"
+kind = "expr"
+expr = "now() - seen"
+[[tag]]
+name = "f_ts"
+kind = "expr"
+expr = "seen + 1d"
+[[tag]]
+name = "f_mod"
+kind = "expr"
+expr = "-7 % 3"
+[[tag]]
+name = "f_in"
+kind = "expr"
+expr = "amount NOT IN (1, 2) AND amount BETWEEN 9 AND 11 AND seen IS NOT NULL"
+"#,
+    );
+    // 2024-11-18T23:30:00+08:00 is a Monday, 23h local.
+    let t = chrono::DateTime::parse_from_rfc3339("2024-11-18T23:30:00+08:00")
+        .unwrap()
+        .timestamp_millis();
+    sim.event(&track("u", "e", t, json!({"amount": 10})));
+    sim.event(&track("u", "tick", t - 1, json!({})));
+    sim.advance(t + 3 * DAY + 5);
+    let expect = [
+        ("f_coalesce", json!(10)),
+        ("f_days", json!(3)),
+        ("f_hour", json!(23)),
+        ("f_dow", json!(1)),
+        ("f_abs", json!(10)),
+        ("f_least", json!(3)),
+        ("f_greatest", json!(10)),
+        ("f_round", json!(2.5)),
+        ("f_ln", json!(2.303)),
+        ("f_ln_bad", json!(null)),
+        ("f_exp", json!(2.7183)),
+        ("f_sigmoid", json!(0.5)),
+        ("f_time", json!(3 * DAY + 5)),
+        ("f_ts", json!(t + DAY)),
+        ("f_mod", json!(-1)),
+        ("f_in", json!(true)),
+    ];
+    for (tag, want) in expect {
+        assert_eq!(sim.tag("u", tag), want, "{tag}");
+    }
+}

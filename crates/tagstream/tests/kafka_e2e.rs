@@ -87,6 +87,13 @@ name = "skincare_fan"
 when = "fav_category_30d = 'skincare' AND orders > 0"
 "#;
 
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A scratch directory, kept (and printed) when `TS_KEEP` is set.
 fn workdir() -> (Option<tempfile::TempDir>, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -606,13 +613,21 @@ fn wait_transitions(
     expected: &BTreeMap<String, serde_json::Value>,
 ) -> (BTreeMap<String, serde_json::Value>, usize) {
     let deadline = Instant::now() + DEADLINE;
+    let (mut last_len, mut last_change) = (0, Instant::now());
     loop {
         let mut got = BTreeMap::new();
         let raw = add_transitions(
             &mut got,
             cluster.read_all(TRANSITIONS).into_iter().map(|r| r.payload),
         );
-        if got.len() >= expected.len() || Instant::now() > deadline {
+        if got.len() != last_len {
+            (last_len, last_change) = (got.len(), Instant::now());
+        }
+        // Done, or nothing new for a long while (a lost transition never arrives).
+        if got.len() >= expected.len()
+            || Instant::now() > deadline
+            || last_change.elapsed() > Duration::from_secs(30)
+        {
             return (got, raw);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -639,9 +654,20 @@ fn assert_transitions(cluster: &Cluster, expected: &BTreeMap<String, serde_json:
         .filter(|k| !expected.contains_key(*k))
         .take(3)
         .collect();
+    let marks: Vec<(i64, i64)> = if missing.is_empty() {
+        Vec::new()
+    } else {
+        let c = cluster.reader("watermarks");
+        (0..PARTITIONS)
+            .map(|p| {
+                c.fetch_watermarks(TRANSITIONS, p, Duration::from_secs(10))
+                    .unwrap()
+            })
+            .collect()
+    };
     assert!(
         missing.is_empty() && extra.is_empty(),
-        "transitions differ: missing {missing:?} (e.g. {:?}), unexpected {extra:?} (e.g. {:?})",
+        "transitions differ: missing {missing:?} (e.g. {:?}), unexpected {extra:?} (e.g. {:?}); {raw} messages read, watermarks {marks:?}",
         missing.first().map(|k| &expected[*k]),
         extra.first().map(|k| &got[*k])
     );
@@ -653,7 +679,11 @@ fn assert_transitions(cluster: &Cluster, expected: &BTreeMap<String, serde_json:
 fn end_to_end_run_equals_a_replay_per_partition() {
     let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
-    let messages = keyed(&gen(400, 40_000, 11));
+    let messages = keyed(&gen(
+        env_or("TS_USERS", 400),
+        env_or("TS_EVENTS", 40_000),
+        env_or("TS_SEED", 11),
+    ));
     cluster.produce(&messages);
     let expected = replay_per_partition(dir.as_path(), &messages);
     assert!(

@@ -530,14 +530,8 @@ impl<'s> Compiler<'s> {
         if !windowed {
             self.forbid(&tag.window, "window", kind_name, &format!("windows are allowed on {WINDOW_KINDS}; this kind always covers the user's whole history"));
         }
-        if !needs_property {
-            self.forbid(
-                &tag.property,
-                "property",
-                kind_name,
-                "this kind does not read a property",
-            );
-        }
+        // `property` on count, first_time and last_time is accepted and has no effect: these
+        // kinds count or time matching events whatever their properties.
         match &tag.event {
             None => self.error_span(&tag.name, format!("kind \"{kind_name}\" needs `event`: an event name, a list of names, or \"*\" for every track event")),
             Some(sel) => {
