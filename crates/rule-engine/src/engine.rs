@@ -448,7 +448,11 @@ pub fn apply(
                 };
                 let current = state.profile.get(key);
                 let write = match op {
-                    ProfileOp::SetOnce => current.is_none_or(|(_, v)| v.is_null()),
+                    // Only where there is no value yet; an explicit null recorded later in event
+                    // time still wins over it, as for any profile value.
+                    ProfileOp::SetOnce => {
+                        current.is_none_or(|(t, v)| v.is_null() && event.ts >= *t)
+                    }
                     ProfileOp::Set | ProfileOp::Unset => {
                         current.is_none_or(|(t, _)| event.ts >= *t)
                     }

@@ -220,6 +220,25 @@ property = "city"
         json!(null),
         "explicit null is a value"
     );
+    let set_once = |ts: i64, props: serde_json::Value| {
+        json!({"type": "profile_set_once", "distinct_id": "u", "time": ts, "properties": props})
+            .to_string()
+    };
+    let mut sensors =
+        Sim::new("[[tag]]\nname = \"city\"\nkind = \"profile\"\nproperty = \"city\"\n");
+    sensors.event_as(
+        &set_once(T0, json!({"city": "A"})),
+        tagstream_rules::event::Format::Sensors,
+    );
+    sensors.event_as(
+        &set_once(T0 + 1, json!({"city": "B"})),
+        tagstream_rules::event::Format::Sensors,
+    );
+    assert_eq!(
+        sensors.tag("u", "city"),
+        json!("A"),
+        "set_once does not overwrite a value"
+    );
 }
 
 #[test]

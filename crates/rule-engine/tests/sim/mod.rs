@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tagstream_rules::engine;
-use tagstream_rules::event::{decode, DecodeOptions, EventBody, Millis};
+use tagstream_rules::event::{decode, DecodeOptions, EventBody, Format, Millis};
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
 use tagstream_rules::transition::Transition;
@@ -43,8 +43,15 @@ impl Sim {
     }
 
     pub fn event(&mut self, json: &str) {
-        let event = decode(json.as_bytes(), &DecodeOptions::default())
-            .unwrap_or_else(|r| panic!("{json}: {r:?}"));
+        self.event_as(json, Format::Native);
+    }
+
+    pub fn event_as(&mut self, json: &str, format: Format) {
+        let opts = DecodeOptions {
+            format,
+            ..DecodeOptions::default()
+        };
+        let event = decode(json.as_bytes(), &opts).unwrap_or_else(|r| panic!("{json}: {r:?}"));
         if engine::is_duplicate(
             &self.rules,
             self.users.get(&event.user_id),
