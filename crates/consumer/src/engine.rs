@@ -664,9 +664,13 @@ impl<'e> Run<'e> {
         let store = self.engine.store.clone();
         let rules = self.engine.rules.clone();
         let mut batch = WriteBatch::new();
-        for ((partition, user), slot) in &self.users {
+        for ((partition, user), slot) in self.users.iter_mut() {
             if !slot.dirty {
                 continue;
+            }
+            // Timers are computed once per user per batch, not after every event.
+            if let Some(state) = slot.state.as_mut() {
+                core::settle(&rules, state);
             }
             let key = user_key(*partition, user);
             let new_timer = slot.state.as_ref().and_then(|s| s.next_timer);

@@ -236,7 +236,7 @@ struct Loop<'a> {
     options: &'a PipelineOptions,
     assigned: BTreeSet<(String, i32)>,
     next_offsets: HashMap<(String, i32), i64>,
-    /// Event mode: partitions whose clock moved since the last tick.
+    /// Event mode: partitions whose clock moved, or that were assigned, since the last tick.
     touched: BTreeSet<u32>,
     paused: bool,
     summary: Summary,
@@ -303,6 +303,9 @@ impl Loop<'_> {
                 Ok(SourceEvent::Batch(batch)) => self.batch(batch)?,
                 Ok(SourceEvent::Assigned(parts)) => {
                     tracing::info!(partitions = ?parts, "partitions assigned");
+                    // Event mode: timers that became due in a partition's last batch fire at the
+                    // next tick; after a restart that tick must still come, events or not.
+                    self.touched.extend(parts.iter().map(|(_, p)| *p as u32));
                     self.assigned.extend(parts);
                 }
                 Ok(SourceEvent::Revoked { partitions, done }) => {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::cexpr::{EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
 use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
-use crate::state::UserState;
+use crate::state::{Pending, UserState};
 use crate::time::{Unit, DAY_MS, FAR_FUTURE, HOUR_MS};
 use crate::transition::{Cause, Transition};
 use crate::value::{Scalar, Value};
@@ -155,15 +155,16 @@ fn next_candidate(
     state: &UserState,
     values: &[Value],
     now: Millis,
+    bound: Millis,
 ) -> Option<Millis> {
-    let mut horizon = FAR_FUTURE;
+    let mut horizon = bound;
     for &slot in &rules.windowed_for_segments {
         if let Some(t) = state.aggs[slot].next_drop(&rules.aggregates[slot], &rules.zone, now) {
             horizon = horizon.min(t);
         }
     }
     if rules.probes.is_empty() {
-        return (horizon < FAR_FUTURE).then_some(horizon);
+        return (horizon < bound).then_some(horizon);
     }
     let mut scratch = values.to_vec();
     let changed = |scratch: &mut [Value], info: &ProbeInfo, initial: &[i64], at: Millis| {
@@ -230,7 +231,7 @@ fn next_candidate(
         }
         horizon = hi;
     }
-    (horizon < FAR_FUTURE).then_some(horizon)
+    (horizon < bound).then_some(horizon)
 }
 
 fn as_number(v: &Value) -> Option<f64> {
@@ -301,6 +302,7 @@ pub fn next_change(
     values: &[Value],
     now: Millis,
     lookahead: usize,
+    bound: Millis,
 ) -> Option<Millis> {
     let members = |vals: &[Value]| {
         rules
@@ -310,13 +312,13 @@ pub fn next_change(
             .collect::<Vec<_>>()
     };
     let start = members(values);
-    let mut t = next_candidate(rules, state, values, now)?;
+    let mut t = next_candidate(rules, state, values, now, bound)?;
     for _ in 1..lookahead {
         let at = evaluate_needed(rules, state, t);
         if members(&at) != start {
             return Some(t);
         }
-        t = next_candidate(rules, state, &at, t)?;
+        t = next_candidate(rules, state, &at, t, bound)?;
     }
     Some(t)
 }
@@ -363,13 +365,38 @@ pub fn catch_up(
     out: &mut Vec<Transition>,
 ) -> usize {
     let mut fired = 0;
+    // After an event the timer is left pending: only the interval since then is searched.
+    while let Some(p) = state.pending.take() {
+        let Some(due) = next_change(
+            rules,
+            state,
+            &p.values,
+            p.since,
+            TIMER_LOOKAHEAD,
+            now.saturating_add(1),
+        ) else {
+            state.pending = Some(p);
+            return fired;
+        };
+        fired += 1;
+        let values = evaluate_needed(rules, state, due);
+        transitions(rules, user, state, &values, due, Cause::Timer, out);
+        state.pending = Some(Pending { since: due, values });
+    }
     while let Some(due) = state.next_timer.filter(|t| *t <= now) {
         fired += 1;
         let values = evaluate_needed(rules, state, due);
         transitions(rules, user, state, &values, due, Cause::Timer, out);
-        state.next_timer = next_change(rules, state, &values, due, TIMER_LOOKAHEAD);
+        state.next_timer = next_change(rules, state, &values, due, TIMER_LOOKAHEAD, FAR_FUTURE);
     }
     fired
+}
+
+/// Computes a pending timer (see [`UserState::pending`]); call before storing a state.
+pub fn settle(rules: &RuleSet, state: &mut UserState) {
+    if let Some(p) = state.pending.take() {
+        state.next_timer = next_change(rules, state, &p.values, p.since, 1, FAR_FUTURE);
+    }
 }
 
 /// Outcome of offering an event to a user.
@@ -466,7 +493,8 @@ pub fn apply(
     }
     let values = evaluate_needed(rules, state, now);
     transitions(rules, user, state, &values, now, Cause::Event, out);
-    state.next_timer = next_change(rules, state, &values, now, 1);
+    state.next_timer = None;
+    state.pending = Some(Pending { since: now, values });
 }
 
 /// Erases a user at engine time `now`: exits for every segment it is in, with cause `delete`.

@@ -27,6 +27,18 @@ pub struct UserState {
     pub segments: Vec<SegmentState>,
     /// The next instant at which a segment may change with time alone.
     pub next_timer: Option<Millis>,
+    /// Set by an event instead of `next_timer`, which is then computed once per batch rather
+    /// than after every event ([`crate::engine::settle`]). Never stored.
+    #[serde(skip)]
+    pub pending: Option<Pending>,
+}
+
+/// A timer not computed yet: segments cannot have changed before `since`, and `values` are the
+/// node values at `since`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub since: Millis,
+    pub values: Vec<Value>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -315,6 +327,7 @@ impl UserState {
             dedup: Vec::new(),
             segments: vec![SegmentState::default(); segments],
             next_timer: None,
+            pending: None,
         }
     }
 
