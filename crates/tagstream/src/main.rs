@@ -210,13 +210,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -225,6 +218,20 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // The service logs what operators need (partitions, rebuilds, pauses) by default; the
+    // one-shot commands stay quiet unless asked. `TAGSTREAM_LOG_FORMAT=json` for JSON lines.
+    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if std::env::var("TAGSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
