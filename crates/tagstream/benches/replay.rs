@@ -66,7 +66,7 @@ fn main() {
             format: Format::Native,
             dlq: Some(dir.path().join("dlq.ndjson").to_str().unwrap().into()),
             advance_to: None,
-            batch_size: 4096,
+            batch_size: env_or("BENCH_BATCH", "4096").parse().unwrap(),
         };
         let start = Instant::now();
         let summary = replay(&opts).unwrap();

@@ -140,7 +140,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 format,
                 dlq,
                 advance_to,
-                batch_size: 4096,
+                batch_size: 16_384,
             };
             let summary = replay(&opts)?;
             let r = &summary.report;
@@ -220,7 +220,11 @@ fn main() -> ExitCode {
     };
     // The service logs what operators need (partitions, rebuilds, pauses) by default; the
     // one-shot commands stay quiet unless asked. `TAGSTREAM_LOG_FORMAT=json` for JSON lines.
-    let default_level = if matches!(cli.command, Command::Run { .. }) { "info" } else { "warn" };
+    let default_level = if matches!(cli.command, Command::Run { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TAGSTREAM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
