@@ -583,7 +583,7 @@ expr = "ln(0)"
 [[tag]]
 name = "f_exp"
 kind = "expr"
-expr = "round(exp(1), 4)"
+expr = "round(exp(2), 3)"
 [[tag]]
 name = "f_sigmoid"
 kind = "expr"
@@ -624,7 +624,7 @@ expr = "amount NOT IN (1, 2) AND amount BETWEEN 9 AND 11 AND seen IS NOT NULL"
         ("f_round", json!(2.5)),
         ("f_ln", json!(2.303)),
         ("f_ln_bad", json!(null)),
-        ("f_exp", json!(2.7183)),
+        ("f_exp", json!(7.389)),
         ("f_sigmoid", json!(0.5)),
         ("f_time", json!(3 * DAY + 5)),
         ("f_ts", json!(t + DAY)),
