@@ -426,7 +426,6 @@ struct Run<'e> {
     clock_changed: std::collections::BTreeSet<u32>,
     touched_partitions: std::collections::BTreeSet<u32>,
     outbox: Vec<OutboxEntry>,
-    transitions: Vec<Transition>,
     report: BatchReport,
     ingested_ms: Millis,
     /// Timer keys whose user has no state (left by an interrupted change): removed at commit.
@@ -448,7 +447,6 @@ impl<'e> Run<'e> {
             clock_changed: Default::default(),
             touched_partitions: Default::default(),
             outbox: Vec::new(),
-            transitions: Vec::new(),
             report: BatchReport::default(),
             ingested_ms,
             orphan_timers: Vec::new(),
@@ -585,7 +583,6 @@ impl<'e> Run<'e> {
                 json: t.to_json().to_string(),
                 ingested_ms: ingested,
             });
-            self.transitions.push(t);
         }
     }
 

@@ -399,13 +399,6 @@ pub fn settle(rules: &RuleSet, state: &mut UserState) {
     }
 }
 
-/// Outcome of offering an event to a user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    Applied,
-    Duplicate,
-}
-
 fn id_hash(id: &str) -> u64 {
     // FNV-1a: stable across builds and platforms, unlike std's hasher.
     id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
