@@ -1122,6 +1122,59 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
     );
 }
 
+/// Started while every broker is down: the service keeps running and says why nothing happens,
+/// then consumes exactly once the broker returns.
+#[test]
+fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let messages = keyed(&gen(20, 400, 7));
+    let expected = replay_per_partition(&dir, &messages);
+    assert!(
+        !expected.transitions.is_empty(),
+        "the rules should produce transitions"
+    );
+    cluster.mock.broker_down(1).unwrap();
+    let mut service = Service::new(&dir, &cluster, "down", "");
+    let mut child = service.spawn();
+    // The pipeline's own wording ("kafka consumer: ... (retrying"), about a broker; polled,
+    // since the first failure is logged once librdkafka has tried the broker.
+    let says_why = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("kafka consumer")
+                && l.contains("(retrying")
+                && l.to_lowercase().contains("broker")
+        })
+    };
+    let deadline = Instant::now() + DEADLINE;
+    while !says_why(&std::fs::read_to_string(service.log()).unwrap_or_default()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "exited while brokers were down:\n{}",
+            tail(&service.log())
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no broker line on stderr:\n{}",
+            tail(&service.log())
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited while brokers were down:\n{}",
+        tail(&service.log())
+    );
+
+    cluster.mock.broker_up(1).unwrap();
+    cluster.produce(&messages);
+    assert_transitions(&cluster, &expected.transitions);
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+    assert!(cluster.read_all(DLQ).is_empty());
+}
+
 /// Consumed events/s end to end (decode, rules, RocksDB commit, transitions produced and
 /// acknowledged): `cargo test -p tagstream --test kafka_e2e throughput -- --ignored --nocapture`.
 #[test]

@@ -1,21 +1,16 @@
-//! Operational behaviour of `tagstream run` against librdkafka's mock cluster (hosted in this
-//! test process; the real binary is spawned as a child): wall-clock timers firing with no input,
-//! and a start while every broker is down.
+//! `tagstream run` in wall-clock mode against librdkafka's mock cluster (hosted in this test
+//! process; the real binary is spawned as a child): timers fire at their exact instant with no
+//! input. (The other Kafka scenarios, with their shared helpers, are in kafka_e2e.rs.)
 //!
 //! No assertion depends on elapsed time; deadlines only stop a broken run from hanging.
 
-use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
 
 const PARTITIONS: i32 = 2;
 const EVENTS: &str = "events";
@@ -77,7 +72,7 @@ fn keyed(lines: &[String]) -> Vec<Msg> {
 }
 
 struct Cluster {
-    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     servers: String,
 }
 
@@ -88,7 +83,10 @@ impl Cluster {
             mock.create_topic(t, PARTITIONS, 1).unwrap();
         }
         let servers = mock.bootstrap_servers();
-        Cluster { mock, servers }
+        Cluster {
+            _mock: mock,
+            servers,
+        }
     }
 
     fn produce(&self, messages: &[Msg]) {
@@ -115,44 +113,6 @@ impl Cluster {
             producer.poll(Duration::ZERO);
         }
         producer.flush(Duration::from_secs(60)).unwrap();
-    }
-
-    fn reader(&self, group: &str) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.servers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap()
-    }
-
-    /// Every payload of a topic.
-    fn read_all(&self, topic: &str) -> Vec<Vec<u8>> {
-        let c = self.reader("reader");
-        let hi: Vec<i64> = (0..PARTITIONS)
-            .map(|p| {
-                c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .collect();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        c.assign(&tpl).unwrap();
-        let mut next = vec![0i64; PARTITIONS as usize];
-        let mut out = Vec::new();
-        let deadline = Instant::now() + DEADLINE;
-        while (0..PARTITIONS as usize).any(|p| next[p] < hi[p]) {
-            assert!(Instant::now() < deadline, "reading {topic} timed out");
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                next[m.partition() as usize] = m.offset() + 1;
-                out.push(m.payload().unwrap_or_default().to_vec());
-            }
-        }
-        out
     }
 }
 
@@ -247,23 +207,6 @@ group_id = "{group}"
     )
 }
 
-fn dump(state: &Path) -> Vec<String> {
-    let out = Command::new(bin())
-        .args(["dump", "--state-dir", state.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
 fn read_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -356,224 +299,4 @@ when = "last_seen > now() - 15s"
     // Nothing more was emitted, nothing dead-lettered.
     assert_eq!(read_lines(&sink).len(), 2);
     assert!(read_lines(&dir.path().join("dlq.ndjson")).is_empty());
-}
-
-const RULES: &str = r#"
-time_zone = "Asia/Shanghai"
-
-[[tag]]
-name = "spend_7d"
-kind = "sum"
-event = "purchase"
-property = "amount"
-window = "7d"
-
-[[tag]]
-name = "views_1d"
-kind = "count"
-event = ["view", "search"]
-window = "1d"
-
-[[tag]]
-name = "lifecycle"
-kind = "case"
-cases = [
-  { when = "first_seen > now() - 2d", value = "new" },
-  { when = "last_seen > now() - 3d", value = "active" },
-]
-else = "dormant"
-
-[[segment]]
-name = "spender_7d"
-when = "spend_7d >= 100"
-
-[[segment]]
-name = "browser_1d"
-when = "views_1d >= 3"
-
-[[segment]]
-name = "dormant"
-when = "lifecycle = 'dormant'"
-"#;
-
-fn gen(users: u64, events: u64, seed: u64) -> Vec<String> {
-    let out = Command::new(bin())
-        .args([
-            "gen",
-            "--users",
-            &users.to_string(),
-            "--events",
-            &events.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--days",
-            "20",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// The reference: each partition's events replayed into its own state dir (event clocks are
-/// per partition).
-fn replay_per_partition(
-    dir: &Path,
-    messages: &[Msg],
-) -> (Vec<String>, BTreeMap<String, serde_json::Value>) {
-    let root = dir.join("replay");
-    std::fs::create_dir_all(&root).unwrap();
-    let rules = root.join("rules.toml");
-    std::fs::write(&rules, RULES).unwrap();
-    let mut rows: Vec<(Vec<u8>, String)> = Vec::new();
-    let mut transitions = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let input = root.join(format!("p{p}.ndjson"));
-        let mut f = std::fs::File::create(&input).unwrap();
-        for m in messages.iter().filter(|m| m.partition == p) {
-            f.write_all(&m.payload).unwrap();
-            f.write_all(b"\n").unwrap();
-        }
-        drop(f);
-        let (state, out) = (
-            root.join(format!("state{p}")),
-            root.join(format!("out{p}.ndjson")),
-        );
-        let o = Command::new(bin())
-            .args([
-                "replay",
-                "--rules",
-                rules.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "replay: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        for line in dump(&state) {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            rows.push((v["user_id"].as_str().unwrap().as_bytes().to_vec(), line));
-        }
-        add_transitions(
-            &mut transitions,
-            std::fs::read_to_string(&out)
-                .unwrap()
-                .lines()
-                .map(|l| l.as_bytes().to_vec()),
-        );
-    }
-    rows.sort();
-    (rows.into_iter().map(|(_, l)| l).collect(), transitions)
-}
-
-/// Deduplicates transitions by event_id; a redelivered transition must be identical.
-fn add_transitions(
-    map: &mut BTreeMap<String, serde_json::Value>,
-    payloads: impl Iterator<Item = Vec<u8>>,
-) {
-    for p in payloads {
-        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-        let id = v["event_id"].as_str().unwrap().to_string();
-        if let Some(old) = map.get(&id) {
-            assert_eq!(old, &v, "two different transitions with event_id {id}");
-        } else {
-            map.insert(id, v);
-        }
-    }
-}
-
-#[test]
-fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    const BROKERS: i32 = 1;
-    let cluster = Cluster::new(BROKERS);
-    let messages = keyed(&gen(20, 400, 7));
-    let (want_dump, want_transitions) = replay_per_partition(dir.path(), &messages);
-    assert!(
-        !want_transitions.is_empty(),
-        "the rules should produce transitions"
-    );
-
-    for id in 1..=BROKERS {
-        cluster.mock.broker_down(id).unwrap();
-    }
-    let state = dir.path().join("state");
-    let service = Service::new(
-        dir.path(),
-        RULES,
-        &format!(
-            "{}[sink]\nkind = \"kafka\"\ntopic = \"{TRANSITIONS}\"\n[dead_letter]\nkind = \"kafka\"\ntopic = \"{DLQ}\"\n[state]\ndir = \"{}\"\n[clock]\nmode = \"event\"\n",
-            kafka_source(&cluster.servers, "ts-down"),
-            state.display(),
-        ),
-    );
-    let mut child = service.spawn();
-    // Still running, and saying why nothing happens. Polled (not a fixed wait): the first
-    // connection failure is logged once librdkafka has tried the broker.
-    let deadline = Instant::now() + DEADLINE;
-    let mut log = String::new();
-    // The pipeline's own wording ("kafka consumer: ... (retrying"), about a broker.
-    let says_why = |log: &str| {
-        log.lines().any(|l| {
-            l.contains("kafka consumer")
-                && l.contains("(retrying")
-                && l.to_lowercase().contains("broker")
-        })
-    };
-    while !says_why(&log) {
-        service.alive(&mut child);
-        assert!(
-            Instant::now() < deadline,
-            "no broker/connection line on stderr:\n{}",
-            tail(&service.log)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-        log = std::fs::read_to_string(&service.log).unwrap_or_default();
-    }
-    std::thread::sleep(Duration::from_secs(3));
-    service.alive(&mut child);
-    eprintln!("while the brokers were down:\n{}", tail(&service.log));
-
-    for id in 1..=BROKERS {
-        cluster.mock.broker_up(id).unwrap();
-    }
-    cluster.produce(&messages);
-
-    let deadline = Instant::now() + DEADLINE;
-    let got = loop {
-        let mut got = BTreeMap::new();
-        add_transitions(&mut got, cluster.read_all(TRANSITIONS).into_iter());
-        if got.len() >= want_transitions.len() {
-            break got;
-        }
-        service.alive(&mut child);
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} transitions\n{}",
-            got.len(),
-            want_transitions.len(),
-            tail(&service.log)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(got, want_transitions);
-    service.stop(child);
-    assert_eq!(dump(&state), want_dump);
-    assert!(cluster.read_all(DLQ).is_empty());
 }
