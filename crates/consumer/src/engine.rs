@@ -18,7 +18,14 @@ use tagstream_state::keys::{decode_i64_ordered, i64_ordered, prefixed, u32_be};
 use tagstream_state::{Cf, SegmentBitmaps, StateStore, UserIds, WriteBatch};
 
 use crate::error::{ConsumerError, Result};
+use crate::metrics::Metrics;
 use crate::outbox::{self, DeadLetter, Origin, OutboxEntry};
+
+mod query;
+mod reload;
+
+pub use query::{Page, SegmentSummary};
+pub use reload::{ReloadReport, WarmingEntry};
 
 /// How engine time moves (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +45,9 @@ pub struct EngineOptions {
     /// users is spread over many commits instead of stalling event processing.
     pub timers_per_batch: usize,
     pub decode: DecodeOptions,
+    /// When the store was built with other rules: carry its state over to the given rules
+    /// (as a reload does, transitions with cause `rules`) instead of refusing to open.
+    pub reload_on_open: bool,
 }
 
 impl Default for EngineOptions {
@@ -47,6 +57,7 @@ impl Default for EngineOptions {
             max_future_ms: 5 * 60_000,
             timers_per_batch: 10_000,
             decode: DecodeOptions::default(),
+            reload_on_open: false,
         }
     }
 }
@@ -103,6 +114,7 @@ const META_RULES: &[u8] = b"rules";
 const META_RULES_HASH: &[u8] = b"rules_hash";
 const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
 const META_CLOCK: &[u8] = b"clock/";
+const META_WARMING: &[u8] = b"warming";
 
 fn user_key(partition: u32, user: &str) -> Vec<u8> {
     prefixed(partition, user.as_bytes())
@@ -135,6 +147,33 @@ pub struct Engine {
     /// Committed user states kept decoded between batches (hot users are read once, not per
     /// batch). Always equal to what the store holds; bounded by [`CACHED_USERS`].
     cache: HashMap<(u32, Arc<str>), UserState>,
+    /// Aggregates that started empty at a rules reload (see [`WarmingEntry`]).
+    warming: Vec<WarmingEntry>,
+    metrics: Option<Metrics>,
+}
+
+/// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
+/// for one batch at a time, so API reads see committed batches and API writes (delete, reload)
+/// land between batches.
+#[derive(Clone)]
+pub struct SharedEngine(Arc<std::sync::Mutex<Engine>>);
+
+impl SharedEngine {
+    pub fn new(engine: Engine) -> SharedEngine {
+        SharedEngine(Arc::new(std::sync::Mutex::new(engine)))
+    }
+
+    /// Locks the engine. A panic while it was held cannot leave it half-changed (every change
+    /// is one store commit), so a poisoned lock is simply taken over.
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, Engine> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl std::fmt::Debug for SharedEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedEngine")
+    }
 }
 
 /// Users kept decoded between batches; the cache is simply emptied when it grows past this.
@@ -156,6 +195,9 @@ impl Engine {
         options: EngineOptions,
     ) -> Result<Engine> {
         match store.get(Cf::Meta, META_RULES_HASH)? {
+            Some(hash) if hash != rules.fingerprint.as_bytes() && options.reload_on_open => {
+                return reload::open_with_new_rules(store, rules, rules_source, options);
+            }
             Some(hash) if hash != rules.fingerprint.as_bytes() => {
                 return Err(ConsumerError::User(
                     "this state dir was built with different rules; use the rules it was built with, or replay into a new --state-dir".into(),
@@ -188,6 +230,7 @@ impl Engine {
             clocks.insert(p, t);
         }
         let bitmaps = SegmentBitmaps::load(store.as_ref())?;
+        let warming = reload::load_warming(store.as_ref())?;
         Ok(Engine {
             store,
             rules,
@@ -199,6 +242,8 @@ impl Engine {
             wall_clock: system_millis,
             timer_floor: BTreeMap::new(),
             cache: HashMap::new(),
+            warming,
+            metrics: None,
         })
     }
 
@@ -224,6 +269,12 @@ impl Engine {
     /// Engine time of a partition (None before its first event).
     pub fn clock(&self, partition: u32) -> Option<Millis> {
         self.clocks.get(&partition).copied()
+    }
+
+    /// Observes each emitted transition's delay from its engine time to its commit in
+    /// `tagstream_transition_event_lag_seconds`.
+    pub fn set_metrics(&mut self, metrics: Metrics) {
+        self.metrics = Some(metrics);
     }
 
     /// Replaces the wall clock (tests).
@@ -434,6 +485,10 @@ struct Run<'e> {
     floors: BTreeMap<u32, Millis>,
     /// Partitions whose due timers were scanned in this batch.
     scanned: std::collections::BTreeSet<u32>,
+    /// Further writes committed atomically with the batch (a reload's rules and bitmaps).
+    extra: WriteBatch,
+    /// Engine times of the transitions emitted.
+    emitted_ts: Vec<Millis>,
 }
 
 impl<'e> Run<'e> {
@@ -452,6 +507,8 @@ impl<'e> Run<'e> {
             orphan_timers: Vec::new(),
             floors: BTreeMap::new(),
             scanned: Default::default(),
+            extra: WriteBatch::new(),
+            emitted_ts: Vec::new(),
         }
     }
 
@@ -578,6 +635,7 @@ impl<'e> Run<'e> {
                 .entry((t.segment.to_string(), t.kind()))
                 .or_insert(0) += 1;
             let ingested = if i >= caused_from { ingested_ms } else { 0 };
+            self.emitted_ts.push(t.ts);
             self.outbox.push(OutboxEntry::Transition {
                 user_id: t.user_id.to_string(),
                 json: t.to_json().to_string(),
@@ -742,7 +800,15 @@ impl<'e> Run<'e> {
         for (k, v) in positions {
             batch.put(Cf::Offsets, k.clone(), v.clone());
         }
+        batch.append(std::mem::take(&mut self.extra));
         store.commit(batch)?;
+        if let Some(m) = &self.engine.metrics {
+            let committed = (self.engine.wall_clock)();
+            for ts in &self.emitted_ts {
+                m.transition_event_lag_seconds
+                    .observe(committed.saturating_sub(*ts).max(0) as f64 / 1000.0);
+            }
+        }
         if self.engine.cache.len() + self.users.len() > CACHED_USERS {
             self.engine.cache.clear();
         }
@@ -753,12 +819,12 @@ impl<'e> Run<'e> {
         }
         self.engine.ids.committed();
         for (p, floor) in std::mem::take(&mut self.floors) {
-            let current = self.engine.timer_floor.entry(p).or_insert(floor);
-            *current = if self.scanned.contains(&p) {
-                floor
-            } else {
-                (*current).min(floor)
-            };
+            if self.scanned.contains(&p) {
+                self.engine.timer_floor.insert(p, floor);
+            } else if let Some(current) = self.engine.timer_floor.get_mut(&p) {
+                // Without a scan of this partition, older timers may still be due: only lower.
+                *current = (*current).min(floor);
+            }
         }
         self.engine.clocks = std::mem::take(&mut self.clocks);
         Ok(self.report)

@@ -5,6 +5,7 @@
 //! sink. Guarantees: nothing is applied twice or lost across a crash at any instant (positions
 //! are committed with the state they produced), transitions and dead letters are delivered at
 //! least once with stable ids, and a malformed message never stops the pipeline.
+pub mod audience;
 pub mod engine;
 pub mod error;
 pub mod file_sink;

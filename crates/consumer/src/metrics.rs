@@ -4,9 +4,11 @@
 //! reason, segment, transition type, partition, topic) and never carry a user id.
 
 use prometheus::{
-    Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
-    Opts, Registry,
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
+
+use std::sync::Arc;
 
 use crate::engine::BatchReport;
 
@@ -14,6 +16,24 @@ use crate::engine::BatchReport;
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    families: Arc<Vec<(&'static str, &'static str)>>,
+    /// `tagstream_transition_event_lag_seconds`: a transition's event time (or timer instant)
+    /// → its emission (the state commit that produced it).
+    pub transition_event_lag_seconds: Histogram,
+    /// `tagstream_ingest_to_commit_seconds`: batch read from the source → state committed.
+    pub ingest_to_commit_seconds: Histogram,
+    /// `tagstream_api_requests_total{route,status}` (route templates, never ids)
+    pub api_requests: IntCounterVec,
+    /// `tagstream_api_request_seconds{route}`
+    pub api_request_seconds: HistogramVec,
+    /// `tagstream_rules_reloads_total{outcome="applied|rejected"}`
+    pub rules_reloads: IntCounterVec,
+    /// `tagstream_rules_loaded_timestamp_seconds`
+    pub rules_loaded_timestamp_seconds: IntGauge,
+    /// `tagstream_process_start_time_seconds`
+    pub process_start_time_seconds: IntGauge,
+    /// `tagstream_ready`: what `/readyz` reports.
+    pub ready: IntGauge,
     /// `tagstream_events_total{outcome="applied|dead_letter|duplicate"}`
     pub events: IntCounterVec,
     /// `tagstream_dead_letters_total{reason}`
@@ -64,155 +84,215 @@ impl Default for Metrics {
     }
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(m.clone()))
-        .expect("metric registered once");
-    m
+/// Registers metrics and remembers their family names and types.
+struct Registrar {
+    registry: Registry,
+    families: Vec<(&'static str, &'static str)>,
 }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry
-        .register(Box::new(m.clone()))
-        .expect("metric registered once");
-    m
-}
+impl Registrar {
+    fn add<M: prometheus::core::Collector + Clone + 'static>(
+        &mut self,
+        name: &'static str,
+        kind: &'static str,
+        m: M,
+    ) -> M {
+        self.registry
+            .register(Box::new(m.clone()))
+            .expect("metric registered once");
+        self.families.push((name, kind));
+        m
+    }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let m = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(m.clone()))
-        .expect("metric registered once");
-    m
-}
+    fn counter_vec(&mut self, name: &'static str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.add(name, "counter", m)
+    }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let m = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(m.clone()))
-        .expect("metric registered once");
-    m
-}
+    fn gauge_vec(&mut self, name: &'static str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.add(name, "gauge", m)
+    }
 
-fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    registry
-        .register(Box::new(m.clone()))
-        .expect("metric registered once");
-    m
+    fn float_gauge_vec(&mut self, name: &'static str, help: &str, labels: &[&str]) -> GaugeVec {
+        let m = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.add(name, "gauge", m)
+    }
+
+    fn counter(&mut self, name: &'static str, help: &str) -> IntCounter {
+        let m = IntCounter::new(name, help).expect("valid metric");
+        self.add(name, "counter", m)
+    }
+
+    fn gauge(&mut self, name: &'static str, help: &str) -> IntGauge {
+        let m = IntGauge::new(name, help).expect("valid metric");
+        self.add(name, "gauge", m)
+    }
+
+    fn histogram(&mut self, name: &'static str, help: &str, buckets: Vec<f64>) -> Histogram {
+        let m = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric");
+        self.add(name, "histogram", m)
+    }
+
+    fn histogram_vec(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric");
+        self.add(name, "histogram", m)
+    }
 }
 
 impl Metrics {
     /// A fresh set of metrics in its own registry.
     pub fn new() -> Metrics {
-        let r = Registry::new();
-        let events = counter_vec(
-            &r,
+        let mut r = Registrar {
+            registry: Registry::new(),
+            families: Vec::new(),
+        };
+        let events = r.counter_vec(
             "tagstream_events_total",
             "Input events by outcome.",
             &["outcome"],
         );
-        let dead_letters = counter_vec(
-            &r,
+        let dead_letters = r.counter_vec(
             "tagstream_dead_letters_total",
             "Messages sent to the dead-letter destination, by reason.",
             &["reason"],
         );
-        let batch_apply_seconds = histogram(
-            &r,
+        let batch_apply_seconds = r.histogram(
             "tagstream_batch_apply_seconds",
             "Time to decode, apply and commit one batch.",
             prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
         );
-        let event_to_transition_seconds = histogram(
-            &r,
+        let event_to_transition_seconds = r.histogram(
             "tagstream_event_to_transition_seconds",
             "From reading an event to the sink acknowledging the transition it caused.",
             prometheus::exponential_buckets(0.001, 2.0, 18).expect("valid buckets"),
         );
-        let consumer_lag = gauge_vec(
-            &r,
+        let consumer_lag = r.gauge_vec(
             "tagstream_consumer_lag_messages",
             "Messages between the next offset to apply and the partition's high watermark.",
             &["topic", "partition"],
         );
-        let engine_time_seconds = GaugeVec::new(
-            Opts::new(
-                "tagstream_engine_time_seconds",
-                "Engine time of each partition (epoch seconds).",
-            ),
+        let engine_time_seconds = r.float_gauge_vec(
+            "tagstream_engine_time_seconds",
+            "Engine time of each partition (epoch seconds).",
             &["partition"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(engine_time_seconds.clone()))
-            .expect("metric registered once");
-        let segment_members = gauge_vec(
-            &r,
+        );
+        let segment_members = r.gauge_vec(
             "tagstream_segment_members",
             "Users in each segment.",
             &["segment"],
         );
-        let transitions = counter_vec(
-            &r,
+        let transitions = r.counter_vec(
             "tagstream_transitions_total",
             "Segment transitions emitted.",
             &["segment", "type"],
         );
-        let timers_pending = gauge(
-            &r,
+        let timers_pending = r.gauge(
             "tagstream_timers_pending",
             "Users with a pending time-driven re-evaluation.",
         );
-        let timers_fired = counter(
-            &r,
+        let timers_fired = r.counter(
             "tagstream_timers_fired_total",
             "Time-driven re-evaluations that ran.",
         );
-        let outbox_backlog = gauge(
-            &r,
+        let outbox_backlog = r.gauge(
             "tagstream_outbox_backlog",
             "Outbox entries not yet acknowledged by their sink.",
         );
-        let state_size_bytes = gauge(
-            &r,
+        let state_size_bytes = r.gauge(
             "tagstream_state_size_bytes",
             "Approximate size of the state store on disk.",
         );
-        let consumer_paused = gauge(
-            &r,
+        let consumer_paused = r.gauge(
             "tagstream_consumer_paused",
             "1 while consumption is paused because the outbox backlog is full.",
         );
-        let partition_rebuilds = counter(
-            &r,
+        let partition_rebuilds = r.counter(
             "tagstream_partition_rebuilds_total",
             "Partitions assigned without local state, rebuilt from the earliest retained offset.",
         );
-        let sink_delivery_errors = counter_vec(
-            &r,
+        let sink_delivery_errors = r.counter_vec(
             "tagstream_sink_delivery_errors_total",
             "Failed deliveries to a sink (retried).",
             &["sink"],
         );
-        let rebalances = counter_vec(
-            &r,
+        let rebalances = r.counter_vec(
             "tagstream_consumer_rebalances_total",
             "Consumer group rebalances seen.",
             &["kind"],
         );
-        let messages_read = counter(
-            &r,
+        let messages_read = r.counter(
             "tagstream_consumer_messages_total",
             "Messages read from the source.",
         );
+        let transition_event_lag_seconds = r.histogram(
+            "tagstream_transition_event_lag_seconds",
+            "From a transition's event time (or timer instant) to its emission (state commit).",
+            prometheus::exponential_buckets(0.01, 4.0, 14).expect("valid buckets"),
+        );
+        let ingest_to_commit_seconds = r.histogram(
+            "tagstream_ingest_to_commit_seconds",
+            "From reading a batch off the source to committing its state.",
+            prometheus::exponential_buckets(0.001, 2.0, 16).expect("valid buckets"),
+        );
+        let api_requests = r.counter_vec(
+            "tagstream_api_requests_total",
+            "HTTP API requests by route template and status code.",
+            &["route", "status"],
+        );
+        let api_request_seconds = r.histogram_vec(
+            "tagstream_api_request_seconds",
+            "HTTP API request duration by route template.",
+            &["route"],
+            prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
+        );
+        let rules_reloads = r.counter_vec(
+            "tagstream_rules_reloads_total",
+            "Rules reloads by outcome (applied, rejected).",
+            &["outcome"],
+        );
+        let rules_version_timestamp_seconds = r.gauge(
+            "tagstream_rules_loaded_timestamp_seconds",
+            "When the rules in force were loaded or last reloaded (epoch seconds).",
+        );
+        let process_start_time_seconds = r.gauge(
+            "tagstream_process_start_time_seconds",
+            "When this process started (epoch seconds); a change means a restart.",
+        );
+        let ready = r.gauge(
+            "tagstream_ready",
+            "1 once the state is open and partitions are assigned (what /readyz reports).",
+        );
+        let now_seconds = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        process_start_time_seconds.set(now_seconds);
+        rules_version_timestamp_seconds.set(now_seconds);
+        for outcome in ["applied", "rejected"] {
+            rules_reloads.with_label_values(&[outcome]);
+        }
         for outcome in ["applied", "dead_letter", "duplicate"] {
             events.with_label_values(&[outcome]);
         }
         Metrics {
-            registry: r,
+            registry: r.registry,
+            families: Arc::new(r.families),
+            transition_event_lag_seconds,
+            ingest_to_commit_seconds,
+            api_requests,
+            api_request_seconds,
+            rules_reloads,
+            rules_loaded_timestamp_seconds: rules_version_timestamp_seconds,
+            process_start_time_seconds,
+            ready,
             events,
             dead_letters,
             batch_apply_seconds,
@@ -231,6 +311,12 @@ impl Metrics {
             rebalances,
             messages_read,
         }
+    }
+
+    /// Every metric family this process exports, as (name, type). Histograms also expose
+    /// `_bucket`, `_sum` and `_count` series.
+    pub fn families(&self) -> &[(&'static str, &'static str)] {
+        &self.families
     }
 
     /// The registry to serve on `/metrics`.

@@ -21,7 +21,7 @@ mod delivery;
 mod lines;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use tagstream_state::Cf;
 pub use delivery::{Delivery, Route};
 pub use lines::{start_lines, LinesConfig};
 
-use crate::engine::{BatchReport, ClockMode, Engine, Record};
+use crate::engine::{BatchReport, ClockMode, Record, SharedEngine};
 use crate::error::{ConsumerError, Result};
 use crate::kafka::{decode_offset, encode_offset, offsets_key};
 use crate::metrics::Metrics;
@@ -48,10 +48,22 @@ pub struct Message {
 
 /// Messages read together, plus extra input positions to commit with them (file sources; Kafka
 /// positions are derived from the messages' origins).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
     pub messages: Vec<Message>,
     pub positions: Vec<(Vec<u8>, Vec<u8>)>,
+    /// When the source read the batch (for `tagstream_ingest_to_commit_seconds`).
+    pub received: Instant,
+}
+
+impl Batch {
+    pub fn new(messages: Vec<Message>, positions: Vec<(Vec<u8>, Vec<u8>)>) -> Batch {
+        Batch {
+            messages,
+            positions,
+            received: Instant::now(),
+        }
+    }
 }
 
 /// What a source hands to the engine thread.
@@ -78,6 +90,8 @@ pub struct Control {
     /// (low, high) watermarks by (topic, partition), from the client's statistics.
     pub watermarks: Mutex<HashMap<(String, i32), (i64, i64)>>,
     failure: Mutex<Option<String>>,
+    /// Input partitions owned now (readiness: at least one).
+    assigned: AtomicUsize,
 }
 
 impl Control {
@@ -125,6 +139,12 @@ impl Control {
         if let Ok(mut f) = self.failure.lock() {
             f.get_or_insert(message);
         }
+    }
+
+    /// Whether this instance owns input partitions (what `/readyz` reports, with the state
+    /// being open, which it is whenever the pipeline runs).
+    pub fn ready(&self) -> bool {
+        self.assigned.load(Ordering::SeqCst) > 0
     }
 
     fn failure(&self) -> Option<String> {
@@ -229,7 +249,7 @@ fn now_millis() -> i64 {
 }
 
 struct Loop<'a> {
-    engine: Engine,
+    engine: SharedEngine,
     delivery: Delivery,
     metrics: &'a Metrics,
     control: Arc<Control>,
@@ -245,7 +265,7 @@ struct Loop<'a> {
 /// Runs until the source ends (after `shutdown` is triggered, or a stdin source closes) and
 /// returns what was done. Errors are internal failures: nothing further is committed.
 pub fn run(
-    engine: Engine,
+    engine: SharedEngine,
     rx: Receiver<SourceEvent>,
     control: Arc<Control>,
     delivery: Delivery,
@@ -273,8 +293,13 @@ pub fn run(
         return result.map(|_| Summary::default());
     }
     drop(rx);
-    l.delivery.flush(&l.engine, options.flush_timeout)?;
-    l.engine.store().sync()?;
+    control.assigned.store(0, Ordering::SeqCst);
+    metrics.ready.set(0);
+    {
+        let engine = l.engine.lock();
+        l.delivery.flush(&engine, options.flush_timeout)?;
+        engine.store().sync()?;
+    }
     l.gauges(true)?;
     Ok(l.summary)
 }
@@ -307,18 +332,20 @@ impl Loop<'_> {
                     // next tick; after a restart that tick must still come, events or not.
                     self.touched.extend(parts.iter().map(|(_, p)| *p as u32));
                     self.assigned.extend(parts);
+                    self.publish_assignment();
                 }
                 Ok(SourceEvent::Revoked { partitions, done }) => {
                     // Every earlier batch is committed (they were processed in order).
                     for p in &partitions {
                         self.assigned.remove(p);
                     }
+                    self.publish_assignment();
                     drop(done);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            self.delivery.pump(&self.engine)?;
+            self.delivery.pump(&self.engine.lock())?;
             self.backpressure();
             let now = Instant::now();
             if now >= next_tick {
@@ -335,7 +362,16 @@ impl Loop<'_> {
         }
     }
 
+    fn publish_assignment(&self) {
+        self.control
+            .assigned
+            .store(self.assigned.len(), Ordering::SeqCst);
+        self.metrics.ready.set(i64::from(!self.assigned.is_empty()));
+    }
+
     fn batch(&mut self, batch: Batch) -> Result<()> {
+        let engine = self.engine.clone();
+        let mut engine = engine.lock();
         let mut records = Vec::with_capacity(batch.messages.len());
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         self.summary.messages += batch.messages.len() as u64;
@@ -350,8 +386,7 @@ impl Loop<'_> {
                 let key = (topic.clone(), *partition);
                 let next = match self.next_offsets.get(&key) {
                     Some(n) => Some(*n),
-                    None => self
-                        .engine
+                    None => engine
                         .store()
                         .get(Cf::Offsets, &offsets_key(topic, *partition))?
                         .as_deref()
@@ -380,10 +415,13 @@ impl Loop<'_> {
             return Ok(());
         }
         let started = Instant::now();
-        let report = self.engine.process(&records, &positions)?;
+        let report = engine.process(&records, &positions)?;
         self.metrics
             .batch_apply_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .ingest_to_commit_seconds
+            .observe(batch.received.elapsed().as_secs_f64());
         self.metrics.record_batch(&report);
         self.summary.report.merge(&report);
         self.control.add_commits(&offsets);
@@ -399,6 +437,8 @@ impl Loop<'_> {
     }
 
     fn tick(&mut self) -> Result<()> {
+        let engine = self.engine.clone();
+        let mut engine = engine.lock();
         let partitions: Vec<u32> = match self.options.clock {
             ClockMode::Wall => self.partitions().into_iter().collect(),
             ClockMode::Event => std::mem::take(&mut self.touched).into_iter().collect(),
@@ -406,12 +446,12 @@ impl Loop<'_> {
         for p in partitions {
             let t = match self.options.clock {
                 ClockMode::Wall => now_millis(),
-                ClockMode::Event => match self.engine.clock(p) {
+                ClockMode::Event => match engine.clock(p) {
                     Some(t) => t,
                     None => continue,
                 },
             };
-            let report = self.engine.advance(p, t)?;
+            let report = engine.advance(p, t)?;
             self.metrics.record_batch(&report);
             self.summary.report.merge(&report);
         }
@@ -419,7 +459,7 @@ impl Loop<'_> {
     }
 
     fn backpressure(&mut self) {
-        let backlog = self.delivery.backlog(&self.engine);
+        let backlog = self.delivery.backlog(&self.engine.lock());
         self.metrics.outbox_backlog.set(backlog as i64);
         let max = self.options.max_backlog.max(1);
         if !self.paused && backlog >= max {
@@ -440,15 +480,16 @@ impl Loop<'_> {
 
     fn gauges(&mut self, slow: bool) -> Result<()> {
         let m = self.metrics;
+        let engine = self.engine.lock();
         for p in self.partitions() {
-            if let Some(t) = self.engine.clock(p) {
+            if let Some(t) = engine.clock(p) {
                 m.set_engine_time(p, t);
             }
         }
-        for seg in &self.engine.rules().segments {
+        for seg in &engine.rules().segments {
             m.segment_members
                 .with_label_values(&[&*seg.name])
-                .set(self.engine.bitmaps().len(&seg.name) as i64);
+                .set(engine.bitmaps().len(&seg.name) as i64);
         }
         if let Ok(marks) = self.control.watermarks.lock() {
             for tp in &self.assigned {
@@ -464,9 +505,9 @@ impl Loop<'_> {
             }
         }
         if slow {
-            m.timers_pending.set(self.engine.timers_pending()? as i64);
+            m.timers_pending.set(engine.timers_pending()? as i64);
             m.state_size_bytes
-                .set(self.engine.store().approximate_size_bytes() as i64);
+                .set(engine.store().approximate_size_bytes() as i64);
         }
         Ok(())
     }

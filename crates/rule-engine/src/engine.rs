@@ -324,7 +324,7 @@ pub fn next_change(
 }
 
 /// Compares segment values with stored membership and records transitions.
-fn transitions(
+pub(crate) fn transitions(
     rules: &RuleSet,
     user: &Arc<str>,
     state: &mut UserState,
@@ -390,6 +390,19 @@ pub fn catch_up(
         state.next_timer = next_change(rules, state, &values, due, TIMER_LOOKAHEAD, FAR_FUTURE);
     }
     fired
+}
+
+/// Marks the state as changed at `now` (with the node `values` at `now`) and computes its
+/// next timer from there.
+pub(crate) fn settle_after_change(
+    rules: &RuleSet,
+    state: &mut UserState,
+    now: Millis,
+    values: Vec<Value>,
+) {
+    state.next_timer = None;
+    state.pending = Some(Pending { since: now, values });
+    settle(rules, state);
 }
 
 /// Computes a pending timer (see [`UserState::pending`]); call before storing a state.

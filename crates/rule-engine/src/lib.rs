@@ -6,6 +6,8 @@
 //! * [`state`]: per-user state (aggregates in time buckets, profile, membership, timer).
 //! * [`engine`]: how an event or the passing of time changes a user's state, the transitions
 //!   that emits, and the exact next instant a segment can change with time alone.
+//! * [`explain`]: why a user is in or out of a segment, as a tree of values.
+//! * [`reload`]: how stored state carries over to a new rule set.
 //!
 //! Guarantees: decoding and rule compilation never panic on user input; evaluation at engine
 //! time `t` depends only on the events applied and `t`, so the incremental state always equals a
@@ -13,7 +15,9 @@
 pub mod cexpr;
 pub mod engine;
 pub mod event;
+pub mod explain;
 pub mod expr;
+pub mod reload;
 pub mod rules;
 pub mod state;
 pub mod time;

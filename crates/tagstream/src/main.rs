@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 user error (bad rules, bad flags, bad input paths), 2 runtime failure.
 
+mod api;
 mod config;
 mod gen;
 mod run;
@@ -230,6 +231,8 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and collectors get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     if std::env::var("TAGSTREAM_LOG_FORMAT").is_ok_and(|f| f == "json") {
         logs.json().init();

@@ -11,7 +11,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tagstream_consumer::engine::{ClockMode, Engine, EngineOptions};
+use tagstream_consumer::engine::{ClockMode, Engine, EngineOptions, SharedEngine};
 use tagstream_consumer::file_sink::LineSink;
 use tagstream_consumer::kafka::is_connection_option;
 use tagstream_consumer::kafka::producer::KafkaProducer;
@@ -25,6 +25,7 @@ use tagstream_consumer::ConsumerError;
 use tagstream_rules::event::DecodeOptions;
 use tagstream_state::{RocksStore, StateStore};
 
+use crate::api::{self, ApiServer, ApiState};
 use crate::config::{self, ClockModeConfig, Config, DeadLetterKind, SinkKind, SourceKind};
 
 /// A failure of the service, with its exit code (1 = configuration, 2 = runtime).
@@ -136,11 +137,15 @@ fn serve(config: &Config) -> Result<(), RunError> {
             format: config.source.format.format(),
             max_event_bytes: config.source.max_event_bytes as usize,
         },
+        // Rules changed since the last run (a new ConfigMap, a rolling restart): carry the
+        // state over, exactly as `POST /v1/rules/reload` would.
+        reload_on_open: true,
         ..EngineOptions::default()
     };
-    let engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
+    let token = api::load_token(config.api.token_file.as_deref()).map_err(RunError::user)?;
+    let mut engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
     let metrics = Metrics::new();
-    tracing::debug!(listen = %config.api.listen, token_file = ?config.api.token_file, "api configuration");
+    engine.set_metrics(metrics.clone());
 
     let mut producers = Producers::default();
     let transitions = match config.sink.kind {
@@ -169,8 +174,20 @@ fn serve(config: &Config) -> Result<(), RunError> {
         }
     };
     let delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
+    let engine = SharedEngine::new(engine);
 
     let control = Control::new();
+    let server = ApiServer::start(
+        &config.api.listen.to_string(),
+        ApiState {
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+            control: control.clone(),
+            token,
+            rules_path: config.rules.clone(),
+        },
+    )
+    .map_err(RunError::user)?;
     let (tx, rx) = sync_channel(4);
     let shutdown = Shutdown::new();
     pipeline::stop_on_signals(shutdown.clone())
@@ -212,7 +229,9 @@ fn serve(config: &Config) -> Result<(), RunError> {
         flush_timeout: Duration::from_secs(30),
     };
     tracing::info!(state_dir = %dir.display(), clock = ?clock, "tagstream running");
-    let summary = pipeline::run(engine, rx, control, delivery, &metrics, &shutdown, &popts)?;
+    let summary = pipeline::run(engine, rx, control, delivery, &metrics, &shutdown, &popts);
+    server.stop();
+    let summary = summary?;
     if let Some(mut k) = kafka {
         k.join();
     }

@@ -404,10 +404,7 @@ fn poll_loop(
             metrics.messages_read.inc_by(messages.len() as u64);
             if ctx
                 .tx
-                .send(SourceEvent::Batch(Batch {
-                    messages,
-                    positions: Vec::new(),
-                }))
+                .send(SourceEvent::Batch(Batch::new(messages, Vec::new())))
                 .is_err()
             {
                 break;

@@ -245,10 +245,7 @@ fn read_loop(
             sent_line = reader.line;
             announced_end = false;
             if tx
-                .send(SourceEvent::Batch(Batch {
-                    messages,
-                    positions,
-                }))
+                .send(SourceEvent::Batch(Batch::new(messages, positions)))
                 .is_err()
             {
                 return Ok(());

@@ -262,6 +262,7 @@ impl<'s> Compiler<'s> {
                         filter: None,
                         window: None,
                         k: 1,
+                        signature: format!("{kind:?}|*|||none|1"),
                     });
                     (NodeKind::Aggregate(slot), Type::Ts, Shape::Const)
                 }
@@ -587,6 +588,23 @@ impl<'s> Compiler<'s> {
             AggKind::FirstTime | AggKind::LastTime => Type::Ts,
         };
         let name = Arc::from(tag.name.get_ref().as_str());
+        let mut events: Vec<&str> = match tag.event.as_ref().map(|e| e.get_ref()) {
+            Some(EventSelector::One(n)) => vec![n.as_str()],
+            Some(EventSelector::Many(ns)) => ns.iter().map(String::as_str).collect(),
+            None => Vec::new(),
+        };
+        events.sort_unstable();
+        events.dedup();
+        let signature = format!(
+            "{kind:?}|{}|{}|{}|{}|{k}",
+            events.join(","),
+            property.as_deref().unwrap_or(""),
+            tag.filter
+                .as_ref()
+                .map(|f| f.get_ref().trim().to_string())
+                .unwrap_or_default(),
+            window.map_or_else(|| "none".to_string(), |w| format!("{w:?}")),
+        );
         (
             Aggregate {
                 name,
@@ -595,6 +613,7 @@ impl<'s> Compiler<'s> {
                 filter,
                 window,
                 k,
+                signature,
             },
             ty,
         )
@@ -1467,6 +1486,7 @@ impl<'s> Compiler<'s> {
                     Some(Segment {
                         name: Arc::from(d.name.as_str()),
                         description: seg.description.clone().unwrap_or_default(),
+                        when: seg.when.get_ref().clone(),
                         node,
                         direct_tags,
                     })

@@ -85,6 +85,8 @@ pub enum NodeKind {
 pub struct Segment {
     pub name: Arc<str>,
     pub description: String,
+    /// The `when` expression as written.
+    pub when: String,
     pub node: NodeId,
     /// Tags the segment's expression names directly (reported with transitions).
     pub direct_tags: Vec<NodeId>,
@@ -114,6 +116,10 @@ pub struct Aggregate {
     pub window: Option<Window>,
     /// `top` only: how many values (1 = the value itself, >1 = a list).
     pub k: usize,
+    /// Everything that decides what the accumulator holds (kind, events, property, filter,
+    /// window, k; not the name): a rules reload keeps a user's accumulator when an aggregate
+    /// with the same signature exists in both rule sets.
+    pub signature: String,
 }
 
 /// A probe with what its evaluation needs.

@@ -1,0 +1,402 @@
+//! Why a user is in or out of a segment: the segment's rule as a tree, each node with its value
+//! at engine time, and the current value of every tag the rule reads (directly or through other
+//! tags and segments), so a marketer can see which condition failed.
+//!
+//! Pure and read-only: the values are those the engine itself computes at the same instant
+//! ([`crate::engine::evaluate`]), so the explanation never disagrees with the membership.
+
+use serde_json::{json, Map, Value as Json};
+
+use crate::cexpr::{ArithOp, CExpr, CmpOp, Func, Scope};
+use crate::engine::evaluate;
+use crate::event::Millis;
+use crate::rules::{NodeId, NodeKind, RuleSet, Segment};
+use crate::state::UserState;
+use crate::value::Value;
+
+/// Nested segments are expanded at most this deep (a rule set has no cycles, but a long chain
+/// of segments reading segments would make an unreadable answer).
+const MAX_SEGMENT_DEPTH: usize = 8;
+
+/// The explanation of `segment` for one user at engine time `now`.
+pub fn explain(
+    rules: &RuleSet,
+    segment: &Segment,
+    user: &str,
+    state: &UserState,
+    now: Millis,
+) -> Json {
+    let values = evaluate(rules, state, now);
+    let scope = Scope {
+        values: &values,
+        now,
+        zone: &rules.zone,
+        event: None,
+    };
+    let member = values[segment.node] == Value::Bool(true);
+    let NodeKind::Segment(expr) = &rules.nodes[segment.node].kind else {
+        return json!({ "error": "not a segment" });
+    };
+    let mut tags = Map::new();
+    for id in dependencies(rules, segment.node) {
+        let node = &rules.nodes[id];
+        if !matches!(node.kind, NodeKind::Segment(_)) {
+            tags.insert(node.name.to_string(), values[id].to_json());
+        }
+    }
+    json!({
+        "user_id": user,
+        "segment": &*segment.name,
+        "description": segment.description,
+        "rule": segment.when,
+        "member": member,
+        "now": now,
+        "tree": tree(rules, expr, &scope, 0),
+        "tags": tags,
+    })
+}
+
+/// Every node `node` reads, directly or not, in evaluation order (not including itself).
+pub fn dependencies(rules: &RuleSet, node: NodeId) -> Vec<NodeId> {
+    let mut seen = vec![false; rules.nodes.len()];
+    let mut stack = direct_refs(rules, node);
+    while let Some(id) = stack.pop() {
+        if !std::mem::replace(&mut seen[id], true) {
+            stack.extend(direct_refs(rules, id));
+        }
+    }
+    (0..rules.nodes.len()).filter(|&i| seen[i]).collect()
+}
+
+fn direct_refs(rules: &RuleSet, node: NodeId) -> Vec<NodeId> {
+    let mut out = Vec::new();
+    match &rules.nodes[node].kind {
+        NodeKind::Aggregate(_) | NodeKind::Profile(_) => {}
+        NodeKind::Expr(e) | NodeKind::Segment(e) => e.refs(&mut out),
+        NodeKind::Case { cases, otherwise } => {
+            for (when, value) in cases {
+                when.refs(&mut out);
+                value.refs(&mut out);
+            }
+            otherwise.refs(&mut out);
+        }
+        NodeKind::Tier { of, .. } => of.refs(&mut out),
+        NodeKind::Nearest { features, .. } => out.extend(features),
+    }
+    out
+}
+
+fn tree(rules: &RuleSet, expr: &CExpr, scope: &Scope<'_>, depth: usize) -> Json {
+    let mut node = Map::new();
+    node.insert("expr".into(), Json::String(render(rules, expr)));
+    node.insert("value".into(), expr.eval(scope).to_json());
+    match expr {
+        CExpr::Ref(id) => {
+            let n = &rules.nodes[*id];
+            match &n.kind {
+                NodeKind::Segment(inner) => {
+                    node.insert("segment".into(), Json::String(n.name.to_string()));
+                    if depth < MAX_SEGMENT_DEPTH {
+                        node.insert(
+                            "children".into(),
+                            Json::Array(vec![tree(rules, inner, scope, depth + 1)]),
+                        );
+                    }
+                }
+                _ => {
+                    node.insert("tag".into(), Json::String(n.name.to_string()));
+                }
+            }
+        }
+        _ => {
+            let mut children = Vec::new();
+            expr.for_each_child(&mut |c| {
+                if !matches!(c, CExpr::Const(_)) {
+                    children.push(tree(rules, c, scope, depth));
+                }
+            });
+            if !children.is_empty() {
+                node.insert("children".into(), Json::Array(children));
+            }
+        }
+    }
+    Json::Object(node)
+}
+
+/// The expression as text, with every compound operand parenthesised.
+pub fn render(rules: &RuleSet, expr: &CExpr) -> String {
+    let operand = |e: &CExpr| {
+        let text = render(rules, e);
+        if is_compound(e) {
+            format!("({text})")
+        } else {
+            text
+        }
+    };
+    match expr {
+        CExpr::Const(v) => render_const(v),
+        CExpr::Ref(id) => rules.nodes[*id].name.to_string(),
+        CExpr::Prop(p) => format!("properties.{p}"),
+        CExpr::EventName => "event".into(),
+        CExpr::Now => "now()".into(),
+        CExpr::Neg(e) => format!("-{}", operand(e)),
+        CExpr::Not(e) => format!("NOT {}", operand(e)),
+        CExpr::Arith(op, a, b) => format!("{} {} {}", operand(a), arith_symbol(*op), operand(b)),
+        CExpr::Cmp(op, a, b) => format!("{} {} {}", operand(a), cmp_symbol(*op), operand(b)),
+        CExpr::And(a, b) => format!("{} AND {}", operand(a), operand(b)),
+        CExpr::Or(a, b) => format!("{} OR {}", operand(a), operand(b)),
+        CExpr::In {
+            expr,
+            list,
+            negated,
+        } => format!(
+            "{} {}IN ({})",
+            operand(expr),
+            if *negated { "NOT " } else { "" },
+            list.iter()
+                .map(|e| render(rules, e))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CExpr::Between {
+            expr,
+            low,
+            high,
+            negated,
+        } => format!(
+            "{} {}BETWEEN {} AND {}",
+            operand(expr),
+            if *negated { "NOT " } else { "" },
+            operand(low),
+            operand(high)
+        ),
+        CExpr::IsNull { expr, negated } => format!(
+            "{} IS {}NULL",
+            operand(expr),
+            if *negated { "NOT " } else { "" }
+        ),
+        CExpr::Call(func, args) => format!(
+            "{}({})",
+            func_name(*func),
+            args.iter()
+                .map(|e| render(rules, e))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn is_compound(e: &CExpr) -> bool {
+    matches!(
+        e,
+        CExpr::Arith(..)
+            | CExpr::Cmp(..)
+            | CExpr::And(..)
+            | CExpr::Or(..)
+            | CExpr::In { .. }
+            | CExpr::Between { .. }
+            | CExpr::IsNull { .. }
+            | CExpr::Not(_)
+            | CExpr::Neg(_)
+    )
+}
+
+fn render_const(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Bool(b) => if *b { "TRUE" } else { "FALSE" }.into(),
+        Value::Str(s) => format!("'{}'", s.replace('\'', "''")),
+        Value::Dur(ms) => render_duration(*ms),
+        other => other.to_json().to_string(),
+    }
+}
+
+fn render_duration(ms: i64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms != 0 && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+fn arith_symbol(op: ArithOp) -> &'static str {
+    match op {
+        ArithOp::Add => "+",
+        ArithOp::Sub => "-",
+        ArithOp::Mul => "*",
+        ArithOp::Div => "/",
+        ArithOp::Mod => "%",
+    }
+}
+
+fn cmp_symbol(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Eq => "=",
+        CmpOp::NotEq => "!=",
+        CmpOp::Lt => "<",
+        CmpOp::LtEq => "<=",
+        CmpOp::Gt => ">",
+        CmpOp::GtEq => ">=",
+    }
+}
+
+fn func_name(f: Func) -> &'static str {
+    match f {
+        Func::Coalesce => "coalesce",
+        Func::DaysSince => "days_since",
+        Func::HourOfDay => "hour_of_day",
+        Func::DayOfWeek => "day_of_week",
+        Func::Abs => "abs",
+        Func::Least => "least",
+        Func::Greatest => "greatest",
+        Func::Round => "round",
+        Func::Ln => "ln",
+        Func::Exp => "exp",
+        Func::Sigmoid => "sigmoid",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{decode, DecodeOptions};
+    use crate::state::UserState;
+    use std::sync::Arc;
+
+    const RULES: &str = r#"
+[[tag]]
+name = "spend_30d"
+kind = "sum"
+event = "purchase"
+property = "amount"
+window = "30d"
+
+[[tag]]
+name = "orders"
+kind = "count"
+event = "purchase"
+
+[[segment]]
+name = "buyer"
+when = "orders >= 1"
+
+[[segment]]
+name = "vip"
+description = "big spenders who bought recently"
+when = "buyer AND spend_30d >= 1000 AND days_since(last_seen) < 7"
+"#;
+
+    fn state_after(rules: &RuleSet, lines: &[&str]) -> (UserState, Millis) {
+        let user: Arc<str> = Arc::from("u1");
+        let mut state = UserState::new(&rules.aggregates, rules.segments.len());
+        let mut now = 0;
+        for line in lines {
+            let event = decode(line.as_bytes(), &DecodeOptions::default()).unwrap();
+            now = now.max(event.ts);
+            let mut out = Vec::new();
+            crate::engine::catch_up(rules, &user, &mut state, now, &mut out);
+            crate::engine::apply(rules, &user, &mut state, &event, now, &mut out);
+        }
+        (state, now)
+    }
+
+    #[test]
+    fn shows_which_condition_failed() {
+        let rules = RuleSet::compile(RULES, "rules.toml").unwrap();
+        let (state, now) = state_after(
+            &rules,
+            &[
+                r#"{"type":"track","event":"purchase","user_id":"u1","ts":1700000000000,"properties":{"amount":300}}"#,
+            ],
+        );
+        let vip = rules.segment_by_name("vip").unwrap();
+        let e = explain(&rules, vip, "u1", &state, now);
+        assert_eq!(e["member"], false);
+        assert_eq!(e["rule"], vip.when);
+        assert_eq!(e["tags"]["spend_30d"], 300.0);
+        assert_eq!(e["tags"]["orders"], 1);
+        let text = e.to_string();
+        assert!(
+            text.contains(r#""expr":"spend_30d >= 1000","value":false"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""expr":"buyer","value":true,"segment":"buyer""#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""expr":"days_since(last_seen) < 7","value":true"#),
+            "{text}"
+        );
+        // The top of the tree is the segment's value.
+        assert_eq!(e["tree"]["value"], false);
+    }
+
+    #[test]
+    fn member_when_every_condition_holds() {
+        let rules = RuleSet::compile(RULES, "rules.toml").unwrap();
+        let (state, now) = state_after(
+            &rules,
+            &[
+                r#"{"type":"track","event":"purchase","user_id":"u1","ts":1700000000000,"properties":{"amount":1300}}"#,
+            ],
+        );
+        let e = explain(
+            &rules,
+            rules.segment_by_name("vip").unwrap(),
+            "u1",
+            &state,
+            now,
+        );
+        assert_eq!(e["member"], true);
+        assert_eq!(e["tree"]["value"], true);
+        // Eight days later the recency condition fails, with nothing else changed.
+        let later = explain(
+            &rules,
+            rules.segment_by_name("vip").unwrap(),
+            "u1",
+            &state,
+            now + 8 * 86_400_000,
+        );
+        assert_eq!(later["member"], false);
+        assert!(later
+            .to_string()
+            .contains(r#""expr":"days_since(last_seen) < 7","value":false"#));
+    }
+
+    #[test]
+    fn renders_every_construct() {
+        let rules = RuleSet::compile(
+            r#"
+[[tag]]
+name = "n"
+kind = "count"
+event = "e"
+[[segment]]
+name = "s"
+when = "n BETWEEN 1 AND 3 OR n NOT IN (5, 6) OR n IS NULL OR coalesce(n, 0) * 2 > -1 OR last_seen > now() - 30d"
+"#,
+            "r.toml",
+        )
+        .unwrap();
+        let NodeKind::Segment(e) = &rules.nodes[rules.segments[0].node].kind else {
+            panic!()
+        };
+        let text = render(&rules, e);
+        for part in [
+            "n BETWEEN 1 AND 3",
+            "n NOT IN (5, 6)",
+            "n IS NULL",
+            "coalesce(n, 0) * 2",
+            "now() - 30d",
+        ] {
+            assert!(text.contains(part), "{part} missing from {text}");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The HTTP API of `tagstream run` (SPEC §8), served with axum on `api.listen`.
+//!
+//! * `/healthz`, `/readyz`, `/metrics` are open; everything under `/v1` needs
+//!   `Authorization: Bearer <token>` when a token is configured (compared in constant time).
+//! * Handlers reach the engine through [`SharedEngine`] on tokio's blocking pool: reads see
+//!   committed batches, and writes (delete, rules reload) are applied between batches.
+//! * Every error is JSON `{"error": "..."}` with a 4xx status for anything the client can fix
+//!   (bad JSON, unknown segment, bad cursor, oversized body); a 5xx means a fault of ours.
+//! * User ids are personal data: they are never logged above debug level and never used as
+//!   metric labels (requests are counted by route template).
+
+mod routes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
+use tagstream_consumer::engine::{Engine, SharedEngine};
+use tagstream_consumer::metrics::Metrics;
+use tagstream_consumer::pipeline::Control;
+use tagstream_consumer::ConsumerError;
+
+/// Request bodies larger than this are refused with 413 (rules files included).
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: SharedEngine,
+    pub metrics: Metrics,
+    pub control: Arc<Control>,
+    /// The bearer token `/v1` requires, if any.
+    pub token: Option<Arc<str>>,
+    /// The rules file `POST /v1/rules/reload` re-reads when the request has no body.
+    pub rules_path: PathBuf,
+}
+
+/// An error answer: a status and a JSON body `{"error": message, ...details}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    details: Option<serde_json::Map<String, Value>>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn with(mut self, key: &str, value: Value) -> ApiError {
+        self.details
+            .get_or_insert_with(Default::default)
+            .insert(key.into(), value);
+        self
+    }
+}
+
+impl From<ConsumerError> for ApiError {
+    fn from(e: ConsumerError) -> ApiError {
+        if e.is_user_error() {
+            ApiError::bad_request(e.to_string())
+        } else {
+            tracing::error!(error = %e, "api request failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("internal error: {e}"),
+            )
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = self.details.unwrap_or_default();
+        body.insert("error".into(), Value::String(self.message));
+        (self.status, Json(Value::Object(body))).into_response()
+    }
+}
+
+pub type ApiResult<T = Json<Value>> = Result<T, ApiError>;
+
+/// Runs `f` with the engine locked, on the blocking pool (the lock may be held by a batch).
+pub async fn with_engine<T, F>(state: &ApiState, f: F) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Engine) -> Result<T, ApiError> + Send + 'static,
+{
+    let engine = state.engine.clone();
+    tokio::task::spawn_blocking(move || f(&mut engine.lock()))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("request worker failed: {e}"),
+            )
+        })?
+}
+
+/// Reads the API token: `TAGSTREAM_API_TOKEN`, else the first line of `token_file`.
+pub fn load_token(token_file: Option<&std::path::Path>) -> Result<Option<Arc<str>>, String> {
+    if let Ok(t) = std::env::var("TAGSTREAM_API_TOKEN") {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Ok(Some(Arc::from(t)));
+        }
+    }
+    let Some(path) = token_file else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read api.token_file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!(
+            "api.token_file {} is empty; put the bearer token on its first line",
+            path.display()
+        ));
+    }
+    Ok(Some(Arc::from(token)))
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let ok = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
+        if !ok {
+            let mut response = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token: send Authorization: Bearer <token>",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    next.run(request).await
+}
+
+async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .api_request_seconds
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .api_requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// The whole router.
+pub fn router(state: ApiState) -> axum::Router {
+    use axum::routing::{get, post};
+    let v1 = axum::Router::new()
+        .route(
+            "/users/{id}",
+            get(routes::get_user).delete(routes::delete_user),
+        )
+        .route("/users/{id}/explain", get(routes::explain_user))
+        .route("/segments", get(routes::list_segments))
+        .route("/segments/{name}/members", get(routes::segment_members))
+        .route("/audiences", post(routes::audience))
+        .route("/rules/reload", post(routes::reload_rules))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    axum::Router::new()
+        .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
+        .route("/metrics", get(routes::metrics))
+        .nest("/v1", v1)
+        .fallback(|| async { ApiError::not_found("no such endpoint; see SPEC §8 for the API") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// A running API server.
+pub struct ApiServer {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Binds `listen` (errors name the address) and serves on a thread of its own.
+    pub fn start(listen: &str, state: ApiState) -> Result<ApiServer, String> {
+        let listener = std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on api.listen {listen}: {e}"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("api.listen {listen}: {e}"))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| format!("api.listen {listen}: {e}"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("api")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the API runtime: {e}"))?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = router(state);
+        let thread = std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "the API cannot serve");
+                            return;
+                        }
+                    };
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "the API stopped");
+                    }
+                });
+            })
+            .map_err(|e| format!("cannot start the API thread: {e}"))?;
+        tracing::info!(%addr, "api listening");
+        Ok(ApiServer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting requests and waits for the server to finish.
+    pub fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `{"status": ...}` bodies of the open endpoints.
+pub fn status(status: &str) -> Json<Value> {
+    Json(json!({ "status": status }))
+}
