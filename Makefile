@@ -1,7 +1,8 @@
 # tagstream — the two commands of the README, and a few helpers.
 #
 #   make quickstart   generate events, replay them through the example rules, show the results
-#   make test         the whole test suite (Rust + the Python oracle's self-tests)
+#   make test         the whole test suite (Rust + the Python oracle's self-tests + deploy checks)
+#   make check-deploy deploy/ manifests, alert rules and dashboard (scripts/check-deploy.sh)
 #
 # The C/C++ dependencies (RocksDB, librdkafka) take many minutes to build cold, so builds share
 # one target directory outside the checkout.
@@ -10,7 +11,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug/tagstream
 QS := $(CURDIR)/target/quickstart
 
-.PHONY: deps build quickstart test lint bench
+.PHONY: deps build quickstart test lint bench check-deploy
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -34,6 +35,10 @@ quickstart: build
 test: deps
 	cargo test --workspace
 	python3 -m unittest discover -s tests/oracle
+	./scripts/check-deploy.sh
+
+check-deploy:
+	@./scripts/check-deploy.sh
 
 lint: deps
 	cargo fmt --all -- --check

@@ -354,6 +354,14 @@ impl Metrics {
         self.timers_fired.inc_by(report.timers_fired);
     }
 
+    /// Drops the per-partition gauges of a partition this instance no longer owns, so that
+    /// dashboards and alerts do not see its last values forever.
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        let p = partition.to_string();
+        let _ = self.consumer_lag.remove_label_values(&[topic, &p]);
+        let _ = self.engine_time_seconds.remove_label_values(&[&p]);
+    }
+
     /// Sets a partition's engine time gauge.
     pub fn set_engine_time(&self, partition: u32, millis: i64) {
         let g: Gauge = self
@@ -405,5 +413,8 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from\n{text}");
         }
+        m.forget_partition("events", 3);
+        let text = m.render();
+        assert!(!text.contains("partition=\"3\""), "{text}");
     }
 }

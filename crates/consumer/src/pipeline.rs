@@ -338,6 +338,7 @@ impl Loop<'_> {
                     // Every earlier batch is committed (they were processed in order).
                     for p in &partitions {
                         self.assigned.remove(p);
+                        self.metrics.forget_partition(&p.0, p.1);
                     }
                     self.publish_assignment();
                     drop(done);

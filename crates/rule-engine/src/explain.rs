@@ -110,11 +110,18 @@ fn tree(rules: &RuleSet, expr: &CExpr, scope: &Scope<'_>, depth: usize) -> Json 
         }
         _ => {
             let mut children = Vec::new();
-            expr.for_each_child(&mut |c| {
-                if !matches!(c, CExpr::Const(_)) {
-                    children.push(tree(rules, c, scope, depth));
-                }
-            });
+            if matches!(expr, CExpr::And(..) | CExpr::Or(..)) {
+                // A chain `a AND b AND c` is one node with three conditions.
+                let mut operands = Vec::new();
+                chain(expr, &mut operands);
+                children.extend(operands.into_iter().map(|c| tree(rules, c, scope, depth)));
+            } else {
+                expr.for_each_child(&mut |c| {
+                    if !matches!(c, CExpr::Const(_)) {
+                        children.push(tree(rules, c, scope, depth));
+                    }
+                });
+            }
             if !children.is_empty() {
                 node.insert("children".into(), Json::Array(children));
             }
@@ -123,40 +130,59 @@ fn tree(rules: &RuleSet, expr: &CExpr, scope: &Scope<'_>, depth: usize) -> Json 
     Json::Object(node)
 }
 
-/// The expression as text, with every compound operand parenthesised.
+/// The expression as text, with parentheses only where precedence needs them.
 pub fn render(rules: &RuleSet, expr: &CExpr) -> String {
-    let operand = |e: &CExpr| {
+    let prec = precedence(expr);
+    // Operands that bind less tightly than their operator (or, on the right of a
+    // non-associative operator, as tightly) are parenthesised.
+    let operand = |e: &CExpr, right: bool| {
         let text = render(rules, e);
-        if is_compound(e) {
+        let p = precedence(e);
+        if p < prec || (right && p == prec && !matches!(expr, CExpr::And(..) | CExpr::Or(..))) {
             format!("({text})")
         } else {
             text
         }
     };
+    let list = |items: &[CExpr]| {
+        items
+            .iter()
+            .map(|e| render(rules, e))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let not = |negated: bool| if negated { "NOT " } else { "" };
     match expr {
         CExpr::Const(v) => render_const(v),
         CExpr::Ref(id) => rules.nodes[*id].name.to_string(),
         CExpr::Prop(p) => format!("properties.{p}"),
         CExpr::EventName => "event".into(),
         CExpr::Now => "now()".into(),
-        CExpr::Neg(e) => format!("-{}", operand(e)),
-        CExpr::Not(e) => format!("NOT {}", operand(e)),
-        CExpr::Arith(op, a, b) => format!("{} {} {}", operand(a), arith_symbol(*op), operand(b)),
-        CExpr::Cmp(op, a, b) => format!("{} {} {}", operand(a), cmp_symbol(*op), operand(b)),
-        CExpr::And(a, b) => format!("{} AND {}", operand(a), operand(b)),
-        CExpr::Or(a, b) => format!("{} OR {}", operand(a), operand(b)),
+        CExpr::Neg(e) => format!("-{}", operand(e, true)),
+        CExpr::Not(e) => format!("NOT {}", operand(e, true)),
+        CExpr::Arith(op, a, b) => format!(
+            "{} {} {}",
+            operand(a, false),
+            arith_symbol(*op),
+            operand(b, true)
+        ),
+        CExpr::Cmp(op, a, b) => format!(
+            "{} {} {}",
+            operand(a, false),
+            cmp_symbol(*op),
+            operand(b, true)
+        ),
+        CExpr::And(a, b) => format!("{} AND {}", operand(a, false), operand(b, true)),
+        CExpr::Or(a, b) => format!("{} OR {}", operand(a, false), operand(b, true)),
         CExpr::In {
             expr,
-            list,
+            list: items,
             negated,
         } => format!(
             "{} {}IN ({})",
-            operand(expr),
-            if *negated { "NOT " } else { "" },
-            list.iter()
-                .map(|e| render(rules, e))
-                .collect::<Vec<_>>()
-                .join(", ")
+            operand(expr, false),
+            not(*negated),
+            list(items)
         ),
         CExpr::Between {
             expr,
@@ -165,40 +191,55 @@ pub fn render(rules: &RuleSet, expr: &CExpr) -> String {
             negated,
         } => format!(
             "{} {}BETWEEN {} AND {}",
-            operand(expr),
-            if *negated { "NOT " } else { "" },
-            operand(low),
-            operand(high)
+            operand(expr, false),
+            not(*negated),
+            operand(low, true),
+            operand(high, true)
         ),
-        CExpr::IsNull { expr, negated } => format!(
-            "{} IS {}NULL",
-            operand(expr),
-            if *negated { "NOT " } else { "" }
-        ),
-        CExpr::Call(func, args) => format!(
-            "{}({})",
-            func_name(*func),
-            args.iter()
-                .map(|e| render(rules, e))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        CExpr::IsNull { expr, negated } => {
+            format!("{} IS {}NULL", operand(expr, false), not(*negated))
+        }
+        CExpr::Call(func, args) => format!("{}({})", func_name(*func), list(args)),
     }
 }
 
-fn is_compound(e: &CExpr) -> bool {
-    matches!(
-        e,
-        CExpr::Arith(..)
-            | CExpr::Cmp(..)
-            | CExpr::And(..)
-            | CExpr::Or(..)
-            | CExpr::In { .. }
-            | CExpr::Between { .. }
-            | CExpr::IsNull { .. }
-            | CExpr::Not(_)
-            | CExpr::Neg(_)
-    )
+/// Binding strength, loosest first (as the parser reads them).
+fn precedence(e: &CExpr) -> u8 {
+    match e {
+        CExpr::Or(..) => 1,
+        CExpr::And(..) => 2,
+        CExpr::Not(_) => 3,
+        CExpr::Cmp(..) | CExpr::In { .. } | CExpr::Between { .. } | CExpr::IsNull { .. } => 4,
+        CExpr::Arith(ArithOp::Add | ArithOp::Sub, ..) => 5,
+        CExpr::Arith(..) => 6,
+        CExpr::Neg(_) => 7,
+        _ => 8,
+    }
+}
+
+/// The operands of a chain of the same boolean operator (`a AND b AND c` → [a, b, c]).
+fn chain<'a>(expr: &'a CExpr, out: &mut Vec<&'a CExpr>) {
+    match expr {
+        CExpr::And(a, b) => {
+            for side in [a, b] {
+                if matches!(**side, CExpr::And(..)) {
+                    chain(side, out);
+                } else {
+                    out.push(side);
+                }
+            }
+        }
+        CExpr::Or(a, b) => {
+            for side in [a, b] {
+                if matches!(**side, CExpr::Or(..)) {
+                    chain(side, out);
+                } else {
+                    out.push(side);
+                }
+            }
+        }
+        _ => out.push(expr),
+    }
 }
 
 fn render_const(v: &Value) -> String {
@@ -389,6 +430,19 @@ when = "n BETWEEN 1 AND 3 OR n NOT IN (5, 6) OR n IS NULL OR coalesce(n, 0) * 2 
             panic!()
         };
         let text = render(&rules, e);
+        assert!(
+            !text.contains("(n BETWEEN"),
+            "no needless parentheses: {text}"
+        );
+        let again = RuleSet::compile(
+            &format!("[[tag]]\nname = \"n\"\nkind = \"count\"\nevent = \"e\"\n[[segment]]\nname = \"s\"\nwhen = \"{text}\"\n"),
+            "again.toml",
+        )
+        .unwrap();
+        let NodeKind::Segment(e2) = &again.nodes[again.segments[0].node].kind else {
+            panic!()
+        };
+        assert_eq!(e, e2, "the rendering reads back as the same expression");
         for part in [
             "n BETWEEN 1 AND 3",
             "n NOT IN (5, 6)",
@@ -397,6 +451,49 @@ when = "n BETWEEN 1 AND 3 OR n NOT IN (5, 6) OR n IS NULL OR coalesce(n, 0) * 2 
             "now() - 30d",
         ] {
             assert!(text.contains(part), "{part} missing from {text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use super::*;
+
+    fn segment_expr(when: &str) -> (RuleSet, NodeId) {
+        let rules = RuleSet::compile(
+            &format!(
+                "[[tag]]\nname = \"n\"\nkind = \"count\"\nevent = \"e\"\n[[segment]]\nname = \"s\"\nwhen = \"{when}\"\n"
+            ),
+            "r.toml",
+        )
+        .unwrap_or_else(|e| panic!("{when}: {e}"));
+        let node = rules.segments[0].node;
+        (rules, node)
+    }
+
+    #[test]
+    fn rendering_keeps_the_meaning_with_few_parentheses() {
+        for (when, want) in [
+            (
+                "(n + 1) * 2 > 3 AND (n = 1 OR n = 2)",
+                "(n + 1) * 2 > 3 AND (n = 1 OR n = 2)",
+            ),
+            ("NOT (n > 1 AND n < 5)", "NOT (n > 1 AND n < 5)"),
+            ("n - (1 - 2) > 0", "n - (1 - 2) > 0"),
+            ("n > 1 AND n < 5 AND n <> 3", "n > 1 AND n < 5 AND n != 3"),
+            ("n > 1 OR n < 5 AND n <> 3", "n > 1 OR n < 5 AND n != 3"),
+        ] {
+            let (rules, node) = segment_expr(when);
+            let NodeKind::Segment(e) = &rules.nodes[node].kind else {
+                panic!()
+            };
+            let text = render(&rules, e);
+            assert_eq!(text, want);
+            let (again, node2) = segment_expr(&text);
+            let NodeKind::Segment(e2) = &again.nodes[node2].kind else {
+                panic!()
+            };
+            assert_eq!(e, e2, "{text} reads back as {when}");
         }
     }
 }

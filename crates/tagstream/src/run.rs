@@ -1,8 +1,9 @@
 //! `tagstream run --config <file>`: the long-running service.
 //!
 //! Wiring only: configuration → rules → state store → engine → sinks (outbox delivery) →
-//! source thread → [`pipeline::run`] until SIGTERM/SIGINT (or the end of stdin). Exit codes: 1
-//! for configuration and rules errors (one line naming the file, line and key), 2 for runtime
+//! HTTP API → source thread → [`pipeline::run`] until SIGTERM/SIGINT (a file or stdin source
+//! that reaches its end keeps the service up for timers and the API). Exit codes: 1 for
+//! configuration and rules errors (one line naming the file, line and key), 2 for runtime
 //! failures (the state stays consistent: a restart resumes from the last commit).
 
 use std::collections::BTreeMap;

@@ -425,6 +425,8 @@ topic = "{DLQ}"
 dir = "state"
 [clock]
 mode = "event"
+[api]
+listen = "127.0.0.1:0"
 {extra}"#,
             servers = cluster.servers,
             debug = std::env::var("TS_KAFKA_DEBUG")

@@ -234,7 +234,7 @@ when = "last_seen > now() - 15s"
         dir.path(),
         rules,
         &format!(
-            "{}[sink]\nkind = \"file\"\npath = \"{}\"\n[dead_letter]\nkind = \"file\"\npath = \"{}\"\n[state]\ndir = \"{}\"\n[clock]\nmode = \"wall\"\n",
+            "{}[sink]\nkind = \"file\"\npath = \"{}\"\n[dead_letter]\nkind = \"file\"\npath = \"{}\"\n[state]\ndir = \"{}\"\n[clock]\nmode = \"wall\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
             kafka_source(&cluster.servers, "ts-wall"),
             sink.display(),
             dir.path().join("dlq.ndjson").display(),

@@ -270,3 +270,42 @@ fn configuration_errors_exit_1_with_one_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn stdin_source_applies_lines_and_stops_on_sigterm_while_stdin_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), false);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "kind = \"file\"\npath = \"events.ndjson\"\nfollow = false\n",
+        "kind = \"stdin\"\n",
+    );
+    assert!(text.contains("kind = \"stdin\""));
+    std::fs::write(&cfg, text).unwrap();
+    let log = dir.path().join("log.txt");
+    let mut child = Command::new(bin())
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("TAGSTREAM_LOG", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let input = lines(0, 60);
+    // Keep the pipe open: the service must not wait for stdin to close to apply or to stop.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let out = dir.path().join("out.ndjson");
+    let (want_dump, want_transitions) = replay_dump(dir.path(), &input);
+    wait_for("the transitions", &log, || {
+        count_lines(&out) == want_transitions
+    });
+    stop(child, &log);
+    drop(stdin);
+    assert_eq!(dump(&dir.path().join("state")), want_dump);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.matches("reached the end").count() <= 1,
+        "the end of input is logged once:\n{text}"
+    );
+}

@@ -41,13 +41,80 @@ struct Reader {
     partial: Vec<u8>,
     /// The first bytes read (up to 64 KiB), for the fingerprint.
     head: Vec<u8>,
+    /// The last read found no bytes for now, without the input having ended (stdin).
+    waiting: bool,
+}
+
+/// Stdin read on a thread of its own, so that the source never blocks in a read: when no byte
+/// arrives for a moment, reads fail with `WouldBlock` and the lines read so far are applied
+/// (a pipe that stays open, `tail -f | tagstream run`, is still applied promptly). A closed
+/// stdin reads as the end of the input.
+struct StdinPump {
+    chunks: std::sync::mpsc::Receiver<Vec<u8>>,
+    current: Vec<u8>,
+    at: usize,
+}
+
+impl StdinPump {
+    fn start() -> StdinPump {
+        let (tx, chunks) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        // Detached: a read blocked on an open terminal or pipe cannot be interrupted, and the
+        // process exits without waiting for it.
+        let _ = std::thread::Builder::new()
+            .name("stdin".into())
+            .spawn(move || {
+                let mut stdin = std::io::stdin().lock();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match stdin.read(&mut buf) {
+                        Ok(0) => return,
+                        Ok(n) => {
+                            if tx.send(buf[..n].to_vec()).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e, "stdin read failed; treating it as the end of the input");
+                            return;
+                        }
+                    }
+                }
+            });
+        StdinPump {
+            chunks,
+            current: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for StdinPump {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.current.len() {
+            match self.chunks.recv_timeout(Duration::from_millis(100)) {
+                Ok(chunk) => {
+                    self.current = chunk;
+                    self.at = 0;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(std::io::ErrorKind::WouldBlock.into())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.at);
+        out[..n].copy_from_slice(&self.current[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 fn open(path: &str) -> Result<Box<dyn BufRead + Send>> {
     if path == "-" {
         return Ok(Box::new(BufReader::with_capacity(
             1 << 20,
-            std::io::stdin(),
+            StdinPump::start(),
         )));
     }
     let file = File::open(path)
@@ -85,15 +152,22 @@ impl Reader {
             line: 0,
             partial: Vec::new(),
             head: Vec::new(),
+            waiting: false,
         }
     }
 
     fn read_raw(&mut self) -> Result<usize> {
         let before = self.partial.len();
-        let n = self
-            .inner
-            .read_until(b'\n', &mut self.partial)
-            .map_err(|e| ConsumerError::io("reading the input", e))?;
+        self.waiting = false;
+        let n = match self.inner.read_until(b'\n', &mut self.partial) {
+            Ok(n) => n,
+            // No more bytes for now (stdin); what was read so far stays in `partial`.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                self.waiting = true;
+                self.partial.len() - before
+            }
+            Err(e) => return Err(ConsumerError::io("reading the input", e)),
+        };
         if self.head.len() < HEAD_BYTES {
             let take = (HEAD_BYTES - self.head.len()).min(self.partial.len() - before);
             self.head
@@ -107,7 +181,7 @@ impl Reader {
         loop {
             self.read_raw()?;
             let complete = self.partial.ends_with(b"\n");
-            if !complete && (follow || self.partial.is_empty()) {
+            if !complete && (follow || self.waiting || self.partial.is_empty()) {
                 return Ok(None);
             }
             self.line += 1;
@@ -251,12 +325,13 @@ fn read_loop(
                 return Ok(());
             }
         }
+        if at_end && reader.waiting {
+            // Stdin is open but idle: the pump already waited a moment.
+            continue;
+        }
         if at_end {
-            if path == "-" && !follow {
-                tracing::info!("stdin closed");
-                // Keep the service up (timers, API) until stopped, like a file source.
-            }
             if !announced_end {
+                // Stdin too: the service stays up (timers, API) until stopped, like a file.
                 tracing::info!(
                     line = reader.line,
                     "reached the end of {path}; {}",
