@@ -511,9 +511,27 @@ pub fn delete(
     now: Millis,
     out: &mut Vec<Transition>,
 ) {
+    let all: Vec<usize> = (0..rules.segments.len()).collect();
+    exit_segments(rules, user, state, &all, now, Cause::Delete, out);
+}
+
+/// Exits from those of `segments` (indices into `rules.segments`) the user is a member of, as
+/// one last transition of each sequence (a delete, a segment removed by a rules reload).
+pub(crate) fn exit_segments(
+    rules: &RuleSet,
+    user: &Arc<str>,
+    state: &UserState,
+    segments: &[usize],
+    now: Millis,
+    cause: Cause,
+    out: &mut Vec<Transition>,
+) {
+    if !segments.iter().any(|&i| state.segments[i].member) {
+        return;
+    }
     let values = evaluate(rules, state, now);
-    for (i, seg) in rules.segments.iter().enumerate() {
-        let st = state.segments[i];
+    for &i in segments {
+        let (seg, st) = (&rules.segments[i], state.segments[i]);
         if st.member {
             out.push(Transition {
                 user_id: user.clone(),
@@ -521,7 +539,7 @@ pub fn delete(
                 enter: false,
                 seq: st.seq + 1,
                 ts: now,
-                cause: Cause::Delete,
+                cause,
                 tags: seg
                     .direct_tags
                     .iter()

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{evaluate, settle_after_change, transitions};
+use crate::engine::{evaluate, exit_segments, settle_after_change, transitions};
 use crate::event::Millis;
 use crate::rules::RuleSet;
 use crate::state::{SegmentState, UserState};
@@ -113,28 +113,15 @@ impl Migration {
         now: Millis,
         out: &mut Vec<Transition>,
     ) -> UserState {
-        if !self.removed_segments.is_empty() {
-            let old_values = evaluate(old, state, now);
-            for &i in &self.removed_segments {
-                let st = state.segments[i];
-                if st.member {
-                    let seg = &old.segments[i];
-                    out.push(Transition {
-                        user_id: user.clone(),
-                        segment: seg.name.clone(),
-                        enter: false,
-                        seq: st.seq + 1,
-                        ts: now,
-                        cause: Cause::Rules,
-                        tags: seg
-                            .direct_tags
-                            .iter()
-                            .map(|&t| (old.nodes[t].name.clone(), old_values[t].clone()))
-                            .collect(),
-                    });
-                }
-            }
-        }
+        exit_segments(
+            old,
+            user,
+            state,
+            &self.removed_segments,
+            now,
+            Cause::Rules,
+            out,
+        );
         let fresh = UserState::new(&new.aggregates, new.segments.len());
         let mut next = UserState {
             aggs: fresh

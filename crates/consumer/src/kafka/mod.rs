@@ -102,30 +102,35 @@ pub(crate) fn log_client_error(
     reason: &str,
 ) {
     let text = format!("{error}: {reason}");
+    // librdkafka words the same condition differently from broker to broker and attempt to
+    // attempt: repeats are recognised by the error code, not the text.
+    let key = format!("{:?}", error.rdkafka_error_code());
     if let Ok(mut l) = limiter.lock() {
-        if l.allow(&text) {
+        if l.allow(&key) {
             tracing::warn!(client, "kafka {client}: {text} (retrying with backoff)");
         }
     }
 }
 
-/// Suppresses repeats of a message within a period.
+/// Lets each kind of message through once per period, however the kinds interleave.
 #[derive(Debug, Default)]
 pub(crate) struct RateLimit {
-    last: Option<(String, std::time::Instant)>,
+    last: std::collections::HashMap<String, std::time::Instant>,
 }
 
+const REPEAT_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl RateLimit {
-    pub(crate) fn allow(&mut self, message: &str) -> bool {
+    pub(crate) fn allow(&mut self, kind: &str) -> bool {
         let now = std::time::Instant::now();
-        match &self.last {
-            Some((m, at))
-                if m == message && now.duration_since(*at) < std::time::Duration::from_secs(30) =>
-            {
-                false
-            }
+        if self.last.len() > 64 {
+            self.last
+                .retain(|_, at| now.duration_since(*at) < REPEAT_PERIOD);
+        }
+        match self.last.get(kind) {
+            Some(at) if now.duration_since(*at) < REPEAT_PERIOD => false,
             _ => {
-                self.last = Some((message.to_string(), now));
+                self.last.insert(kind.to_string(), now);
                 true
             }
         }
@@ -166,5 +171,8 @@ mod tests {
         assert!(l.allow("a"));
         assert!(!l.allow("a"));
         assert!(l.allow("b"));
+        // Alternating kinds are each still limited.
+        assert!(!l.allow("a"));
+        assert!(!l.allow("b"));
     }
 }

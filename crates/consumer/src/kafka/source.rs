@@ -392,9 +392,8 @@ fn poll_loop(
                     timeout = Duration::ZERO;
                 }
                 Some(Err(e)) => {
-                    let text = e.to_string();
-                    if errors.allow(&text) {
-                        tracing::warn!("kafka consumer: {text} (retrying)");
+                    if errors.allow(&format!("{:?}", e.rdkafka_error_code())) {
+                        tracing::warn!("kafka consumer: {e} (retrying)");
                     }
                     break;
                 }
