@@ -11,10 +11,13 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug/tagstream
 QS := $(CURDIR)/target/quickstart
 
-.PHONY: deps build quickstart test lint bench check-deploy
+.PHONY: deps test-deps build quickstart test lint bench check-deploy
 
 deps:
 	@./scripts/ensure-deps.sh
+
+test-deps:
+	@./scripts/ensure-deps.sh --test
 
 build: deps
 	cargo build -p tagstream
@@ -32,7 +35,7 @@ quickstart: build
 	@echo "--- segment sizes"
 	@$(BIN) dump --state-dir $(QS)/state | python3 -c 'import sys,json,collections; c=collections.Counter(s for l in sys.stdin for s in json.loads(l)["segments"]); [print(f"{k:24} {v}") for k,v in sorted(c.items())]'
 
-test: deps
+test: test-deps
 	cargo test --workspace
 	python3 -m unittest discover -s tests/oracle
 	./scripts/check-deploy.sh

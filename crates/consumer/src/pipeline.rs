@@ -116,7 +116,8 @@ impl Control {
         self.pause.load(Ordering::SeqCst)
     }
 
-    fn add_commits(&self, offsets: &BTreeMap<(String, i32), i64>) {
+    /// Queues offsets to commit to the consumer group (for lag reporting only).
+    pub fn add_commits(&self, offsets: &BTreeMap<(String, i32), i64>) {
         if let Ok(mut c) = self.commits.lock() {
             for (k, v) in offsets {
                 c.insert(k.clone(), *v);
@@ -293,6 +294,11 @@ pub fn run(
         return result.map(|_| Summary::default());
     }
     drop(rx);
+    if options.clock == ClockMode::Event {
+        // The last batches' due timers would otherwise wait for the next start.
+        let owned = l.partitions();
+        l.fire_due_timers(&owned)?;
+    }
     control.assigned.store(0, Ordering::SeqCst);
     metrics.ready.set(0);
     {
@@ -335,7 +341,14 @@ impl Loop<'_> {
                     self.publish_assignment();
                 }
                 Ok(SourceEvent::Revoked { partitions, done }) => {
-                    // Every earlier batch is committed (they were processed in order).
+                    // Every earlier batch is committed (they were processed in order). Timers
+                    // already due at the partitions' engine time fire before they are released,
+                    // so the state handed over is complete at that time.
+                    if self.options.clock == ClockMode::Event {
+                        let revoked: BTreeSet<u32> =
+                            partitions.iter().map(|(_, p)| *p as u32).collect();
+                        self.fire_due_timers(&revoked)?;
+                    }
                     for p in &partitions {
                         self.assigned.remove(p);
                         self.metrics.forget_partition(&p.0, p.1);
@@ -442,7 +455,14 @@ impl Loop<'_> {
         let mut engine = engine.lock();
         let partitions: Vec<u32> = match self.options.clock {
             ClockMode::Wall => self.partitions().into_iter().collect(),
-            ClockMode::Event => std::mem::take(&mut self.touched).into_iter().collect(),
+            // Only partitions still owned: a revoked one was settled before its release.
+            ClockMode::Event => {
+                let owned = self.partitions();
+                std::mem::take(&mut self.touched)
+                    .into_iter()
+                    .filter(|p| owned.contains(p))
+                    .collect()
+            }
         };
         for p in partitions {
             let t = match self.options.clock {
@@ -455,6 +475,23 @@ impl Loop<'_> {
             let report = engine.advance(p, t)?;
             self.metrics.record_batch(&report);
             self.summary.report.merge(&report);
+        }
+        Ok(())
+    }
+
+    /// Event mode: fires the timers due at the engine time of those of `partitions` that
+    /// moved since the last tick.
+    fn fire_due_timers(&mut self, partitions: &BTreeSet<u32>) -> Result<()> {
+        let due: Vec<u32> = self.touched.intersection(partitions).copied().collect();
+        let engine = self.engine.clone();
+        let mut engine = engine.lock();
+        for p in due {
+            self.touched.remove(&p);
+            if let Some(t) = engine.clock(p) {
+                let report = engine.advance(p, t)?;
+                self.metrics.record_batch(&report);
+                self.summary.report.merge(&report);
+            }
         }
         Ok(())
     }

@@ -148,6 +148,12 @@ impl Context {
                             offset = o,
                             "partition assigned: resuming at the stored offset"
                         );
+                        // The group's offset may lag the stored one (an asynchronous commit lost
+                        // to a crash); with nothing left to consume it would never catch up, and
+                        // lag tools would report phantom lag.
+                        let mut resume = std::collections::BTreeMap::new();
+                        resume.insert((topic.clone(), *partition), o);
+                        self.control.add_commits(&resume);
                     }
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
                         self.control
