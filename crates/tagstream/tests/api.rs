@@ -4,20 +4,19 @@
 //! explain, auth, errors, delete, rules reload, and `/metrics` parsed by a Prometheus
 //! text-format parser.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{bin, fetch_metrics, metric_sum};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
 
 const TOKEN: &str = "s3cret-token";
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tagstream")
-}
 
 fn rules_source() -> String {
     std::fs::read_to_string(
@@ -133,12 +132,7 @@ impl Service {
     }
 
     fn metrics(&self) -> prometheus_parse::Scrape {
-        let text = ureq::get(&format!("{}/metrics", self.base))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap()
+        fetch_metrics(&self.base)
     }
 
     fn stop(mut self) {
@@ -160,20 +154,6 @@ impl Drop for Service {
             let _ = c.wait();
         }
     }
-}
-
-fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => 0.0,
-        })
-        .sum()
 }
 
 fn setup(dir: &Path, events: usize) -> usize {

@@ -8,12 +8,15 @@
 //!
 //! No assertion depends on wall-clock time; deadlines only stop a broken run from hanging.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{bin, dump, partition_of, tail, user_of};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -107,20 +110,6 @@ fn workdir() -> (Option<tempfile::TempDir>, PathBuf) {
     }
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tagstream")
-}
-
-/// FNV-1a: the test's own partitioner (messages are produced to explicit partitions).
-fn partition_of(key: &[u8]) -> i32 {
-    let mut h: u32 = 0x811c9dc5;
-    for b in key {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h % PARTITIONS as u32) as i32
-}
-
 fn gen(users: u64, events: u64, seed: u64) -> Vec<String> {
     let out = Command::new(bin())
         .args([
@@ -148,14 +137,6 @@ fn gen(users: u64, events: u64, seed: u64) -> Vec<String> {
         .collect()
 }
 
-fn user_of(line: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(line).expect("generated lines are JSON");
-    v["user_id"]
-        .as_str()
-        .map(str::to_string)
-        .unwrap_or_else(|| v["user_id"].to_string())
-}
-
 /// One input message: partition, key, payload (None = tombstone).
 #[derive(Clone)]
 struct Msg {
@@ -173,7 +154,7 @@ fn keyed(lines: &[String]) -> Vec<Msg> {
     while sentinels.len() < PARTITIONS as usize {
         let user = format!("zz-sentinel-{n}");
         n += 1;
-        if partition_of(user.as_bytes()) == sentinels.len() as i32 {
+        if partition_of(user.as_bytes(), PARTITIONS) == sentinels.len() as i32 {
             let ts = 1_732_060_800_000i64 + 400 * 86_400_000;
             sentinels.push(format!(r#"{{"type":"profile","user_id":"{user}","ts":{ts},"properties":{{"city":"Nowhere"}}}}"#));
         }
@@ -184,7 +165,7 @@ fn keyed(lines: &[String]) -> Vec<Msg> {
         .map(|l| {
             let user = user_of(l);
             Msg {
-                partition: partition_of(user.as_bytes()),
+                partition: partition_of(user.as_bytes(), PARTITIONS),
                 key: Some(user.into_bytes()),
                 payload: Some(l.clone().into_bytes()),
             }
@@ -335,13 +316,13 @@ impl Cluster {
                 return;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                panic!("tagstream exited early ({status}):\n{}", tail(log));
+                panic!("tagstream exited early ({status}):\n{}", tail(log, 40));
             }
             assert!(
                 Instant::now() < deadline,
                 "not all events consumed; committed {:?} of {hi:?}\n{}",
                 self.committed(),
-                tail(log)
+                tail(log, 40)
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -380,12 +361,6 @@ struct Read {
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
     headers: BTreeMap<String, String>,
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 struct Service {
@@ -482,7 +457,7 @@ listen = "127.0.0.1:0"
             assert!(
                 Instant::now() < deadline,
                 "tagstream did not stop after SIGTERM:\n{}",
-                tail(&self.log())
+                tail(&self.log(), 40)
             );
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -490,30 +465,13 @@ listen = "127.0.0.1:0"
             status.code(),
             Some(0),
             "exit status after SIGTERM:\n{}",
-            tail(&self.log())
+            tail(&self.log(), 40)
         );
     }
 
     fn dump(&self) -> Vec<String> {
         dump(&self.state())
     }
-}
-
-fn dump(state: &Path) -> Vec<String> {
-    let out = Command::new(bin())
-        .args(["dump", "--state-dir", state.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
 }
 
 /// The reference: each partition's good events replayed into its own state dir.
@@ -712,12 +670,12 @@ fn end_to_end_run_equals_a_replay_per_partition() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "tagstream exited:\n{}",
-            tail(&service.log())
+            tail(&service.log(), 40)
         );
         assert!(
             Instant::now() < deadline,
             "not consumed:\n{}",
-            tail(&service.log())
+            tail(&service.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -772,12 +730,12 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "tagstream exited:\n{}",
-                tail(&service.log())
+                tail(&service.log(), 40)
             );
             assert!(
                 Instant::now() < deadline,
                 "no progress:\n{}",
-                tail(&service.log())
+                tail(&service.log(), 40)
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -816,7 +774,7 @@ fn sigterm_mid_stream_then_restart_is_exact() {
         assert!(
             Instant::now() < deadline && child.try_wait().unwrap().is_none(),
             "no progress:\n{}",
-            tail(&service.log())
+            tail(&service.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -911,7 +869,7 @@ fn poison_pills_go_to_the_dead_letter_topic_and_every_good_event_is_applied() {
         if i % step == step / 2 && i / step < pills.len() {
             let key = format!("bad-{}", i / step).into_bytes();
             messages.push(Msg {
-                partition: partition_of(&key),
+                partition: partition_of(&key, PARTITIONS),
                 key: Some(key),
                 payload: pills[i / step].0.clone(),
             });
@@ -1025,7 +983,7 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
         assert!(
             Instant::now() < deadline,
             "no backpressure:\n{}",
-            tail(&log)
+            tail(&log, 40)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1086,7 +1044,7 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
         assert!(
             Instant::now() < deadline && child_b.try_wait().unwrap().is_none(),
             "B made no progress:\n{}",
-            tail(&b.log())
+            tail(&b.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1096,7 +1054,7 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
         assert!(
             Instant::now() < deadline,
             "A was never assigned a partition:\n{}",
-            tail(&a.log())
+            tail(&a.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1109,7 +1067,7 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
         assert!(
             Instant::now() < deadline,
             "A never took over B's partitions:\n{}",
-            tail(&a.log())
+            tail(&a.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -1153,12 +1111,12 @@ fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
         assert!(
             child.try_wait().unwrap().is_none(),
             "exited while brokers were down:\n{}",
-            tail(&service.log())
+            tail(&service.log(), 40)
         );
         assert!(
             Instant::now() < deadline,
             "no broker line on stderr:\n{}",
-            tail(&service.log())
+            tail(&service.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -1166,7 +1124,7 @@ fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
     assert!(
         child.try_wait().unwrap().is_none(),
         "exited while brokers were down:\n{}",
-        tail(&service.log())
+        tail(&service.log(), 40)
     );
 
     cluster.mock.broker_up(1).unwrap();
@@ -1208,7 +1166,7 @@ fn throughput() {
         assert!(
             child.try_wait().unwrap().is_none() && Instant::now() < deadline,
             "{}",
-            tail(&service.log())
+            tail(&service.log(), 40)
         );
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -16,12 +16,15 @@
 //! Needs the `tansu` binary (`scripts/ensure-deps.sh` installs it); without it the test fails.
 //! No assertion depends on wall-clock time; deadlines only stop a broken run from hanging.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{bin, dump, fetch_metrics, metric_sum, partition_of, tail, user_of};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
@@ -30,10 +33,6 @@ const EVENTS: &str = "events";
 const GROUP: &str = "ts-static";
 const SESSION_TIMEOUT_MS: u64 = 30_000;
 const DEADLINE: Duration = Duration::from_secs(120);
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tagstream")
-}
 
 /// Polls `f` until it returns a value; panics after [`DEADLINE`] with `what` and `context()`.
 fn wait_for<T>(what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
@@ -49,16 +48,6 @@ fn wait_for<T>(what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> 
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    format!(
-        "--- {}:\n{}",
-        path.display(),
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    )
 }
 
 /// The `tansu` binary: on PATH or in Cargo's bin directory.
@@ -119,7 +108,7 @@ impl Tansu {
         };
         wait_for(
             "tansu to listen",
-            || tail(&tansu.log),
+            || tail(&tansu.log, 30),
             || std::net::TcpStream::connect(&tansu.servers).ok(),
         );
         let out = Command::new(&bin)
@@ -141,16 +130,6 @@ impl Drop for Tansu {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// FNV-1a: the test's own partitioner (messages go to explicit partitions, keyed by user id).
-fn partition_of(user: &str) -> i32 {
-    let mut h: u32 = 0x811c9dc5;
-    for b in user.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h % PARTITIONS as u32) as i32
 }
 
 struct Msg {
@@ -175,7 +154,7 @@ fn generate() -> Vec<Msg> {
                 .expect("user ids are strings")
                 .to_string();
             Msg {
-                partition: partition_of(&user),
+                partition: partition_of(user.as_bytes(), PARTITIONS),
                 user,
                 line: line.to_string(),
             }
@@ -282,7 +261,7 @@ listen = "127.0.0.1:0"
         self.child = Some(child);
         let addr = wait_for(
             "the api to listen",
-            || tail(&self.log()),
+            || tail(&self.log(), 30),
             || {
                 let text = self.log_text();
                 let line = text.lines().find(|l| l.contains("api listening"))?;
@@ -303,32 +282,15 @@ listen = "127.0.0.1:0"
             .success());
         let status = wait_for(
             "tagstream to exit after SIGTERM",
-            || tail(&self.log()),
+            || tail(&self.log(), 30),
             || child.try_wait().unwrap(),
         );
-        assert_eq!(status.code(), Some(0), "{}", tail(&self.log()));
+        assert_eq!(status.code(), Some(0), "{}", tail(&self.log(), 30));
     }
 
     /// The sum over all labels of a metric of the running process.
     fn metric(&self, name: &str) -> f64 {
-        let text = ureq::get(&format!("{}/metrics", self.api))
-            .call()
-            .unwrap()
-            .into_string()
-            .unwrap();
-        let scrape =
-            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
+        metric_sum(&fetch_metrics(&self.api), name)
     }
 
     fn events(&self) -> usize {
@@ -382,30 +344,6 @@ impl Drop for Instance {
             let _ = c.wait();
         }
     }
-}
-
-fn dump(state: &Path) -> Vec<String> {
-    let out = Command::new(bin())
-        .arg("dump")
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn user_of(json: &str) -> String {
-    let v: serde_json::Value = serde_json::from_str(json).unwrap();
-    v["user_id"].as_str().unwrap().to_string()
 }
 
 /// Transitions keyed by `event_id`; a redelivered transition must be byte-identical.
@@ -486,9 +424,9 @@ fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back
     let context = |a: &Instance, b: &Instance| {
         format!(
             "{}\n{}\n{}",
-            tail(&a.log()),
-            tail(&b.log()),
-            tail(&tansu.log)
+            tail(&a.log(), 30),
+            tail(&b.log(), 30),
+            tail(&tansu.log, 30)
         )
     };
     a.start();
@@ -528,7 +466,7 @@ fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back
     assert!(
         a.log_text().contains("kafka consumer closed"),
         "{}",
-        tail(&a.log())
+        tail(&a.log(), 30)
     );
     produce(&tansu.servers, second);
     a.start();
@@ -577,13 +515,13 @@ fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back
         a.metric("tagstream_partition_rebuilds_total"),
         0.0,
         "the restarted a rebuilt a partition\n{}",
-        tail(&a.log())
+        tail(&a.log(), 30)
     );
     assert_eq!(
         a.count("resuming at the stored offset"),
         held_a.len(),
         "{}",
-        tail(&a.log())
+        tail(&a.log(), 30)
     );
     assert_eq!(
         a_events + a.events() + b.events(),
@@ -618,9 +556,9 @@ fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back
         for line in dump {
             let user = user_of(line);
             assert!(
-                held.contains(&partition_of(&user)),
+                held.contains(&partition_of(user.as_bytes(), PARTITIONS)),
                 "{name} holds state of {user}, of partition {}",
-                partition_of(&user)
+                partition_of(user.as_bytes(), PARTITIONS)
             );
         }
     }

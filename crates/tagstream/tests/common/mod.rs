@@ -1,0 +1,89 @@
+//! Helpers shared by the end-to-end tests: the binary, dumps, logs, the test partitioner and
+//! Prometheus scrapes. (Each test binary uses a different subset.)
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tagstream")
+}
+
+/// `tagstream dump --state-dir <state>`, one line per user.
+pub fn dump(state: &Path) -> Vec<String> {
+    let out = Command::new(bin())
+        .args(["dump", "--state-dir", state.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `user_id` of a JSON line (a number is taken as its decimal text, as the codecs do).
+pub fn user_of(line: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+    v["user_id"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| v["user_id"].to_string())
+}
+
+/// The last `n` lines of a log file, for failure messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "--- {}:\n{}",
+        path.display(),
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    )
+}
+
+/// FNV-1a over the key: the tests' own partitioner (messages go to explicit partitions).
+pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in key {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % partitions as u32) as i32
+}
+
+/// Parses a `/metrics` text with a Prometheus text-format parser.
+pub fn scrape(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text format")
+}
+
+/// GET `<base>/metrics`, parsed.
+pub fn fetch_metrics(base: &str) -> prometheus_parse::Scrape {
+    let text = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("GET /metrics")
+        .into_string()
+        .expect("a text body");
+    scrape(&text)
+}
+
+/// The sum of every sample of a counter, gauge or untyped metric (over all label values).
+pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
