@@ -150,6 +150,10 @@ pub struct Engine {
     /// Aggregates that started empty at a rules reload (see [`WarmingEntry`]).
     warming: Vec<WarmingEntry>,
     metrics: Option<Metrics>,
+    /// The partitions this instance owns now (None: every partition in the store, as in
+    /// `replay` and `dump`). Queries answer for owned partitions only: the state of a partition
+    /// handed to another instance stays on disk but is no longer current.
+    owned: Option<std::collections::BTreeSet<u32>>,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -244,6 +248,7 @@ impl Engine {
             cache: HashMap::new(),
             warming,
             metrics: None,
+            owned: None,
         })
     }
 
@@ -275,6 +280,16 @@ impl Engine {
     /// `tagstream_transition_event_lag_seconds`.
     pub fn set_metrics(&mut self, metrics: Metrics) {
         self.metrics = Some(metrics);
+    }
+
+    /// Restricts queries (users, segment sizes and members) to the partitions owned now.
+    pub fn set_owned(&mut self, owned: Option<std::collections::BTreeSet<u32>>) {
+        self.owned = owned;
+    }
+
+    /// Whether queries answer for `partition`.
+    pub fn owns(&self, partition: u32) -> bool {
+        self.owned.as_ref().is_none_or(|o| o.contains(&partition))
     }
 
     /// Replaces the wall clock (tests).
@@ -342,7 +357,7 @@ impl Engine {
 
     /// The partition whose state holds `user`, if any.
     pub fn partition_of(&self, user: &str) -> Result<Option<u32>> {
-        for &p in self.clocks.keys() {
+        for &p in self.clocks.keys().filter(|p| self.owns(**p)) {
             if self.store.get(Cf::Users, &user_key(p, user))?.is_some() {
                 return Ok(Some(p));
             }
@@ -352,7 +367,7 @@ impl Engine {
 
     /// A user's state and the engine time of its partition.
     pub fn user(&self, user: &str) -> Result<Option<(UserState, Millis)>> {
-        for (&p, &now) in &self.clocks {
+        for (&p, &now) in self.clocks.iter().filter(|(p, _)| self.owns(**p)) {
             if let Some(bytes) = self.store.get(Cf::Users, &user_key(p, user))? {
                 let state = UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?;
                 return Ok(Some((state, now)));

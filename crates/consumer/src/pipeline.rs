@@ -286,6 +286,8 @@ pub fn run(
         paused: false,
         summary: Summary::default(),
     };
+    // Queries answer for assigned partitions only, and none is assigned yet.
+    l.engine.lock().set_owned(Some(BTreeSet::new()));
     let result = l.main(&rx, shutdown);
     if result.is_err() {
         // Release the source: stop it and unblock its sends and barriers.
@@ -377,6 +379,7 @@ impl Loop<'_> {
     }
 
     fn publish_assignment(&self) {
+        self.engine.lock().set_owned(Some(self.partitions()));
         self.control
             .assigned
             .store(self.assigned.len(), Ordering::SeqCst);
@@ -527,7 +530,7 @@ impl Loop<'_> {
         for seg in &engine.rules().segments {
             m.segment_members
                 .with_label_values(&[&*seg.name])
-                .set(engine.bitmaps().len(&seg.name) as i64);
+                .set(engine.segment_size(&seg.name) as i64);
         }
         if let Ok(marks) = self.control.watermarks.lock() {
             for tp in &self.assigned {

@@ -159,17 +159,36 @@ impl SegmentBitmaps {
 
     /// Members of `segment` over every partition held.
     pub fn union_of(&self, segment: &str) -> RoaringBitmap {
+        self.union_where(segment, |_| true)
+    }
+
+    /// Members of `segment` over the partitions `keep` accepts.
+    pub fn union_where(&self, segment: &str, keep: impl Fn(u32) -> bool) -> RoaringBitmap {
         self.maps
             .get(segment)
-            .map(|parts| parts.values().fold(RoaringBitmap::new(), |acc, b| acc | b))
+            .map(|parts| {
+                parts
+                    .iter()
+                    .filter(|(p, _)| keep(**p))
+                    .fold(RoaringBitmap::new(), |acc, (_, b)| acc | b)
+            })
             .unwrap_or_default()
     }
 
     /// Number of members of `segment` over every partition held.
     pub fn len(&self, segment: &str) -> u64 {
-        self.maps
-            .get(segment)
-            .map_or(0, |parts| parts.values().map(RoaringBitmap::len).sum())
+        self.len_where(segment, |_| true)
+    }
+
+    /// Number of members of `segment` over the partitions `keep` accepts.
+    pub fn len_where(&self, segment: &str, keep: impl Fn(u32) -> bool) -> u64 {
+        self.maps.get(segment).map_or(0, |parts| {
+            parts
+                .iter()
+                .filter(|(p, _)| keep(**p))
+                .map(|(_, b)| b.len())
+                .sum()
+        })
     }
 
     /// Names of the segments with at least one member (excluding [`PRESENT`]), sorted.

@@ -64,7 +64,7 @@ impl Engine {
                 SegmentSummary {
                     name: seg.name.to_string(),
                     description: seg.description.clone(),
-                    size: self.bitmaps.len(&seg.name),
+                    size: self.segment_size(&seg.name),
                     warming_until,
                     history_since,
                 }
@@ -98,16 +98,22 @@ impl Engine {
         self.rules.segments.iter().map(|s| &*s.name).collect()
     }
 
-    /// Members of a segment (all partitions), or None for a segment not in the rules.
+    /// Members of a segment (owned partitions), or None for a segment not in the rules.
     pub fn segment_bitmap(&self, segment: &str) -> Option<RoaringBitmap> {
         self.rules
             .segment_by_name(segment)
-            .map(|s| self.bitmaps.union_of(&s.name))
+            .map(|s| self.bitmaps.union_where(&s.name, |p| self.owns(p)))
     }
 
-    /// Every user in state.
+    /// Number of members of a segment (owned partitions).
+    pub fn segment_size(&self, segment: &str) -> u64 {
+        self.bitmaps.len_where(segment, |p| self.owns(p))
+    }
+
+    /// Every user in state (owned partitions).
     pub fn all_users(&self) -> RoaringBitmap {
-        self.bitmaps.all_users()
+        self.bitmaps
+            .union_where(tagstream_state::bitmaps::PRESENT, |p| self.owns(p))
     }
 
     /// Up to `limit` users of `set` with internal ids above `after`, by id.
