@@ -680,10 +680,31 @@ fn delete_and_reload_through_the_api() {
     let (status, body) = service.call("POST", "/v1/rules/reload", Some("this is not toml ="));
     assert_eq!(status, 422, "{body}");
 
-    // Reloading the same rules changes nothing.
+    // Reloading the same rules changes nothing (from the configured file, or a path, or text).
     std::fs::write(dir.path().join("rules.toml"), &good).unwrap();
     let (status, body) = service.call("POST", "/v1/rules/reload", None);
     assert_eq!((status, &body["reloaded"]), (200, &json!(false)), "{body}");
+    std::fs::write(dir.path().join("same.toml"), &good).unwrap();
+    let (status, body) = service.call("POST", "/v1/rules/reload", Some(r#"{"path":"same.toml"}"#));
+    assert_eq!((status, &body["reloaded"]), (200, &json!(false)), "{body}");
+    let (status, body) = service.call(
+        "POST",
+        "/v1/rules/reload",
+        Some(&json!({ "rules": good }).to_string()),
+    );
+    assert_eq!((status, &body["reloaded"]), (200, &json!(false)), "{body}");
+    let (status, body) = service.call(
+        "POST",
+        "/v1/rules/reload",
+        Some(r#"{"path":"missing.toml"}"#),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        service
+            .call("POST", "/v1/rules/reload", Some(r#"{"x":1}"#))
+            .0,
+        400
+    );
 
     // A new segment over existing tags enters its members at once (cause `rules`); a new
     // windowed tag starts empty and says until when.

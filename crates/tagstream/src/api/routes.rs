@@ -237,30 +237,42 @@ fn audience_error(e: AudienceError) -> ApiError {
     }
 }
 
-/// The new rules: the request body (TOML, or JSON `{"rules": "<toml>"}`), or when the body is
-/// empty the configured rules file, read again.
+fn read_rules_file(path: &std::path::Path) -> Result<(String, String), ApiError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("cannot read rules file {shown}: {e}; the rules in force are unchanged"),
+        )
+    })?;
+    Ok((text, shown))
+}
+
+/// The new rules: the request body (TOML; or JSON `{"rules": "<toml>"}` or `{"path": "<file>"}`,
+/// a path relative to the configured rules file's directory), or when the body is empty the
+/// configured rules file, read again.
 fn new_rules_source(state: &ApiState, body: &[u8]) -> Result<(String, String), ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        let path = state.rules_path.display().to_string();
-        let text = std::fs::read_to_string(&state.rules_path).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("cannot read rules file {path}: {e}; the rules in force are unchanged"),
-            )
-        })?;
-        return Ok((text, path));
+        return read_rules_file(&state.rules_path);
     }
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("the rules in the body are not UTF-8"))?;
     if text.trim_start().starts_with('{') {
         let v: Value = serde_json::from_str(text)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-        return match v.get("rules").and_then(Value::as_str) {
-            Some(rules) => Ok((rules.to_string(), "<request body>".into())),
-            None => Err(ApiError::bad_request(
-                "a JSON body needs \"rules\": the rules file's TOML text (or send no body to re-read the configured rules file)",
-            )),
-        };
+        if let Some(rules) = v.get("rules").and_then(Value::as_str) {
+            return Ok((rules.to_string(), "<request body>".into()));
+        }
+        if let Some(path) = v.get("path").and_then(Value::as_str) {
+            let dir = state
+                .rules_path
+                .parent()
+                .unwrap_or(std::path::Path::new("."));
+            return read_rules_file(&dir.join(path));
+        }
+        return Err(ApiError::bad_request(
+            "a JSON body needs \"rules\" (the rules file's TOML text) or \"path\" (a rules file); or send no body to re-read the configured rules file",
+        ));
     }
     Ok((text.to_string(), "<request body>".into()))
 }
