@@ -263,8 +263,8 @@ struct Loop<'a> {
     summary: Summary,
 }
 
-/// Runs until the source ends (after `shutdown` is triggered, or a stdin source closes) and
-/// returns what was done. Errors are internal failures: nothing further is committed.
+/// Runs until the source ends (after `shutdown` is triggered; a file or stdin source at its end
+/// keeps waiting) and returns what was done. Errors are internal failures: nothing further is committed.
 pub fn run(
     engine: SharedEngine,
     rx: Receiver<SourceEvent>,
