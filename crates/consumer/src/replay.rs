@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tagstream_rules::engine::dump_line;
 use tagstream_rules::event::{DecodeOptions, Format, Millis};
 use tagstream_rules::rules::RuleSet;
-use tagstream_state::{RocksStore, StateStore};
+use tagstream_state::{RocksStore, StateStore, StoreOptions};
 
 use crate::engine::{BatchReport, ClockMode, Engine, EngineOptions, Record};
 use crate::error::{ConsumerError, Result};
@@ -51,7 +51,12 @@ fn open_store(dir: &str, must_exist: bool) -> Result<Arc<dyn StateStore>> {
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| ConsumerError::User(format!("cannot create state dir {dir}: {e}")))?;
-    Ok(Arc::new(RocksStore::open(Path::new(dir))?))
+    // An existing state is only read (`dump`): without the lock, beside a running service.
+    let options = StoreOptions {
+        read_only: must_exist,
+        ..StoreOptions::default()
+    };
+    Ok(Arc::new(RocksStore::open_with(Path::new(dir), options)?))
 }
 
 pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {

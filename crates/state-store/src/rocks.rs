@@ -30,6 +30,10 @@ pub struct StoreOptions {
     /// Size of the block cache shared by all column families (data, index and filter
     /// blocks). Default 64 MiB.
     pub block_cache_bytes: usize,
+    /// Open without the directory's lock, for reading only (commits fail): a `dump` beside a
+    /// running service. It sees every batch committed before the open (the write-ahead log is
+    /// replayed into memory, not written).
+    pub read_only: bool,
 }
 
 impl Default for StoreOptions {
@@ -37,6 +41,7 @@ impl Default for StoreOptions {
         StoreOptions {
             sync: false,
             block_cache_bytes: 64 * MIB,
+            read_only: false,
         }
     }
 }
@@ -113,21 +118,29 @@ impl RocksStore {
             }
         }
 
-        let db =
+        let opened = if options.read_only {
+            DBWithThreadMode::<SingleThreaded>::open_cf_descriptors_read_only(
+                &db_opts,
+                dir,
+                descriptors,
+                false,
+            )
+        } else {
             DBWithThreadMode::<SingleThreaded>::open_cf_descriptors(&db_opts, dir, descriptors)
-                .map_err(|source| {
-                    if is_lock_error(&source) {
-                        StoreError::Locked {
-                            path: path.clone(),
-                            source,
-                        }
-                    } else {
-                        StoreError::Open {
-                            path: path.clone(),
-                            source,
-                        }
-                    }
-                })?;
+        };
+        let db = opened.map_err(|source| {
+            if is_lock_error(&source) {
+                StoreError::Locked {
+                    path: path.clone(),
+                    source,
+                }
+            } else {
+                StoreError::Open {
+                    path: path.clone(),
+                    source,
+                }
+            }
+        })?;
 
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(options.sync);

@@ -622,6 +622,32 @@ fn rocks_second_open_reports_the_lock() {
 }
 
 #[test]
+fn rocks_read_only_open_sees_commits_beside_a_writer_and_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let writer = RocksStore::open(dir.path()).unwrap();
+    put_all(&writer, Cf::Users, &[(b"u1", b"state")]);
+    let reader = RocksStore::open_with(
+        dir.path(),
+        StoreOptions {
+            read_only: true,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        reader.get(Cf::Users, b"u1").unwrap(),
+        Some(b"state".to_vec())
+    );
+    let mut batch = WriteBatch::new();
+    batch.put(Cf::Users, b"u2".to_vec(), b"x".to_vec());
+    assert!(
+        reader.commit(batch).is_err(),
+        "a read-only store refuses writes"
+    );
+    assert_eq!(writer.get(Cf::Users, b"u2").unwrap(), None);
+}
+
+#[test]
 fn rocks_unusable_path_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("not-a-dir");

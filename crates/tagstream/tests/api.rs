@@ -502,8 +502,11 @@ fn reads_equal_the_dump_and_metrics_move() {
         cursor = v["next_cursor"].clone();
     }
 
+    // `dump` works beside the running service (read-only, without the lock).
+    let live = dump(dir.path());
     service.stop();
     let dump = dump(dir.path());
+    assert_eq!(live, dump);
     assert_eq!(profiles.len(), dump.len());
     for (id, line) in &dump {
         assert_eq!(profiles.get(id), Some(line), "profile of {id}");
