@@ -538,8 +538,23 @@ fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back
             (got.len() >= expected_transitions.len()).then_some(())
         },
     );
-    // One clock tick (1 s): timers due at the last event fire at the tick after its batch.
-    std::thread::sleep(Duration::from_secs(2));
+    // Lag as the group's tools see it: each instance reports its own partitions, all at 0.
+    wait_for(
+        "consumer lag 0 on every partition",
+        || context(&a, &b),
+        || {
+            let lag: Vec<prometheus_parse::Sample> = [&a, &b]
+                .iter()
+                .flat_map(|i| fetch_metrics(&i.api).samples)
+                .filter(|s| s.metric == "tagstream_consumer_lag_messages")
+                .collect();
+            (lag.len() == PARTITIONS as usize
+                && lag
+                    .iter()
+                    .all(|s| s.value == prometheus_parse::Value::Gauge(0.0)))
+            .then_some(())
+        },
+    );
     assert_eq!(a.assignment(), held_a, "{}", context(&a, &b));
     assert_eq!(b.assignment(), held_b, "{}", context(&a, &b));
     assert_eq!(
