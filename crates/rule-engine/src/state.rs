@@ -298,25 +298,37 @@ impl AggState {
 }
 
 fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: usize) -> Value {
-    let mut merged: BTreeMap<&Scalar, u64> = BTreeMap::new();
-    for b in buckets {
-        for (v, n) in b {
-            *merged.entry(v).or_insert(0) += n;
-        }
-    }
-    if merged.is_empty() {
+    // Gathered into one vector and sorted once: cheaper than merging into a fresh map, which
+    // allocates a node per value on every evaluation.
+    let mut all: Vec<(&Scalar, u64)> = buckets
+        .flat_map(|b| b.iter().map(|(v, n)| (v, *n)))
+        .collect();
+    if all.is_empty() {
         return Value::Null;
     }
-    let mut ranked: Vec<(&Scalar, u64)> = merged.into_iter().collect();
-    // Count descending, then value order ascending (the BTreeMap order) — a stable sort keeps it.
-    ranked.sort_by_key(|entry| std::cmp::Reverse(entry.1));
-    if k <= 1 {
-        ranked[0].0.to_value()
-    } else {
-        Value::List(Arc::new(
-            ranked.iter().take(k).map(|(v, _)| v.to_value()).collect(),
-        ))
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut merged: Vec<(&Scalar, u64)> = Vec::with_capacity(all.len());
+    for (v, n) in all {
+        match merged.last_mut() {
+            Some(last) if last.0.cmp(v).is_eq() => last.1 += n,
+            _ => merged.push((v, n)),
+        }
     }
+    if k <= 1 {
+        // The highest count; on a tie, the value that sorts first.
+        let mut best = merged[0];
+        for entry in &merged[1..] {
+            if entry.1 > best.1 {
+                best = *entry;
+            }
+        }
+        return best.0.to_value();
+    }
+    // Count descending, then value order ascending — a stable sort keeps the value order.
+    merged.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    Value::List(Arc::new(
+        merged.iter().take(k).map(|(v, _)| v.to_value()).collect(),
+    ))
 }
 
 impl UserState {
