@@ -1023,12 +1023,10 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
 
     let mut a = Service::new(dir.as_path(), &cluster, "a", "");
     let mut b = Service::new(dir.as_path(), &cluster, "b", "");
-    // With the assignor the Kubernetes ConfigMap ships (incremental rebalances); the other
-    // tests use librdkafka's default (eager).
     for (s, id) in [(&a, "a"), (&b, "b")] {
         let text = std::fs::read_to_string(&s.config).unwrap().replace(
             "[sink]",
-            &format!("\"group.instance.id\" = \"{id}\"\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n[sink]"),
+            &format!("\"group.instance.id\" = \"{id}\"\n[sink]"),
         );
         std::fs::write(&s.config, text).unwrap();
     }
