@@ -4,6 +4,8 @@
 //!
 //! No assertion depends on elapsed time; deadlines only stop a broken run from hanging.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,37 +14,19 @@ use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
+use common::{bin, partition_of, tail};
+
 const PARTITIONS: i32 = 2;
 const EVENTS: &str = "events";
 const TRANSITIONS: &str = "transitions";
 const DLQ: &str = "dlq";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tagstream")
-}
-
-/// FNV-1a: the test's own partitioner (messages are produced to explicit partitions).
-fn partition_of(key: &[u8]) -> i32 {
-    let mut h: u32 = 0x811c9dc5;
-    for b in key {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    (h % PARTITIONS as u32) as i32
-}
-
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// One input message: partition, key, payload.
@@ -63,7 +47,7 @@ fn keyed(lines: &[String]) -> Vec<Msg> {
                 .map(str::to_string)
                 .unwrap_or_else(|| v["user_id"].to_string());
             Msg {
-                partition: partition_of(user.as_bytes()),
+                partition: partition_of(user.as_bytes(), PARTITIONS),
                 key: user.into_bytes(),
                 payload: l.clone().into_bytes(),
             }
@@ -161,7 +145,10 @@ impl Service {
 
     fn alive(&self, child: &mut Proc) {
         if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("tagstream exited early ({status}):\n{}", tail(&self.log));
+            panic!(
+                "tagstream exited early ({status}):\n{}",
+                tail(&self.log, 40)
+            );
         }
     }
 
@@ -180,7 +167,7 @@ impl Service {
             assert!(
                 Instant::now() < deadline,
                 "tagstream did not stop after SIGTERM:\n{}",
-                tail(&self.log)
+                tail(&self.log, 40)
             );
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -188,7 +175,7 @@ impl Service {
             status.code(),
             Some(0),
             "exit status after SIGTERM:\n{}",
-            tail(&self.log)
+            tail(&self.log, 40)
         );
     }
 }
@@ -253,7 +240,7 @@ when = "last_seen > now() - 15s"
         assert!(
             Instant::now() < deadline,
             "partitions never assigned:\n{}",
-            tail(&service.log)
+            tail(&service.log, 40)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -271,7 +258,7 @@ when = "last_seen > now() - 15s"
         assert!(
             Instant::now() < deadline,
             "transitions so far: {lines:?}\n{}",
-            tail(&service.log)
+            tail(&service.log, 40)
         );
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -1,10 +1,14 @@
 //! `tagstream run` with a file source (no Kafka): follow mode, restart without double counting,
 //! SIGTERM, and configuration errors (exit 1, one line naming file, line and key).
 
+mod common;
+
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::bin;
 
 const RULES: &str = r#"
 [[tag]]
@@ -26,10 +30,6 @@ when = "spend > 0"
 name = "busy"
 when = "n >= 3"
 "#;
-
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tagstream")
-}
 
 fn event(user: &str, name: &str, ts: i64, amount: f64) -> String {
     format!(
