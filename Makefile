@@ -38,6 +38,7 @@ quickstart: build
 test: test-deps
 	cargo test --workspace
 	python3 -m unittest discover -s tests/oracle
+	python3 -m unittest discover -s tests/sdk
 	./scripts/check-deploy.sh
 
 check-deploy:

@@ -15,7 +15,8 @@ How it works (deliberately simple, no incremental state):
   1. decode every input line (file order = arrival order) with the rules of SPEC §2;
      rejected lines are dropped (optionally counted with --stats);
   2. replay arrival order only for what depends on it: the event clock (max applied
-     event time), dedup by event id, `delete`, and profile_set_once;
+     event time), dedup by event id, `delete`, and the profile operations that read the
+     current value (profile_set_once, profile_increment, profile_append);
   3. evaluate every tag and segment of every present user at engine time `now`
      directly from the surviving events;
   4. print the dump: NDJSON sorted by user_id (UTF-8 byte order).
@@ -1222,7 +1223,7 @@ class Event:
         self.ts = ts
         self.props = props
         self.eid = eid
-        self.op = op  # profile: "set" | "set_once" | "unset"
+        self.op = op  # profile: "set" | "set_once" | "unset" | "increment" | "append"
         self._b = None
 
     def bucket(self, zone, unit):
@@ -1433,39 +1434,81 @@ def decode_segment(o):
     ts = get_ts(o.get("timestamp", _MISSING))
     eid = get_eid(o.get("messageId"))
     if typ == "identify":
-        props = get_props(o.get("traits", _MISSING))
+        # rev 2: the top-level traits, or, when absent (null counts as absent),
+        # context.traits (RudderStack's SDKs send them only there)
+        traits = o.get("traits", _MISSING)
+        if traits is _MISSING or traits is None:
+            ctx = o.get("context")
+            traits = ctx.get("traits", _MISSING) if type(ctx) is dict else _MISSING
+        props = get_props(traits)
         return Event(uid, "profile", None, ts, props, eid, "set")
     if typ == "track":
         name = get_event_name(o.get("event"))
         props = get_props(o.get("properties", _MISSING))
         return Event(uid, "track", name, ts, props, eid)
     props = get_props(o.get("properties", _MISSING))
-    nm = o.get("name")
-    if nm is not None:
-        props = dict(props)
-        props["name"] = nm
+    # page/screen: `name` (and, rev 2, for page only: `category`), when present and not
+    # null, is copied into the properties
+    copied = ("name", "category") if typ == "page" else ("name",)
+    for key in copied:
+        v = o.get(key)
+        if v is not None:
+            props = dict(props)
+            props[key] = v
     return Event(uid, "track", typ, ts, props, eid)
 
 
-SENSORS_TYPES = {"track", "profile_set", "profile_set_once", "profile_unset", "profile_delete"}
+SENSORS_PROFILE_OPS = {
+    "profile_set": "set",
+    "profile_set_once": "set_once",
+    "profile_unset": "unset",
+    "profile_increment": "increment",  # rev 2
+    "profile_append": "append",  # rev 2
+}
+# rev 2: well-formed messages of these types are neither applied nor dead letters
+SENSORS_SKIPPED = {"item_set", "item_delete", "track_id_bind", "track_id_unbind"}
+SENSORS_TYPES = {"track", "track_signup", "profile_delete"} | set(SENSORS_PROFILE_OPS)
+
+
+class Skipped:
+    """decode result of a message that is skipped (counted, never applied)."""
+
+    def __init__(self, typ):
+        self.type = typ
 
 
 def decode_sensors(o):
     typ = o.get("type")
     if typ is None:
         typ = "track"
+    if typ in SENSORS_SKIPPED:
+        return Skipped(typ)
     if typ not in SENSORS_TYPES:
         raise Reject("unknown_type", repr(typ))
     uid = get_uid(o.get("distinct_id", _MISSING))
-    name = get_event_name(o.get("event")) if typ == "track" else None
+    is_track = typ in ("track", "track_signup")
+    name = get_event_name(o.get("event")) if is_track else None
     ts = get_ts(o.get("time", _MISSING))
     props = get_props(o.get("properties", _MISSING))
     eid = get_eid(o.get("_track_id"))
     if typ == "track":
         return Event(uid, "track", name, ts, props, eid)
+    if typ == "track_signup":
+        # a track of distinct_id; the anonymous original_id is kept as a property
+        orig = o.get("original_id")
+        if orig is not None:
+            props = dict(props)
+            props["$original_id"] = orig
+        return Event(uid, "track", name, ts, props, eid)
     if typ == "profile_delete":
         return Event(uid, "delete", None, ts, props, eid)
-    op = {"profile_set": "set", "profile_set_once": "set_once", "profile_unset": "unset"}[typ]
+    op = SENSORS_PROFILE_OPS[typ]
+    # `$is_login_id` is a flag about the id, never a profile attribute
+    props = {k: v for k, v in props.items() if k != "$is_login_id"}
+    if op == "increment":
+        for k, v in props.items():
+            if not is_number(v):
+                raise Reject("invalid_properties", f"increment of {k!r} by a non-number {v!r}")
     return Event(uid, "profile", None, ts, props, eid, op)
 
 
@@ -1473,7 +1516,7 @@ DECODERS = {"native": decode_native, "segment": decode_segment, "sensors": decod
 
 
 def decode_line(raw, fmt="native", max_event_bytes=DEFAULT_MAX_EVENT_BYTES):
-    """One input line (bytes, without its newline) -> Event.
+    """One input line (bytes, without its newline) -> Event, or Skipped.
     Returns None for a blank line; raises Reject for a dead letter."""
     if not raw.strip():
         return None
@@ -1520,6 +1563,7 @@ class Stats:
         self.blank = 0
         self.applied = 0
         self.duplicate = 0
+        self.skipped = 0
         self.clock = None
         self.dead = {}
 
@@ -1527,7 +1571,8 @@ class Stats:
         dl = sum(self.dead.values())
         parts = ", ".join(f"{k}={v}" for k, v in sorted(self.dead.items()))
         return (f"clock={self.clock} lines={self.lines} blank={self.blank} applied={self.applied} "
-                f"duplicate={self.duplicate} dead_letter={dl}" + (f" ({parts})" if parts else ""))
+                f"duplicate={self.duplicate} skipped={self.skipped} dead_letter={dl}"
+                + (f" ({parts})" if parts else ""))
 
 
 def _profile_record(st, attr, ts, arrival, value):
@@ -1535,6 +1580,39 @@ def _profile_record(st, attr, ts, arrival, value):
     # largest timestamp wins; on equal timestamps the later arrival (this one) wins
     if cur is None or ts >= cur[0]:
         st.profile[attr] = (ts, arrival, value)
+
+
+def json_same(a, b):
+    """JSON value equality for "values already present" of profile_append: numbers by
+    value (1 == 1.0), booleans are not numbers, objects as key sets, arrays in order."""
+    ta, tb = type(a), type(b)
+    if is_number(a) and is_number(b):
+        return a == b
+    if ta is not tb:
+        return False
+    if ta is list:
+        return len(a) == len(b) and all(json_same(x, y) for x, y in zip(a, b))
+    if ta is dict:
+        return a.keys() == b.keys() and all(json_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _increment(cur, by):
+    """SPEC rev 2 profile_increment: the current value plus the number; a current value
+    that is null, absent or not a number counts as 0 (numbers are f64)."""
+    base = cur[2] if cur is not None and is_number(cur[2]) else 0
+    return float(base) + float(by)
+
+
+def _append(cur, given):
+    """SPEC rev 2 profile_append: the current list (anything else counts as empty) with
+    the given values appended, each only when not already present."""
+    out = list(cur[2]) if cur is not None and type(cur[2]) is list else []
+    # the SDKs send a list of values; any other value is one value (documented choice)
+    for v in (given if type(given) is list else [given]):
+        if not any(json_same(x, v) for x in out):
+            out.append(v)
+    return out
 
 
 def replay(events, dedup_window):
@@ -1583,6 +1661,17 @@ def replay(events, dedup_window):
         elif ev.op == "unset":
             for attr in ev.props:
                 _profile_record(st, attr, ev.ts, arrival, None)
+        elif ev.op == "increment":
+            # the result, computed from the current (winning) value, is a record at the
+            # event's time and competes like any value: a late increment loses to the newer
+            # current value and changes nothing
+            for attr, by in ev.props.items():
+                cur = st.profile.get(attr)
+                _profile_record(st, attr, ev.ts, arrival, _increment(cur, by))
+        elif ev.op == "append":
+            for attr, given in ev.props.items():
+                cur = st.profile.get(attr)
+                _profile_record(st, attr, ev.ts, arrival, _append(cur, given))
         else:  # set_once: only attributes with no value (absent or null) right now
             for attr, value in ev.props.items():
                 cur = st.profile.get(attr)
@@ -1837,6 +1926,10 @@ def run(rules, lines, fmt="native", now=None, max_event_bytes=None, stats=None):
             continue
         if ev is None:
             stats.blank += 1
+            continue
+        if type(ev) is Skipped:
+            # never applied, never a dead letter, never moves the clock
+            stats.skipped += 1
             continue
         events.append(ev)
     users, clock, applied, dups = replay(events, rules.dedup_window)

@@ -787,11 +787,237 @@ event = "*"
             json.dumps({"type": "profile_delete", "distinct_id": "w", "time": T0}),
             json.dumps({"type": "track", "event": "buy", "distinct_id": "w", "time": T0 + 1}),
             json.dumps({"type": "profile_delete", "distinct_id": "w", "time": T0 + 2}),
-            json.dumps({"type": "profile_increment", "distinct_id": "u", "time": T0, "properties": {"plan": 1}}),
+            json.dumps({"type": "item_set", "item_type": "book", "item_id": "b", "time": T0,
+                        "properties": {"plan": 1}}),
+            json.dumps({"type": "profile_remove", "distinct_id": "u", "time": T0}),  # unknown
         ]
-        d = run(self.RULES, lines, fmt="sensors")
+        stats = oracle.Stats()
+        out = oracle.run(oracle.rules_from_text(self.RULES), lines, "sensors", None, None, stats)
+        d = {o["user_id"]: o for o in out}
         self.assertEqual(sorted(d), ["u"])
         self.assertEqual(d["u"]["tags"], {"n": 1, "names": ["a"], "plan": "x", "ft": T0})
+        self.assertEqual((stats.skipped, stats.dead), (1, {"unknown_type": 1}))
+
+
+def sensors(typ, ts, props=None, uid="u", **extra):
+    o = {"type": typ, "distinct_id": uid, "time": ts}
+    if props is not None:
+        o["properties"] = props
+    o.update(extra)
+    return json.dumps(o)
+
+
+class SensorsRev2(unittest.TestCase):
+    """SPEC §2 rev 2: what the Sensors SDKs send."""
+
+    RULES = """
+[[tag]]
+name = "score"
+kind = "profile"
+property = "score"
+[[tag]]
+name = "likes"
+kind = "profile"
+property = "likes"
+[[tag]]
+name = "login"
+kind = "profile"
+property = "$is_login_id"
+[[tag]]
+name = "n"
+kind = "count"
+event = "*"
+[[tag]]
+name = "orig"
+kind = "last"
+event = "$SignUp"
+property = "$original_id"
+[[tag]]
+name = "login_flags"
+kind = "distinct"
+event = "*"
+property = "$is_login_id"
+"""
+
+    def run_stats(self, lines, now=None):
+        stats = oracle.Stats()
+        out = oracle.run(oracle.rules_from_text(self.RULES), lines, "sensors", now, None, stats)
+        return {o["user_id"]: o["tags"] for o in out}, stats
+
+    def test_track_signup_keeps_original_id(self):
+        lines = [sensors("track_signup", T0, {"$lib": "python"}, event="$SignUp", original_id="anon-1"),
+                 sensors("track_signup", T0 + 1, {"$original_id": "x"}, uid="w", event="$SignUp",
+                         original_id=None),
+                 sensors("track_signup", T0 + 2, {}, uid="v")]  # no event name
+        d, stats = self.run_stats(lines)
+        self.assertEqual(d["u"]["orig"], "anon-1")
+        self.assertEqual(d["u"]["n"], 1)
+        self.assertEqual(d["w"]["orig"], "x")  # a null original_id adds nothing
+        self.assertEqual(stats.dead, {"missing_event": 1})
+        self.assertNotIn("anon-1", d)  # identities are not merged
+
+    def test_increment(self):
+        lines = [
+            sensors("profile_increment", T0 + 100, {"score": 3, "$is_login_id": True}),
+            sensors("profile_increment", T0 + 200, {"score": 4.5}),
+            sensors("profile_increment", T0 + 150, {"score": 100}),  # late: loses, no effect
+            sensors("profile_increment", T0 + 200, {"score": 1}),    # tie: later arrival wins
+        ]
+        d, stats = self.run_stats(lines)
+        self.assertEqual(d["u"]["score"], 8.5)
+        self.assertIsNone(d["u"]["login"])
+        self.assertEqual(stats.applied, 4)
+
+    def test_increment_of_null_absent_or_non_number(self):
+        lines = [
+            sensors("profile_set", T0, {"score": "ten"}, uid="a"),
+            sensors("profile_increment", T0 + 1, {"score": 2}, uid="a"),
+            sensors("profile_set", T0, {"score": 7}, uid="b"),
+            sensors("profile_unset", T0 + 1, {"score": True}, uid="b"),
+            sensors("profile_increment", T0 + 2, {"score": -1}, uid="b"),
+            sensors("profile_increment", T0, {"score": 5}, uid="c"),
+            sensors("profile_set", T0, {"score": True}, uid="d"),   # a boolean is not a number
+            sensors("profile_increment", T0 + 1, {"score": 1}, uid="d"),
+            sensors("profile_set", T0, {"score": [1]}, uid="e"),
+            sensors("profile_increment", T0 + 1, {"score": 1}, uid="e"),
+        ]
+        d, _ = self.run_stats(lines)
+        self.assertEqual({u: d[u]["score"] for u in d}, {"a": 2, "b": -1, "c": 5, "d": 1, "e": 1})
+
+    def test_increment_by_non_number_is_invalid(self):
+        bad = [{"score": "1"}, {"score": None}, {"score": True}, {"score": [1]}, {"a": 1, "score": {}}]
+        lines = [sensors("profile_set", T0, {"score": 1})]
+        lines += [sensors("profile_increment", T0 + 1, p) for p in bad]
+        lines.append(sensors("profile_increment", T0 + 2, {"$is_login_id": "yes", "score": 2}))
+        d, stats = self.run_stats(lines)
+        self.assertEqual(stats.dead, {"invalid_properties": len(bad)})
+        self.assertEqual(d["u"]["score"], 3)
+        self.assertEqual(stats.clock, T0 + 2)
+
+    def test_set_then_late_set_after_increment(self):
+        lines = [sensors("profile_increment", T0 + 100, {"score": 3}),
+                 sensors("profile_set", T0 + 300, {"score": "ten"}),
+                 sensors("profile_increment", T0 + 400, {"score": 2}),
+                 sensors("profile_set", T0 + 350, {"score": 50})]  # older than the sum at 400
+        d, _ = self.run_stats(lines)
+        self.assertEqual(d["u"]["score"], 2)
+
+    def test_append(self):
+        lines = [
+            sensors("profile_set", T0, {"likes": "not a list"}),
+            sensors("profile_append", T0 + 1, {"likes": ["a", "b"], "$is_login_id": True}),
+            sensors("profile_append", T0 + 2, {"likes": ["b", "c", "c"]}),
+            sensors("profile_append", T0 + 1, {"likes": ["z"]}),  # late: loses
+            sensors("profile_set", T0, {"likes": [1, {"x": 1, "y": 2}, True]}, uid="w"),
+            sensors("profile_append", T0 + 1, {"likes": [1.0, {"y": 2, "x": 1}, 1, True, "t"]}, uid="w"),
+            sensors("profile_append", T0 + 1, {"likes": "one"}, uid="v"),
+        ]
+        d, _ = self.run_stats(lines)
+        self.assertEqual(d["u"]["likes"], ["a", "b", "c"])
+        self.assertIsNone(d["u"]["login"])
+        self.assertEqual(d["w"]["likes"], [1, {"x": 1, "y": 2}, True, "t"])
+        self.assertEqual(d["v"]["likes"], ["one"])
+
+    def test_is_login_id_in_profiles_is_ignored_but_track_keeps_it(self):
+        lines = [sensors("profile_set", T0, {"$is_login_id": True}),
+                 sensors("profile_set_once", T0, {"$is_login_id": True}),
+                 sensors("profile_unset", T0 + 1, {"$is_login_id": True}),
+                 sensors("track", T0 + 2, {"$is_login_id": True}, event="e"),
+                 sensors("track", T0 + 3, {"$is_login_id": False}, event="e")]
+        d, _ = self.run_stats(lines)
+        self.assertIsNone(d["u"]["login"])
+        self.assertEqual(d["u"]["login_flags"], 2)
+
+    def test_skipped_types_never_apply_nor_move_the_clock(self):
+        lines = [sensors("track", T0, {}, event="e"),
+                 json.dumps({"type": "item_set", "item_type": "b", "item_id": "1", "time": T0 + DAY}),
+                 json.dumps({"type": "item_delete", "item_type": "b", "item_id": "1", "time": T0 + DAY}),
+                 sensors("track_id_bind", T0 + DAY, {}, event="$BindID",
+                         identities={"$identity_login_id": "u"}),
+                 sensors("track_id_unbind", T0 + DAY, {}, uid="new", event="$UnbindID"),
+                 json.dumps({"type": "item_set", "time": 1.5, "properties": "x"}),  # still skipped
+                 '{"type":"item_set"'  # not JSON: a dead letter
+                 ]
+        d, stats = self.run_stats(lines)
+        self.assertEqual(sorted(d), ["u"])
+        self.assertEqual(stats.skipped, 5)
+        self.assertEqual(stats.applied, 1)
+        self.assertEqual(stats.clock, T0)
+        self.assertEqual(stats.dead, {"invalid_json": 1})
+        self.assertIn("skipped=5", stats.summary())
+
+    def test_profile_delete_with_login_flag(self):
+        lines = [sensors("profile_set", T0, {"score": 1}),
+                 sensors("profile_delete", T0 + 1, {"$is_login_id": True})]
+        d, _ = self.run_stats(lines)
+        self.assertEqual(d, {})
+
+
+class SegmentRev2(unittest.TestCase):
+    RULES = """
+[[tag]]
+name = "plan"
+kind = "profile"
+property = "plan"
+[[tag]]
+name = "cats"
+kind = "top"
+event = "page"
+property = "category"
+k = 3
+[[tag]]
+name = "screen_cats"
+kind = "distinct"
+event = "screen"
+property = "category"
+[[tag]]
+name = "names"
+kind = "top"
+event = ["page", "screen"]
+property = "name"
+k = 5
+"""
+
+    def seg(self, **o):
+        o.setdefault("userId", "u")
+        o.setdefault("timestamp", "2024-11-19T07:06:40Z")
+        return json.dumps(o)
+
+    def test_identify_traits(self):
+        lines = [
+            self.seg(type="identify", context={"traits": {"plan": "ctx"}}),  # RudderStack
+            self.seg(type="identify", userId="v", traits={"plan": "top"}, context={"traits": {"plan": "ctx"}}),
+            self.seg(type="identify", userId="w", traits=None, context={"traits": {"plan": "ctx"}}),
+            self.seg(type="identify", userId="x", traits={}, context={"traits": {"plan": "ctx"}}),
+            self.seg(type="identify", userId="y", context="not an object"),
+            self.seg(type="identify", userId="z", context={"traits": "bad"}),
+            self.seg(type="identify", userId="z2", traits="bad", context={"traits": {"plan": "ctx"}}),
+        ]
+        stats = oracle.Stats()
+        out = oracle.run(oracle.rules_from_text(self.RULES), lines, "segment", None, None, stats)
+        d = {o["user_id"]: o["tags"]["plan"] for o in out}
+        self.assertEqual(d, {"u": "ctx", "v": "top", "w": "ctx", "x": None, "y": None})
+        self.assertEqual(stats.dead, {"invalid_properties": 2})
+
+    def test_page_category(self):
+        lines = [
+            self.seg(type="page", name="Lipstick", category="beauty", properties={"category": "old"}),
+            self.seg(type="page", name="Serum", category="beauty"),
+            self.seg(type="page", category=None, properties={"category": "home"}),
+            self.seg(type="page"),
+            self.seg(type="screen", name="Cart", category="shop"),  # SPEC: page only
+        ]
+        t = tags(self.RULES, lines, fmt="segment")
+        self.assertEqual(t["cats"], ["beauty", "home"])
+        self.assertEqual(t["screen_cats"], 0)
+        self.assertEqual(t["names"], ["Cart", "Lipstick", "Serum"])
+
+    def test_null_message_is_not_an_object(self):
+        for fmt in ("native", "segment", "sensors"):
+            stats = oracle.Stats()
+            oracle.run(oracle.rules_from_text(self.RULES), ["null", " null ", ""], fmt, None, None, stats)
+            self.assertEqual(stats.dead, {"not_an_object": 2}, fmt)
+            self.assertEqual(stats.blank, 1)
 
 
 class RulesAndDump(unittest.TestCase):

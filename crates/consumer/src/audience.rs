@@ -1,11 +1,13 @@
-//! Audience expressions: set algebra over segment bitmaps (`POST /v1/audiences`).
+//! Audience expressions: set algebra over segment bitmaps (`POST /v1/audiences`), and any
+//! other condition of the rules language over tags and segments ([`AudienceQuery`]), plus the
+//! chunked NDJSON export of a segment or an audience ([`export_ndjson`]).
 //!
 //! `vip_skincare AND NOT (churn_risk_high OR dormant)` parses into an [`Audience`], which
 //! evaluates to the bitmap of matching user ids. Keywords (`AND`, `OR`, `NOT`) are
 //! case-insensitive; `NOT` binds tighter than `AND`, which binds tighter than `OR`; both binary
 //! operators are left-associative. A bare `NOT` is relative to every user in state.
 //!
-//! This module does no IO. Guarantees:
+//! The parser and the set algebra do no IO. Guarantees:
 //! - user input never panics and never recurses unboundedly: text is at most
 //!   [`MAX_EXPRESSION_BYTES`] and nests (parentheses and `NOT`) at most [`MAX_NESTING`] deep,
 //!   both in the text as written and in its canonical form, so `parse(x.to_string()) == x` for
@@ -19,8 +21,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use roaring::RoaringBitmap;
+use tagstream_rules::rules::{compile_condition, AdhocCondition, RuleSet};
+
+use crate::engine::SharedEngine;
+use crate::error::ConsumerError;
 
 /// Longest accepted expression text, in bytes.
 pub const MAX_EXPRESSION_BYTES: usize = 4096;
@@ -947,6 +954,233 @@ mod tests {
                 let universe = bitmap(0..8);
                 prop_assert!(audience.evaluate(&|_| Some(bitmap([1, 2])), &universe).is_ok());
             }
+        }
+    }
+}
+
+// ---- queries over the engine ---------------------------------------------------------------
+
+/// Ad-hoc conditions are evaluated for this many candidate users per hold of the engine
+/// lock (the lock is held only to read their states).
+pub const CONDITION_CHUNK: usize = 4096;
+
+/// Users per chunk of an export (each chunk is one hold of the engine lock).
+pub const EXPORT_CHUNK: usize = 4096;
+
+/// An audience expression resolved against the rules in force.
+#[derive(Debug, Clone)]
+pub enum AudienceQuery {
+    /// Pure set algebra over segment names: evaluated on the segment bitmaps.
+    Segments(Audience),
+    /// Any other condition of the rules language (over tags and segments), evaluated per user
+    /// at the engine time of the user's partition, as a segment would be.
+    Condition {
+        condition: Arc<AdhocCondition>,
+        rules: Arc<RuleSet>,
+    },
+}
+
+/// Why an audience query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    /// The expression is not valid against the rules in force; `column` is 1-based.
+    #[error("invalid expression: {message}")]
+    Invalid {
+        column: Option<usize>,
+        message: String,
+    },
+    /// The rules changed while the query ran (a reload): ask again.
+    #[error("the rules in force changed while the audience was computed; ask again")]
+    RulesChanged,
+    #[error(transparent)]
+    Engine(#[from] ConsumerError),
+}
+
+impl From<AudienceError> for QueryError {
+    fn from(e: AudienceError) -> QueryError {
+        let column = match &e {
+            AudienceError::Syntax { position, .. } => Some(*position),
+            _ => None,
+        };
+        QueryError::Invalid {
+            column,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl AudienceQuery {
+    /// Resolves `text`: set algebra over segment names when it is exactly that (every name a
+    /// segment of `rules`), else a condition compiled by the rules compiler against `rules`
+    /// (`source` is the text `rules` was compiled from). Errors carry the column.
+    pub fn resolve(
+        text: &str,
+        rules: &Arc<RuleSet>,
+        source: &str,
+    ) -> Result<AudienceQuery, QueryError> {
+        if let Ok(audience) = Audience::parse(text) {
+            if audience
+                .segments()
+                .iter()
+                .all(|name| rules.segment_by_name(name).is_some())
+            {
+                return Ok(AudienceQuery::Segments(audience));
+            }
+        }
+        let condition =
+            compile_condition(rules, source, text).map_err(|e| QueryError::Invalid {
+                column: Some(e.column),
+                message: e.message,
+            })?;
+        Ok(AudienceQuery::Condition {
+            condition: Arc::new(condition),
+            rules: rules.clone(),
+        })
+    }
+
+    /// Resolves `text` against the rules in force of `engine`.
+    pub fn resolve_in(engine: &SharedEngine, text: &str) -> Result<AudienceQuery, QueryError> {
+        let (rules, source) = {
+            let engine = engine.lock();
+            (engine.rules().clone(), engine.rules_source()?)
+        };
+        AudienceQuery::resolve(text, &rules, &source)
+    }
+
+    /// Every matching user of the owned partitions, as internal ids. Set algebra takes one
+    /// hold of the engine lock; a condition holds it only to read each chunk of candidates'
+    /// states (the candidates are the members of its top-level segment conjuncts, or every
+    /// user), and evaluates outside it.
+    pub fn members(&self, engine: &SharedEngine) -> Result<RoaringBitmap, QueryError> {
+        match self {
+            AudienceQuery::Segments(audience) => {
+                let engine = engine.lock();
+                Ok(audience.evaluate(&|name| engine.segment_bitmap(name), &engine.all_users())?)
+            }
+            AudienceQuery::Condition { condition, rules } => {
+                let required: Vec<&str> = condition
+                    .required_segment_names(rules)
+                    .into_iter()
+                    .map(|n| &**n)
+                    .collect();
+                let candidates = {
+                    let engine = engine.lock();
+                    if engine.rules().fingerprint != rules.fingerprint {
+                        return Err(QueryError::RulesChanged);
+                    }
+                    engine.candidates(&required)
+                };
+                let mut matched = RoaringBitmap::new();
+                let mut ids = candidates.iter().peekable();
+                while ids.peek().is_some() {
+                    let chunk: Vec<u32> = ids.by_ref().take(CONDITION_CHUNK).collect();
+                    let states = {
+                        let engine = engine.lock();
+                        if engine.rules().fingerprint != rules.fingerprint {
+                            return Err(QueryError::RulesChanged);
+                        }
+                        engine.states_of(&chunk)?
+                    };
+                    for (id, state, now) in states {
+                        if condition.matches(rules, &state, now) {
+                            matched.insert(id);
+                        }
+                    }
+                }
+                Ok(matched)
+            }
+        }
+    }
+}
+
+/// What an export streams, in internal-id order (the order of the paged listings).
+#[derive(Debug, Clone)]
+pub enum ExportSet {
+    /// A segment's members, read from its bitmaps again at each chunk (as pages are).
+    Segment(String),
+    /// A set computed up front (an audience).
+    Fixed(RoaringBitmap),
+}
+
+/// The order an export follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportOrder {
+    /// Internal user ids: the order of this instance's paged listings.
+    Id,
+    /// (partition, internal id), each line also carrying `"key":[partition,id]`: the order in
+    /// which the answers of several instances are merged (`api.peers`).
+    Keyed,
+}
+
+/// Streams every member of `set` as NDJSON (`{"user_id":"u42"}` per line), `chunk` users at a
+/// time: each chunk takes the engine lock once, is encoded, and handed to `send`; nothing
+/// else is kept, so memory is bounded by one chunk plus what `send` buffers. `send` returns
+/// false to stop (the reader went away). Returns the number of users sent.
+pub fn export_ndjson(
+    engine: &SharedEngine,
+    set: &ExportSet,
+    order: ExportOrder,
+    chunk: usize,
+    send: &mut dyn FnMut(Vec<u8>) -> bool,
+) -> Result<u64, ConsumerError> {
+    let chunk = chunk.max(1);
+    let mut after: Option<(u32, u32)> = None;
+    let mut sent = 0u64;
+    loop {
+        let (members, next) = {
+            let engine = engine.lock();
+            let owned;
+            let bitmap = match set {
+                ExportSet::Segment(name) => {
+                    owned = engine.segment_bitmap(name).ok_or_else(|| {
+                        ConsumerError::User(format!(
+                            "segment {name:?} was removed by a rules reload during the export"
+                        ))
+                    })?;
+                    &owned
+                }
+                ExportSet::Fixed(bitmap) => bitmap,
+            };
+            match order {
+                ExportOrder::Id => {
+                    let page = engine.page(bitmap, after.map(|a| a.1), chunk)?;
+                    let next = page.next.map(|id| (0, id));
+                    let members: Vec<(Option<(u32, u32)>, String)> =
+                        page.members.into_iter().map(|m| (None, m)).collect();
+                    (members, next)
+                }
+                ExportOrder::Keyed => {
+                    let page = engine.page_by_partition(bitmap, after, chunk)?;
+                    let next = page
+                        .members
+                        .last()
+                        .filter(|_| page.more)
+                        .map(|(p, id, _)| (*p, *id));
+                    let members = page
+                        .members
+                        .into_iter()
+                        .map(|(p, id, m)| (Some((p, id)), m))
+                        .collect();
+                    (members, next)
+                }
+            }
+        };
+        let mut bytes = Vec::with_capacity(members.len() * 24);
+        for (key, user) in &members {
+            bytes.extend_from_slice(b"{\"user_id\":");
+            serde_json::to_writer(&mut bytes, user).expect("a string serialises");
+            if let Some((p, id)) = key {
+                bytes.extend_from_slice(format!(",\"key\":[{p},{id}]").as_bytes());
+            }
+            bytes.extend_from_slice(b"}\n");
+        }
+        sent += members.len() as u64;
+        if !bytes.is_empty() && !send(bytes) {
+            return Ok(sent);
+        }
+        match next {
+            Some(key) => after = Some(key),
+            None => return Ok(sent),
         }
     }
 }

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use tagstream_rules::engine as core;
-use tagstream_rules::event::{decode, DecodeOptions, Event, EventBody, Millis, Reason};
+use tagstream_rules::event::{
+    decode_message, DecodeOptions, Decoded, Event, EventBody, Millis, Reason,
+};
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
 use tagstream_rules::transition::Transition;
@@ -75,6 +77,8 @@ pub struct Record<'a> {
 pub struct BatchReport {
     pub applied: u64,
     pub duplicates: u64,
+    /// Messages of a kind that is not applied (SPEC §2: Sensors item and id-binding records).
+    pub skipped: u64,
     pub dead_letters: BTreeMap<&'static str, u64>,
     pub transitions: u64,
     pub timers_fired: u64,
@@ -90,6 +94,7 @@ impl BatchReport {
     pub fn merge(&mut self, other: &BatchReport) {
         self.applied += other.applied;
         self.duplicates += other.duplicates;
+        self.skipped += other.skipped;
         self.transitions += other.transitions;
         self.timers_fired += other.timers_fired;
         for (k, v) in &other.dead_letters {
@@ -584,8 +589,13 @@ impl<'e> Run<'e> {
     }
 
     fn record(&mut self, record: &Record<'_>) -> Result<()> {
-        let event = match decode(record.bytes, &self.engine.options.decode) {
-            Ok(e) => e,
+        let event = match decode_message(record.bytes, &self.engine.options.decode) {
+            Ok(Decoded::Event(e)) => e,
+            // Neither applied nor dead-lettered, and engine time does not move.
+            Ok(Decoded::Skipped(_)) => {
+                self.report.skipped += 1;
+                return Ok(());
+            }
             Err(rejection) => {
                 self.dead_letter(record, rejection.reason, rejection.detail);
                 return Ok(());

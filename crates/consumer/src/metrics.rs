@@ -26,6 +26,15 @@ pub struct Metrics {
     pub api_requests: IntCounterVec,
     /// `tagstream_api_request_seconds{route}`
     pub api_request_seconds: HistogramVec,
+    /// `tagstream_api_peer_requests_total{peer}` (`api.peers` fan-out, by peer index)
+    pub api_peer_requests: IntCounterVec,
+    /// `tagstream_api_peer_failures_total{peer}` (peers that did not answer, by index)
+    pub api_peer_failures: IntCounterVec,
+    /// `tagstream_api_preview_seconds`: rules reload previews (`dry_run=true`)
+    pub api_preview_seconds: Histogram,
+    /// `tagstream_api_export_seconds{kind="segment|audience"}`: NDJSON exports, first to
+    /// last chunk
+    pub api_export_seconds: HistogramVec,
     /// `tagstream_rules_reloads_total{outcome="applied|rejected"}`
     pub rules_reloads: IntCounterVec,
     /// `tagstream_rules_loaded_timestamp_seconds`
@@ -34,7 +43,7 @@ pub struct Metrics {
     pub process_start_time_seconds: IntGauge,
     /// `tagstream_ready`: what `/readyz` reports.
     pub ready: IntGauge,
-    /// `tagstream_events_total{outcome="applied|dead_letter|duplicate"}`
+    /// `tagstream_events_total{outcome="applied|dead_letter|duplicate|skipped"}`
     pub events: IntCounterVec,
     /// `tagstream_dead_letters_total{reason}`
     pub dead_letters: IntCounterVec,
@@ -94,7 +103,7 @@ pub struct RocksDbGauges {
 /// The label values of `tagstream_sink_delivery_errors_total{sink}`.
 pub const SINKS: [&str; 2] = ["transitions", "dead_letter"];
 /// The label values of `tagstream_events_total{outcome}`.
-pub const OUTCOMES: [&str; 3] = ["applied", "dead_letter", "duplicate"];
+pub const OUTCOMES: [&str; 4] = ["applied", "dead_letter", "duplicate", "skipped"];
 /// The label values of `tagstream_consumer_rebalances_total{kind}`.
 pub const REBALANCE_KINDS: [&str; 2] = ["assign", "revoke"];
 /// The label values of `tagstream_rules_reloads_total{outcome}`.
@@ -306,6 +315,27 @@ impl Metrics {
             &["route"],
             prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets"),
         );
+        let api_peer_requests = r.counter_vec(
+            "tagstream_api_peer_requests_total",
+            "Requests sent to api.peers to answer for the whole deployment, by peer index.",
+            &["peer"],
+        );
+        let api_peer_failures = r.counter_vec(
+            "tagstream_api_peer_failures_total",
+            "Requests to api.peers that failed (the answer was 503), by peer index.",
+            &["peer"],
+        );
+        let api_preview_seconds = r.histogram(
+            "tagstream_api_preview_seconds",
+            "Duration of rules reload previews (POST /v1/rules/reload?dry_run=true).",
+            prometheus::exponential_buckets(0.001, 2.0, 18).expect("valid buckets"),
+        );
+        let api_export_seconds = r.histogram_vec(
+            "tagstream_api_export_seconds",
+            "Duration of NDJSON exports from the first chunk to the last, by kind (segment, audience).",
+            &["kind"],
+            prometheus::exponential_buckets(0.001, 2.0, 18).expect("valid buckets"),
+        );
         let rules_reloads = r.counter_vec(
             "tagstream_rules_reloads_total",
             "Rules reloads by outcome (applied, rejected).",
@@ -383,6 +413,10 @@ impl Metrics {
             ingest_to_commit_seconds,
             api_requests,
             api_request_seconds,
+            api_peer_requests,
+            api_peer_failures,
+            api_preview_seconds,
+            api_export_seconds,
             rules_reloads,
             rules_loaded_timestamp_seconds: rules_version_timestamp_seconds,
             process_start_time_seconds,
@@ -453,6 +487,9 @@ impl Metrics {
             .with_label_values(&["duplicate"])
             .inc_by(report.duplicates);
         self.events
+            .with_label_values(&["skipped"])
+            .inc_by(report.skipped);
+        self.events
             .with_label_values(&["dead_letter"])
             .inc_by(report.dead_lettered());
         for (reason, n) in &report.dead_letters {
@@ -493,6 +530,7 @@ mod tests {
         let mut report = BatchReport {
             applied: 3,
             duplicates: 1,
+            skipped: 4,
             timers_fired: 2,
             ..BatchReport::default()
         };
@@ -510,6 +548,7 @@ mod tests {
         for needle in [
             "tagstream_events_total{outcome=\"applied\"} 3",
             "tagstream_events_total{outcome=\"duplicate\"} 1",
+            "tagstream_events_total{outcome=\"skipped\"} 4",
             "tagstream_events_total{outcome=\"dead_letter\"} 2",
             "tagstream_dead_letters_total{reason=\"invalid_json\"} 2",
             "tagstream_transitions_total{segment=\"vip\",type=\"segment_enter\"} 1",

@@ -475,10 +475,6 @@ pub fn apply(
         }
         EventBody::Profile { op, properties } => {
             for (key, value) in properties {
-                let value = match op {
-                    ProfileOp::Unset => Scalar::Null,
-                    _ => Scalar::from_json(value),
-                };
                 let current = state.profile.get(key);
                 let write = match op {
                     // Only where there is no value yet; an explicit null recorded later in event
@@ -486,11 +482,16 @@ pub fn apply(
                     ProfileOp::SetOnce => {
                         current.is_none_or(|(t, v)| v.is_null() && event.ts >= *t)
                     }
-                    ProfileOp::Set | ProfileOp::Unset => {
-                        current.is_none_or(|(t, _)| event.ts >= *t)
-                    }
+                    // An increment or append computes its result from the current value, and
+                    // that result competes by event time like any value: a late one (older than
+                    // the current value) loses and changes nothing.
+                    ProfileOp::Set
+                    | ProfileOp::Unset
+                    | ProfileOp::Increment
+                    | ProfileOp::Append => current.is_none_or(|(t, _)| event.ts >= *t),
                 };
                 if write {
+                    let value: Scalar = op.value(current.map(|(_, v)| v), value);
                     state.profile.insert(key.clone(), (event.ts, value));
                 }
             }

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use crate::engine::{evaluate, exit_segments, settle_after_change, transitions};
+use crate::engine::{catch_up, evaluate, exit_segments, settle, settle_after_change, transitions};
 use crate::event::Millis;
 use crate::rules::RuleSet;
 use crate::state::{SegmentState, UserState};
@@ -43,6 +43,20 @@ pub struct Warming {
     pub since: Millis,
     /// None for a lifetime aggregate: it never sees the events before `since`.
     pub until: Option<Millis>,
+}
+
+/// One user carried over by [`Migration::carry`].
+#[derive(Debug, Clone)]
+pub struct Carried {
+    /// Transitions of the timers that were due under the old rules (cause `timer`).
+    pub caught_up: Vec<Transition>,
+    /// How many timers fired while catching up.
+    pub timers_fired: usize,
+    /// Transitions the change of rules causes (cause `rules`).
+    pub migrated: Vec<Transition>,
+    /// The state under the new rules, its next timer not yet computed (see
+    /// [`crate::engine::settle`]).
+    pub next: UserState,
 }
 
 impl Migration {
@@ -99,6 +113,31 @@ impl Migration {
     /// Whether the new rules start any aggregate empty.
     pub fn resets_aggregates(&self) -> bool {
         self.aggregates.iter().any(Option::is_none)
+    }
+
+    /// The whole carry-over of one stored user, as a reload does it and as a preview
+    /// (`dry_run`) computes it without writing: the user is first caught up to `now` under
+    /// `old` (timers due fire, cause `timer`), then carried over to `new` with
+    /// [`Migration::migrate`] (cause `rules`). Pure: `state` is consumed, nothing is written.
+    pub fn carry(
+        &self,
+        old: &RuleSet,
+        new: &RuleSet,
+        user: &Arc<str>,
+        mut state: UserState,
+        now: Millis,
+    ) -> Carried {
+        let mut caught_up = Vec::new();
+        let timers_fired = catch_up(old, user, &mut state, now, &mut caught_up);
+        settle(old, &mut state);
+        let mut migrated = Vec::new();
+        let next = self.migrate(old, new, user, &state, now, &mut migrated);
+        Carried {
+            caught_up,
+            timers_fired,
+            migrated,
+            next,
+        }
     }
 
     /// Carries `state` (built with `old`, caught up to `now`) over to `new`, records the

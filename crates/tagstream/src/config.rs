@@ -233,6 +233,11 @@ pub struct ApiConfig {
     /// A file holding the bearer token for `/v1` (`TAGSTREAM_API_TOKEN` also works).
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// Every pod's API as `host:port` (this pod included), or one `host:port` whose DNS name
+    /// resolves to every pod (a headless Service): `/v1` reads then answer for the whole
+    /// deployment. Empty: each pod answers for its own partitions.
+    #[serde(default, deserialize_with = "string_list")]
+    pub peers: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -240,6 +245,7 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_listen(),
             token_file: None,
+            peers: Vec::new(),
         }
     }
 }
@@ -725,6 +731,15 @@ impl Config {
         if self.clock.max_future < 0 {
             return err("clock.max_future", "must not be negative");
         }
+        for peer in &self.api.peers {
+            let port = peer.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(_))) if !h.is_empty()) {
+                return err(
+                    "api.peers",
+                    "each peer is host:port, e.g. \"tagstream-headless:8080\" or [\"10.0.0.5:8080\", \"10.0.0.6:8080\"]",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -959,6 +974,30 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         assert!(e.contains("`rules` is not a table"), "{e}");
         let e = parse_with(MINIMAL, &[("TAGSTREAM____X", "1")]).unwrap_err();
         assert!(e.contains("empty key"), "{e}");
+    }
+
+    #[test]
+    fn api_peers_are_a_list_of_host_port() {
+        let c = parse_with(MINIMAL, &[]).unwrap();
+        assert!(c.api.peers.is_empty());
+        let c = parse_with(
+            &format!("{MINIMAL}[api]\npeers = [\"a:8080\", \"10.0.0.2:8080\"]\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.api.peers, vec!["a:8080", "10.0.0.2:8080"]);
+        let c = parse_with(
+            MINIMAL,
+            &[("TAGSTREAM__API__PEERS", "tagstream-headless:8080")],
+        )
+        .unwrap();
+        assert_eq!(c.api.peers, vec!["tagstream-headless:8080"]);
+        let c = parse_with(MINIMAL, &[("TAGSTREAM__API__PEERS", "a:1, b:2")]).unwrap();
+        assert_eq!(c.api.peers, vec!["a:1", "b:2"]);
+        for bad in ["a", "a:port", ":80"] {
+            let e = parse_with(&format!("{MINIMAL}[api]\npeers = [\"{bad}\"]\n"), &[]).unwrap_err();
+            assert!(e.contains("api.peers"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -117,6 +117,15 @@ enum Command {
         /// file and its API token, e.g. `--config config/tagstream.example.toml`.
         #[arg(long, value_name = "FILE")]
         config: Option<String>,
+        /// With --rules and --state-dir: print what reloading these rules into that state
+        /// would do (the answer of `POST /v1/rules/reload?dry_run=true`, one JSON line),
+        /// reading the state only, e.g. `--preview --state-dir state`.
+        #[arg(long, requires_all = ["rules", "state_dir"], conflicts_with = "config")]
+        preview: bool,
+        /// The state to preview against (opened read-only: a stopped or copied state dir, or
+        /// one a running service uses), e.g. `--state-dir state`.
+        #[arg(long, value_name = "DIR", requires = "preview")]
+        state_dir: Option<String>,
     },
     /// Generate a synthetic e-commerce event stream (NDJSON on stdout).
     Gen {
@@ -192,6 +201,44 @@ fn check_config(path: &str) -> Result<String, Failure> {
     ))
 }
 
+/// `check --preview`: what a reload of `rules` would do to the state in `state_dir`, opened
+/// read-only with the rules stored in it; the same JSON as the API's dry run.
+fn preview_reload(rules: RuleSet, state_dir: &str) -> Result<serde_json::Value, Failure> {
+    use std::sync::Arc;
+    use tagstream_consumer::engine::{Engine, EngineOptions};
+    use tagstream_state::{RocksStore, StoreOptions};
+    let dir = std::path::Path::new(state_dir);
+    if !dir.join("CURRENT").exists() {
+        return Err(user_error(format!(
+            "no tagstream state in {state_dir}: pass the --state-dir of a `replay` or `run`"
+        )));
+    }
+    let store = RocksStore::open_with(
+        dir,
+        StoreOptions {
+            read_only: true,
+            ..StoreOptions::default()
+        },
+    )
+    .map_err(ConsumerError::from)?;
+    let store: Arc<dyn tagstream_state::StateStore> = Arc::new(store);
+    let source = Engine::stored_rules(store.as_ref())?
+        .ok_or_else(|| user_error(format!("{state_dir} holds no rules")))?;
+    let stored = RuleSet::compile(&source, "<rules stored in the state dir>")
+        .map_err(|e| ConsumerError::Corrupt(e.to_string()))?;
+    let engine = Engine::open(store, Arc::new(stored), &source, EngineOptions::default())?;
+    let fingerprint = rules.fingerprint.clone();
+    let report = engine.preview(Arc::new(rules))?;
+    Ok(serde_json::json!({
+        "dry_run": true,
+        "changed": report.changed,
+        "fingerprint": fingerprint,
+        "users": report.users,
+        "segments": report.segments,
+        "warming": report.warming,
+    }))
+}
+
 fn parse_instant(text: &str) -> Result<Millis, Failure> {
     if let Ok(ms) = text.parse::<i64>() {
         return Ok(ms);
@@ -260,7 +307,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 _ => Ok(()),
             }
         }
-        Command::Check { rules, config } => {
+        Command::Check {
+            rules,
+            config,
+            preview: true,
+            state_dir: Some(state_dir),
+        } => {
+            let rules = rules.expect("clap requires --rules with --preview");
+            let compiled = check_rules(&rules)?;
+            let answer = preview_reload(compiled, &state_dir)?;
+            let _ = config;
+            println!("{answer}");
+            Ok(())
+        }
+        Command::Check { rules, config, .. } => {
             let line = match (rules, config) {
                 (_, Some(config)) => check_config(&config)?,
                 (Some(rules), None) => {

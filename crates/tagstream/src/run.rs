@@ -187,6 +187,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
             token,
             rules_path: config.rules.clone(),
             store: store.clone(),
+            peers: api::peers::Peers::new(&config.api.peers),
         },
     )
     .map_err(RunError::user)?;

@@ -875,3 +875,499 @@ fn delete_and_reload_through_the_api() {
     assert!(segments(&service).iter().all(|s| s["name"] != "api_added"));
     service.stop();
 }
+
+/// The ecommerce rules changed in every way a reload can: a segment changed, one removed, one
+/// added over existing tags, one added over a new windowed tag (which starts empty).
+fn changed_rules() -> String {
+    let good = rules_source();
+    let upsell = good
+        .find("[[segment]]\nname = \"skincare_upsell\"")
+        .expect("skincare_upsell in the ecommerce rules");
+    let mut text = good[..upsell].to_string();
+    let rest = &good[upsell..];
+    // Keep whatever follows skincare_upsell's own block.
+    if let Some(next) = rest[1..].find("\n[[").map(|i| i + 1) {
+        text.push_str(&rest[next..]);
+    }
+    let text = text
+        .replace("last_seen > now() - 2d\"", "last_seen > now() - 5d\"")
+        .replace("spend_30d >= 500\"", "spend_30d >= 800\"");
+    format!(
+        "{text}\n[[tag]]\nname = \"views_3d_new\"\nkind = \"count\"\nevent = \"view\"\nwindow = \"3d\"\n\n[[segment]]\nname = \"repeat_buyer\"\nwhen = \"orders_90d >= 2\"\n\n[[segment]]\nname = \"viewer_new\"\nwhen = \"views_3d_new >= 1\"\n"
+    )
+}
+
+/// Waits until the timers due at the end of the stream have fired (event clock: those that
+/// became due in a partition's last batch fire at the next tick): the live sizes equal the
+/// sizes a (read-only, live) dump evaluates.
+fn settle(service: &Service, dir: &Path) {
+    service.wait_for("the last timers to fire", |s| {
+        let live = dump(dir);
+        segments(s)
+            .iter()
+            .all(|seg| {
+                let name = seg["name"].as_str().unwrap();
+                seg["size"].as_u64() == Some(members_of(&live, name).len() as u64)
+            })
+            .then_some(())
+    });
+}
+
+/// Waits until every transition counted in the metrics is in the sink file; returns them.
+fn settled_transitions(service: &Service, dir: &Path) -> Vec<Value> {
+    service.wait_for("the sink to catch up", |s| {
+        let m = s.metrics();
+        let counted = metric_sum(&m, "tagstream_transitions_total") as usize;
+        let backlog = metric_sum(&m, "tagstream_outbox_backlog") as usize;
+        let t = transitions(dir);
+        (backlog == 0 && t.len() == counted).then_some(t)
+    })
+}
+
+#[test]
+fn dry_run_previews_exactly_what_the_reload_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = consumed(dir.path());
+    settle(&service, dir.path());
+    let new_rules = changed_rules();
+    let before = segments(&service);
+    let sunk = settled_transitions(&service, dir.path()).len();
+
+    // Bad query values and bad rules are refused; a dry run of bad rules is 422 like the reload.
+    let (status, v) = service.call("POST", "/v1/rules/reload?dry_run=maybe", Some("{}"));
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = service.call(
+        "POST",
+        "/v1/rules/reload?dry_run=true",
+        Some(&json!({ "rules": "[[segment]]\nname = \"x\"\nwhen = \"nope > 1\"\n" }).to_string()),
+    );
+    assert_eq!(status, 422, "{v}");
+    assert!(v["errors"][0]["column"].is_number(), "{v}");
+
+    // Identical rules: nothing would change.
+    let (status, same) = service.call(
+        "POST",
+        "/v1/rules/reload?dry_run=true",
+        Some(&json!({ "rules": rules_source() }).to_string()),
+    );
+    assert_eq!(status, 200, "{same}");
+    assert_eq!(same["changed"], false);
+    for s in same["segments"].as_array().unwrap() {
+        assert_eq!(s["size_before"], s["size_after"], "{s}");
+        assert_eq!(
+            (s["enters"].as_u64(), s["exits"].as_u64()),
+            (Some(0), Some(0))
+        );
+    }
+
+    // The preview: every body form gives the same answer, and nothing changes.
+    std::fs::write(dir.path().join("next.toml"), &new_rules).unwrap();
+    let (status, preview) = service.call(
+        "POST",
+        "/v1/rules/reload?dry_run=true",
+        Some(&json!({ "rules": new_rules }).to_string()),
+    );
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["dry_run"], true);
+    let (_, by_path) = service.call(
+        "POST",
+        "/v1/rules/reload?dry_run=true",
+        Some(r#"{"path":"next.toml"}"#),
+    );
+    assert_eq!(by_path, preview);
+    let by_text = ureq::post(&format!("{}/v1/rules/reload?dry_run=true", service.base))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .set("Content-Type", "application/toml")
+        .send_string(&new_rules)
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap();
+    assert_eq!(by_text, preview);
+    assert_eq!(segments(&service), before, "a dry run changes nothing");
+    assert_eq!(preview["warming"], json!(["views_3d_new"]));
+    let listed: BTreeMap<String, Value> = preview["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect();
+    for old in &before {
+        let name = old["name"].as_str().unwrap();
+        assert_eq!(listed[name]["size_before"], old["size"], "{name}");
+    }
+    assert_eq!(listed["skincare_upsell"]["size_after"], 0);
+    assert_eq!(
+        listed["skincare_upsell"]["exits"],
+        listed["skincare_upsell"]["size_before"]
+    );
+    assert_eq!(listed["repeat_buyer"]["size_before"], 0);
+    assert!(listed["repeat_buyer"]["enters"].as_u64().unwrap() > 0);
+    assert_eq!(listed["viewer_new"]["size_after"], 0);
+    assert!(
+        listed["cart_abandoner"]["enters"].as_u64().unwrap() > 0,
+        "a longer window lets users in: {preview}"
+    );
+
+    // Offline, from the state dir (read-only, beside the running service): the same answer.
+    let out = Command::new(bin())
+        .args([
+            "check",
+            "--rules",
+            dir.path().join("next.toml").to_str().unwrap(),
+            "--preview",
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let offline: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(offline, preview);
+
+    // No transition was emitted by the previews.
+    assert_eq!(settled_transitions(&service, dir.path()).len(), sunk);
+
+    // The real reload does exactly what the preview said.
+    let (status, reloaded) = service.call(
+        "POST",
+        "/v1/rules/reload",
+        Some(&json!({ "rules": new_rules }).to_string()),
+    );
+    assert_eq!(status, 200, "{reloaded}");
+    let all = settled_transitions(&service, dir.path());
+    let emitted = &all[sunk..];
+    assert_eq!(
+        emitted.len() as u64,
+        reloaded["transitions"].as_u64().unwrap()
+    );
+    let mut counted: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for t in emitted {
+        let e = counted
+            .entry(t["segment"].as_str().unwrap().to_string())
+            .or_default();
+        if t["type"] == "segment_enter" {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+    let after: BTreeMap<String, u64> = segments(&service)
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    for (name, s) in &listed {
+        let (enters, exits) = counted.get(name).copied().unwrap_or_default();
+        assert_eq!(
+            (s["enters"].as_u64().unwrap(), s["exits"].as_u64().unwrap()),
+            (enters, exits),
+            "{name}"
+        );
+        assert_eq!(
+            s["size_after"].as_u64().unwrap(),
+            after.get(name).copied().unwrap_or(0),
+            "{name}"
+        );
+    }
+    assert!(counted.keys().all(|k| listed.contains_key(k)));
+    // Now the rules are in force: a dry run of them again changes nothing.
+    let (_, again) = service.call(
+        "POST",
+        "/v1/rules/reload?dry_run=true",
+        Some(&json!({ "rules": new_rules }).to_string()),
+    );
+    assert_eq!(again["changed"], false, "{again}");
+    service.stop();
+}
+
+/// A random audience over segments and tag predicates.
+#[derive(Debug, Clone)]
+enum Cond {
+    Seg(usize),
+    Atom(usize),
+    Not(Box<Cond>),
+    And(Box<Cond>, Box<Cond>),
+    Or(Box<Cond>, Box<Cond>),
+}
+
+/// Tag predicates of the rules language, and the same predicate over a dump line in SQL
+/// three-valued logic (None = NULL), given the engine time.
+#[allow(clippy::type_complexity)]
+const ATOMS: &[(&str, fn(&Value, i64) -> Option<bool>)] = &[
+    ("spend_30d > 500", |t, _| {
+        Some(t["spend_30d"].as_f64()? > 500.0)
+    }),
+    ("city IN ('Shanghai', 'Beijing')", |t, _| {
+        let c = t["city"].as_str()?;
+        Some(c == "Shanghai" || c == "Beijing")
+    }),
+    ("orders_90d >= 2", |t, _| {
+        Some(t["orders_90d"].as_f64()? >= 2.0)
+    }),
+    ("lifecycle = 'active'", |t, _| {
+        Some(t["lifecycle"].as_str()? == "active")
+    }),
+    ("last_seen > now() - 3d", |t, now| {
+        Some(t["last_seen"].as_i64()? > now - 3 * 86_400_000)
+    }),
+    ("churn_risk >= 0.5", |t, _| {
+        Some(t["churn_risk"].as_f64()? >= 0.5)
+    }),
+    ("spend_tier IS NULL", |t, _| Some(t["spend_tier"].is_null())),
+];
+
+impl Cond {
+    fn render(&self, names: &[String]) -> String {
+        match self {
+            Cond::Seg(i) => names[*i].clone(),
+            Cond::Atom(i) => ATOMS[*i].0.to_string(),
+            Cond::Not(e) => format!("NOT ({})", e.render(names)),
+            Cond::And(a, b) => format!("({}) AND ({})", a.render(names), b.render(names)),
+            Cond::Or(a, b) => format!("({}) or ({})", a.render(names), b.render(names)),
+        }
+    }
+
+    fn eval(&self, names: &[String], line: &Value, now: i64) -> Option<bool> {
+        match self {
+            Cond::Seg(i) => Some(
+                line["segments"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| *s == names[*i]),
+            ),
+            Cond::Atom(i) => ATOMS[*i].1(&line["tags"], now),
+            Cond::Not(e) => e.eval(names, line, now).map(|b| !b),
+            Cond::And(a, b) => match (a.eval(names, line, now), b.eval(names, line, now)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+            Cond::Or(a, b) => match (a.eval(names, line, now), b.eval(names, line, now)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+        }
+    }
+}
+
+fn cond_strategy(segments: usize) -> impl Strategy<Value = Cond> {
+    let leaf = prop_oneof![
+        (0..segments).prop_map(Cond::Seg),
+        (0..ATOMS.len()).prop_map(Cond::Atom),
+    ];
+    leaf.prop_recursive(4, 16, 2, move |inner| {
+        prop_oneof![
+            inner.clone().prop_map(|e| Cond::Not(Box::new(e))),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| Cond::And(Box::new(a), Box::new(b))),
+            // A segment conjunct at the top: evaluated only over its bitmap.
+            ((0..segments), inner.clone())
+                .prop_map(|(s, b)| Cond::And(Box::new(Cond::Seg(s)), Box::new(b))),
+            (inner.clone(), inner).prop_map(|(a, b)| Cond::Or(Box::new(a), Box::new(b))),
+        ]
+    })
+}
+
+/// An NDJSON export: (content type, user ids in order).
+fn export(
+    service: &Service,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> (String, Vec<String>) {
+    let req = ureq::request(method, &format!("{}{path}", service.base))
+        .set("Authorization", &format!("Bearer {TOKEN}"));
+    let response = match body {
+        Some(b) => req.send_json(b.clone()),
+        None => req.call(),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let content_type = response.header("content-type").unwrap_or("").to_string();
+    let text = response.into_string().unwrap();
+    let ids = text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v.as_object().unwrap().len(), 1, "{l}");
+            v["user_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (content_type, ids)
+}
+
+/// Every member of an audience, page by page (and its size).
+fn audience_pages(service: &Service, expr: &str, limit: usize) -> (u64, Vec<String>) {
+    let mut out = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let (status, v) = service.call(
+            "POST",
+            "/v1/audiences",
+            Some(&json!({ "expr": expr, "limit": limit, "cursor": cursor }).to_string()),
+        );
+        assert_eq!(status, 200, "{expr}: {v}");
+        out.extend(
+            v["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m.as_str().unwrap().to_string()),
+        );
+        if v["next_cursor"].is_null() {
+            return (v["size"].as_u64().unwrap(), out);
+        }
+        cursor = v["next_cursor"].clone();
+    }
+}
+
+#[test]
+fn tag_audiences_and_exports_equal_the_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _) = consumed(dir.path());
+    settle(&service, dir.path());
+    let names: Vec<String> = segments(&service)
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    // The engine time (one file partition), as explain reports it.
+    let someone = all_pages(&service, "/v1/segments/cart_abandoner/members", 1)[0].clone();
+    let now = service.get(&format!(
+        "/v1/users/{someone}/explain?segment=cart_abandoner"
+    ))["now"]
+        .as_i64()
+        .unwrap();
+
+    // Errors name the column of the expression.
+    for (expr, column) in [
+        ("vip_skincare AND spend_30d > 'x'", 18),
+        ("spend_30d > 1 AND nope = 2", 19),
+        ("spend_30d >", 12),
+    ] {
+        let (status, v) = service.call(
+            "POST",
+            "/v1/audiences",
+            Some(&json!({ "expr": expr }).to_string()),
+        );
+        assert_eq!(status, 400, "{expr}: {v}");
+        assert_eq!(v["column"], column, "{expr}: {v}");
+    }
+
+    // Random conditions (proptest's strategy), checked against the dump after the stop.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = cond_strategy(names.len());
+    let mut answers = Vec::new();
+    for _ in 0..40 {
+        let c = strategy.new_tree(&mut runner).unwrap().current();
+        let text = c.render(&names);
+        let (status, v) = service.call(
+            "POST",
+            "/v1/audiences",
+            Some(&json!({ "expr": text, "limit": 10_000 }).to_string()),
+        );
+        assert_eq!(status, 200, "{text}: {v}");
+        assert!(v["next_cursor"].is_null(), "{v}");
+        answers.push((c, v));
+    }
+    let examples = [
+        "vip_skincare AND spend_30d > 500 AND city IN ('Shanghai','Beijing')",
+        "cart_abandoner AND last_seen > now() - 1d",
+        "NOT churn_risk_high AND days_since(last_seen) < 10",
+    ];
+
+    // Paging works the same for both kinds; an export is the concatenation of the pages.
+    let mut exported = Vec::new();
+    for expr in [
+        "NOT vip_skincare",
+        "spend_30d > 100 OR lifecycle = 'new'",
+        examples[1],
+    ] {
+        let (size, pages) = audience_pages(&service, expr, 23);
+        assert_eq!(size as usize, pages.len(), "{expr}");
+        let (ct, ids) = export(
+            &service,
+            "POST",
+            "/v1/audiences/export",
+            Some(&json!({ "expr": expr })),
+        );
+        assert_eq!(ct, "application/x-ndjson");
+        assert_eq!(ids, pages, "{expr}");
+        exported.push((expr, ids));
+    }
+    for name in &names {
+        let path = format!("/v1/segments/{name}/members");
+        let pages = all_pages(&service, &path, 7);
+        let (ct, ids) = export(
+            &service,
+            "GET",
+            &format!("/v1/segments/{name}/export"),
+            None,
+        );
+        assert_eq!(ct, "application/x-ndjson");
+        assert_eq!(ids, pages, "{name}");
+    }
+    let (status, v) = service.call("GET", "/v1/segments/nope/export", None);
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = service.call(
+        "POST",
+        "/v1/audiences/export",
+        Some(r#"{"expr":"spend_30d >"}"#),
+    );
+    assert_eq!((status, v["column"].as_u64()), (400, Some(12)), "{v}");
+    let mut example_answers = Vec::new();
+    for expr in examples {
+        let (_, members) = audience_pages(&service, expr, 10_000);
+        example_answers.push(members);
+    }
+
+    service.stop();
+    let dump = dump(dir.path());
+    for (c, v) in answers {
+        let want: BTreeSet<String> = dump
+            .iter()
+            .filter(|(_, line)| c.eval(&names, line, now) == Some(true))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let got: BTreeSet<String> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect();
+        let text = c.render(&names);
+        assert_eq!(v["size"].as_u64().unwrap() as usize, want.len(), "{text}");
+        assert_eq!(got, want, "{text}");
+    }
+    for (expr, ids) in exported {
+        let set: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(set.len(), ids.len(), "{expr}: an export repeats nobody");
+    }
+    // The documented examples: at least one has members, so the predicates are exercised.
+    let spend = |line: &Value| line["tags"]["spend_30d"].as_f64().unwrap_or(0.0);
+    let want0: BTreeSet<String> = dump
+        .iter()
+        .filter(|(_, l)| {
+            l["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "vip_skincare")
+                && spend(l) > 500.0
+                && matches!(l["tags"]["city"].as_str(), Some("Shanghai" | "Beijing"))
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(
+        example_answers[0].iter().cloned().collect::<BTreeSet<_>>(),
+        want0
+    );
+    assert!(example_answers.iter().any(|m| !m.is_empty()));
+}

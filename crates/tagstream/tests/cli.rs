@@ -528,3 +528,111 @@ fn a_quoted_property_name_reads_a_key_that_is_not_an_identifier() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tags"]["ios_views"], 1, "{v}");
 }
+
+#[test]
+fn check_preview_shows_what_a_reload_would_do_reading_the_state_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.toml", RULES);
+    let events = write(
+        dir.path(),
+        "events.ndjson",
+        concat!(
+            r#"{"user_id":"u1","event":"purchase","ts":1000,"properties":{"amount":100}}"#,
+            "\n",
+            r#"{"user_id":"u2","event":"purchase","ts":2000,"properties":{"amount":20}}"#,
+            "\n",
+            r#"{"user_id":"u3","event":"view","ts":3000}"#,
+            "\n",
+            r#"{"user_id":"u3","event":"view","ts":4000}"#,
+            "\n",
+        ),
+    );
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    ok(&[
+        "replay",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--input",
+        events.to_str().unwrap(),
+        "--state-dir",
+        state,
+        "--out",
+        dir.path().join("out.ndjson").to_str().unwrap(),
+    ]);
+    let dump_before = ok(&["dump", "--state-dir", state]).stdout;
+    // buyer narrowed (u2 leaves), a segment added (u3 enters), a windowed tag added (empty).
+    let next = write(
+        dir.path(),
+        "next.toml",
+        &format!(
+            "{}\n[[tag]]\nname = \"spend_7d\"\nkind = \"sum\"\nevent = \"purchase\"\nproperty = \"amount\"\nwindow = \"7d\"\n[[segment]]\nname = \"active\"\nwhen = \"n >= 2\"\n",
+            RULES.replace("spend > 0", "spend > 50")
+        ),
+    );
+    let preview = |rules: &Path| -> serde_json::Value {
+        let out = ok(&[
+            "check",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--preview",
+            "--state-dir",
+            state,
+        ]);
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let p = preview(&next);
+    assert_eq!(p["dry_run"], true);
+    assert_eq!(p["changed"], true);
+    assert_eq!(p["users"], 3);
+    assert_eq!(
+        p["segments"],
+        serde_json::json!([
+            {"name":"buyer","size_before":2,"size_after":1,"enters":0,"exits":1},
+            {"name":"active","size_before":0,"size_after":1,"enters":1,"exits":0},
+        ])
+    );
+    assert_eq!(p["warming"], serde_json::json!(["spend_7d"]));
+    // A removed segment shows 0 after, an exit per member.
+    let without = write(
+        dir.path(),
+        "without.toml",
+        &RULES.replace("[[segment]]\nname = \"buyer\"\nwhen = \"spend > 0\"\n", ""),
+    );
+    let p = preview(&without);
+    assert_eq!(
+        p["segments"],
+        serde_json::json!([{"name":"buyer","size_before":2,"size_after":0,"enters":0,"exits":2}])
+    );
+    // The same rules: nothing would change.
+    let p = preview(&rules);
+    assert_eq!(p["changed"], false);
+    assert_eq!(p["segments"][0]["size_after"], 2);
+    // Nothing was written: the dump is the same and the old rules still continue the state.
+    assert_eq!(ok(&["dump", "--state-dir", state]).stdout, dump_before);
+    ok(&[
+        "replay",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--input",
+        events.to_str().unwrap(),
+        "--state-dir",
+        state,
+        "--out",
+        dir.path().join("out2.ndjson").to_str().unwrap(),
+    ]);
+    // --preview needs --state-dir; a missing state dir is a user error.
+    let out = bin(&["check", "--rules", next.to_str().unwrap(), "--preview"]);
+    assert_eq!(out.status.code(), Some(1));
+    let missing = dir.path().join("nothing");
+    let out = bin(&[
+        "check",
+        "--rules",
+        next.to_str().unwrap(),
+        "--preview",
+        "--state-dir",
+        missing.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no tagstream state"));
+}

@@ -9,7 +9,9 @@ use serde_json::Value as Json;
 use tagstream_rules::engine::dump_line;
 use tagstream_rules::event::Millis;
 use tagstream_rules::explain::{dependencies, explain};
-use tagstream_state::UserIds;
+use tagstream_rules::state::UserState;
+use tagstream_state::bitmaps::PRESENT;
+use tagstream_state::{Cf, UserIds};
 
 use super::Engine;
 use crate::error::{ConsumerError, Result};
@@ -140,5 +142,137 @@ impl Engine {
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Page { members, next })
+    }
+}
+
+/// The state of one user read for an ad-hoc condition: internal id, state, engine time of its
+/// partition.
+pub type StateAt = (u32, UserState, Millis);
+
+impl Engine {
+    /// The rules source in force (as stored with the state).
+    pub fn rules_source(&self) -> Result<String> {
+        Engine::stored_rules(self.store.as_ref())?
+            .ok_or_else(|| ConsumerError::Corrupt("the state holds no rules source".into()))
+    }
+
+    /// Users (owned partitions) in every one of `segments` (everyone when empty): the only
+    /// users a condition whose top-level conjuncts are these segments can match.
+    pub fn candidates(&self, segments: &[&str]) -> RoaringBitmap {
+        let mut sets: Vec<RoaringBitmap> = segments
+            .iter()
+            .map(|name| self.segment_bitmap(name).unwrap_or_default())
+            .collect();
+        if sets.is_empty() {
+            return self.all_users();
+        }
+        sets.sort_by_key(RoaringBitmap::len);
+        let mut sets = sets.into_iter();
+        let mut acc = sets.next().unwrap_or_default();
+        for s in sets {
+            acc &= s;
+        }
+        acc
+    }
+
+    /// Committed states of the users `ids` (owned partitions), with the engine time of each
+    /// one's partition; ids of users no longer in state are left out.
+    pub fn states_of(&self, ids: &[u32]) -> Result<Vec<StateAt>> {
+        let partitions: Vec<(u32, Millis, &RoaringBitmap)> = self
+            .clocks
+            .iter()
+            .filter(|(p, _)| self.owns(**p))
+            .filter_map(|(&p, &now)| self.bitmaps.get(PRESENT, p).map(|b| (p, now, b)))
+            .collect();
+        let located: Vec<(u32, u32, Millis)> = ids
+            .iter()
+            .filter_map(|&id| {
+                partitions
+                    .iter()
+                    .find(|(_, _, b)| b.contains(id))
+                    .map(|&(p, now, _)| (id, p, now))
+            })
+            .collect();
+        let just_ids: Vec<u32> = located.iter().map(|(id, _, _)| *id).collect();
+        let names = UserIds::names_of(self.store.as_ref(), &just_ids)?;
+        let keys: Vec<Vec<u8>> = located
+            .iter()
+            .zip(&names)
+            .map(|((_, p, _), name)| super::user_key(*p, name.as_deref().unwrap_or_default()))
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let values = self.store.multi_get(Cf::Users, &refs)?;
+        let mut out = Vec::with_capacity(located.len());
+        for (((id, _, now), name), value) in located.into_iter().zip(names).zip(values) {
+            if let (Some(_), Some(bytes)) = (name, value) {
+                let state = UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?;
+                out.push((id, state, now));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A page of users in (partition, internal id) order — the order several instances can merge
+/// their answers in, since each partition is owned by one instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyedPage {
+    /// (partition, internal id, user id).
+    pub members: Vec<(u32, u32, String)>,
+    /// Whether more members follow the last one.
+    pub more: bool,
+}
+
+impl Engine {
+    /// Up to `limit` users of `set` (owned partitions) after the key `after`, in
+    /// (partition, internal id) order.
+    pub fn page_by_partition(
+        &self,
+        set: &RoaringBitmap,
+        after: Option<(u32, u32)>,
+        limit: usize,
+    ) -> Result<KeyedPage> {
+        let mut keys: Vec<(u32, u32)> = Vec::new();
+        let mut more = false;
+        for &p in self.clocks.keys().filter(|p| self.owns(**p)) {
+            let start = match after {
+                Some((ap, _)) if p < ap => continue,
+                Some((ap, id)) if p == ap => match id.checked_add(1) {
+                    Some(s) => s,
+                    None => continue,
+                },
+                _ => 0,
+            };
+            let Some(present) = self.bitmaps.get(PRESENT, p) else {
+                continue;
+            };
+            // Walk the smaller of the two sets, testing membership in the other.
+            let (walk, test) = if set.len() < present.len() {
+                (set, present)
+            } else {
+                (present, set)
+            };
+            for id in walk.range(start..).filter(|id| test.contains(*id)) {
+                if keys.len() == limit {
+                    more = true;
+                    break;
+                }
+                keys.push((p, id));
+            }
+            if more {
+                break;
+            }
+        }
+        let ids: Vec<u32> = keys.iter().map(|k| k.1).collect();
+        let names = UserIds::names_of(self.store.as_ref(), &ids)?;
+        let members = keys
+            .into_iter()
+            .zip(names)
+            .map(|((p, id), name)| {
+                name.map(|n| (p, id, n))
+                    .ok_or_else(|| ConsumerError::Corrupt(format!("user id {id} has no name")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KeyedPage { members, more })
     }
 }

@@ -6,15 +6,20 @@
 //! bitmaps (a removed segment's are dropped), the outbox entries, the new rules source and the
 //! warming record are written together: a crash leaves either the old rules with the old state
 //! or the new rules with the new state, never a mix.
+//!
+//! A preview ([`Engine::preview`], `POST /v1/rules/reload?dry_run=true`, `tagstream check
+//! --preview`) runs the same carry-over ([`carry_user`]) over every stored user of the owned
+//! partitions and only counts: it writes nothing and emits nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tagstream_rules::engine as core;
 use tagstream_rules::event::Millis;
 use tagstream_rules::reload::Migration;
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
+use tagstream_rules::transition::Transition;
 use tagstream_state::keys::split_prefixed;
 use tagstream_state::{Cf, StateStore};
 
@@ -33,6 +38,130 @@ pub struct WarmingEntry {
     /// Windowed aggregates: from this engine time the whole window lies after `since`. None for
     /// lifetime aggregates, which never see the events before `since`.
     pub until: Option<Millis>,
+}
+
+/// One stored user carried over to new rules: what [`Engine::reload`] writes and what
+/// [`Engine::preview`] counts. Both go through this one function.
+pub(super) struct CarriedUser {
+    /// Transitions of the timers due under the old rules (cause `timer`).
+    pub caught_up: Vec<Transition>,
+    pub timers_fired: u64,
+    /// Transitions the new rules cause (cause `rules`).
+    pub migrated: Vec<Transition>,
+    pub next: UserState,
+    /// The stored next timer (to replace in the timer index).
+    pub stored_timer: Option<Millis>,
+    /// For each new segment, whether the stored state (as the bitmaps hold it) was a member.
+    pub was: Vec<bool>,
+}
+
+/// Carries one stored user (its encoded state) over from `old` to `new` at `now`, the engine
+/// time of its partition.
+pub(super) fn carry_user(
+    old: &RuleSet,
+    new: &RuleSet,
+    migration: &Migration,
+    user: &Arc<str>,
+    bytes: &[u8],
+    now: Millis,
+) -> Result<CarriedUser> {
+    let state = UserState::decode(bytes).map_err(ConsumerError::Corrupt)?;
+    let stored_timer = state.next_timer;
+    let stored_members: Vec<bool> = state.segments.iter().map(|s| s.member).collect();
+    let carried = migration.carry(old, new, user, state, now);
+    let was: Vec<bool> = (0..new.segments.len())
+        .map(|j| {
+            migration
+                .old_segment(j)
+                .is_some_and(|i| stored_members.get(i).copied().unwrap_or(false))
+        })
+        .collect();
+    Ok(CarriedUser {
+        caught_up: carried.caught_up,
+        timers_fired: carried.timers_fired as u64,
+        migrated: carried.migrated,
+        next: carried.next,
+        stored_timer,
+        was,
+    })
+}
+
+/// The partition and user id of a `Cf::Users` key.
+fn user_of_key(key: &[u8]) -> Result<(u32, Arc<str>)> {
+    let (partition, user) =
+        split_prefixed(key).ok_or_else(|| ConsumerError::Corrupt("user key".into()))?;
+    let user = std::str::from_utf8(user).map_err(|_| ConsumerError::Corrupt("user key".into()))?;
+    Ok((partition, Arc::from(user)))
+}
+
+/// A segment in a reload preview: its size now and after the reload, and the transitions the
+/// reload would emit for it (timers due and rules changes alike). A segment only one of the
+/// two rule sets has shows 0 on the other side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PreviewSegment {
+    pub name: String,
+    pub size_before: u64,
+    pub size_after: u64,
+    pub enters: u64,
+    pub exits: u64,
+}
+
+/// What a reload to other rules would do, computed without writing anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PreviewReport {
+    /// False when the new rules are identical to those in force (a reload would do nothing).
+    pub changed: bool,
+    /// Stored users of the owned partitions that were evaluated.
+    pub users: u64,
+    /// The new rules' segments in file order, then the segments the new rules remove.
+    pub segments: Vec<PreviewSegment>,
+    /// Tags that would start empty.
+    pub warming: Vec<String>,
+}
+
+/// A preview in progress: the users are visited in store key order, a chunk at a time, so a
+/// caller can release the engine between chunks (see [`Engine::preview_step`]).
+pub struct Preview {
+    old: Arc<RuleSet>,
+    new: Arc<RuleSet>,
+    migration: Migration,
+    report: PreviewReport,
+    index: HashMap<Arc<str>, usize>,
+    /// The first user key not visited yet; None when done.
+    resume: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Preview {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preview")
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Preview {
+    /// Whether every user has been visited.
+    pub fn done(&self) -> bool {
+        self.resume.is_none()
+    }
+
+    /// The answer (complete once [`Preview::done`]).
+    pub fn finish(self) -> PreviewReport {
+        self.report
+    }
+
+    fn count(&mut self, transitions: &[Transition]) {
+        for t in transitions {
+            if let Some(&i) = self.index.get(&t.segment) {
+                let seg = &mut self.report.segments[i];
+                if t.enter {
+                    seg.enters += 1;
+                } else {
+                    seg.exits += 1;
+                }
+            }
+        }
+    }
 }
 
 /// What a reload did.
@@ -87,6 +216,122 @@ pub(super) fn open_with_new_rules(
 }
 
 impl Engine {
+    /// Starts a preview of a reload to `rules` (see [`Engine::preview`]).
+    pub fn preview_start(&self, rules: Arc<RuleSet>) -> Preview {
+        let old = self.rules.clone();
+        let migration = Migration::plan(&old, &rules);
+        let changed = rules.fingerprint != old.fingerprint;
+        let at = self.clocks.values().copied().max().unwrap_or(Millis::MIN);
+        let mut segments: Vec<PreviewSegment> = rules
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(j, seg)| {
+                let before = migration
+                    .old_segment(j)
+                    .map_or(0, |i| self.segment_size(&old.segments[i].name));
+                PreviewSegment {
+                    name: seg.name.to_string(),
+                    size_before: before,
+                    // Identical rules: a reload changes nothing.
+                    size_after: if changed { 0 } else { before },
+                    enters: 0,
+                    exits: 0,
+                }
+            })
+            .collect();
+        for &i in &migration.removed_segments {
+            segments.push(PreviewSegment {
+                name: old.segments[i].name.to_string(),
+                size_before: self.segment_size(&old.segments[i].name),
+                size_after: 0,
+                enters: 0,
+                exits: 0,
+            });
+        }
+        let index = segments
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (Arc::from(s.name.as_str()), i))
+            .collect();
+        let warming = if changed {
+            migration
+                .warming(&rules, at)
+                .into_iter()
+                .map(|w| w.tag.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Preview {
+            old,
+            new: rules,
+            migration,
+            report: PreviewReport {
+                changed,
+                users: 0,
+                segments,
+                warming,
+            },
+            index,
+            resume: changed.then(Vec::new),
+        }
+    }
+
+    /// Carries up to `max_users` more stored users over, counting what a reload would do;
+    /// returns true when every user has been visited. Reads only. The rules in force must
+    /// not have changed since [`Engine::preview_start`].
+    pub fn preview_step(&self, preview: &mut Preview, max_users: usize) -> Result<bool> {
+        let Some(start) = preview.resume.take() else {
+            return Ok(true);
+        };
+        if self.rules.fingerprint != preview.old.fingerprint {
+            return Err(ConsumerError::User(
+                "the rules in force changed during the preview; ask again".into(),
+            ));
+        }
+        let rows = self.store.scan(Cf::Users, &start, None, max_users.max(1))?;
+        let full = rows.len() >= max_users.max(1);
+        let (old, new) = (preview.old.clone(), preview.new.clone());
+        for (key, bytes) in &rows {
+            let (partition, user) = user_of_key(key)?;
+            // As the reload: a partition without engine time holds no state to carry.
+            let Some(now) = self.clocks.get(&partition).copied() else {
+                continue;
+            };
+            if !self.owns(partition) {
+                continue;
+            }
+            let carried = carry_user(&old, &new, &preview.migration, &user, bytes, now)?;
+            preview.report.users += 1;
+            preview.count(&carried.caught_up);
+            preview.count(&carried.migrated);
+            for (j, seg) in carried.next.segments.iter().enumerate() {
+                if seg.member {
+                    preview.report.segments[j].size_after += 1;
+                }
+            }
+        }
+        preview.resume = match rows.last() {
+            Some((key, _)) if full => {
+                let mut next = key.clone();
+                next.push(0);
+                Some(next)
+            }
+            _ => None,
+        };
+        Ok(preview.resume.is_none())
+    }
+
+    /// What reloading `rules` would do to the owned partitions — segment sizes before and
+    /// after, enters and exits, tags that would start empty — computed by the reload's own
+    /// carry-over without writing or emitting anything.
+    pub fn preview(&self, rules: Arc<RuleSet>) -> Result<PreviewReport> {
+        let mut preview = self.preview_start(rules);
+        while !self.preview_step(&mut preview, 4096)? {}
+        Ok(preview.finish())
+    }
+
     /// Aggregates started empty by reloads and still present in the rules in force, with the
     /// tag name they have now.
     pub fn warming(&self) -> Vec<(Arc<str>, &WarmingEntry)> {
@@ -179,37 +424,20 @@ impl Engine {
                 .drop_segment(&old.segments[i].name, &mut run.extra);
         }
         for (key, bytes) in rows {
-            let (partition, user) =
-                split_prefixed(&key).ok_or_else(|| ConsumerError::Corrupt("user key".into()))?;
-            let user: Arc<str> = Arc::from(
-                std::str::from_utf8(user).map_err(|_| ConsumerError::Corrupt("user key".into()))?,
-            );
+            let (partition, user) = user_of_key(&key)?;
             let Some(now) = run.clocks.get(&partition).copied() else {
                 continue;
             };
-            let mut state = UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?;
-            let stored_timer = state.next_timer;
-            let stored_members: Vec<bool> = state.segments.iter().map(|s| s.member).collect();
-            let mut out = Vec::new();
-            run.report.timers_fired += core::catch_up(old, &user, &mut state, now, &mut out) as u64;
-            core::settle(old, &mut state);
-            run.emit(out, usize::MAX, 0);
-            let mut out = Vec::new();
-            let next = migration.migrate(old, &new, &user, &state, now, &mut out);
-            run.emit(out, usize::MAX, 0);
-            let was: Vec<bool> = (0..new.segments.len())
-                .map(|j| {
-                    migration
-                        .old_segment(j)
-                        .is_some_and(|i| stored_members.get(i).copied().unwrap_or(false))
-                })
-                .collect();
+            let carried = carry_user(old, &new, migration, &user, &bytes, now)?;
+            run.report.timers_fired += carried.timers_fired;
+            run.emit(carried.caught_up, usize::MAX, 0);
+            run.emit(carried.migrated, usize::MAX, 0);
             run.users.insert(
                 (partition, user),
                 Slot {
-                    state: Some(next),
-                    stored_timer,
-                    stored_members: was,
+                    state: Some(carried.next),
+                    stored_timer: carried.stored_timer,
+                    stored_members: carried.was,
                     existed: true,
                     dirty: true,
                 },

@@ -1,23 +1,26 @@
 //! Format dispatch and the checks shared by every input format (SPEC §2).
 //!
-//! [`decode`] turns the raw bytes of one message (a Kafka value or one NDJSON line) into an
-//! [`Event`] or a [`Rejection`]. The checks run in a fixed order, so a message with several
-//! problems always gets the same reason:
+//! [`decode_message`] turns the raw bytes of one message (a Kafka value or one NDJSON line)
+//! into a [`Decoded`] (an [`Event`], or a message to skip) or a [`Rejection`]. The checks run
+//! in a fixed order, so a message with several problems always gets the same reason:
 //!
 //! 1. `too_large`: more than [`DecodeOptions::max_event_bytes`] bytes;
-//! 2. `invalid_json`: not UTF-8, empty or whitespace only, the literal `null` (a tombstone),
-//!    nesting deeper than [`MAX_DEPTH`] levels (checked by a byte scan *before* parsing, so no
-//!    input can exhaust the stack), or a JSON syntax error;
-//! 3. `not_an_object`: any other top-level JSON value;
+//! 2. `invalid_json`: not UTF-8, empty or whitespace only (a Kafka tombstone, a message with no
+//!    value, reaches the decoder as an empty message), nesting deeper than [`MAX_DEPTH`] levels
+//!    (checked by a byte scan *before* parsing, so no input can exhaust the stack), or a JSON
+//!    syntax error;
+//! 3. `not_an_object`: any other top-level JSON value, the literal `null` included;
 //! 4. the format's own mapping (see `native.rs`, `segment.rs`, `sensors.rs`), which checks, in
-//!    this order, the type (`unknown_type`), the user id (`missing_user_id`,
-//!    `invalid_user_id`), the event name of a track event (`missing_event`), the time
-//!    (`invalid_timestamp`) and the properties (`invalid_properties`).
+//!    this order, the type (`unknown_type`, or a type that is skipped), the user id
+//!    (`missing_user_id`, `invalid_user_id`), the event name of a track event
+//!    (`missing_event`), the time (`invalid_timestamp`) and the properties
+//!    (`invalid_properties`).
 //!
 //! The message is parsed once, in a single pass: the top-level object is never built as a map;
 //! only the fields the format reads are kept (as [`serde_json::Value`]s, the properties object
-//! moved into the event, never cloned) and every other field (a Segment `context`, say) is
-//! skipped without allocating.
+//! moved into the event, never cloned) and every other field is skipped without allocating. A
+//! format may also read one field of a top-level object (`context.traits` of a Segment
+//! message): the rest of that object is skipped the same way.
 
 use std::fmt;
 
@@ -25,7 +28,7 @@ use chrono::DateTime;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value as Json;
 
-use super::{Event, Millis, Properties, Reason, Rejection};
+use super::{Decoded, Event, Millis, Properties, Reason, Rejection};
 
 /// Default `max_event_bytes`: 1 MiB.
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
@@ -105,8 +108,9 @@ impl Default for DecodeOptions {
     }
 }
 
-/// Decodes one message. Never panics: every input gives an event or a rejection.
-pub fn decode(raw: &[u8], opts: &DecodeOptions) -> Result<Event, Rejection> {
+/// Decodes one message. Never panics: every input gives an event, a message to skip or a
+/// rejection. This is what a consumer of a source calls.
+pub fn decode_message(raw: &[u8], opts: &DecodeOptions) -> Result<Decoded, Rejection> {
     if raw.len() > opts.max_event_bytes {
         return Err(Rejection::new(
             Reason::TooLarge,
@@ -118,14 +122,37 @@ pub fn decode(raw: &[u8], opts: &DecodeOptions) -> Result<Event, Rejection> {
         ));
     }
     match opts.format {
-        Format::Native => super::native::decode(parse_object(raw, super::native::KEYS)?),
-        Format::Segment => super::segment::decode(parse_object(raw, super::segment::KEYS)?),
+        Format::Native => {
+            super::native::decode(parse_object(raw, super::native::KEYS)?).map(Decoded::Event)
+        }
+        Format::Segment => {
+            super::segment::decode(parse_object(raw, super::segment::KEYS)?).map(Decoded::Event)
+        }
         Format::Sensors => super::sensors::decode(parse_object(raw, super::sensors::KEYS)?),
     }
 }
 
-/// Most top-level fields a format reads.
-pub(super) const MAX_FIELDS: usize = 10;
+/// Decodes one message that must be an event: [`decode_message`] for callers that only read
+/// events (tools, tests, generated `native` input, where nothing is ever skipped). A message
+/// that [`decode_message`] would skip is returned as a rejection `unknown_type` whose detail
+/// says so: such a caller has no way to apply it. A consumer of a source must call
+/// [`decode_message`] instead, so that skipped messages are counted, not dead-lettered.
+pub fn decode(raw: &[u8], opts: &DecodeOptions) -> Result<Event, Rejection> {
+    match decode_message(raw, opts)? {
+        Decoded::Event(event) => Ok(event),
+        Decoded::Skipped(kind) => Err(Rejection::new(
+            Reason::UnknownType,
+            format!(
+                "type {:?} is skipped by the {} format, not an event",
+                kind.as_str(),
+                opts.format
+            ),
+        )),
+    }
+}
+
+/// Most fields a format reads.
+pub(super) const MAX_FIELDS: usize = 12;
 
 const _: () = assert!(
     super::native::KEYS.len() <= MAX_FIELDS
@@ -160,12 +187,13 @@ fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
     })?;
     let trimmed = text.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r'));
     if trimmed.is_empty() {
-        return Err(Rejection::new(Reason::InvalidJson, "message is empty"));
-    }
-    if trimmed == "null" {
         return Err(Rejection::new(
             Reason::InvalidJson,
-            "message is null (a tombstone)",
+            if raw.is_empty() {
+                "message is empty (a Kafka tombstone has no value)"
+            } else {
+                "message is only white space"
+            },
         ));
     }
     check_depth(trimmed.as_bytes())?;
@@ -180,10 +208,6 @@ fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
     .map_err(|e| Rejection::new(Reason::InvalidJson, format!("JSON syntax error: {e}")))?;
     match top {
         Top::Object => Ok(fields),
-        Top::Null => Err(Rejection::new(
-            Reason::InvalidJson,
-            "message is null (a tombstone)",
-        )),
         Top::Other(what) => Err(Rejection::new(
             Reason::NotAnObject,
             format!("top-level JSON value is {what}, expected an object"),
@@ -194,7 +218,6 @@ fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
 /// What the top-level value was (the fields of an object are written to [`TopSeed::fields`]).
 enum Top {
     Object,
-    Null,
     Other(&'static str),
 }
 
@@ -220,9 +243,14 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
         while let Some(slot) = map.next_key_seed(KeySeed { keys: self.keys })? {
-            match slot.and_then(|i| self.fields.values.get_mut(i)) {
-                Some(value) => *value = Some(map.next_value::<Json>()?),
-                None => {
+            match slot {
+                Slot::Field(i) => self.fields.values[i] = Some(map.next_value::<Json>()?),
+                Slot::Nested(i, inner) => {
+                    // a field given twice keeps its last value, also when the last one lacks
+                    // the inner field
+                    self.fields.values[i] = map.next_value_seed(PickSeed { key: inner })?;
+                }
+                Slot::Ignored => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
@@ -236,7 +264,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     }
 
     fn visit_unit<E>(self) -> Result<Top, E> {
-        Ok(Top::Null)
+        Ok(Top::Other("null"))
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<Top, E> {
@@ -260,28 +288,134 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     }
 }
 
-/// An object key → its index in the format's key list (`None`: a field the format ignores).
+/// Where the value of a top-level key goes.
+enum Slot<'k> {
+    /// The whole value, into field `i`.
+    Field(usize),
+    /// Key `outer.inner` of the format's key list: the value's field `inner` (when the value
+    /// is an object that has it) into field `i`.
+    Nested(usize, &'k str),
+    /// A field the format does not read.
+    Ignored,
+}
+
+/// An object key → where its value goes.
 struct KeySeed<'k> {
     keys: &'k [&'k str],
 }
 
-impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Option<usize>;
+impl<'de, 'k> DeserializeSeed<'de> for KeySeed<'k> {
+    type Value = Slot<'k>;
 
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<usize>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Slot<'k>, D::Error> {
         de.deserialize_str(self)
     }
 }
 
-impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Option<usize>;
+impl<'de, 'k> Visitor<'de> for KeySeed<'k> {
+    type Value = Slot<'k>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
-    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.keys.iter().position(|k| *k == key))
+    fn visit_str<E>(self, key: &str) -> Result<Slot<'k>, E> {
+        for (i, k) in self.keys.iter().enumerate() {
+            match k.split_once('.') {
+                None if *k == key => return Ok(Slot::Field(i)),
+                Some((outer, inner)) if outer == key => return Ok(Slot::Nested(i, inner)),
+                _ => {}
+            }
+        }
+        Ok(Slot::Ignored)
+    }
+}
+
+/// One field of an object value (`None` when the value is not an object or lacks the field);
+/// everything else in the value is skipped without allocating.
+struct PickSeed<'k> {
+    key: &'k str,
+}
+
+impl<'de> DeserializeSeed<'de> for PickSeed<'_> {
+    type Value = Option<Json>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<Json>, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for PickSeed<'_> {
+    type Value = Option<Json>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Json>, A::Error> {
+        let mut picked = None;
+        while let Some(is_it) = map.next_key_seed(IsKey { key: self.key })? {
+            if is_it {
+                picked = Some(map.next_value::<Json>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(picked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Json>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_unit<E>(self) -> Result<Option<Json>, E> {
+        Ok(None)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Option<Json>, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Option<Json>, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Option<Json>, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Option<Json>, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Option<Json>, E> {
+        Ok(None)
+    }
+}
+
+/// Whether an object key is the one wanted.
+struct IsKey<'k> {
+    key: &'k str,
+}
+
+impl<'de> DeserializeSeed<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<bool, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.key)
     }
 }
 
@@ -509,7 +643,7 @@ pub(super) fn event_id_from(value: Option<Json>) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{EventBody, ProfileOp};
+    use super::super::{Decoded, EventBody, ProfileOp};
     use super::*;
     use proptest::prelude::*;
 
@@ -578,8 +712,6 @@ mod tests {
         for raw in [
             &b""[..],
             b"   \t\r\n",
-            b"null",
-            b" null\n",
             b"{",
             b"{\"user_id\":\"u\",}",
             b"{\"a\":1} x",
@@ -592,6 +724,8 @@ mod tests {
             assert!(!r.detail.is_empty());
         }
         assert!(decode(b"\xff", &opts).unwrap_err().detail.contains("UTF-8"));
+        // a Kafka tombstone reaches the decoder as a message with no bytes
+        assert!(decode(b"", &opts).unwrap_err().detail.contains("tombstone"));
     }
 
     #[test]
@@ -630,11 +764,75 @@ mod tests {
 
     #[test]
     fn not_an_object() {
-        for s in ["[]", "1", "\"x\"", "true", "[{\"user_id\":\"u\"}]", "1.5"] {
-            let r = native(s).unwrap_err();
-            assert_eq!(r.reason, Reason::NotAnObject, "{s}");
+        for s in [
+            "[]",
+            "1",
+            "\"x\"",
+            "true",
+            "[{\"user_id\":\"u\"}]",
+            "1.5",
+            "null",
+            " null\n",
+            "\tnull\r\n",
+        ] {
+            for format in Format::ALL {
+                let opts = DecodeOptions {
+                    format,
+                    ..DecodeOptions::default()
+                };
+                let r = decode_message(s.as_bytes(), &opts).unwrap_err();
+                assert_eq!(r.reason, Reason::NotAnObject, "{s} {format}");
+            }
         }
         assert!(native("[1]").unwrap_err().detail.contains("an array"));
+        assert_eq!(
+            native("null").unwrap_err().detail,
+            "top-level JSON value is null, expected an object"
+        );
+        // but a broken literal is not JSON at all
+        assert_eq!(reason("nul"), Reason::InvalidJson);
+        assert_eq!(reason("null null"), Reason::InvalidJson);
+    }
+
+    #[test]
+    fn nested_field_reading() {
+        // `context.traits` of the segment format: only that field is read, and the rest of
+        // `context` may hold anything valid
+        let opts = DecodeOptions {
+            format: Format::Segment,
+            ..DecodeOptions::default()
+        };
+        let ev = |s: &str| match decode_message(s.as_bytes(), &opts) {
+            Ok(Decoded::Event(ev)) => Ok(ev),
+            Ok(other) => panic!("{other:?}"),
+            Err(r) => Err(r),
+        };
+        let got = ev(r#"{"type":"identify","userId":"u","timestamp":1,"context":{"a":[1,{"traits":2}],"traits":{"x":{"y":[1]}},"z":"\"}"}}"#).unwrap();
+        match got.body {
+            EventBody::Profile { properties, .. } => {
+                assert_eq!(properties["x"], serde_json::json!({"y":[1]}));
+            }
+            other => panic!("{other:?}"),
+        }
+        // a key merely starting like the outer key is another field
+        let got =
+            ev(r#"{"type":"identify","userId":"u","timestamp":1,"contexts":{"traits":{"x":1}},"context.traits":{"x":1}}"#)
+                .unwrap();
+        assert!(
+            matches!(got.body, EventBody::Profile { ref properties, .. } if properties.is_empty())
+        );
+        assert_eq!(
+            ev(r#"{"type":"identify","userId":"u","timestamp":1,"context":{"traits":{"x":1},}}"#)
+                .unwrap_err()
+                .reason,
+            Reason::InvalidJson
+        );
+        assert_eq!(
+            ev(r#"{"type":"identify","userId":"u","timestamp":1,"context":{"a":tru}}"#)
+                .unwrap_err()
+                .reason,
+            Reason::InvalidJson
+        );
     }
 
     #[test]
@@ -808,8 +1006,11 @@ mod tests {
                     format,
                     max_event_bytes: max,
                 };
-                match decode(raw, &opts) {
-                    Ok(ev) => {
+                match decode_message(raw, &opts) {
+                    Ok(Decoded::Skipped(kind)) => {
+                        assert_eq!(format, Format::Sensors, "{kind:?}");
+                    }
+                    Ok(Decoded::Event(ev)) => {
                         assert!(!ev.user_id.is_empty() && ev.user_id.len() <= MAX_USER_ID_BYTES);
                         assert!((MIN_TS..=MAX_TS).contains(&ev.ts));
                         if let EventBody::Track { name, .. } = &ev.body {
@@ -844,6 +1045,9 @@ mod tests {
             Just("event_id"),
             Just("messageId"),
             Just("_track_id"),
+            Just("original_id"),
+            Just("category"),
+            Just("context"),
             Just("x"),
         ];
         let leaf = prop_oneof![
@@ -861,6 +1065,11 @@ mod tests {
             Just("\"profile_unset\"".to_string()),
             Just("\"profile_set_once\"".to_string()),
             Just("\"profile_delete\"".to_string()),
+            Just("\"profile_increment\"".to_string()),
+            Just("\"profile_append\"".to_string()),
+            Just("\"track_signup\"".to_string()),
+            Just("\"item_set\"".to_string()),
+            Just("\"track_id_bind\"".to_string()),
             Just("\"2024-11-19T07:06:40.123456Z\"".to_string()),
             Just("\"2024-11-19T07:06:40\"".to_string()),
             any::<i64>().prop_map(|n| n.to_string()),

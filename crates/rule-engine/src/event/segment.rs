@@ -3,8 +3,9 @@
 //! | `type` | becomes |
 //! |---|---|
 //! | `track` (default when absent or null) | track `event` with `properties` |
-//! | `identify` | profile (set) with `traits` as properties |
-//! | `page`, `screen` | track named `page` / `screen` with `properties`, plus the top-level `name` (when present and not null) copied into `properties.name` |
+//! | `identify` | profile (set) with the top-level `traits` as properties, or, when `traits` is absent or null, `context.traits` (RudderStack's SDKs send them only there) |
+//! | `page` | track named `page` with `properties`, plus the top-level `name` and `category` (each when present and not null) copied into `properties.name` / `properties.category` |
+//! | `screen` | track named `screen` with `properties`, plus the top-level `name` (when present and not null) copied into `properties.name` |
 //! | anything else (`alias`, `group`, ...) | `unknown_type` |
 //!
 //! The user is `userId`, falling back to `anonymousId` when `userId` is absent, null or the
@@ -17,9 +18,10 @@ use super::decode::{
     event_id_from, event_name_from, properties_from, ts_from, type_from, unknown_type,
     user_id_from, Fields,
 };
-use super::{Event, EventBody, ProfileOp, Rejection};
+use super::{Event, EventBody, ProfileOp, Properties, Rejection};
 
-/// The top-level fields read, in the order of the indices below.
+/// The fields read, in the order of the indices below (`context.traits`: only that field of
+/// the `context` object is read).
 pub(super) const KEYS: &[&str] = &[
     "type",
     "userId",
@@ -30,6 +32,8 @@ pub(super) const KEYS: &[&str] = &[
     "traits",
     "name",
     "messageId",
+    "category",
+    "context.traits",
 ];
 const TYPE: usize = 0;
 const USER_ID: usize = 1;
@@ -40,6 +44,8 @@ const PROPERTIES: usize = 5;
 const TRAITS: usize = 6;
 const NAME: usize = 7;
 const MESSAGE_ID: usize = 8;
+const CATEGORY: usize = 9;
+const CONTEXT_TRAITS: usize = 10;
 
 const TYPES: &str = "track, identify, page, screen";
 
@@ -69,16 +75,22 @@ pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
     let body = match (kind, name) {
         (Kind::Identify, _) => EventBody::Profile {
             op: ProfileOp::Set,
-            properties: properties_from(f.take(TRAITS), "traits")?,
-        },
-        (Kind::Page | Kind::Screen, Some(name)) => {
-            let mut properties = properties_from(f.take(PROPERTIES), "properties")?;
-            match f.take(NAME) {
-                None | Some(Json::Null) => {}
-                Some(page_name) => {
-                    properties.insert("name".to_owned(), page_name);
+            properties: match f.take(TRAITS) {
+                None | Some(Json::Null) => {
+                    properties_from(f.take(CONTEXT_TRAITS), "context.traits")?
                 }
-            }
+                traits => properties_from(traits, "traits")?,
+            },
+        },
+        (Kind::Page, Some(name)) => {
+            let mut properties = properties_from(f.take(PROPERTIES), "properties")?;
+            copy_into(&mut properties, "name", f.take(NAME));
+            copy_into(&mut properties, "category", f.take(CATEGORY));
+            EventBody::Track { name, properties }
+        }
+        (Kind::Screen, Some(name)) => {
+            let mut properties = properties_from(f.take(PROPERTIES), "properties")?;
+            copy_into(&mut properties, "name", f.take(NAME));
             EventBody::Track { name, properties }
         }
         (_, name) => EventBody::Track {
@@ -93,6 +105,16 @@ pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
         event_id,
         body,
     })
+}
+
+/// A top-level field copied into the properties, when present and not null.
+fn copy_into(properties: &mut Properties, key: &str, value: Option<Json>) {
+    match value {
+        None | Some(Json::Null) => {}
+        Some(value) => {
+            properties.insert(key.to_owned(), value);
+        }
+    }
 }
 
 /// `userId`, or `anonymousId` when `userId` is absent, null or "" and `anonymousId` is given.
@@ -249,6 +271,112 @@ mod tests {
         assert!(matches!(ev.body, EventBody::Track { ref name, .. } if name == "page"));
         let r = dec(r#"{"type":"page","userId":"u1","timestamp":1,"properties":[]}"#).unwrap_err();
         assert_eq!(r.reason, Reason::InvalidProperties);
+    }
+
+    #[test]
+    fn identify_traits_from_context() {
+        // RudderStack: traits only in context.traits
+        let ev = dec(
+            r#"{"type":"identify","userId":"u1","timestamp":1,"channel":"server",
+            "context":{"library":{"name":"analytics-python"},"traits":{"plan":"pro","n":2},"ip":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ev.body,
+            EventBody::Profile {
+                op: ProfileOp::Set,
+                properties: json!({"plan":"pro","n":2}).as_object().unwrap().clone()
+            }
+        );
+        // context before the other fields, and traits null: the same
+        let ev = dec(
+            r#"{"context":{"traits":{"plan":"pro"}},"traits":null,"type":"identify","userId":"u1","timestamp":1}"#,
+        )
+        .unwrap();
+        assert_eq!(props(&ev)["plan"], json!("pro"));
+        // top-level traits win, even when empty
+        for (traits, want) in [
+            (r#"{"plan":"free"}"#, json!({"plan":"free"})),
+            ("{}", json!({})),
+        ] {
+            let ev = dec(&format!(
+                r#"{{"type":"identify","userId":"u1","timestamp":1,"traits":{traits},
+                "context":{{"traits":{{"plan":"pro"}}}}}}"#
+            ))
+            .unwrap();
+            assert_eq!(&Json::Object(props(&ev).clone()), &want, "{traits}");
+        }
+        // no traits anywhere, or a context without them, or a context that is not an object
+        for context in [
+            "",
+            r#","context":{}"#,
+            r#","context":null"#,
+            r#","context":"x""#,
+            r#","context":[{"traits":{"a":1}}]"#,
+            r#","context":{"traits":null}"#,
+            r#","context":{"traits":{"a":1}},"context":{"ip":"x"}"#,
+        ] {
+            let ev = dec(&format!(
+                r#"{{"type":"identify","userId":"u1","timestamp":1{context}}}"#
+            ))
+            .unwrap();
+            assert!(props(&ev).is_empty(), "{context}");
+        }
+        // the last context counts
+        let ev = dec(
+            r#"{"type":"identify","userId":"u1","timestamp":1,"context":{"ip":"x"},"context":{"traits":{"a":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(props(&ev)["a"], json!(1));
+        // context.traits that is not an object is invalid, as traits would be
+        let r = dec(r#"{"type":"identify","userId":"u1","timestamp":1,"context":{"traits":"x"}}"#)
+            .unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidProperties);
+        assert!(r.detail.starts_with("context.traits"), "{}", r.detail);
+        // a track event does not read context.traits
+        let ev = dec(
+            r#"{"type":"track","event":"e","userId":"u1","timestamp":1,"context":{"traits":"x"}}"#,
+        )
+        .unwrap();
+        assert!(props(&ev).is_empty());
+        // invalid JSON inside context is still invalid JSON
+        let r = dec(r#"{"type":"identify","userId":"u1","timestamp":1,"context":{"traits":{,}}}"#)
+            .unwrap_err();
+        assert_eq!(r.reason, Reason::InvalidJson);
+    }
+
+    #[test]
+    fn page_category() {
+        let ev = dec(
+            r#"{"type":"page","userId":"u1","timestamp":1,"name":"Lipstick","category":"beauty",
+            "properties":{"url":"/l","category":"old"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ev.body,
+            EventBody::Track {
+                name: "page".into(),
+                properties: json!({"url":"/l","category":"beauty","name":"Lipstick"})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            }
+        );
+        // null or absent category: properties.category is left alone
+        let ev = dec(
+            r#"{"type":"page","userId":"u1","timestamp":1,"category":null,"properties":{"category":"p"}}"#,
+        )
+        .unwrap();
+        assert_eq!(props(&ev)["category"], json!("p"));
+        let ev = dec(r#"{"type":"page","userId":"u1","timestamp":1}"#).unwrap();
+        assert!(props(&ev).is_empty());
+        // SPEC: page only; a screen's category is not copied, nor a track's
+        let ev =
+            dec(r#"{"type":"screen","userId":"u1","timestamp":1,"name":"Cart","category":"shop"}"#)
+                .unwrap();
+        assert_eq!(&Json::Object(props(&ev).clone()), &json!({"name":"Cart"}));
+        let ev = dec(r#"{"event":"e","userId":"u1","timestamp":1,"category":"shop"}"#).unwrap();
+        assert!(props(&ev).is_empty());
     }
 
     #[test]

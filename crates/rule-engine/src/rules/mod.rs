@@ -4,6 +4,7 @@
 //! so that every rule comes after what it reads (rejecting cycles), and works out how each
 //! value can change with time alone, so that the engine can compute exact timer instants.
 
+pub mod adhoc;
 mod compile;
 mod error;
 mod raw;
@@ -12,6 +13,7 @@ mod shape;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use adhoc::{compile_condition, AdhocCondition, AdhocError};
 pub use error::{RuleError, RuleErrors};
 pub use shape::Shape;
 

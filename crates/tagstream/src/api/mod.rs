@@ -11,6 +11,7 @@
 //! * User ids are personal data: they are never logged above debug level and never used as
 //!   metric labels (requests are counted by route template).
 
+pub mod peers;
 mod routes;
 
 use std::path::PathBuf;
@@ -46,6 +47,42 @@ pub struct ApiState {
     /// The state store, read directly (not through the engine's lock) for its health gauges
     /// at each scrape, so a long batch never delays `/metrics`.
     pub store: Arc<dyn tagstream_state::StateStore>,
+    /// `api.peers`: with peers, `/v1` reads answer for the whole deployment.
+    pub peers: Option<Arc<peers::Peers>>,
+}
+
+/// Counts one request to a peer (by its index, never its address or a user id).
+pub fn observe_peer(state: &ApiState, index: usize, ok: bool) {
+    let peer = index.to_string();
+    state
+        .metrics
+        .api_peer_requests
+        .with_label_values(&[&peer])
+        .inc();
+    if !ok {
+        state
+            .metrics
+            .api_peer_failures
+            .with_label_values(&[&peer])
+            .inc();
+    }
+}
+
+/// Times a rules preview (`POST /v1/rules/reload?dry_run=true`).
+pub fn observe_preview(state: &ApiState, took: std::time::Duration) {
+    state
+        .metrics
+        .api_preview_seconds
+        .observe(took.as_secs_f64());
+}
+
+/// Times an export from its first chunk to its last (`kind`: segment or audience).
+pub fn observe_export(state: &ApiState, kind: &str, took: std::time::Duration) {
+    state
+        .metrics
+        .api_export_seconds
+        .with_label_values(&[kind])
+        .observe(took.as_secs_f64());
 }
 
 /// An error answer: a status and a JSON body `{"error": message, ...details}`.
@@ -237,7 +274,9 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/tags", false),
     route("GET", "/v1/segments", false),
     route("GET", "/v1/segments/{name}/members", false),
+    route("GET", "/v1/segments/{name}/export", false),
     route("POST", "/v1/audiences", false),
+    route("POST", "/v1/audiences/export", false),
     route("POST", "/v1/rules/reload", false),
 ];
 
@@ -258,7 +297,9 @@ fn handler(r: &Route) -> axum::routing::MethodRouter<ApiState> {
         ("GET", "/v1/tags") => get(routes::list_tags),
         ("GET", "/v1/segments") => get(routes::list_segments),
         ("GET", "/v1/segments/{name}/members") => get(routes::segment_members),
+        ("GET", "/v1/segments/{name}/export") => get(routes::segment_export),
         ("POST", "/v1/audiences") => post(routes::audience),
+        ("POST", "/v1/audiences/export") => post(routes::audience_export),
         ("POST", "/v1/rules/reload") => post(routes::reload_rules),
         (method, path) => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
     }

@@ -3,16 +3,19 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use tagstream_consumer::audience::{Audience, AudienceError};
+use tagstream_consumer::audience::{
+    export_ndjson, AudienceQuery, ExportOrder, ExportSet, QueryError, EXPORT_CHUNK,
+};
 use tagstream_rules::rules::RuleSet;
 
+use super::peers::{self, Peers, INTERNAL_HEADER};
 use super::{status, with_engine, ApiError, ApiResult, ApiState};
 
 const DEFAULT_PAGE: usize = 100;
@@ -51,7 +54,58 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
 }
 
-pub async fn get_user(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+/// The peers to ask, when this request is to be answered for the whole deployment: peers are
+/// configured and the request does not come from a peer.
+fn fan_out_peers(state: &ApiState, headers: &HeaderMap) -> Option<Arc<Peers>> {
+    if is_internal(headers) {
+        None
+    } else {
+        state.peers.clone()
+    }
+}
+
+fn is_internal(headers: &HeaderMap) -> bool {
+    headers.contains_key(INTERNAL_HEADER)
+}
+
+/// Percent-encodes one path segment or query value.
+fn encode_component(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Runs a blocking fan-out on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("request worker failed: {e}"),
+        )
+    })?
+}
+
+pub async fn get_user(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    if let Some(peers) = fan_out_peers(&state, &headers) {
+        let path = format!("/v1/users/{}", encode_component(&id));
+        return blocking(move || {
+            let answers = peers.fan_out(&state, "GET", &path, None)?;
+            peers::owner_answer(answers).map(Json)
+        })
+        .await;
+    }
     with_engine(&state, move |engine| match engine.profile(&id)? {
         Some(line) => Ok(Json(line)),
         None => Err(ApiError::not_found("unknown user")),
@@ -73,6 +127,7 @@ pub async fn delete_user(State(state): State<ApiState>, Path(id): Path<String>) 
 
 pub async fn explain_user(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
@@ -81,6 +136,18 @@ pub async fn explain_user(
             "missing ?segment=<name>: the segment to explain",
         ));
     };
+    if let Some(peers) = fan_out_peers(&state, &headers) {
+        let path = format!(
+            "/v1/users/{}/explain?segment={}",
+            encode_component(&id),
+            encode_component(&segment)
+        );
+        return blocking(move || {
+            let answers = peers.fan_out(&state, "GET", &path, None)?;
+            peers::owner_answer(answers).map(Json)
+        })
+        .await;
+    }
     with_engine(&state, move |engine| {
         if engine.segment_bitmap(&segment).is_none() {
             return Err(unknown_segment(&segment, &engine.segment_names()));
@@ -123,7 +190,33 @@ pub async fn list_tags(State(state): State<ApiState>) -> ApiResult {
     .await
 }
 
-pub async fn list_segments(State(state): State<ApiState>) -> ApiResult {
+pub async fn list_segments(State(state): State<ApiState>, headers: HeaderMap) -> ApiResult {
+    if let Some(peers) = fan_out_peers(&state, &headers) {
+        return blocking(move || {
+            let answers = peers.fan_out(&state, "GET", "/v1/segments", None)?;
+            peers::all_ok(&answers)?;
+            // The first pod's list (rules are per pod), with sizes summed over every pod.
+            let mut combined = answers[0].body.clone();
+            if let Some(list) = combined["segments"].as_array_mut() {
+                for seg in list {
+                    let name = seg["name"].clone();
+                    let total: u64 = answers
+                        .iter()
+                        .filter_map(|a| {
+                            a.body["segments"]
+                                .as_array()?
+                                .iter()
+                                .find(|s| s["name"] == name)?["size"]
+                                .as_u64()
+                        })
+                        .sum();
+                    seg["size"] = json!(total);
+                }
+            }
+            Ok(Json(combined))
+        })
+        .await;
+    }
     with_engine(&state, |engine| {
         let rules = engine.rules().clone();
         let segments: Vec<Value> = engine
@@ -173,26 +266,115 @@ fn parse_limit(text: Option<&str>) -> Result<usize, ApiError> {
     }
 }
 
+/// A `cursor` as this request's order reads it: internal ids (`u<id>`), or (partition, id)
+/// keys (`p<partition>.<id>`) in the order combined over pods.
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    Id(u32),
+    Key(u32, u32),
+}
+
+fn decode_any_cursor(text: &str, keyed: bool) -> Result<Cursor, ApiError> {
+    if keyed {
+        peers::decode_key(text)
+            .map(|(p, id)| Cursor::Key(p, id))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid cursor: pass back the next_cursor of the previous page unchanged",
+                )
+            })
+    } else {
+        decode_cursor(text).map(Cursor::Id)
+    }
+}
+
+/// A page of `set` as JSON fields: in internal-id order, or (internal requests) in key order
+/// with the keys beside the members.
+fn page_json(
+    engine: &tagstream_consumer::engine::Engine,
+    set: &roaring::RoaringBitmap,
+    after: Option<Cursor>,
+    limit: usize,
+    keyed: bool,
+) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let mut out = serde_json::Map::new();
+    if keyed {
+        let after = match after {
+            Some(Cursor::Key(p, id)) => Some((p, id)),
+            _ => None,
+        };
+        let page = if limit == 0 {
+            Default::default()
+        } else {
+            engine.page_by_partition(set, after, limit)?
+        };
+        let next = page
+            .members
+            .last()
+            .filter(|_| page.more)
+            .map(|(p, id, _)| peers::encode_key((*p, *id)));
+        let keys: Vec<Value> = page
+            .members
+            .iter()
+            .map(|(p, id, _)| json!([p, id]))
+            .collect();
+        let members: Vec<Value> = page.members.into_iter().map(|(_, _, m)| json!(m)).collect();
+        out.insert("members".into(), Value::Array(members));
+        out.insert("keys".into(), Value::Array(keys));
+        out.insert("next_cursor".into(), json!(next));
+    } else {
+        let after = match after {
+            Some(Cursor::Id(id)) => Some(id),
+            _ => None,
+        };
+        let page = if limit == 0 {
+            Default::default()
+        } else {
+            engine.page(set, after, limit)?
+        };
+        out.insert("members".into(), json!(page.members));
+        out.insert("next_cursor".into(), json!(page.next.map(encode_cursor)));
+    }
+    Ok(out)
+}
+
 pub async fn segment_members(
     State(state): State<ApiState>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let limit = parse_limit(query.get("limit").map(String::as_str))?;
+    let fan_out = fan_out_peers(&state, &headers);
+    let keyed = fan_out.is_some() || is_internal(&headers);
     let after = query
         .get("cursor")
         .filter(|c| !c.is_empty())
-        .map(|c| decode_cursor(c))
+        .map(|c| decode_any_cursor(c, keyed))
         .transpose()?;
+    if let Some(peers) = fan_out {
+        let mut path = format!(
+            "/v1/segments/{}/members?limit={limit}",
+            encode_component(&name)
+        );
+        if let Some(c) = query.get("cursor").filter(|c| !c.is_empty()) {
+            path.push_str(&format!("&cursor={}", encode_component(c)));
+        }
+        return blocking(move || {
+            let answers = peers.fan_out(&state, "GET", &path, None)?;
+            peers::all_ok(&answers)?;
+            let (members, next) = peers::merge_pages(&answers, limit)?;
+            Ok(Json(json!({ "members": members, "next_cursor": next })))
+        })
+        .await;
+    }
     with_engine(&state, move |engine| {
         let Some(members) = engine.segment_bitmap(&name) else {
             return Err(unknown_segment(&name, &engine.segment_names()));
         };
-        let page = engine.page(&members, after, limit)?;
-        Ok(Json(json!({
-            "members": page.members,
-            "next_cursor": page.next.map(encode_cursor),
-        })))
+        Ok(Json(Value::Object(page_json(
+            engine, &members, after, limit, keyed,
+        )?)))
     })
     .await
 }
@@ -203,14 +385,18 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Value, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
 }
 
-pub async fn audience(
-    State(state): State<ApiState>,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+/// The body of `POST /v1/audiences` (and, `expr` only, of its export).
+struct AudienceRequest {
+    expr: String,
+    limit: usize,
+    cursor: Option<String>,
+}
+
+fn audience_request(body: Result<Bytes, BytesRejection>) -> Result<AudienceRequest, ApiError> {
     let body = json_body(body)?;
     let Some(expr) = body.get("expr").and_then(Value::as_str) else {
         return Err(ApiError::bad_request(
-            "the body needs \"expr\": a set expression over segments, e.g. \"vip AND NOT churned\"",
+            "the body needs \"expr\": a condition over segments and tags, e.g. \"vip AND NOT churned\" or \"vip AND spend_30d > 500\"",
         ));
     };
     let limit = match body.get("limit") {
@@ -224,44 +410,206 @@ pub async fn audience(
             }
         },
     };
-    let after = match body.get("cursor") {
+    let cursor = match body.get("cursor") {
         None | Some(Value::Null) => None,
-        Some(Value::String(c)) => Some(decode_cursor(c)?),
+        Some(Value::String(c)) => Some(c.clone()),
         Some(_) => return Err(ApiError::bad_request("\"cursor\" must be a string")),
     };
-    let audience = Audience::parse(expr).map_err(audience_error)?;
-    with_engine(&state, move |engine| {
-        let known = engine.segment_names().join(", ");
-        let set = audience
-            .evaluate(&|name| engine.segment_bitmap(name), &engine.all_users())
-            .map_err(|e| match e {
-                AudienceError::UnknownSegment(name) => ApiError::bad_request(format!(
-                    "unknown segment {name:?} in the expression; the segments are: {known}"
-                )),
-                other => audience_error(other),
-            })?;
-        let page = if limit == 0 {
-            Default::default()
-        } else {
-            engine.page(&set, after, limit)?
-        };
-        Ok(Json(json!({
-            "size": set.len(),
-            "members": page.members,
-            "next_cursor": page.next.map(encode_cursor),
-        })))
+    Ok(AudienceRequest {
+        expr: expr.to_string(),
+        limit,
+        cursor,
+    })
+}
+
+fn query_error(e: QueryError) -> ApiError {
+    match e {
+        QueryError::Invalid { column, .. } => {
+            let message = e.to_string();
+            let err = ApiError::bad_request(message);
+            match column {
+                Some(c) => err.with("column", json!(c)),
+                None => err,
+            }
+        }
+        QueryError::RulesChanged => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        QueryError::Engine(e) => e.into(),
+    }
+}
+
+/// Every member of an audience on this pod (bitmaps, or the condition evaluated chunk by
+/// chunk), computed on the blocking pool.
+async fn audience_members(
+    state: &ApiState,
+    expr: String,
+) -> Result<roaring::RoaringBitmap, ApiError> {
+    let engine = state.engine.clone();
+    blocking(move || {
+        let query = AudienceQuery::resolve_in(&engine, &expr).map_err(query_error)?;
+        query.members(&engine).map_err(query_error)
     })
     .await
 }
 
-fn audience_error(e: AudienceError) -> ApiError {
-    match &e {
-        AudienceError::Syntax { position, .. } => {
-            ApiError::bad_request(format!("invalid expression: {e}"))
-                .with("column", json!(position))
-        }
-        _ => ApiError::bad_request(format!("invalid expression: {e}")),
+pub async fn audience(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let request = audience_request(body)?;
+    let fan_out = fan_out_peers(&state, &headers);
+    let keyed = fan_out.is_some() || is_internal(&headers);
+    let after = request
+        .cursor
+        .as_deref()
+        .map(|c| decode_any_cursor(c, keyed))
+        .transpose()?;
+    if let Some(peers) = fan_out {
+        let body =
+            json!({ "expr": request.expr, "limit": request.limit, "cursor": request.cursor });
+        let limit = request.limit;
+        return blocking(move || {
+            let answers = peers.fan_out(&state, "POST", "/v1/audiences", Some(&body))?;
+            peers::all_ok(&answers)?;
+            let size: u64 = answers.iter().filter_map(|a| a.body["size"].as_u64()).sum();
+            let (members, next) = peers::merge_pages(&answers, limit)?;
+            Ok(Json(
+                json!({ "size": size, "members": members, "next_cursor": next }),
+            ))
+        })
+        .await;
     }
+    let set = audience_members(&state, request.expr).await?;
+    let limit = request.limit;
+    with_engine(&state, move |engine| {
+        let mut answer = serde_json::Map::new();
+        answer.insert("size".into(), json!(set.len()));
+        answer.extend(page_json(engine, &set, after, limit, keyed)?);
+        Ok(Json(Value::Object(answer)))
+    })
+    .await
+}
+
+/// Chunks an export keeps in flight between the producer and the connection: with
+/// [`EXPORT_CHUNK`] users per chunk, at most this many chunks are buffered.
+pub const EXPORT_BUFFERED_CHUNKS: usize = 2;
+
+/// An NDJSON answer streamed from `produce`, which runs on the blocking pool and hands
+/// chunks to its `send` (false: the client went away). The channel between the two is
+/// bounded, so a slow client slows the producer instead of filling memory. An error after the
+/// first byte aborts the stream (the client sees a truncated chunked body, never a clean end).
+fn ndjson_stream(
+    state: &ApiState,
+    kind: &'static str,
+    produce: impl FnOnce(&mut dyn FnMut(Vec<u8>) -> bool) -> Result<u64, String> + Send + 'static,
+) -> Response {
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_BUFFERED_CHUNKS);
+    let metrics_state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let errors = tx.clone();
+        let mut send = |bytes: Vec<u8>| tx.blocking_send(Ok(Bytes::from(bytes))).is_ok();
+        let result = produce(&mut send);
+        if let Err(e) = &result {
+            tracing::warn!(error = %e, "export aborted");
+            let _ = errors.blocking_send(Err(std::io::Error::other(e.clone())));
+        }
+        super::observe_export(&metrics_state, kind, started.elapsed());
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// Streams the set from this pod (internal-id order, or keyed order for a peer).
+fn local_export(state: &ApiState, kind: &'static str, set: ExportSet, keyed: bool) -> Response {
+    let engine = state.engine.clone();
+    let order = if keyed {
+        ExportOrder::Keyed
+    } else {
+        ExportOrder::Id
+    };
+    ndjson_stream(state, kind, move |send| {
+        export_ndjson(&engine, &set, order, EXPORT_CHUNK, send).map_err(|e| e.to_string())
+    })
+}
+
+/// Streams the merge of every peer's keyed export.
+async fn peers_export(
+    state: ApiState,
+    peers: Arc<Peers>,
+    kind: &'static str,
+    method: &'static str,
+    path: String,
+    body: Option<Value>,
+) -> Result<Response, ApiError> {
+    let opener = state.clone();
+    let streams =
+        blocking(move || peers.open_exports(&opener, method, &path, body.as_ref())).await?;
+    Ok(ndjson_stream(&state, kind, move |send| {
+        peers::merge_exports(streams, EXPORT_CHUNK, send)
+    }))
+}
+
+pub async fn segment_export(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    if let Some(peers) = fan_out_peers(&state, &headers) {
+        let path = format!("/v1/segments/{}/export", encode_component(&name));
+        return peers_export(state, peers, "segment", "GET", path, None).await;
+    }
+    let check = name.clone();
+    with_engine(&state, move |engine| match engine.segment_bitmap(&check) {
+        Some(_) => Ok(()),
+        None => Err(unknown_segment(&check, &engine.segment_names())),
+    })
+    .await?;
+    Ok(local_export(
+        &state,
+        "segment",
+        ExportSet::Segment(name),
+        is_internal(&headers),
+    ))
+}
+
+pub async fn audience_export(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let Some(expr) = body.get("expr").and_then(Value::as_str).map(str::to_string) else {
+        return Err(ApiError::bad_request(
+            "the body needs \"expr\": a condition over segments and tags",
+        ));
+    };
+    if let Some(peers) = fan_out_peers(&state, &headers) {
+        let body = json!({ "expr": expr });
+        return peers_export(
+            state,
+            peers,
+            "audience",
+            "POST",
+            "/v1/audiences/export".into(),
+            Some(body),
+        )
+        .await;
+    }
+    let set = audience_members(&state, expr).await?;
+    Ok(local_export(
+        &state,
+        "audience",
+        ExportSet::Fixed(set),
+        is_internal(&headers),
+    ))
 }
 
 fn read_rules_file(path: &std::path::Path) -> Result<(String, String), ApiError> {
@@ -304,10 +652,27 @@ fn new_rules_source(state: &ApiState, body: &[u8]) -> Result<(String, String), A
     Ok((text.to_string(), "<request body>".into()))
 }
 
+/// `?dry_run=true|false` (also `1`/`0`); absent is false.
+fn parse_dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match query.get("dry_run").map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid dry_run {other:?}: true or false"
+        ))),
+    }
+}
+
+/// Users carried over per hold of the engine lock in a preview: the pipeline waits at most
+/// this long between two batches.
+const PREVIEW_CHUNK: usize = 2048;
+
 pub async fn reload_rules(
     State(state): State<ApiState>,
+    Query(query): Query<HashMap<String, String>>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    let dry_run = parse_dry_run(&query)?;
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let (source, path) = new_rules_source(&state, &body)?;
     let compile_source = source.clone();
@@ -322,11 +687,13 @@ pub async fn reload_rules(
     let rules = match compiled {
         Ok(rules) => Arc::new(rules),
         Err(errors) => {
-            state
-                .metrics
-                .rules_reloads
-                .with_label_values(&["rejected"])
-                .inc();
+            if !dry_run {
+                state
+                    .metrics
+                    .rules_reloads
+                    .with_label_values(&["rejected"])
+                    .inc();
+            }
             let list: Vec<Value> = errors
                 .errors
                 .iter()
@@ -350,6 +717,9 @@ pub async fn reload_rules(
             .with("errors", Value::Array(list)));
         }
     };
+    if dry_run {
+        return preview(&state, rules).await;
+    }
     let fingerprint = rules.fingerprint.clone();
     let metrics = state.metrics.clone();
     with_engine(&state, move |engine| {
@@ -384,4 +754,33 @@ pub async fn reload_rules(
         })))
     })
     .await
+}
+
+/// `POST /v1/rules/reload?dry_run=true`: what the reload would do, computed by the reload's
+/// own carry-over, a chunk of users per hold of the engine lock; nothing is written.
+async fn preview(state: &ApiState, rules: Arc<RuleSet>) -> ApiResult {
+    let engine = state.engine.clone();
+    let started = std::time::Instant::now();
+    let fingerprint = rules.fingerprint.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let mut preview = engine.lock().preview_start(rules);
+        while !engine.lock().preview_step(&mut preview, PREVIEW_CHUNK)? {}
+        Ok::<_, tagstream_consumer::ConsumerError>(preview.finish())
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("request worker failed: {e}"),
+        )
+    })??;
+    super::observe_preview(state, started.elapsed());
+    Ok(Json(json!({
+        "dry_run": true,
+        "changed": report.changed,
+        "fingerprint": fingerprint,
+        "users": report.users,
+        "segments": report.segments,
+        "warming": report.warming,
+    })))
 }

@@ -51,6 +51,7 @@ fn everything() -> Config {
         api: ApiConfig {
             listen: default_listen(),
             token_file: Some(PathBuf::from("token")),
+            peers: vec!["tagstream-headless:8080".into()],
         },
     }
 }
