@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 
 use crate::event::Millis;
 use crate::rules::{AggKind, Aggregate};
-use crate::time::{Window, Zone};
+use crate::time::{BucketsAt, Window, Zone};
 use crate::value::{Scalar, Value};
 
 /// Version byte in front of every encoded state, so the layout can evolve.
@@ -39,6 +39,19 @@ pub struct UserState {
 pub struct Pending {
     pub since: Millis,
     pub values: Vec<Value>,
+    /// Nothing can change before this instant (computed on first need; see
+    /// [`crate::engine::catch_up`]).
+    pub quiet_until: Option<Millis>,
+}
+
+impl Pending {
+    pub fn new(since: Millis, values: Vec<Value>) -> Pending {
+        Pending {
+            since,
+            values,
+            quiet_until: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -233,7 +246,12 @@ impl AggState {
 
     /// The aggregate's value at engine time `now`.
     pub fn value(&self, agg: &Aggregate, zone: &Zone, now: Millis) -> Value {
-        let oldest = Span::new(agg, zone, now).oldest;
+        self.value_at(agg, &BucketsAt::new(zone, now))
+    }
+
+    /// The aggregate's value at the instant whose buckets are `at`.
+    pub fn value_at(&self, agg: &Aggregate, at: &BucketsAt) -> Value {
+        let oldest = agg.window.map_or(i64::MIN, |w| at.oldest(w));
         match self {
             AggState::Count(b) => Value::Num(b.live(oldest).sum::<u64>() as f64),
             AggState::Sum(b) => Value::Num(b.live(oldest).sum::<f64>()),
@@ -298,34 +316,50 @@ impl AggState {
 }
 
 fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: usize) -> Value {
-    // Gathered into one vector and sorted once: cheaper than merging into a fresh map, which
-    // allocates a node per value on every evaluation.
-    let mut all: Vec<(&Scalar, u64)> = buckets
-        .flat_map(|b| b.iter().map(|(v, n)| (v, *n)))
-        .collect();
-    if all.is_empty() {
-        return Value::Null;
-    }
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    let mut merged: Vec<(&Scalar, u64)> = Vec::with_capacity(all.len());
-    for (v, n) in all {
-        match merged.last_mut() {
-            Some(last) if last.0.cmp(v).is_eq() => last.1 += n,
-            _ => merged.push((v, n)),
+    // Marketing properties (categories, channels) have few distinct values: merging into a
+    // small vector by linear search beats sorting every (bucket, value) pair, and allocates
+    // once. Past `LINEAR_LIMIT` distinct values the merge sorts instead.
+    const LINEAR_LIMIT: usize = 24;
+    let mut merged: Vec<(&Scalar, u64)> = Vec::new();
+    let mut spill: Vec<(&Scalar, u64)> = Vec::new();
+    for bucket in buckets {
+        for (v, n) in bucket {
+            if !spill.is_empty() {
+                spill.push((v, *n));
+            } else if let Some(entry) = merged.iter_mut().find(|e| e.0 == v) {
+                entry.1 += n;
+            } else if merged.len() < LINEAR_LIMIT {
+                merged.push((v, *n));
+            } else {
+                spill.append(&mut merged);
+                spill.push((v, *n));
+            }
         }
+    }
+    if !spill.is_empty() {
+        spill.sort_by(|a, b| a.0.cmp(b.0));
+        for (v, n) in spill {
+            match merged.last_mut() {
+                Some(last) if last.0.cmp(v).is_eq() => last.1 += n,
+                _ => merged.push((v, n)),
+            }
+        }
+    }
+    if merged.is_empty() {
+        return Value::Null;
     }
     if k <= 1 {
         // The highest count; on a tie, the value that sorts first.
         let mut best = merged[0];
         for entry in &merged[1..] {
-            if entry.1 > best.1 {
+            if entry.1 > best.1 || (entry.1 == best.1 && entry.0 < best.0) {
                 best = *entry;
             }
         }
         return best.0.to_value();
     }
-    // Count descending, then value order ascending — a stable sort keeps the value order.
-    merged.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    // Count descending, then value order ascending.
+    merged.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     Value::List(Arc::new(
         merged.iter().take(k).map(|(v, _)| v.to_value()).collect(),
     ))

@@ -141,7 +141,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 format,
                 dlq,
                 advance_to,
-                batch_size: 16_384,
+                batch_size: std::env::var("TS_BATCH")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(131_072),
             };
             let summary = replay(&opts)?;
             let r = &summary.report;

@@ -208,6 +208,7 @@ impl Engine {
                 (partition, user),
                 Slot {
                     state: Some(next),
+                    id: None,
                     stored_timer,
                     stored_members: was,
                     existed: true,
