@@ -3,7 +3,9 @@
 #
 #   deploy/k8s          every manifest against the Kubernetes OpenAPI schemas (kubernetes-validate,
 #                       strict: unknown fields are errors), the ServiceMonitor (a CRD the schemas
-#                       do not know) by a minimal structural check, the kustomization listing every
+#                       do not know) by a minimal structural check, the PrometheusRule (its groups
+#                       must equal deploy/prometheus/alerts.yaml's; every alert's runbook_url must
+#                       name a section of docs/runbooks.md), the kustomization listing every
 #                       file, cross-references between the manifests, and the kustomize rendering
 #                       (when kubectl is installed) validated again.
 #   deploy/prometheus   `promtool check rules` and the alert unit tests (`promtool test rules`).
@@ -189,8 +191,31 @@ if iid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.na
 # The ServiceMonitor (monitoring.coreos.com/v1): no schema here, so the fields that matter.
 crds = sys.argv[1:]
 monitors = docs.get("ServiceMonitor", [])
-if len(monitors) != 1 or [f"{base}/{monitors[0][0]}"] != crds:
-    errors.append(f"expected one ServiceMonitor file, the only custom resource; got {crds}")
+prometheus_rules = docs.get("PrometheusRule", [])
+expected_crds = sorted(f"{base}/{f}" for f, _ in monitors + prometheus_rules)
+if len(monitors) != 1 or len(prometheus_rules) != 1 or sorted(crds) != expected_crds:
+    errors.append(f"expected one ServiceMonitor and one PrometheusRule file, the only custom resources; got {crds}")
+
+# The PrometheusRule (monitoring.coreos.com/v1) carries exactly the groups of
+# deploy/prometheus/alerts.yaml, the source of truth; every alert links its runbook section.
+alerts = yaml.safe_load(open("deploy/prometheus/alerts.yaml"))
+runbooks = open("docs/runbooks.md").read()
+anchors = {l[3:].strip().lower() for l in runbooks.splitlines() if l.startswith("## ")}
+for f, r in prometheus_rules:
+    if r.get("apiVersion") != "monitoring.coreos.com/v1":
+        errors.append(f"{f}: apiVersion must be monitoring.coreos.com/v1")
+    if set(r) - {"apiVersion", "kind", "metadata", "spec"} or set(r.get("spec", {})) != {"groups"}:
+        errors.append(f"{f}: a PrometheusRule has apiVersion, kind, metadata and spec.groups only")
+    if r.get("spec", {}).get("groups") != alerts.get("groups"):
+        errors.append(f"{f}: spec.groups differs from deploy/prometheus/alerts.yaml groups; copy them over")
+for group in alerts.get("groups", []):
+    for rule in group.get("rules", []):
+        if "alert" not in rule:
+            continue
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        anchor = url.rpartition("docs/runbooks.md#")[2] if "docs/runbooks.md#" in url else None
+        if anchor != rule["alert"].lower() or anchor not in anchors:
+            errors.append(f"alert {rule['alert']}: annotations.runbook_url must point at docs/runbooks.md#{rule['alert'].lower()}, a '## {rule['alert']}' section of docs/runbooks.md (got {url!r})")
 for f, m in monitors:
     if m.get("apiVersion") != "monitoring.coreos.com/v1":
         errors.append(f"{f}: apiVersion must be monitoring.coreos.com/v1")
@@ -218,9 +243,9 @@ for e in errors:
 sys.exit(1 if errors else 0)
 EOF
 then
-  fail "deploy/k8s: kustomization, ServiceMonitor or cross-reference errors (above)"
+  fail "deploy/k8s: kustomization, ServiceMonitor, PrometheusRule, runbook or cross-reference errors (above)"
 else
-  ok "kustomization lists every file; ServiceMonitor and cross-references consistent"
+  ok "kustomization lists every file; ServiceMonitor, PrometheusRule (= alerts.yaml, runbooks linked) and cross-references consistent"
 fi
 
 # The kustomize rendering (namespace and image applied) validates too.
@@ -281,7 +306,7 @@ def walk(v, key=None):
     elif isinstance(v, str) and key in ("expr", "query", "definition"):
         queries.append(v)
 walk(dash)
-subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h", "$namespace": ".*", "$pod": ".*"}
+subst = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "6h", "$namespace": ".*", "$pod": ".*", "$segment": ".*"}
 rules = []
 for q in queries:
     if q == "prometheus":  # the datasource variable's plugin type

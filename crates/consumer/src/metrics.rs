@@ -70,7 +70,47 @@ pub struct Metrics {
     pub rebalances: IntCounterVec,
     /// `tagstream_consumer_messages_total`: messages read from the source.
     pub messages_read: IntCounter,
+    /// `tagstream_build_info{version}`: always 1.
+    pub build_info: IntGaugeVec,
+    /// `tagstream_rocksdb_*`: the state store's health, refreshed at each scrape.
+    pub rocksdb: RocksDbGauges,
 }
+
+/// RocksDB health gauges (see [`Metrics::record_store_health`]).
+#[derive(Clone)]
+pub struct RocksDbGauges {
+    /// `tagstream_rocksdb_block_cache_usage_bytes`
+    pub block_cache_usage_bytes: IntGauge,
+    /// `tagstream_rocksdb_pending_compaction_bytes`
+    pub pending_compaction_bytes: IntGauge,
+    /// `tagstream_rocksdb_write_stopped`: 1 while RocksDB stops writes.
+    pub write_stopped: IntGauge,
+    /// `tagstream_rocksdb_delayed_write_rate_bytes_per_second`: 0 unless writes are throttled.
+    pub delayed_write_rate: IntGauge,
+    /// `tagstream_rocksdb_live_sst_bytes`
+    pub live_sst_bytes: IntGauge,
+}
+
+/// The label values of `tagstream_sink_delivery_errors_total{sink}`.
+pub const SINKS: [&str; 2] = ["transitions", "dead_letter"];
+/// The label values of `tagstream_events_total{outcome}`.
+pub const OUTCOMES: [&str; 3] = ["applied", "dead_letter", "duplicate"];
+/// The label values of `tagstream_consumer_rebalances_total{kind}`.
+pub const REBALANCE_KINDS: [&str; 2] = ["assign", "revoke"];
+/// The label values of `tagstream_rules_reloads_total{outcome}`.
+pub const RELOAD_OUTCOMES: [&str; 2] = ["applied", "rejected"];
+
+/// The standard process metrics (`prometheus`'s process collector, Linux only).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+const PROCESS_FAMILIES: [(&str, &str); 7] = [
+    ("process_cpu_seconds_total", "counter"),
+    ("process_threads", "gauge"),
+    ("process_open_fds", "gauge"),
+    ("process_max_fds", "gauge"),
+    ("process_virtual_memory_bytes", "gauge"),
+    ("process_resident_memory_bytes", "gauge"),
+    ("process_start_time_seconds", "gauge"),
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -127,6 +167,18 @@ impl Registrar {
     fn gauge(&mut self, name: &'static str, help: &str) -> IntGauge {
         let m = IntGauge::new(name, help).expect("valid metric");
         self.add(name, "gauge", m)
+    }
+
+    /// The standard `process_*` metrics, where the platform has them.
+    fn process(&mut self) {
+        #[cfg(target_os = "linux")]
+        {
+            let collector = prometheus::process_collector::ProcessCollector::for_self();
+            self.registry
+                .register(Box::new(collector))
+                .expect("process collector registered once");
+            self.families.extend(PROCESS_FAMILIES);
+        }
     }
 
     fn histogram(&mut self, name: &'static str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -271,16 +323,58 @@ impl Metrics {
             "tagstream_ready",
             "1 once the state is open and partitions are assigned (what /readyz reports).",
         );
+        let build_info = r.gauge_vec(
+            "tagstream_build_info",
+            "Always 1; the version label names the running build.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let rocksdb = RocksDbGauges {
+            block_cache_usage_bytes: r.gauge(
+                "tagstream_rocksdb_block_cache_usage_bytes",
+                "Bytes held by RocksDB's block cache.",
+            ),
+            pending_compaction_bytes: r.gauge(
+                "tagstream_rocksdb_pending_compaction_bytes",
+                "Bytes RocksDB compaction still has to rewrite (estimate).",
+            ),
+            write_stopped: r.gauge(
+                "tagstream_rocksdb_write_stopped",
+                "1 while RocksDB stops writes (too many L0 files, memtables or pending compaction).",
+            ),
+            delayed_write_rate: r.gauge(
+                "tagstream_rocksdb_delayed_write_rate_bytes_per_second",
+                "Rate RocksDB throttles writes to; 0 when writes are not delayed.",
+            ),
+            live_sst_bytes: r.gauge(
+                "tagstream_rocksdb_live_sst_bytes",
+                "Bytes of live SST files, all column families.",
+            ),
+        };
+        r.process();
         let now_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         process_start_time_seconds.set(now_seconds);
         rules_version_timestamp_seconds.set(now_seconds);
-        for outcome in ["applied", "rejected"] {
+        // Series whose label values are known up front exist from the start, at 0, so that
+        // `rate()` and `absent()` work before the first occurrence.
+        for outcome in RELOAD_OUTCOMES {
             rules_reloads.with_label_values(&[outcome]);
         }
-        for outcome in ["applied", "dead_letter", "duplicate"] {
+        for outcome in OUTCOMES {
             events.with_label_values(&[outcome]);
+        }
+        for reason in tagstream_rules::event::Reason::ALL {
+            dead_letters.with_label_values(&[reason.as_str()]);
+        }
+        for sink in SINKS {
+            sink_delivery_errors.with_label_values(&[sink]);
+        }
+        for kind in REBALANCE_KINDS {
+            rebalances.with_label_values(&[kind]);
         }
         Metrics {
             registry: r.registry,
@@ -310,7 +404,25 @@ impl Metrics {
             sink_delivery_errors,
             rebalances,
             messages_read,
+            build_info,
+            rocksdb,
         }
+    }
+
+    /// Sets the `tagstream_rocksdb_*` gauges from the store's figures (those it does not
+    /// report keep their last value, 0 at first).
+    pub fn record_store_health(&self, h: &tagstream_state::StoreHealth) {
+        let set = |g: &IntGauge, v: Option<u64>| {
+            if let Some(v) = v {
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
+            }
+        };
+        let r = &self.rocksdb;
+        set(&r.block_cache_usage_bytes, h.block_cache_usage_bytes);
+        set(&r.pending_compaction_bytes, h.pending_compaction_bytes);
+        set(&r.write_stopped, h.write_stopped.map(u64::from));
+        set(&r.delayed_write_rate, h.delayed_write_rate);
+        set(&r.live_sst_bytes, h.live_sst_bytes);
     }
 
     /// Every metric family this process exports, as (name, type). Histograms also expose

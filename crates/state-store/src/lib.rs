@@ -236,4 +236,26 @@ pub trait StateStore: Send + Sync {
 
     /// Approximate on-disk size (live SST files + memtables), for `state_size_bytes`.
     fn approximate_size_bytes(&self) -> u64;
+
+    /// The storage engine's health figures, for monitoring. Stores without such figures
+    /// (in memory) report none.
+    fn health(&self) -> StoreHealth {
+        StoreHealth::default()
+    }
+}
+
+/// Health figures of a storage engine (RocksDB's properties); `None` where the store has no
+/// such figure or could not read it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreHealth {
+    /// Bytes held by the block cache (shared by every column family).
+    pub block_cache_usage_bytes: Option<u64>,
+    /// Bytes compaction still has to rewrite to bring the levels within their targets.
+    pub pending_compaction_bytes: Option<u64>,
+    /// Whether writes are stopped (too many level-0 files, memtables or pending compaction).
+    pub write_stopped: Option<bool>,
+    /// The rate writes are throttled to (bytes/s); 0 when writes are not delayed.
+    pub delayed_write_rate: Option<u64>,
+    /// Bytes of live SST files (all column families).
+    pub live_sst_bytes: Option<u64>,
 }

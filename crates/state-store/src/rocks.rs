@@ -336,4 +336,38 @@ impl StateStore for RocksStore {
             })
             .sum()
     }
+
+    fn health(&self) -> crate::StoreHealth {
+        self.rocksdb_health()
+    }
+}
+
+/// RocksDB's health properties, for the `tagstream_rocksdb_*` gauges.
+impl RocksStore {
+    fn rocksdb_health(&self) -> crate::StoreHealth {
+        let db_prop = |name: &PropName| self.db.property_int_value(name).ok().flatten();
+        let cf_sum = |name: &PropName| {
+            Cf::ALL.iter().try_fold(0u64, |sum, &cf| {
+                let v = self
+                    .db
+                    .property_int_value_cf(self.handle(cf), name)
+                    .ok()
+                    .flatten()?;
+                Some(sum + v)
+            })
+        };
+        crate::StoreHealth {
+            // One cache is shared by our column families, so any of their handles reports
+            // all of it (the default column family has a cache of its own).
+            block_cache_usage_bytes: self
+                .db
+                .property_int_value_cf(self.handle(Cf::ALL[0]), properties::BLOCK_CACHE_USAGE)
+                .ok()
+                .flatten(),
+            pending_compaction_bytes: cf_sum(properties::ESTIMATE_PENDING_COMPACTION_BYTES),
+            write_stopped: db_prop(properties::IS_WRITE_STOPPED).map(|v| v != 0),
+            delayed_write_rate: db_prop(properties::ACTUAL_DELAYED_WRITE_RATE),
+            live_sst_bytes: cf_sum(properties::LIVE_SST_FILES_SIZE),
+        }
+    }
 }

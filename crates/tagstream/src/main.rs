@@ -10,72 +10,126 @@ mod run;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use tagstream_consumer::replay::{dump, load_rules, replay, ReplayOptions};
+use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
+use tagstream_consumer::replay::{dump, replay, ReplayOptions};
 use tagstream_consumer::ConsumerError;
 use tagstream_rules::event::{Format, Millis};
+use tagstream_rules::rules::RuleSet;
+
+/// `tagstream --version`: the crate version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TAGSTREAM_GIT_COMMIT"),
+    ")"
+);
 
 #[derive(Parser, Debug)]
 #[command(
     name = "tagstream",
-    version,
-    about = "Real-time user tags and segments from tracking events"
+    version = VERSION,
+    about = "Real-time user tags and segments from tracking events",
+    after_help = "Logging: TAGSTREAM_LOG (or RUST_LOG; TAGSTREAM_LOG wins) takes a tracing filter, e.g. TAGSTREAM_LOG=debug; TAGSTREAM_LOG_FORMAT=json writes JSON lines.\nExit codes: 0 success, 1 user error, 2 runtime failure."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// The input formats of `--format` (the same names as `source.format`).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum FormatArg {
+    /// tagstream's own events: {"user_id","event","ts","properties"}
+    Native,
+    /// Segment / RudderStack tracking spec: track, identify, page, screen
+    Segment,
+    /// Sensors Data: track, profile_set, profile_set_once, profile_unset, profile_delete
+    Sensors,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Native => Format::Native,
+            FormatArg::Segment => Format::Segment,
+            FormatArg::Sensors => Format::Sensors,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service as configured (source, sink, dead letters, state, clock, API).
     Run {
-        #[arg(long)]
+        /// Service configuration (TOML), e.g. `--config config/tagstream.example.toml`.
+        #[arg(long, value_name = "FILE")]
         config: String,
     },
     /// Apply events from a file in event-clock mode and write the transitions.
     Replay {
-        #[arg(long)]
+        /// Rules file (TOML), e.g. `--rules config/rules/ecommerce.toml`.
+        #[arg(long, value_name = "FILE")]
         rules: String,
-        /// NDJSON events (`.gz` for gzip, `-` for stdin).
-        #[arg(long)]
+        /// NDJSON events, `.gz` for gzip, `-` for stdin, e.g. `--input events.ndjson.gz`.
+        #[arg(long, value_name = "FILE")]
         input: String,
-        #[arg(long)]
+        /// State directory (created when missing; run again to continue), e.g. `--state-dir state`.
+        #[arg(long, value_name = "DIR")]
         state_dir: String,
-        /// Where transitions go (`-` for stdout).
-        #[arg(long)]
+        /// Transitions file, rewritten by each run (`-` for stdout), e.g. `--out transitions.ndjson`.
+        #[arg(long, value_name = "FILE")]
         out: String,
-        #[arg(long, default_value = "native")]
-        format: String,
-        /// Dead-letter file (default: stderr).
-        #[arg(long)]
+        /// Input format, e.g. `--format segment`.
+        #[arg(long, value_enum, default_value_t = FormatArg::Native)]
+        format: FormatArg,
+        /// Dead-letter file (default: stderr), e.g. `--dlq dead-letters.ndjson`.
+        #[arg(long, value_name = "FILE")]
         dlq: Option<String>,
-        /// After the input, move engine time to this instant (epoch ms or RFC 3339).
-        #[arg(long)]
+        /// After the input, move engine time to this instant, firing every timer due:
+        /// epoch milliseconds or RFC 3339, e.g. `--advance-to 2025-01-01T00:00:00Z`.
+        #[arg(long, value_name = "INSTANT")]
         advance_to: Option<String>,
     },
     /// Print the state of every user (NDJSON, sorted by user id).
     Dump {
-        #[arg(long)]
+        /// State directory written by `replay` or `run`, e.g. `--state-dir state`.
+        #[arg(long, value_name = "DIR")]
         state_dir: String,
-        #[arg(long)]
+        /// Evaluate with this rules file (must be the rules the state was built with;
+        /// default: the rules stored in the state), e.g. `--rules config/rules/ecommerce.toml`.
+        #[arg(long, value_name = "FILE")]
         rules: Option<String>,
-        #[arg(long)]
+        /// Print only this user, e.g. `--user u000001`.
+        #[arg(long, value_name = "ID")]
         user: Option<String>,
     },
-    /// Validate a rules file.
+    /// Validate a rules file, or a service configuration and the rules it names.
+    ///
+    /// Prints one line per problem, `file:line:column: rule: message` for rules and
+    /// `file:line: key: message` for a configuration, and exits 1; or `ok` and exits 0.
+    /// Nothing is started or written.
+    #[command(group(ArgGroup::new("what").required(true).args(["rules", "config"])))]
     Check {
-        #[arg(long)]
-        rules: String,
+        /// Rules file (TOML), e.g. `--rules config/rules/ecommerce.toml`.
+        #[arg(long, value_name = "FILE")]
+        rules: Option<String>,
+        /// Service configuration (TOML), checked with its environment overrides, its rules
+        /// file and its API token, e.g. `--config config/tagstream.example.toml`.
+        #[arg(long, value_name = "FILE")]
+        config: Option<String>,
     },
     /// Generate a synthetic e-commerce event stream (NDJSON on stdout).
     Gen {
-        #[arg(long)]
+        /// Number of distinct users, e.g. `--users 2000`.
+        #[arg(long, value_name = "N")]
         users: u64,
-        #[arg(long)]
+        /// Number of events, e.g. `--events 100000`.
+        #[arg(long, value_name = "M")]
         events: u64,
+        /// Random seed (the same seed gives the same stream), e.g. `--seed 7`.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Days of event time the stream spans, e.g. `--days 90`.
         #[arg(long, default_value_t = 30)]
         days: u32,
     },
@@ -85,6 +139,9 @@ enum Command {
 struct Failure {
     code: u8,
     message: String,
+    /// The message already names its file and line (`file:line:column: ...`): printed as
+    /// is, one problem per line, for editors' problem matchers.
+    located: bool,
 }
 
 impl From<ConsumerError> for Failure {
@@ -92,6 +149,7 @@ impl From<ConsumerError> for Failure {
         Failure {
             code: if e.is_user_error() { 1 } else { 2 },
             message: e.to_string(),
+            located: false,
         }
     }
 }
@@ -100,7 +158,38 @@ fn user_error(message: impl Into<String>) -> Failure {
     Failure {
         code: 1,
         message: message.into(),
+        located: false,
     }
+}
+
+fn located_error(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: message.into(),
+        located: true,
+    }
+}
+
+/// Reads and compiles a rules file; errors as `file:line:column: rule: message` lines.
+fn check_rules(path: &str) -> Result<RuleSet, Failure> {
+    let source = std::fs::read_to_string(path)
+        .map_err(|e| user_error(format!("cannot read rules file {path}: {e}")))?;
+    RuleSet::compile(&source, path).map_err(|e| located_error(e.to_string()))
+}
+
+/// `check --config`: the configuration (with the environment's overrides), the rules it
+/// names and its API token; opens no state, socket or broker connection.
+fn check_config(path: &str) -> Result<String, Failure> {
+    let config = config::load(std::path::Path::new(path)).map_err(located_error)?;
+    let rules_path = config.rules.to_string_lossy().into_owned();
+    let rules = check_rules(&rules_path)?;
+    api::load_token(config.api.token_file.as_deref())
+        .map_err(|e| user_error(format!("{path}: {e}")))?;
+    Ok(format!(
+        "{path}: ok (rules {rules_path}: {} tags, {} segments)",
+        rules.tags.len(),
+        rules.segments.len()
+    ))
 }
 
 fn parse_instant(text: &str) -> Result<Millis, Failure> {
@@ -117,6 +206,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Run { config } => run::run(&config).map_err(|e| Failure {
             code: e.exit_code(),
             message: e.to_string(),
+            located: false,
         }),
         Command::Replay {
             rules,
@@ -127,11 +217,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             dlq,
             advance_to,
         } => {
-            let format = Format::parse(&format).ok_or_else(|| {
-                user_error(format!(
-                    "unknown --format {format:?}; use native, segment or sensors"
-                ))
-            })?;
+            let format = Format::from(format);
             let advance_to = advance_to.as_deref().map(parse_instant).transpose()?;
             let opts = ReplayOptions {
                 rules,
@@ -172,17 +258,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure {
                     code: 2,
                     message: format!("writing the dump: {e}"),
+                    located: false,
                 }),
                 _ => Ok(()),
             }
         }
-        Command::Check { rules } => {
-            let (compiled, _) = load_rules(&rules)?;
-            println!(
-                "{rules}: ok ({} tags, {} segments)",
-                compiled.tags.len(),
-                compiled.segments.len()
-            );
+        Command::Check { rules, config } => {
+            let line = match (rules, config) {
+                (_, Some(config)) => check_config(&config)?,
+                (Some(rules), None) => {
+                    let compiled = check_rules(&rules)?;
+                    format!(
+                        "{rules}: ok ({} tags, {} segments)",
+                        compiled.tags.len(),
+                        compiled.segments.len()
+                    )
+                }
+                (None, None) => unreachable!("clap requires --rules or --config"),
+            };
+            println!("{line}");
             Ok(())
         }
         Command::Gen {
@@ -207,6 +301,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Err(e) => Err(Failure {
                     code: 2,
                     message: format!("writing events: {e}"),
+                    located: false,
                 }),
             }
         }
@@ -229,8 +324,7 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TAGSTREAM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let filter = log_filter(default_level);
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -246,9 +340,31 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             for line in f.message.lines() {
-                eprintln!("error: {line}");
+                if f.located {
+                    eprintln!("{line}");
+                } else {
+                    eprintln!("error: {line}");
+                }
             }
             ExitCode::from(f.code)
         }
     }
+}
+
+/// `TAGSTREAM_LOG`, else the conventional `RUST_LOG`, else `default_level`. A variable that
+/// is set but not a valid filter is reported and the default used, rather than the other
+/// variable silently taking over.
+fn log_filter(default_level: &str) -> tracing_subscriber::EnvFilter {
+    use tracing_subscriber::EnvFilter;
+    for var in ["TAGSTREAM_LOG", "RUST_LOG"] {
+        if let Ok(text) = std::env::var(var) {
+            return EnvFilter::try_new(&text).unwrap_or_else(|e| {
+                eprintln!(
+                    "warning: {var}={text:?} is not a log filter ({e}); using {default_level:?}"
+                );
+                EnvFilter::new(default_level)
+            });
+        }
+    }
+    EnvFilter::new(default_level)
 }

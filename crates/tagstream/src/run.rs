@@ -186,6 +186,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
             control: control.clone(),
             token,
             rules_path: config.rules.clone(),
+            store: store.clone(),
         },
     )
     .map_err(RunError::user)?;

@@ -337,6 +337,68 @@ fn reads_equal_the_dump_and_metrics_move() {
         401
     );
 
+    // The OpenAPI document is open; every route it lists is served (not 404/405).
+    let (status, doc) = service.call_with("GET", "/v1/openapi.json", None, None);
+    assert_eq!(status, 200, "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/v1/tags") && paths.contains_key("/v1/openapi.json"));
+    for path in paths.keys() {
+        // A routed path answers an unsupported method with 405, an unknown path with 404: no
+        // side effect needed to tell them apart.
+        let concrete = path
+            .replace("{id}", "no-such-user")
+            .replace("{name}", "no-such-segment");
+        let (status, body) = service.call_with("OPTIONS", &concrete, None, Some(TOKEN));
+        assert_eq!(status, 405, "{path} is documented but not routed: {body}");
+    }
+
+    // Tags in rules order, with kind, description and window as written.
+    let rules: toml::Table = rules_source().parse().unwrap();
+    let tags = service.get("/v1/tags");
+    let listed_tags = tags["tags"].as_array().unwrap();
+    let written = rules["tag"].as_array().unwrap();
+    assert_eq!(listed_tags.len(), written.len());
+    for (api, file) in listed_tags.iter().zip(written) {
+        assert_eq!(api["name"].as_str(), file["name"].as_str());
+        assert_eq!(api["kind"].as_str(), file["kind"].as_str());
+        assert_eq!(
+            api["window"].as_str(),
+            file.get("window").and_then(|w| w.as_str()),
+            "{api}"
+        );
+        assert_eq!(
+            api["description"].as_str(),
+            Some(
+                file.get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("")
+            )
+        );
+    }
+    assert!(
+        listed_tags.iter().any(|t| t["description"] != ""),
+        "the example rules describe some tags"
+    );
+    // Segments carry description and emit (default true).
+    for (api, file) in segments(&service)
+        .iter()
+        .zip(rules["segment"].as_array().unwrap())
+    {
+        assert_eq!(api["name"].as_str(), file["name"].as_str());
+        assert_eq!(
+            api["emit"].as_bool(),
+            Some(file.get("emit").and_then(|e| e.as_bool()).unwrap_or(true))
+        );
+        assert_eq!(
+            api["description"].as_str(),
+            Some(
+                file.get("description")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or("")
+            )
+        );
+    }
+
     // Capture everything the API says, then compare with the dump of the stopped service.
     let listed = segments(&service);
     let mut pages = BTreeMap::new();
@@ -722,11 +784,39 @@ fn delete_and_reload_through_the_api() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["reloaded"], true);
     assert_eq!(body["warming"][0]["tag"], "views_3d_new");
+    // Times are epoch milliseconds, like the rest of the API: the reload happens at the
+    // engine time, and a 3-day window is complete within 3 days and a bit after it.
+    let since = body["warming"][0]["since"]
+        .as_i64()
+        .expect("since in epoch ms");
+    let until = body["warming"][0]["warming_until"]
+        .as_i64()
+        .expect("warming_until in epoch ms");
+    assert!(until > since && until - since <= 4 * 86_400_000, "{body}");
+    for key in ["fingerprint", "users", "transitions"] {
+        assert!(
+            !body[key].is_null(),
+            "the reload answer documents {key}: {body}"
+        );
+    }
     let listed = segments(&service);
     let added = listed.iter().find(|s| s["name"] == "api_added").unwrap();
     let warming = listed.iter().find(|s| s["name"] == "api_warming").unwrap();
     assert!(added["warming_until"].is_null());
-    assert!(warming["warming_until"].is_string(), "{warming}");
+    assert_eq!(warming["warming_until"].as_i64(), Some(until), "{warming}");
+    assert!(warming["history_since"].is_null(), "{warming}");
+    // The new tag is in the catalogue, with its window as written.
+    let tags = service.get("/v1/tags");
+    let new_tag = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "views_3d_new")
+        .cloned();
+    assert_eq!(
+        new_tag,
+        Some(json!({"name":"views_3d_new","kind":"count","description":"","window":"3d"}))
+    );
     assert_eq!(warming["size"], 0);
     let size = added["size"].as_u64().unwrap() as usize;
     assert!(size > 0, "the generated stream has repeat buyers");

@@ -55,13 +55,26 @@ fn check_accepts_good_rules_and_reports_bad_ones_with_exit_1() {
     let out = bin(&["check", "--rules", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("bad.toml:13:9:")
-            && err.contains("segment 'buyer'")
-            && err.contains("cannot compare"),
-        "{err}"
+    // Exactly `file:line:column: rule: message`, one line per problem (problem-matcher form).
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    let prefix = format!("{}:13:9: segment 'buyer': cannot compare", bad.display());
+    assert!(lines[0].starts_with(&prefix), "{err}");
+    // Two problems, two lines, each in the same form.
+    let two = write(
+        dir.path(),
+        "two.toml",
+        &RULES.replace("spend > 0", "spnd > 0 AND n = 'x'"),
     );
-    assert!(!err.contains("panicked"), "{err}");
+    let out = bin(&["check", "--rules", two.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    for (line, col) in lines.iter().zip([9, 22]) {
+        let prefix = format!("{}:13:{col}: segment 'buyer': ", two.display());
+        assert!(line.starts_with(&prefix), "{line}");
+    }
     let out = bin(&["check", "--rules", "/nonexistent.toml"]);
     assert_eq!(out.status.code(), Some(1));
 }
@@ -307,4 +320,211 @@ fn gen_is_deterministic() {
     assert_eq!(a, b);
     assert_ne!(a, c);
     assert_eq!(String::from_utf8(a).unwrap().lines().count(), 500);
+}
+
+#[test]
+fn check_config_validates_the_configuration_and_its_rules_without_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "rules.toml", RULES);
+    let config = write(
+        dir.path(),
+        "tagstream.toml",
+        "rules = \"rules.toml\"\n[source]\nkind = \"stdin\"\n[state]\ndir = \"state\"\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .env_remove("TAGSTREAM_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (rules "));
+    // Nothing was started or created.
+    assert!(!dir.path().join("state").exists());
+
+    // A configuration error names the file, the line and the key.
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "rules = \"rules.toml\"\n[source]\nkind = \"stdin\"\nfolow = true\n",
+    );
+    let out = bin(&["check", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with(&format!("{}:4: source.folow:", bad.display())),
+        "{err}"
+    );
+
+    // The rules it names are checked too, in the rules' own `file:line:column` form.
+    write(
+        dir.path(),
+        "rules.toml",
+        &RULES.replace("spend > 0", "spend > 'x'"),
+    );
+    let out = bin(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rules.toml:13:9: segment 'buyer'"), "{err}");
+
+    // Both API token sources at once: an error naming both.
+    write(dir.path(), "rules.toml", RULES);
+    write(dir.path(), "token", "t0ken\n");
+    let with_token = write(
+        dir.path(),
+        "token.toml",
+        "rules = \"rules.toml\"\n[source]\nkind = \"stdin\"\n[api]\ntoken_file = \"token\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(["check", "--config", with_token.to_str().unwrap()])
+        .env("TAGSTREAM_API_TOKEN", "other")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("TAGSTREAM_API_TOKEN") && err.contains("api.token_file"),
+        "{err}"
+    );
+    // `check` needs one of --rules and --config.
+    assert_eq!(bin(&["check"]).status.code(), Some(1));
+}
+
+#[test]
+fn version_names_the_commit_and_help_lists_the_formats() {
+    let out = ok(&["--version"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with(&format!("tagstream {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert!(
+        text.contains(&format!("(commit {commit})")),
+        "{text} vs {commit}"
+    );
+
+    let help = String::from_utf8_lossy(&ok(&["replay", "--help"]).stdout).to_string();
+    for format in ["native", "segment", "sensors"] {
+        assert!(help.contains(&format!("- {format}:")), "{help}");
+    }
+    for sub in ["run", "replay", "dump", "check", "gen"] {
+        let help = String::from_utf8_lossy(&ok(&[sub, "--help"]).stdout).to_string();
+        // Every flag's help carries an example.
+        let flags = help
+            .lines()
+            .filter(|l| l.trim_start().starts_with("--"))
+            .count();
+        assert!(flags > 0, "{sub}: {help}");
+        assert!(
+            help.matches("e.g. `--").count() >= flags,
+            "{sub}: every flag needs an example:\n{help}"
+        );
+    }
+    let out = bin(&[
+        "replay",
+        "--rules",
+        "r",
+        "--input",
+        "i",
+        "--state-dir",
+        "s",
+        "--out",
+        "o",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("native, segment, sensors"));
+}
+
+#[test]
+fn rust_log_is_honoured_and_tagstream_log_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.toml", RULES);
+    let input = write(
+        dir.path(),
+        "in.ndjson",
+        "{\"user_id\":\"u1\",\"event\":\"purchase\",\"ts\":1732000000000,\"properties\":{\"amount\":5}}\n",
+    );
+    let replay = |n: usize, vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagstream"));
+        cmd.args([
+            "replay",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+        ])
+        .args([
+            "--state-dir",
+            dir.path().join(format!("s{n}")).to_str().unwrap(),
+            "--out",
+            "-",
+        ])
+        .env_remove("RUST_LOG")
+        .env_remove("TAGSTREAM_LOG");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stderr).contains("replay finished")
+    };
+    assert!(!replay(0, &[]), "replay logs at warn by default");
+    assert!(replay(1, &[("RUST_LOG", "info")]));
+    assert!(replay(2, &[("TAGSTREAM_LOG", "info")]));
+    assert!(!replay(
+        3,
+        &[("RUST_LOG", "info"), ("TAGSTREAM_LOG", "warn")]
+    ));
+    assert!(replay(
+        4,
+        &[("RUST_LOG", "warn"), ("TAGSTREAM_LOG", "info")]
+    ));
+}
+
+#[test]
+fn a_quoted_property_name_reads_a_key_that_is_not_an_identifier() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(
+        dir.path(),
+        "rules.toml",
+        "[[tag]]\nname = \"ios_views\"\nkind = \"count\"\nevent = \"view\"\nwhere = \"properties.'$os' = 'iOS'\"\n",
+    );
+    let input = write(
+        dir.path(),
+        "in.ndjson",
+        &[
+            r#"{"user_id":"u1","event":"view","ts":1732000000000,"properties":{"$os":"iOS"}}"#,
+            r#"{"user_id":"u1","event":"view","ts":1732000000001,"properties":{"$os":"Android"}}"#,
+            r#"{"user_id":"u1","event":"view","ts":1732000000002,"properties":{"os":"iOS"}}"#,
+        ]
+        .join("\n"),
+    );
+    let state = dir.path().join("state");
+    ok(&[
+        "replay",
+        "--rules",
+        rules.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--out",
+        "-",
+    ]);
+    let out = ok(&["dump", "--state-dir", state.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tags"]["ios_views"], 1, "{v}");
 }

@@ -284,11 +284,27 @@ impl<'s> Compiler<'s> {
             self.shapes.push(shape);
             self.is_segment
                 .push(matches!(decl.source, DeclSource::Segment(_)));
+            let (description, kind_name, window_text) = match &decl.source {
+                DeclSource::Tag(t) => (
+                    t.description.clone().unwrap_or_default(),
+                    Arc::from(t.kind.get_ref().as_str()),
+                    t.window.as_ref().map(|w| w.get_ref().trim().to_string()),
+                ),
+                DeclSource::Segment(s) => (
+                    s.description.clone().unwrap_or_default(),
+                    Arc::from("segment"),
+                    None,
+                ),
+                DeclSource::Implicit(k) => (String::new(), Arc::from(k.as_str()), None),
+            };
             nodes.push(Node {
                 name: Arc::from(decl.name.as_str()),
                 kind,
                 shape,
                 hidden: matches!(decl.source, DeclSource::Implicit(_)),
+                description,
+                kind_name,
+                window_text,
             });
         }
         let _ = source;
@@ -1494,6 +1510,7 @@ impl<'s> Compiler<'s> {
                     Some(Segment {
                         name: Arc::from(d.name.as_str()),
                         description: seg.description.clone().unwrap_or_default(),
+                        emit: seg.emit.unwrap_or(true),
                         when: seg.when.get_ref().clone(),
                         node,
                         direct_tags,

@@ -59,6 +59,13 @@ pub struct Node {
     pub shape: Shape,
     /// Implicit tags (`first_seen`/`last_seen` when not defined) are evaluated but not dumped.
     pub hidden: bool,
+    /// `description` as written (empty when none), for the API's catalogue.
+    pub description: String,
+    /// The `kind` as written (`sum`, `case`, ...); `segment` for a segment. Kept for the
+    /// catalogue because [`NodeKind`] folds the aggregate kinds together.
+    pub kind_name: Arc<str>,
+    /// The `window` as written (`"30d"`), for a windowed aggregate; `4w` stays `4w`.
+    pub window_text: Option<String>,
 }
 
 #[derive(Debug)]
@@ -87,6 +94,9 @@ pub enum NodeKind {
 pub struct Segment {
     pub name: Arc<str>,
     pub description: String,
+    /// `emit = false` marks a helper segment whose transitions campaigns do not consume
+    /// (default true). Carried for the sink and the API; membership is computed all the same.
+    pub emit: bool,
     /// The `when` expression as written.
     pub when: String,
     pub node: NodeId,
@@ -107,6 +117,25 @@ pub enum AggKind {
     Last,
     FirstTime,
     LastTime,
+}
+
+impl AggKind {
+    /// The name a rules file uses for this kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggKind::Count => "count",
+            AggKind::Sum => "sum",
+            AggKind::Min => "min",
+            AggKind::Max => "max",
+            AggKind::Avg => "avg",
+            AggKind::Distinct => "distinct",
+            AggKind::Top => "top",
+            AggKind::First => "first",
+            AggKind::Last => "last",
+            AggKind::FirstTime => "first_time",
+            AggKind::LastTime => "last_time",
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -21,7 +21,6 @@ pub struct RawRules {
 pub struct RawTag {
     pub name: Spanned<String>,
     pub kind: Spanned<String>,
-    #[allow(dead_code)]
     pub description: Option<String>,
     pub event: Option<Spanned<EventSelector>>,
     pub property: Option<Spanned<String>>,
@@ -66,7 +65,8 @@ pub struct RawTier {
 #[serde(deny_unknown_fields)]
 pub struct RawSegment {
     pub name: Spanned<String>,
-    #[allow(dead_code)]
     pub description: Option<String>,
     pub when: Spanned<String>,
+    /// `false`: computed like any segment, but its transitions are not for the sink.
+    pub emit: Option<bool>,
 }

@@ -1,7 +1,9 @@
 //! The HTTP API of `tagstream run` (SPEC §8), served with axum on `api.listen`.
 //!
-//! * `/healthz`, `/readyz`, `/metrics` are open; everything under `/v1` needs
-//!   `Authorization: Bearer <token>` when a token is configured (compared in constant time).
+//! * `/healthz`, `/readyz`, `/metrics` and `/v1/openapi.json` are open; everything else under
+//!   `/v1` needs `Authorization: Bearer <token>` when a token is configured (compared in
+//!   constant time). [`ROUTES`] lists every route; `openapi.json` beside this file describes
+//!   them (a test holds the two equal).
 //! * Handlers reach the engine through [`SharedEngine`] on tokio's blocking pool: reads see
 //!   committed batches, and writes (delete, rules reload) are applied between batches.
 //! * Every error is JSON `{"error": "..."}` with a 4xx status for anything the client can fix
@@ -41,6 +43,9 @@ pub struct ApiState {
     pub token: Option<Arc<str>>,
     /// The rules file `POST /v1/rules/reload` re-reads when the request has no body.
     pub rules_path: PathBuf,
+    /// The state store, read directly (not through the engine's lock) for its health gauges
+    /// at each scrape, so a long batch never delays `/metrics`.
+    pub store: Arc<dyn tagstream_state::StateStore>,
 }
 
 /// An error answer: a status and a JSON body `{"error": message, ...details}`.
@@ -117,27 +122,49 @@ where
         })?
 }
 
-/// Reads the API token: `TAGSTREAM_API_TOKEN`, else the first line of `token_file`.
+/// Reads the API token from `TAGSTREAM_API_TOKEN` or the first line of `api.token_file`.
 pub fn load_token(token_file: Option<&std::path::Path>) -> Result<Option<Arc<str>>, String> {
-    if let Ok(t) = std::env::var("TAGSTREAM_API_TOKEN") {
-        let t = t.trim();
-        if !t.is_empty() {
-            return Ok(Some(Arc::from(t)));
+    token_from(token_file, std::env::var(TOKEN_ENV).ok())
+}
+
+/// The environment variable that can hold the API token instead of `api.token_file`.
+pub const TOKEN_ENV: &str = "TAGSTREAM_API_TOKEN";
+
+/// The token from the environment's value `env` or from `token_file`. Both at once is an
+/// error: which one wins would be a guess, and a stale Secret silently overriding a rotated
+/// file (or the reverse) is how a token leaks or an outage starts.
+fn token_from(
+    token_file: Option<&std::path::Path>,
+    env: Option<String>,
+) -> Result<Option<Arc<str>>, String> {
+    let env = env.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    match (env, token_file) {
+        (Some(_), Some(path)) => Err(format!(
+            "the API token is configured twice: {TOKEN_ENV} is set and api.token_file = {}; keep one of them",
+            path.display()
+        )),
+        (Some(token), None) => {
+            tracing::info!("/v1 requires the bearer token from {TOKEN_ENV}");
+            Ok(Some(Arc::from(token)))
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read api.token_file {}: {e}", path.display()))?;
+            let token = text.lines().next().unwrap_or("").trim();
+            if token.is_empty() {
+                return Err(format!(
+                    "api.token_file {} is empty; put the bearer token on its first line",
+                    path.display()
+                ));
+            }
+            tracing::info!(token_file = %path.display(), "/v1 requires the bearer token from api.token_file");
+            Ok(Some(Arc::from(token)))
+        }
+        (None, None) => {
+            tracing::warn!("no API token configured: /v1 answers without authentication");
+            Ok(None)
         }
     }
-    let Some(path) = token_file else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read api.token_file {}: {e}", path.display()))?;
-    let token = text.lines().next().unwrap_or("").trim();
-    if token.is_empty() {
-        return Err(format!(
-            "api.token_file {} is empty; put the bearer token on its first line",
-            path.display()
-        ));
-    }
-    Ok(Some(Arc::from(token)))
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
@@ -184,26 +211,76 @@ async fn count_requests(State(state): State<ApiState>, request: Request, next: N
     response
 }
 
+/// One HTTP route: method, path template (axum syntax) and whether it needs the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// Open routes answer without the bearer token.
+    pub open: bool,
+}
+
+const fn route(method: &'static str, path: &'static str, open: bool) -> Route {
+    Route { method, path, open }
+}
+
+/// Every route the API serves. The router is built from this table (see [`handler`]), so a
+/// test can compare it with the OpenAPI document in both directions.
+pub const ROUTES: &[Route] = &[
+    route("GET", "/healthz", true),
+    route("GET", "/readyz", true),
+    route("GET", "/metrics", true),
+    route("GET", "/v1/openapi.json", true),
+    route("GET", "/v1/users/{id}", false),
+    route("DELETE", "/v1/users/{id}", false),
+    route("GET", "/v1/users/{id}/explain", false),
+    route("GET", "/v1/tags", false),
+    route("GET", "/v1/segments", false),
+    route("GET", "/v1/segments/{name}/members", false),
+    route("POST", "/v1/audiences", false),
+    route("POST", "/v1/rules/reload", false),
+];
+
+/// The OpenAPI 3 document of the API, served at `GET /v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The handler of a route of [`ROUTES`].
+fn handler(r: &Route) -> axum::routing::MethodRouter<ApiState> {
+    use axum::routing::{delete, get, post};
+    match (r.method, r.path) {
+        ("GET", "/healthz") => get(routes::healthz),
+        ("GET", "/readyz") => get(routes::readyz),
+        ("GET", "/metrics") => get(routes::metrics),
+        ("GET", "/v1/openapi.json") => get(routes::openapi),
+        ("GET", "/v1/users/{id}") => get(routes::get_user),
+        ("DELETE", "/v1/users/{id}") => delete(routes::delete_user),
+        ("GET", "/v1/users/{id}/explain") => get(routes::explain_user),
+        ("GET", "/v1/tags") => get(routes::list_tags),
+        ("GET", "/v1/segments") => get(routes::list_segments),
+        ("GET", "/v1/segments/{name}/members") => get(routes::segment_members),
+        ("POST", "/v1/audiences") => post(routes::audience),
+        ("POST", "/v1/rules/reload") => post(routes::reload_rules),
+        (method, path) => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
+    }
+}
+
 /// The whole router.
 pub fn router(state: ApiState) -> axum::Router {
-    use axum::routing::{get, post};
-    let v1 = axum::Router::new()
-        .route(
-            "/users/{id}",
-            get(routes::get_user).delete(routes::delete_user),
-        )
-        .route("/users/{id}/explain", get(routes::explain_user))
-        .route("/segments", get(routes::list_segments))
-        .route("/segments/{name}/members", get(routes::segment_members))
-        .route("/audiences", post(routes::audience))
-        .route("/rules/reload", post(routes::reload_rules))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    axum::Router::new()
-        .route("/healthz", get(routes::healthz))
-        .route("/readyz", get(routes::readyz))
-        .route("/metrics", get(routes::metrics))
-        .nest("/v1", v1)
-        .fallback(|| async { ApiError::not_found("no such endpoint; see SPEC §8 for the API") })
+    let mut open = axum::Router::new();
+    let mut protected = axum::Router::new();
+    for r in ROUTES {
+        if r.open {
+            open = open.route(r.path, handler(r));
+        } else {
+            protected = protected.route(r.path, handler(r));
+        }
+    }
+    let protected =
+        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    open.merge(protected)
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; GET /v1/openapi.json lists the API")
+        })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -285,3 +362,6 @@ impl ApiServer {
 pub fn status(status: &str) -> Json<Value> {
     Json(json!({ "status": status }))
 }
+
+#[cfg(test)]
+mod tests;

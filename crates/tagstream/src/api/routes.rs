@@ -12,16 +12,11 @@ use axum::Json;
 use serde_json::{json, Value};
 use tagstream_consumer::audience::{Audience, AudienceError};
 use tagstream_rules::rules::RuleSet;
-use tagstream_rules::time::Zone;
 
 use super::{status, with_engine, ApiError, ApiResult, ApiState};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 10_000;
-
-fn rfc3339(ms: i64) -> Value {
-    Value::String(Zone::utc().format(ms))
-}
 
 pub async fn healthz() -> Json<Value> {
     status("ok")
@@ -40,6 +35,8 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<ApiState>) -> Response {
+    // RocksDB's own figures are read at scrape time: cheap in-memory properties.
+    state.metrics.record_store_health(&state.store.health());
     (
         [(
             header::CONTENT_TYPE,
@@ -48,6 +45,10 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
 }
 
 pub async fn get_user(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult {
@@ -99,18 +100,44 @@ fn unknown_segment(name: &str, known: &[&str]) -> ApiError {
     ))
 }
 
+/// Tags in rules order (implicit `first_seen`/`last_seen` are not listed: they are not
+/// defined in the file and not dumped).
+pub async fn list_tags(State(state): State<ApiState>) -> ApiResult {
+    with_engine(&state, |engine| {
+        let rules = engine.rules();
+        let tags: Vec<Value> = rules
+            .tags
+            .iter()
+            .map(|&id| {
+                let node = &rules.nodes[id];
+                json!({
+                    "name": &*node.name,
+                    "kind": &*node.kind_name,
+                    "description": node.description,
+                    "window": node.window_text,
+                })
+            })
+            .collect();
+        Ok(Json(json!({ "tags": tags })))
+    })
+    .await
+}
+
 pub async fn list_segments(State(state): State<ApiState>) -> ApiResult {
     with_engine(&state, |engine| {
+        let rules = engine.rules().clone();
         let segments: Vec<Value> = engine
             .segment_summaries()
             .into_iter()
             .map(|s| {
+                let emit = rules.segment_by_name(&s.name).is_none_or(|seg| seg.emit);
                 json!({
                     "name": s.name,
                     "description": s.description,
+                    "emit": emit,
                     "size": s.size,
-                    "warming_until": s.warming_until.map(rfc3339),
-                    "history_since": s.history_since.map(rfc3339),
+                    "warming_until": s.warming_until,
+                    "history_since": s.history_since,
                 })
             })
             .collect();
@@ -344,9 +371,9 @@ pub async fn reload_rules(
         let warming: Vec<Value> = report
             .warming
             .iter()
-            .map(|(tag, since, until)| {
-                json!({ "tag": tag, "since": rfc3339(*since), "warming_until": until.map(rfc3339) })
-            })
+            .map(
+                |(tag, since, until)| json!({ "tag": tag, "since": since, "warming_until": until }),
+            )
             .collect();
         Ok(Json(json!({
             "reloaded": report.changed,
