@@ -41,6 +41,69 @@ fn evaluate_needed(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value
     values
 }
 
+/// What an event changed in a user's state, for [`evaluate_since`].
+#[derive(Debug, Default)]
+struct Touched {
+    /// Aggregate slots that took the event (bit i = slot i); `all` past 128 aggregates.
+    aggs: u128,
+    all: bool,
+    profile: bool,
+}
+
+impl Touched {
+    fn agg(&mut self, slot: usize) {
+        match 1u128.checked_shl(slot as u32) {
+            Some(bit) if slot < 128 => self.aggs |= bit,
+            _ => self.all = true,
+        }
+    }
+
+    fn has_agg(&self, slot: usize) -> bool {
+        self.all || (slot < 128 && self.aggs & (1u128 << slot) != 0)
+    }
+}
+
+/// The values of [`evaluate_needed`] at `now`, computed from the values `before` held at an
+/// earlier instant of the same state, changed only by what `touched` names: a node is
+/// evaluated again only when it reads `now()`, an aggregate it reads took the event or lost a
+/// bucket to the window, or a node it reads changed value. Equal to a full evaluation by
+/// construction: every input of a skipped node is unchanged.
+fn evaluate_since(
+    rules: &RuleSet,
+    state: &UserState,
+    now: Millis,
+    before: Pending,
+    touched: &Touched,
+) -> Vec<Value> {
+    let at = BucketsAt::new(&rules.zone, now);
+    let then = BucketsAt::new(&rules.zone, before.since);
+    let mut values = before.values;
+    let mut changed = vec![false; rules.nodes.len()];
+    for id in 0..rules.nodes.len() {
+        if !rules.needed[id] {
+            continue;
+        }
+        let dirty = match &rules.nodes[id].kind {
+            NodeKind::Aggregate(slot) => {
+                touched.has_agg(*slot)
+                    || rules.aggregates[*slot]
+                        .window
+                        .is_some_and(|w| at.of(w.unit) != then.of(w.unit))
+            }
+            NodeKind::Profile(_) => touched.profile,
+            _ => rules.reads_now[id] || rules.node_deps[id].iter().any(|&d| changed[d]),
+        };
+        if dirty {
+            let v = evaluate_node(rules, state, id, &values, now, &at);
+            if v != values[id] {
+                values[id] = v;
+                changed[id] = true;
+            }
+        }
+    }
+    values
+}
+
 fn evaluate_node(
     rules: &RuleSet,
     state: &UserState,
@@ -463,12 +526,16 @@ pub fn next_change(
             .any(|(s, &member)| (vals[s.node] == Value::Bool(true)) != member)
     };
     let mut t = next_candidate(rules, state, values, now, bound)?;
+    if lookahead <= 1 {
+        return Some(t);
+    }
+    let mut at = Pending::new(now, values.to_vec());
     for _ in 1..lookahead {
-        let at = evaluate_needed(rules, state, t);
-        if differs(&at) {
+        at = Pending::new(t, evaluate_since(rules, state, t, at, &Touched::default()));
+        if differs(&at.values) {
             return Some(t);
         }
-        t = next_candidate(rules, state, &at, t, bound)?;
+        t = next_candidate(rules, state, &at.values, t, bound)?;
     }
     Some(t)
 }
@@ -538,7 +605,7 @@ pub fn catch_up(
             return fired;
         };
         fired += 1;
-        let values = evaluate_needed(rules, state, due);
+        let values = evaluate_since(rules, state, due, p, &Touched::default());
         transitions(rules, user, state, &values, due, Cause::Timer, out);
         state.pending = Some(Pending::new(due, values));
     }
@@ -612,10 +679,16 @@ pub fn apply(
         state.dedup.retain(|&(_, ts)| ts >= horizon);
         state.dedup.push((id_hash(id), event.ts));
     }
+    // Values before the event (at the last instant they were computed, within this batch):
+    // only what the event or the passing of time can have changed is evaluated again.
+    let before = state.pending.take();
+    let mut touched = Touched::default();
+    touched.profile = matches!(event.body, EventBody::Profile { .. });
     match &event.body {
         EventBody::Track { name, properties } => {
             let view = EventView { name, properties };
             for slot in rules.aggregates_for(name) {
+                touched.agg(slot);
                 let agg = &rules.aggregates[slot];
                 if let Some(filter) = &agg.filter {
                     let scope = Scope {
@@ -656,7 +729,10 @@ pub fn apply(
         }
         EventBody::Delete => {}
     }
-    let values = evaluate_needed(rules, state, now);
+    let values = match before {
+        Some(p) => evaluate_since(rules, state, now, p, &touched),
+        None => evaluate_needed(rules, state, now),
+    };
     transitions(rules, user, state, &values, now, Cause::Event, out);
     state.next_timer = None;
     state.pending = Some(Pending::new(now, values));

@@ -108,7 +108,7 @@ pub enum AggState {
     Max(Buckets<f64>),
     Avg(Buckets<(f64, u64)>),
     Distinct(Buckets<BTreeSet<Scalar>>),
-    Top(Buckets<BTreeMap<Scalar, u64>>),
+    Top(TopState),
     /// (event time, value of the property on that event; Null when it lacked it)
     First(Option<(Millis, Scalar)>),
     Last(Option<(Millis, Scalar)>),
@@ -125,7 +125,7 @@ impl AggState {
             AggKind::Max => AggState::Max(Buckets::default()),
             AggKind::Avg => AggState::Avg(Buckets::default()),
             AggKind::Distinct => AggState::Distinct(Buckets::default()),
-            AggKind::Top => AggState::Top(Buckets::default()),
+            AggKind::Top => AggState::Top(TopState::default()),
             AggKind::First => AggState::First(None),
             AggKind::Last => AggState::Last(None),
             AggKind::FirstTime => AggState::FirstTime(None),
@@ -222,11 +222,24 @@ impl AggState {
                     b.slot(i).insert(v);
                 }
             }
-            AggState::Top(b) => {
-                b.prune(span.oldest);
+            AggState::Top(top) => {
+                top.buckets.prune(span.oldest);
                 let value = property.map(Scalar::from_json).filter(|s| !s.is_null());
+                let totals = top.totals.get_mut();
+                if totals
+                    .as_ref()
+                    .is_some_and(|(oldest, _)| *oldest != span.oldest)
+                {
+                    *totals = None;
+                }
                 if let (Some(i), Some(v)) = (bucket, value) {
-                    *b.slot(i).entry(v).or_insert(0) += 1;
+                    if let Some((_, counts)) = totals {
+                        match counts.iter_mut().find(|(x, _)| *x == v) {
+                            Some(entry) => entry.1 += 1,
+                            None => counts.push((v.clone(), 1)),
+                        }
+                    }
+                    *top.buckets.slot(i).entry(v).or_insert(0) += 1;
                 }
             }
             AggState::First(cur) => {
@@ -289,7 +302,7 @@ impl AggState {
                     }
                 }
             }
-            AggState::Top(b) => top_value(b.live(oldest), agg.k),
+            AggState::Top(top) => top.value(oldest, agg.k),
             AggState::First(cur) | AggState::Last(cur) => {
                 cur.as_ref().map_or(Value::Null, |(_, v)| v.to_value())
             }
@@ -308,17 +321,48 @@ impl AggState {
             AggState::Sum(b) | AggState::Min(b) | AggState::Max(b) => b.oldest_live(oldest),
             AggState::Avg(b) => b.oldest_live(oldest),
             AggState::Distinct(b) => b.oldest_live(oldest),
-            AggState::Top(b) => b.oldest_live(oldest),
+            AggState::Top(top) => top.buckets.oldest_live(oldest),
             _ => None,
         }?;
         Some(window.drop_instant(zone, first)).filter(|t| *t > now)
     }
 }
 
-fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: usize) -> Value {
-    // Marketing properties (categories, channels) have few distinct values: merging into a
-    // small vector by linear search beats sorting every (bucket, value) pair, and allocates
-    // once. Past `LINEAR_LIMIT` distinct values the merge sorts instead.
+/// A `top` accumulator: counts per value and bucket, plus the counts merged over the buckets
+/// the window held at the last evaluation. An event adds to both; the merge is redone only when
+/// the window has moved (a new bucket index for its oldest bucket), not on every evaluation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopState {
+    pub buckets: Buckets<BTreeMap<Scalar, u64>>,
+    /// (oldest live bucket, merged counts over the buckets from it on); never stored.
+    #[serde(skip)]
+    totals: std::cell::RefCell<Option<(i64, Vec<(Scalar, u64)>)>>,
+}
+
+impl PartialEq for TopState {
+    fn eq(&self, other: &Self) -> bool {
+        self.buckets == other.buckets
+    }
+}
+
+impl TopState {
+    fn value(&self, oldest: i64, k: usize) -> Value {
+        let mut totals = self.totals.borrow_mut();
+        let fresh = totals.as_ref().is_some_and(|(o, _)| *o == oldest);
+        if !fresh {
+            *totals = Some((oldest, merge_counts(self.buckets.live(oldest))));
+        }
+        let counts = totals.as_ref().map_or(&[][..], |(_, c)| c.as_slice());
+        top_of(counts.iter().map(|(v, n)| (v, *n)).collect(), k)
+    }
+}
+
+/// Counts per value over several buckets. Marketing properties (categories, channels) have
+/// few distinct values: merging by linear search beats sorting every (bucket, value) pair; past
+/// `LINEAR_LIMIT` distinct values the merge sorts instead.
+fn merge_counts<'a>(
+    buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>,
+) -> Vec<(Scalar, u64)> {
     const LINEAR_LIMIT: usize = 24;
     let mut merged: Vec<(&Scalar, u64)> = Vec::new();
     let mut spill: Vec<(&Scalar, u64)> = Vec::new();
@@ -345,11 +389,16 @@ fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: us
             }
         }
     }
+    merged.into_iter().map(|(v, n)| (v.clone(), n)).collect()
+}
+
+/// The most frequent value (ties: the value that sorts first), or with `k > 1` the list of
+/// up to k values by count descending then value order; NULL when there is none.
+fn top_of(mut merged: Vec<(&Scalar, u64)>, k: usize) -> Value {
     if merged.is_empty() {
         return Value::Null;
     }
     if k <= 1 {
-        // The highest count; on a tie, the value that sorts first.
         let mut best = merged[0];
         for entry in &merged[1..] {
             if entry.1 > best.1 || (entry.1 == best.1 && entry.0 < best.0) {
@@ -358,7 +407,6 @@ fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: us
         }
         return best.0.to_value();
     }
-    // Count descending, then value order ascending.
     merged.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     Value::List(Arc::new(
         merged.iter().take(k).map(|(v, _)| v.to_value()).collect(),

@@ -1439,6 +1439,8 @@ impl<'s> Compiler<'s> {
                 _ => None,
             })
             .collect();
+        let node_deps: Vec<Vec<NodeId>> = nodes.iter().map(|n| node_refs(&n.kind)).collect();
+        let reads_now: Vec<bool> = nodes.iter().map(|n| kind_reads_now(&n.kind)).collect();
         let mut window_units: Vec<Unit> = Vec::new();
         for &slot in &windowed_for_segments {
             if let Some(w) = aggregates[slot].window {
@@ -1532,6 +1534,8 @@ impl<'s> Compiler<'s> {
             probes,
             moving_nodes,
             needed: reach,
+            node_deps,
+            reads_now,
             window_units,
             windowed_for_segments,
             fingerprint,
@@ -1709,6 +1713,22 @@ fn time_sources(nodes: &[Node]) -> Vec<TimeSource> {
         out.push(s);
     }
     out
+}
+
+/// Whether a node's own definition reads `now()`.
+fn kind_reads_now(kind: &NodeKind) -> bool {
+    fn reads(e: &CExpr) -> bool {
+        let mut found = matches!(e, CExpr::Now);
+        e.for_each_child(&mut |c| found |= reads(c));
+        found
+    }
+    match kind {
+        NodeKind::Expr(e) | NodeKind::Segment(e) | NodeKind::Tier { of: e, .. } => reads(e),
+        NodeKind::Case { cases, otherwise } => {
+            reads(otherwise) || cases.iter().any(|(w, v)| reads(w) || reads(v))
+        }
+        NodeKind::Nearest { .. } | NodeKind::Aggregate(_) | NodeKind::Profile(_) => false,
+    }
 }
 
 fn node_refs(kind: &NodeKind) -> Vec<NodeId> {

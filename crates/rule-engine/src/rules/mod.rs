@@ -48,6 +48,11 @@ pub struct RuleSet {
     pub windowed_for_segments: Vec<usize>,
     /// The bucket units of those aggregates' windows (each once).
     pub window_units: Vec<Unit>,
+    /// Per node, the nodes its own definition reads (what a change must propagate along).
+    pub node_deps: Vec<Vec<NodeId>>,
+    /// Per node, whether its own definition reads `now()` (directly, not through another node):
+    /// such a node is re-evaluated at every instant.
+    pub reads_now: Vec<bool>,
     /// Hash of the rules source, stored with state so a state dir is not read with other rules.
     pub fingerprint: String,
 }
