@@ -11,7 +11,7 @@ use crate::cexpr::{CExpr, EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
 use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
 use crate::state::{Pending, UserState};
-use crate::time::{BucketsAt, Unit, DAY_MS, FAR_FUTURE, HOUR_MS, MINUTE_MS};
+use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS, MINUTE_MS};
 use crate::transition::{Cause, Transition};
 use crate::value::{Scalar, Value};
 
@@ -252,12 +252,7 @@ fn next_candidate(
     now: Millis,
     bound: Millis,
 ) -> Option<Millis> {
-    let mut horizon = bound;
-    for &slot in &rules.windowed_for_segments {
-        if let Some(t) = state.aggs[slot].next_drop(&rules.aggregates[slot], &rules.zone, now) {
-            horizon = horizon.min(t);
-        }
-    }
+    let mut horizon = bound.min(next_window_drop(rules, state, now).unwrap_or(FAR_FUTURE));
     if rules.probes.is_empty() {
         return (horizon < bound).then_some(horizon);
     }
@@ -351,6 +346,37 @@ fn next_candidate(
         horizon = hi;
     }
     (horizon < bound).then_some(horizon)
+}
+
+/// The first instant after `now` at which a windowed aggregate that segments read loses its
+/// oldest non-empty bucket. Worked out in bucket indexes, converted to an instant once per unit.
+fn next_window_drop(rules: &RuleSet, state: &UserState, now: Millis) -> Option<Millis> {
+    let at = BucketsAt::new(&rules.zone, now);
+    let mut first_drop: [Option<i64>; 3] = [None; 3];
+    let unit_index = |u: Unit| match u {
+        Unit::Minute => 0,
+        Unit::Hour => 1,
+        Unit::Day => 2,
+    };
+    for &slot in &rules.windowed_for_segments {
+        let Some(window) = rules.aggregates[slot].window else {
+            continue;
+        };
+        if let Some(first) = state.aggs[slot].oldest_live_bucket(at.oldest(window)) {
+            // Bucket `first` leaves the window when bucket `first + N` starts.
+            let idx = first + window.buckets;
+            let entry = &mut first_drop[unit_index(window.unit)];
+            *entry = Some(entry.map_or(idx, |e: i64| e.min(idx)));
+        }
+    }
+    [Unit::Minute, Unit::Hour, Unit::Day]
+        .into_iter()
+        .zip(first_drop)
+        .filter_map(|(unit, idx)| {
+            let start = Window { unit, buckets: 1 }.bucket_start(&rules.zone, idx?);
+            (start > now).then_some(start)
+        })
+        .min()
 }
 
 /// When a probe's outcome next changes, from its closed form (see [`ProbeInfo::linear`]).

@@ -96,7 +96,8 @@ impl<T> Buckets<T> {
     }
 
     fn oldest_live(&self, oldest: i64) -> Option<i64> {
-        self.0.iter().map(|(i, _)| *i).find(|i| *i >= oldest)
+        let start = self.0.partition_point(|(i, _)| *i < oldest);
+        self.0.get(start).map(|(i, _)| *i)
     }
 }
 
@@ -223,24 +224,8 @@ impl AggState {
                 }
             }
             AggState::Top(top) => {
-                top.buckets.prune(span.oldest);
                 let value = property.map(Scalar::from_json).filter(|s| !s.is_null());
-                let totals = top.totals.get_mut();
-                if totals
-                    .as_ref()
-                    .is_some_and(|(oldest, _)| *oldest != span.oldest)
-                {
-                    *totals = None;
-                }
-                if let (Some(i), Some(v)) = (bucket, value) {
-                    if let Some((_, counts)) = totals {
-                        match counts.iter_mut().find(|(x, _)| *x == v) {
-                            Some(entry) => entry.1 += 1,
-                            None => counts.push((v.clone(), 1)),
-                        }
-                    }
-                    *top.buckets.slot(i).entry(v).or_insert(0) += 1;
-                }
+                top.add(span.oldest, bucket, value);
             }
             AggState::First(cur) => {
                 if cur.as_ref().is_none_or(|(t, _)| ts < *t) {
@@ -315,16 +300,20 @@ impl AggState {
     /// The instant (> now) at which the oldest non-empty bucket leaves the window, if any.
     pub fn next_drop(&self, agg: &Aggregate, zone: &Zone, now: Millis) -> Option<Millis> {
         let window = agg.window?;
-        let oldest = window.oldest_bucket(zone, now);
-        let first = match self {
+        let first = self.oldest_live_bucket(window.oldest_bucket(zone, now))?;
+        Some(window.drop_instant(zone, first)).filter(|t| *t > now)
+    }
+
+    /// The index of the oldest non-empty bucket at or after `oldest` (windowed kinds only).
+    pub fn oldest_live_bucket(&self, oldest: i64) -> Option<i64> {
+        match self {
             AggState::Count(b) => b.oldest_live(oldest),
             AggState::Sum(b) | AggState::Min(b) | AggState::Max(b) => b.oldest_live(oldest),
             AggState::Avg(b) => b.oldest_live(oldest),
             AggState::Distinct(b) => b.oldest_live(oldest),
             AggState::Top(top) => top.buckets.oldest_live(oldest),
             _ => None,
-        }?;
-        Some(window.drop_instant(zone, first)).filter(|t| *t > now)
+        }
     }
 }
 
@@ -334,9 +323,11 @@ impl AggState {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TopState {
     pub buckets: Buckets<BTreeMap<Scalar, u64>>,
-    /// (oldest live bucket, merged counts over the buckets from it on); never stored.
+    /// (oldest live bucket, merged counts over the buckets from it on), for the two window
+    /// positions evaluated last (today's, and the next day's a timer search looks at); never
+    /// stored.
     #[serde(skip)]
-    totals: std::cell::RefCell<Option<(i64, Vec<(Scalar, u64)>)>>,
+    totals: std::cell::RefCell<[Option<(i64, Vec<(Scalar, u64)>)>; 2]>,
 }
 
 impl PartialEq for TopState {
@@ -348,12 +339,47 @@ impl PartialEq for TopState {
 impl TopState {
     fn value(&self, oldest: i64, k: usize) -> Value {
         let mut totals = self.totals.borrow_mut();
-        let fresh = totals.as_ref().is_some_and(|(o, _)| *o == oldest);
-        if !fresh {
-            *totals = Some((oldest, merge_counts(self.buckets.live(oldest))));
-        }
-        let counts = totals.as_ref().map_or(&[][..], |(_, c)| c.as_slice());
+        let slot = match totals
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|(o, _)| *o == oldest))
+        {
+            Some(i) => i,
+            None => {
+                // Replace the entry for the older window position (or an empty one).
+                let i = match (&totals[0], &totals[1]) {
+                    (None, _) => 0,
+                    (_, None) => 1,
+                    (Some((a, _)), Some((b, _))) => usize::from(b < a),
+                };
+                totals[i] = Some((oldest, merge_counts(self.buckets.live(oldest))));
+                i
+            }
+        };
+        let counts = totals[slot].as_ref().map_or(&[][..], |(_, c)| c.as_slice());
         top_of(counts.iter().map(|(v, n)| (v, *n)).collect(), k)
+    }
+
+    /// Adds `n` to `value` in bucket `bucket` (already pruned to `oldest`).
+    fn add(&mut self, oldest: i64, bucket: Option<i64>, value: Option<Scalar>) {
+        self.buckets.prune(oldest);
+        for entry in self.totals.get_mut().iter_mut() {
+            // Positions older than the window's are never evaluated again (time moves on).
+            if entry.as_ref().is_some_and(|(o, _)| *o < oldest) {
+                *entry = None;
+            }
+        }
+        let (Some(i), Some(v)) = (bucket, value) else {
+            return;
+        };
+        for (o, counts) in self.totals.get_mut().iter_mut().flatten() {
+            if i >= *o {
+                match counts.iter_mut().find(|(x, _)| *x == v) {
+                    Some(entry) => entry.1 += 1,
+                    None => counts.push((v.clone(), 1)),
+                }
+            }
+        }
+        *self.buckets.slot(i).entry(v).or_insert(0) += 1;
     }
 }
 
