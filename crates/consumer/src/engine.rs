@@ -309,15 +309,38 @@ impl Engine {
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchReport> {
         let timers_per_batch = self.options.timers_per_batch;
+        let span = tracing::info_span!(
+            "batch",
+            records = records.len(),
+            partitions = tracing::field::Empty,
+            applied = tracing::field::Empty,
+            timers_fired = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
         let mut run = Run::new(self);
         for record in records {
             run.record(record)?;
         }
+        let applied_in = started.elapsed();
         let partitions: Vec<u32> = run.touched_partitions.iter().copied().collect();
+        span.record("partitions", tracing::field::debug(&partitions));
         for p in partitions {
             run.fire_due(p, timers_per_batch)?;
         }
-        run.commit(positions)
+        let fired_in = started.elapsed() - applied_in;
+        let users = run.users.len();
+        let report = run.commit(positions)?;
+        span.record("applied", report.applied);
+        span.record("timers_fired", report.timers_fired);
+        tracing::debug!(
+            users,
+            apply_ms = applied_in.as_millis() as u64,
+            timers_ms = fired_in.as_millis() as u64,
+            commit_ms = (started.elapsed() - applied_in - fired_in).as_millis() as u64,
+            "batch committed"
+        );
+        Ok(report)
     }
 
     /// Moves a partition's engine time forward to `t` (never backwards), firing due timers in

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::properties::{self, PropName};
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBWithThreadMode, DataBlockIndexType, Options, ReadOptions, SingleThreaded, WriteOptions,
-    DEFAULT_COLUMN_FAMILY_NAME,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    DBCompressionType, DBWithThreadMode, DataBlockIndexType, Options, ReadOptions, SingleThreaded,
+    WriteOptions, DEFAULT_COLUMN_FAMILY_NAME,
 };
 
 use crate::{Cf, KeyValue, Op, StateStore, StoreError, WriteBatch};
@@ -28,7 +28,7 @@ pub struct StoreOptions {
     /// crash; on, each commit costs a disk flush (~ms on SSDs, far more on network disks).
     pub sync: bool,
     /// Size of the block cache shared by all column families (data, index and filter
-    /// blocks). Default 64 MiB.
+    /// blocks). Default 256 MiB.
     pub block_cache_bytes: usize,
     /// Open without the directory's lock, for reading only (commits fail): a `dump` beside a
     /// running service. It sees every batch committed before the open (the write-ahead log is
@@ -40,7 +40,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             sync: false,
-            block_cache_bytes: 64 * MIB,
+            block_cache_bytes: 256 * MIB,
             read_only: false,
         }
     }
@@ -219,6 +219,13 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
     table.set_block_cache(cache);
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Partitioned (two-level) index and filters: a point lookup loads one small index and one
+    // small filter partition into the cache, not a whole file's multi-megabyte index and
+    // filter, which a bounded cache cannot hold for millions of users (every `get` then read,
+    // decompressed and checksummed them again: the cliff past a few million users).
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
 
     let mut opts = Options::default();
     opts.set_compression_type(DBCompressionType::Lz4);
@@ -226,6 +233,7 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
     match cf {
         Cf::Users | Cf::Ids => {
             table.set_bloom_filter(10.0, false);
+            table.set_partition_filters(true);
             table.set_optimize_filters_for_memory(true);
             table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
             table.set_data_block_hash_ratio(0.75);
