@@ -214,6 +214,13 @@ fn is_lock_error(e: &rocksdb::Error) -> bool {
 }
 
 /// Per-column-family options.
+/// The column family and key an operation writes (a range: its start).
+fn op_key(op: &Op) -> (Cf, &[u8]) {
+    match op {
+        Op::Put(cf, k, _) | Op::Delete(cf, k) | Op::DeleteRange(cf, k, _) => (*cf, k.as_slice()),
+    }
+}
+
 fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -302,8 +309,17 @@ impl StateStore for RocksStore {
             return Ok(());
         }
         let ops = batch.len();
+        let mut staged = batch.into_ops();
+        // RocksDB inserts a batch into its skiplist memtables in the order given; in key order
+        // each insert starts from the previous one's position instead of searching from the
+        // top (a large share of commit time for batches of 100k+ users in hash order). Point
+        // operations on different keys commute, and a stable sort keeps one key's operations
+        // in order; a range deletion does not commute with them, so such a batch keeps its order.
+        if !staged.iter().any(|op| matches!(op, Op::DeleteRange(..))) {
+            staged.sort_by(|a, b| op_key(a).cmp(&op_key(b)));
+        }
         let mut wb = rocksdb::WriteBatch::default();
-        for op in batch.into_ops() {
+        for op in staged {
             match op {
                 Op::Put(cf, k, v) => wb.put_cf(self.handle(cf), k, v),
                 Op::Delete(cf, k) => wb.delete_cf(self.handle(cf), k),
