@@ -1715,10 +1715,11 @@ fn time_sources(nodes: &[Node]) -> Vec<TimeSource> {
     out
 }
 
-/// Whether a node's own definition reads `now()`.
+/// Whether a node's own definition reads engine time: `now()`, or `days_since`, which counts
+/// days up to it.
 fn kind_reads_now(kind: &NodeKind) -> bool {
     fn reads(e: &CExpr) -> bool {
-        let mut found = matches!(e, CExpr::Now);
+        let mut found = matches!(e, CExpr::Now | CExpr::Call(Func::DaysSince, _));
         e.for_each_child(&mut |c| found |= reads(c));
         found
     }
