@@ -3,6 +3,7 @@
 #   make quickstart   generate events, replay them through the example rules, show the results
 #   make test         the whole test suite (Rust + the Python oracle's self-tests + deploy checks)
 #   make check-deploy deploy/ manifests, alert rules and dashboard (scripts/check-deploy.sh)
+#   make bench        replay throughput as ratios against a parse-only floor (scripts/bench.sh)
 #
 # The C/C++ dependencies (RocksDB, librdkafka) take many minutes to build cold, so builds share
 # one target directory outside the checkout.
@@ -43,6 +44,10 @@ test: test-deps
 
 check-deploy:
 	@./scripts/check-deploy.sh
+
+# Replay throughput against a parse-only floor measured in the same run (docs/performance.md).
+bench: deps
+	./scripts/bench.sh
 
 lint: deps
 	cargo fmt --all -- --check

@@ -6,7 +6,9 @@
 //! input positions given by the caller. A crash before the commit loses nothing (the batch is
 //! re-read from the stored positions); after it, nothing is applied twice.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use tagstream_rules::engine as core;
@@ -109,6 +111,8 @@ impl BatchReport {
 /// A user touched by the current batch.
 struct Slot {
     state: Option<UserState>,
+    /// The user's dense id, when known (a cached user): saves a dictionary read per commit.
+    id: Option<u32>,
     stored_timer: Option<Millis>,
     stored_members: Vec<bool>,
     existed: bool,
@@ -151,7 +155,7 @@ pub struct Engine {
     timer_floor: BTreeMap<u32, Millis>,
     /// Committed user states kept decoded between batches (hot users are read once, not per
     /// batch). Always equal to what the store holds; bounded by [`CACHED_USERS`].
-    cache: HashMap<(u32, Arc<str>), UserState>,
+    cache: FxHashMap<(u32, Arc<str>), (UserState, u32)>,
     /// Aggregates that started empty at a rules reload (see [`WarmingEntry`]).
     warming: Vec<WarmingEntry>,
     metrics: Option<Metrics>,
@@ -250,7 +254,7 @@ impl Engine {
             outbox_seq,
             wall_clock: system_millis,
             timer_floor: BTreeMap::new(),
-            cache: HashMap::new(),
+            cache: FxHashMap::default(),
             warming,
             metrics: None,
             owned: None,
@@ -310,15 +314,38 @@ impl Engine {
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchReport> {
         let timers_per_batch = self.options.timers_per_batch;
+        let span = tracing::info_span!(
+            "batch",
+            records = records.len(),
+            partitions = tracing::field::Empty,
+            applied = tracing::field::Empty,
+            timers_fired = tracing::field::Empty,
+        );
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
         let mut run = Run::new(self);
         for record in records {
             run.record(record)?;
         }
+        let applied_in = started.elapsed();
         let partitions: Vec<u32> = run.touched_partitions.iter().copied().collect();
+        span.record("partitions", tracing::field::debug(&partitions));
         for p in partitions {
             run.fire_due(p, timers_per_batch)?;
         }
-        run.commit(positions)
+        let fired_in = started.elapsed() - applied_in;
+        let users = run.users.len();
+        let report = run.commit(positions)?;
+        span.record("applied", report.applied);
+        span.record("timers_fired", report.timers_fired);
+        tracing::debug!(
+            users,
+            apply_ms = applied_in.as_millis() as u64,
+            timers_ms = fired_in.as_millis() as u64,
+            commit_ms = (started.elapsed() - applied_in - fired_in).as_millis() as u64,
+            "batch committed"
+        );
+        Ok(report)
     }
 
     /// Moves a partition's engine time forward to `t` (never backwards), firing due timers in
@@ -492,7 +519,7 @@ impl Engine {
 /// The working set of one batch.
 struct Run<'e> {
     engine: &'e mut Engine,
-    users: HashMap<(u32, Arc<str>), Slot>,
+    users: FxHashMap<(u32, Arc<str>), Slot>,
     clocks: BTreeMap<u32, Millis>,
     clock_changed: std::collections::BTreeSet<u32>,
     touched_partitions: std::collections::BTreeSet<u32>,
@@ -517,7 +544,7 @@ impl<'e> Run<'e> {
         let ingested_ms = (engine.wall_clock)();
         Run {
             engine,
-            users: HashMap::new(),
+            users: FxHashMap::default(),
             clocks,
             clock_changed: Default::default(),
             touched_partitions: Default::default(),
@@ -535,15 +562,18 @@ impl<'e> Run<'e> {
     fn slot(&mut self, partition: u32, user: &Arc<str>) -> Result<&mut Slot> {
         let key = (partition, user.clone());
         if !self.users.contains_key(&key) {
-            let state = match self.engine.cache.remove(&key) {
-                Some(state) => Some(state),
+            let (state, id) = match self.engine.cache.remove(&key) {
+                Some((state, id)) => (Some(state), Some(id)),
                 None => match self
                     .engine
                     .store
                     .get(Cf::Users, &user_key(partition, user))?
                 {
-                    Some(bytes) => Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
-                    None => None,
+                    Some(bytes) => (
+                        Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
+                        None,
+                    ),
+                    None => (None, None),
                 },
             };
             let stored_timer = state.as_ref().and_then(|s| s.next_timer);
@@ -556,6 +586,7 @@ impl<'e> Run<'e> {
                 key.clone(),
                 Slot {
                     state,
+                    id,
                     stored_timer,
                     stored_members,
                     existed,
@@ -663,7 +694,7 @@ impl<'e> Run<'e> {
             self.emitted_ts.push(t.ts);
             self.outbox.push(OutboxEntry::Transition {
                 user_id: t.user_id.to_string(),
-                json: t.to_json().to_string(),
+                json: t.to_json_string(),
                 ingested_ms: ingested,
             });
         }
@@ -769,10 +800,17 @@ impl<'e> Run<'e> {
             match &slot.state {
                 Some(state) => {
                     batch.put(Cf::Users, key, state.encode());
-                    let id = self
-                        .engine
-                        .ids
-                        .get_or_assign(store.as_ref(), user, &mut batch)?;
+                    let id = match slot.id {
+                        Some(id) => id,
+                        None => {
+                            let id =
+                                self.engine
+                                    .ids
+                                    .get_or_assign(store.as_ref(), user, &mut batch)?;
+                            slot.id = Some(id);
+                            id
+                        }
+                    };
                     if !slot.existed {
                         self.engine.bitmaps.mark_present(*partition, id);
                     }
@@ -838,8 +876,8 @@ impl<'e> Run<'e> {
             self.engine.cache.clear();
         }
         for (key, slot) in self.users.drain() {
-            if let Some(state) = slot.state {
-                self.engine.cache.insert(key, state);
+            if let (Some(state), Some(id)) = (slot.state, slot.id) {
+                self.engine.cache.insert(key, (state, id));
             }
         }
         self.engine.ids.committed();

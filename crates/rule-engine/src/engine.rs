@@ -7,19 +7,20 @@
 use std::cmp::Ordering;
 use std::sync::Arc;
 
-use crate::cexpr::{EventView, Scope};
+use crate::cexpr::{CExpr, EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
 use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
 use crate::state::{Pending, UserState};
-use crate::time::{Unit, DAY_MS, FAR_FUTURE, HOUR_MS};
+use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS, MINUTE_MS};
 use crate::transition::{Cause, Transition};
 use crate::value::{Scalar, Value};
 
 /// Values of every tag and segment of `rules` (indexed by node id) at engine time `now`.
 pub fn evaluate(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
+    let at = BucketsAt::new(&rules.zone, now);
     let mut values = Vec::with_capacity(rules.nodes.len());
     for id in 0..rules.nodes.len() {
-        let v = evaluate_node(rules, state, id, &values, now);
+        let v = evaluate_node(rules, state, id, &values, now, &at);
         values.push(v);
     }
     values
@@ -27,14 +28,78 @@ pub fn evaluate(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
 
 /// Values of the nodes segments depend on (others are left NULL): the event and timer path.
 fn evaluate_needed(rules: &RuleSet, state: &UserState, now: Millis) -> Vec<Value> {
+    let at = BucketsAt::new(&rules.zone, now);
     let mut values = Vec::with_capacity(rules.nodes.len());
     for id in 0..rules.nodes.len() {
         let v = if rules.needed[id] {
-            evaluate_node(rules, state, id, &values, now)
+            evaluate_node(rules, state, id, &values, now, &at)
         } else {
             Value::Null
         };
         values.push(v);
+    }
+    values
+}
+
+/// What an event changed in a user's state, for [`evaluate_since`].
+#[derive(Debug, Default)]
+struct Touched {
+    /// Aggregate slots that took the event (bit i = slot i); `all` past 128 aggregates.
+    aggs: u128,
+    all: bool,
+    profile: bool,
+}
+
+impl Touched {
+    fn agg(&mut self, slot: usize) {
+        match 1u128.checked_shl(slot as u32) {
+            Some(bit) if slot < 128 => self.aggs |= bit,
+            _ => self.all = true,
+        }
+    }
+
+    fn has_agg(&self, slot: usize) -> bool {
+        self.all || (slot < 128 && self.aggs & (1u128 << slot) != 0)
+    }
+}
+
+/// The values of [`evaluate_needed`] at `now`, computed from the values `before` held at an
+/// earlier instant of the same state, changed only by what `touched` names: a node is
+/// evaluated again only when it reads `now()`, an aggregate it reads took the event or lost a
+/// bucket to the window, or a node it reads changed value. Equal to a full evaluation by
+/// construction: every input of a skipped node is unchanged.
+fn evaluate_since(
+    rules: &RuleSet,
+    state: &UserState,
+    now: Millis,
+    before: Pending,
+    touched: &Touched,
+) -> Vec<Value> {
+    let at = BucketsAt::new(&rules.zone, now);
+    let then = BucketsAt::new(&rules.zone, before.since);
+    let mut values = before.values;
+    let mut changed = vec![false; rules.nodes.len()];
+    for id in 0..rules.nodes.len() {
+        if !rules.needed[id] {
+            continue;
+        }
+        let dirty = match &rules.nodes[id].kind {
+            NodeKind::Aggregate(slot) => {
+                touched.has_agg(*slot)
+                    || rules.aggregates[*slot]
+                        .window
+                        .is_some_and(|w| at.of(w.unit) != then.of(w.unit))
+            }
+            NodeKind::Profile(_) => touched.profile,
+            _ => rules.reads_now[id] || rules.node_deps[id].iter().any(|&d| changed[d]),
+        };
+        if dirty {
+            let v = evaluate_node(rules, state, id, &values, now, &at);
+            if v != values[id] {
+                values[id] = v;
+                changed[id] = true;
+            }
+        }
     }
     values
 }
@@ -45,6 +110,7 @@ fn evaluate_node(
     id: usize,
     values: &[Value],
     now: Millis,
+    at: &BucketsAt,
 ) -> Value {
     let scope = Scope {
         values,
@@ -54,7 +120,7 @@ fn evaluate_node(
     };
     match &rules.nodes[id].kind {
         NodeKind::Aggregate(slot) => match state.aggs.get(*slot) {
-            Some(agg) => agg.value(&rules.aggregates[*slot], &rules.zone, now),
+            Some(agg) => agg.value_at(&rules.aggregates[*slot], at),
             None => Value::Null,
         },
         NodeKind::Profile(attr) => state
@@ -110,36 +176,65 @@ fn evaluate_node(
 /// other entry of `scratch` keeps its value at the start of the interval (valid while no
 /// breakpoint lies between that instant and `t`).
 fn moved(rules: &RuleSet, state: &UserState, moving: &[usize], scratch: &mut [Value], t: Millis) {
+    if moving.is_empty() {
+        return;
+    }
+    let at = BucketsAt::new(&rules.zone, t);
     for &id in moving {
-        scratch[id] = evaluate_node(rules, state, id, scratch, t);
+        scratch[id] = evaluate_node(rules, state, id, scratch, t, &at);
     }
 }
 
-fn signature(rules: &RuleSet, probe: &Probe, values: &[Value], t: Millis) -> Vec<i64> {
+/// One component of a probe's signature at an instant (see [`Probe`]).
+fn signature_parts<'a>(
+    rules: &'a RuleSet,
+    probe: &'a Probe,
+    values: &'a [Value],
+    t: Millis,
+) -> impl Iterator<Item = i64> + 'a {
     let scope = Scope {
         values,
         now: t,
         zone: &rules.zone,
         event: None,
     };
-    match probe {
-        Probe::Compare(pairs) => pairs
-            .iter()
-            .map(|(a, b)| match a.eval(&scope).compare(&b.eval(&scope)) {
-                Some(Ordering::Less) => -1,
-                Some(Ordering::Equal) => 0,
-                Some(Ordering::Greater) => 1,
-                None => 2,
-            })
-            .collect(),
-        Probe::LocalBucket { arg, unit } => vec![match arg.eval(&scope) {
-            Value::Ts(x) => match unit {
-                Unit::Day => rules.zone.local_day(x),
-                _ => rules.zone.sub_day_bucket(x, HOUR_MS),
-            },
-            _ => i64::MIN,
-        }],
-    }
+    let (pairs, bucket): (&[(CExpr, CExpr)], _) = match probe {
+        Probe::Compare(pairs) => (pairs, None),
+        Probe::LocalBucket { arg, unit } => (&[], Some((arg, *unit))),
+    };
+    let compared = pairs.iter().map(
+        move |(a, b)| match a.eval(&scope).compare(&b.eval(&scope)) {
+            Some(Ordering::Less) => -1,
+            Some(Ordering::Equal) => 0,
+            Some(Ordering::Greater) => 1,
+            None => 2,
+        },
+    );
+    let local = bucket.map(move |(arg, unit)| match arg.eval(&scope) {
+        Value::Ts(x) => match unit {
+            Unit::Day => rules.zone.local_day(x),
+            _ => rules.zone.sub_day_bucket(x, HOUR_MS),
+        },
+        _ => i64::MIN,
+    });
+    compared.chain(local)
+}
+
+/// A probe's signature at `t`, written into `out` (reused between calls: no allocation).
+fn signature(rules: &RuleSet, probe: &Probe, values: &[Value], t: Millis, out: &mut Vec<i64>) {
+    out.clear();
+    out.extend(signature_parts(rules, probe, values, t));
+}
+
+/// Whether a probe's signature at `t` differs from `initial`.
+fn signature_differs(
+    rules: &RuleSet,
+    probe: &Probe,
+    values: &[Value],
+    t: Millis,
+    initial: &[i64],
+) -> bool {
+    !signature_parts(rules, probe, values, t).eq(initial.iter().copied())
 }
 
 /// The first instant after `now` at which any segment of this user may change with no new
@@ -157,26 +252,45 @@ fn next_candidate(
     now: Millis,
     bound: Millis,
 ) -> Option<Millis> {
-    let mut horizon = bound;
-    for &slot in &rules.windowed_for_segments {
-        if let Some(t) = state.aggs[slot].next_drop(&rules.aggregates[slot], &rules.zone, now) {
-            horizon = horizon.min(t);
-        }
-    }
+    let mut horizon = bound.min(next_window_drop(rules, state, now).unwrap_or(FAR_FUTURE));
     if rules.probes.is_empty() {
         return (horizon < bound).then_some(horizon);
     }
-    let mut scratch = values.to_vec();
-    let changed = |scratch: &mut [Value], info: &ProbeInfo, initial: &[i64], at: Millis| {
-        moved(rules, state, &info.moving, scratch, at);
-        signature(rules, &info.probe, scratch, at) != initial
+    // Only probes over moving nodes need the values recomputed at other instants; the others
+    // read `values` as they are (no copy).
+    let mut scratch: Vec<Value> = if rules.probes.iter().any(|p| !p.moving.is_empty()) {
+        values.to_vec()
+    } else {
+        Vec::new()
     };
+    let changed = |scratch: &mut Vec<Value>, info: &ProbeInfo, initial: &[i64], at: Millis| {
+        if info.moving.is_empty() {
+            return signature_differs(rules, &info.probe, values, at, initial);
+        }
+        moved(rules, state, &info.moving, scratch, at);
+        signature_differs(rules, &info.probe, scratch, at, initial)
+    };
+    let mut initial = Vec::new();
     for info in &rules.probes {
         if horizon - 1 <= now {
             break;
         }
-        let initial = signature(rules, &info.probe, values, now);
+        signature(rules, &info.probe, values, now, &mut initial);
+        let initial = initial.as_slice();
         let last = horizon - 1;
+        match linear_flip(rules, info, values, now) {
+            Flip::Never => continue,
+            Flip::At(t) if t > last => continue,
+            Flip::At(t) => {
+                if !changed(&mut scratch, info, initial, t - 1)
+                    && changed(&mut scratch, info, initial, t)
+                {
+                    horizon = t;
+                    continue;
+                }
+            }
+            Flip::Unknown => {}
+        }
         if let Some(arg) = &info.day_steps {
             // Only `days_since(x)` moves: the outcome can change only at x + k days.
             let scope = Scope {
@@ -191,13 +305,13 @@ fn next_candidate(
             let at = |k: i64| x.saturating_add(k.saturating_mul(DAY_MS));
             let first = (now - x).div_euclid(DAY_MS) + 1;
             let final_step = (last - x).div_euclid(DAY_MS);
-            if first > final_step || !changed(&mut scratch, info, &initial, at(final_step)) {
+            if first > final_step || !changed(&mut scratch, info, initial, at(final_step)) {
                 continue;
             }
             let (mut lo, mut hi) = (first - 1, final_step);
             while hi - lo > 1 {
                 let mid = lo + (hi - lo) / 2;
-                if changed(&mut scratch, info, &initial, at(mid)) {
+                if changed(&mut scratch, info, initial, at(mid)) {
                     hi = mid;
                 } else {
                     lo = mid;
@@ -209,21 +323,21 @@ fn next_candidate(
         // The change predicate is monotone up to `horizon`, so a guess that checks out on both
         // sides is exact.
         if let Some(t) = linear_guess(rules, state, values, &mut scratch, info, now, last) {
-            if !changed(&mut scratch, info, &initial, t - 1)
-                && changed(&mut scratch, info, &initial, t)
+            if !changed(&mut scratch, info, initial, t - 1)
+                && changed(&mut scratch, info, initial, t)
             {
                 horizon = t;
                 continue;
             }
         }
-        if !changed(&mut scratch, info, &initial, last) {
+        if !changed(&mut scratch, info, initial, last) {
             continue;
         }
         // Invariant: signature(lo) == initial, signature(hi) != initial.
         let (mut lo, mut hi) = (now, last);
         while hi - lo > 1 {
             let mid = lo + (hi - lo) / 2;
-            if changed(&mut scratch, info, &initial, mid) {
+            if changed(&mut scratch, info, initial, mid) {
                 hi = mid;
             } else {
                 lo = mid;
@@ -232,6 +346,122 @@ fn next_candidate(
         horizon = hi;
     }
     (horizon < bound).then_some(horizon)
+}
+
+/// The first instant after `now` at which a windowed aggregate that segments read loses its
+/// oldest non-empty bucket. Worked out in bucket indexes, converted to an instant once per unit.
+fn next_window_drop(rules: &RuleSet, state: &UserState, now: Millis) -> Option<Millis> {
+    let at = BucketsAt::new(&rules.zone, now);
+    let mut first_drop: [Option<i64>; 3] = [None; 3];
+    let unit_index = |u: Unit| match u {
+        Unit::Minute => 0,
+        Unit::Hour => 1,
+        Unit::Day => 2,
+    };
+    for &slot in &rules.windowed_for_segments {
+        let Some(window) = rules.aggregates[slot].window else {
+            continue;
+        };
+        if let Some(first) = state.aggs[slot].oldest_live_bucket(at.oldest(window)) {
+            // Bucket `first` leaves the window when bucket `first + N` starts.
+            let idx = first + window.buckets;
+            let entry = &mut first_drop[unit_index(window.unit)];
+            *entry = Some(entry.map_or(idx, |e: i64| e.min(idx)));
+        }
+    }
+    [Unit::Minute, Unit::Hour, Unit::Day]
+        .into_iter()
+        .zip(first_drop)
+        .filter_map(|(unit, idx)| {
+            let start = Window { unit, buckets: 1 }.bucket_start(&rules.zone, idx?);
+            (start > now).then_some(start)
+        })
+        .min()
+}
+
+/// When a probe's outcome next changes, from its closed form (see [`ProbeInfo::linear`]).
+enum Flip {
+    /// The first instant after `now` at which the comparison's outcome differs (to be
+    /// verified: arithmetic at the edges of time saturates).
+    At(Millis),
+    /// The outcome never changes (the sides move apart, or one is NULL for good).
+    Never,
+    /// No closed form for this probe or these values: search.
+    Unknown,
+}
+
+fn linear_flip(rules: &RuleSet, info: &ProbeInfo, values: &[Value], now: Millis) -> Flip {
+    let (Some(k), Probe::Compare(pairs)) = (info.linear, &info.probe) else {
+        return Flip::Unknown;
+    };
+    let [(a, b)] = pairs.as_slice() else {
+        return Flip::Unknown;
+    };
+    let scope = Scope {
+        values,
+        now,
+        zone: &rules.zone,
+        event: None,
+    };
+    let millis = |v: Value| match v {
+        Value::Ts(x) | Value::Dur(x) => Ok(Some(i128::from(x))),
+        Value::Null => Ok(None),
+        _ => Err(()),
+    };
+    let (Ok(a), Ok(b)) = (millis(a.eval(&scope)), millis(b.eval(&scope))) else {
+        return Flip::Unknown;
+    };
+    let (Some(a), Some(b)) = (a, b) else {
+        // NULL stays NULL: the sides read no moving node and only add now() to them.
+        return Flip::Never;
+    };
+    // a - b at t is d0 + k·(t - now): it leaves its sign class at the first whole millisecond.
+    let (d0, k) = (a - b, i128::from(k));
+    let ahead = if d0 == 0 {
+        1
+    } else if (d0 < 0) == (k > 0) {
+        let (num, den) = (d0.abs(), k.abs());
+        (num + den - 1) / den
+    } else {
+        return Flip::Never;
+    };
+    match Millis::try_from(i128::from(now) + ahead) {
+        Ok(t) if t <= FAR_FUTURE => Flip::At(t),
+        _ => Flip::Never,
+    }
+}
+
+/// The first bucket boundary after `t` among the window units the segments read: no windowed
+/// aggregate can lose a bucket before it.
+fn next_boundary(rules: &RuleSet, t: Millis) -> Millis {
+    let at = BucketsAt::new(&rules.zone, t);
+    let zone = &rules.zone;
+    rules
+        .window_units
+        .iter()
+        .map(|unit| match unit {
+            Unit::Day => zone.day_start(at.day + 1),
+            Unit::Hour => zone.sub_day_bucket_start(at.hour + 1, HOUR_MS),
+            Unit::Minute => zone.sub_day_bucket_start(at.minute + 1, MINUTE_MS),
+        })
+        .filter(|b| *b > t)
+        .min()
+        .unwrap_or(FAR_FUTURE)
+}
+
+/// A lower bound on the first instant after `since` at which any segment may change with no
+/// new event, cheap to compute: the next bucket boundary of any window, and the closed-form
+/// change of every probe. Probes without a closed form give no bound (`since + 1`).
+fn quiet_until(rules: &RuleSet, values: &[Value], since: Millis) -> Millis {
+    let mut quiet = next_boundary(rules, since);
+    for info in &rules.probes {
+        match linear_flip(rules, info, values, since) {
+            Flip::Never => {}
+            Flip::At(t) => quiet = quiet.min(t),
+            Flip::Unknown => return since.saturating_add(1),
+        }
+    }
+    quiet
 }
 
 fn as_number(v: &Value) -> Option<f64> {
@@ -272,7 +502,12 @@ fn linear_guess(
     let d0 = diff(values, now)?;
     let step = (last - now).min(crate::time::DAY_MS);
     moved(rules, state, &info.moving, scratch, now + step);
-    let slope = (diff(scratch, now + step)? - d0) / step as f64;
+    let later: &[Value] = if info.moving.is_empty() {
+        values
+    } else {
+        scratch
+    };
+    let slope = (diff(later, now + step)? - d0) / step as f64;
     let ahead = if d0 == 0.0 {
         1.0
     } else if (d0 < 0.0) == (slope > 0.0) && slope != 0.0 {
@@ -304,21 +539,29 @@ pub fn next_change(
     lookahead: usize,
     bound: Millis,
 ) -> Option<Millis> {
-    let members = |vals: &[Value]| {
+    let start: Vec<bool> = rules
+        .segments
+        .iter()
+        .map(|s| values[s.node] == Value::Bool(true))
+        .collect();
+    let differs = |vals: &[Value]| {
         rules
             .segments
             .iter()
-            .map(|s| vals[s.node] == Value::Bool(true))
-            .collect::<Vec<_>>()
+            .zip(&start)
+            .any(|(s, &member)| (vals[s.node] == Value::Bool(true)) != member)
     };
-    let start = members(values);
     let mut t = next_candidate(rules, state, values, now, bound)?;
+    if lookahead <= 1 {
+        return Some(t);
+    }
+    let mut at = Pending::new(now, values.to_vec());
     for _ in 1..lookahead {
-        let at = evaluate_needed(rules, state, t);
-        if members(&at) != start {
+        at = Pending::new(t, evaluate_since(rules, state, t, at, &Touched::default()));
+        if differs(&at.values) {
             return Some(t);
         }
-        t = next_candidate(rules, state, &at, t, bound)?;
+        t = next_candidate(rules, state, &at.values, t, bound)?;
     }
     Some(t)
 }
@@ -366,7 +609,16 @@ pub fn catch_up(
 ) -> usize {
     let mut fired = 0;
     // After an event the timer is left pending: only the interval since then is searched.
-    while let Some(p) = state.pending.take() {
+    while let Some(mut p) = state.pending.take() {
+        // Most events of a user come minutes apart, long before any window rolls or any
+        // `now()` comparison flips: a cheap bound proves nothing can have changed.
+        let quiet = *p
+            .quiet_until
+            .get_or_insert_with(|| quiet_until(rules, &p.values, p.since));
+        if now < quiet {
+            state.pending = Some(p);
+            return fired;
+        }
         let Some(due) = next_change(
             rules,
             state,
@@ -379,9 +631,9 @@ pub fn catch_up(
             return fired;
         };
         fired += 1;
-        let values = evaluate_needed(rules, state, due);
+        let values = evaluate_since(rules, state, due, p, &Touched::default());
         transitions(rules, user, state, &values, due, Cause::Timer, out);
-        state.pending = Some(Pending { since: due, values });
+        state.pending = Some(Pending::new(due, values));
     }
     while let Some(due) = state.next_timer.filter(|t| *t <= now) {
         fired += 1;
@@ -401,7 +653,7 @@ pub(crate) fn settle_after_change(
     values: Vec<Value>,
 ) {
     state.next_timer = None;
-    state.pending = Some(Pending { since: now, values });
+    state.pending = Some(Pending::new(now, values));
     settle(rules, state);
 }
 
@@ -453,10 +705,16 @@ pub fn apply(
         state.dedup.retain(|&(_, ts)| ts >= horizon);
         state.dedup.push((id_hash(id), event.ts));
     }
+    // Values before the event (at the last instant they were computed, within this batch):
+    // only what the event or the passing of time can have changed is evaluated again.
+    let before = state.pending.take();
+    let mut touched = Touched::default();
+    touched.profile = matches!(event.body, EventBody::Profile { .. });
     match &event.body {
         EventBody::Track { name, properties } => {
             let view = EventView { name, properties };
             for slot in rules.aggregates_for(name) {
+                touched.agg(slot);
                 let agg = &rules.aggregates[slot];
                 if let Some(filter) = &agg.filter {
                     let scope = Scope {
@@ -498,10 +756,13 @@ pub fn apply(
         }
         EventBody::Delete => {}
     }
-    let values = evaluate_needed(rules, state, now);
+    let values = match before {
+        Some(p) => evaluate_since(rules, state, now, p, &touched),
+        None => evaluate_needed(rules, state, now),
+    };
     transitions(rules, user, state, &values, now, Cause::Event, out);
     state.next_timer = None;
-    state.pending = Some(Pending { since: now, values });
+    state.pending = Some(Pending::new(now, values));
 }
 
 /// Erases a user at engine time `now`: exits for every segment it is in, with cause `delete`.

@@ -9,7 +9,7 @@ use serde_json::Value as Json;
 
 use crate::event::Millis;
 use crate::rules::{AggKind, Aggregate};
-use crate::time::{Window, Zone};
+use crate::time::{BucketsAt, Window, Zone};
 use crate::value::{Scalar, Value};
 
 /// Version byte in front of every encoded state, so the layout can evolve.
@@ -39,6 +39,19 @@ pub struct UserState {
 pub struct Pending {
     pub since: Millis,
     pub values: Vec<Value>,
+    /// Nothing can change before this instant (computed on first need; see
+    /// [`crate::engine::catch_up`]).
+    pub quiet_until: Option<Millis>,
+}
+
+impl Pending {
+    pub fn new(since: Millis, values: Vec<Value>) -> Pending {
+        Pending {
+            since,
+            values,
+            quiet_until: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -83,7 +96,8 @@ impl<T> Buckets<T> {
     }
 
     fn oldest_live(&self, oldest: i64) -> Option<i64> {
-        self.0.iter().map(|(i, _)| *i).find(|i| *i >= oldest)
+        let start = self.0.partition_point(|(i, _)| *i < oldest);
+        self.0.get(start).map(|(i, _)| *i)
     }
 }
 
@@ -95,7 +109,7 @@ pub enum AggState {
     Max(Buckets<f64>),
     Avg(Buckets<(f64, u64)>),
     Distinct(Buckets<BTreeSet<Scalar>>),
-    Top(Buckets<BTreeMap<Scalar, u64>>),
+    Top(TopState),
     /// (event time, value of the property on that event; Null when it lacked it)
     First(Option<(Millis, Scalar)>),
     Last(Option<(Millis, Scalar)>),
@@ -112,7 +126,7 @@ impl AggState {
             AggKind::Max => AggState::Max(Buckets::default()),
             AggKind::Avg => AggState::Avg(Buckets::default()),
             AggKind::Distinct => AggState::Distinct(Buckets::default()),
-            AggKind::Top => AggState::Top(Buckets::default()),
+            AggKind::Top => AggState::Top(TopState::default()),
             AggKind::First => AggState::First(None),
             AggKind::Last => AggState::Last(None),
             AggKind::FirstTime => AggState::FirstTime(None),
@@ -209,12 +223,9 @@ impl AggState {
                     b.slot(i).insert(v);
                 }
             }
-            AggState::Top(b) => {
-                b.prune(span.oldest);
+            AggState::Top(top) => {
                 let value = property.map(Scalar::from_json).filter(|s| !s.is_null());
-                if let (Some(i), Some(v)) = (bucket, value) {
-                    *b.slot(i).entry(v).or_insert(0) += 1;
-                }
+                top.add(span.oldest, bucket, value);
             }
             AggState::First(cur) => {
                 if cur.as_ref().is_none_or(|(t, _)| ts < *t) {
@@ -233,7 +244,12 @@ impl AggState {
 
     /// The aggregate's value at engine time `now`.
     pub fn value(&self, agg: &Aggregate, zone: &Zone, now: Millis) -> Value {
-        let oldest = Span::new(agg, zone, now).oldest;
+        self.value_at(agg, &BucketsAt::new(zone, now))
+    }
+
+    /// The aggregate's value at the instant whose buckets are `at`.
+    pub fn value_at(&self, agg: &Aggregate, at: &BucketsAt) -> Value {
+        let oldest = agg.window.map_or(i64::MIN, |w| at.oldest(w));
         match self {
             AggState::Count(b) => Value::Num(b.live(oldest).sum::<u64>() as f64),
             AggState::Sum(b) => Value::Num(b.live(oldest).sum::<f64>()),
@@ -271,7 +287,7 @@ impl AggState {
                     }
                 }
             }
-            AggState::Top(b) => top_value(b.live(oldest), agg.k),
+            AggState::Top(top) => top.value(oldest, agg.k),
             AggState::First(cur) | AggState::Last(cur) => {
                 cur.as_ref().map_or(Value::Null, |(_, v)| v.to_value())
             }
@@ -284,48 +300,140 @@ impl AggState {
     /// The instant (> now) at which the oldest non-empty bucket leaves the window, if any.
     pub fn next_drop(&self, agg: &Aggregate, zone: &Zone, now: Millis) -> Option<Millis> {
         let window = agg.window?;
-        let oldest = window.oldest_bucket(zone, now);
-        let first = match self {
+        let first = self.oldest_live_bucket(window.oldest_bucket(zone, now))?;
+        Some(window.drop_instant(zone, first)).filter(|t| *t > now)
+    }
+
+    /// The index of the oldest non-empty bucket at or after `oldest` (windowed kinds only).
+    pub fn oldest_live_bucket(&self, oldest: i64) -> Option<i64> {
+        match self {
             AggState::Count(b) => b.oldest_live(oldest),
             AggState::Sum(b) | AggState::Min(b) | AggState::Max(b) => b.oldest_live(oldest),
             AggState::Avg(b) => b.oldest_live(oldest),
             AggState::Distinct(b) => b.oldest_live(oldest),
-            AggState::Top(b) => b.oldest_live(oldest),
+            AggState::Top(top) => top.buckets.oldest_live(oldest),
             _ => None,
-        }?;
-        Some(window.drop_instant(zone, first)).filter(|t| *t > now)
+        }
     }
 }
 
-fn top_value<'a>(buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>, k: usize) -> Value {
-    // Gathered into one vector and sorted once: cheaper than merging into a fresh map, which
-    // allocates a node per value on every evaluation.
-    let mut all: Vec<(&Scalar, u64)> = buckets
-        .flat_map(|b| b.iter().map(|(v, n)| (v, *n)))
-        .collect();
-    if all.is_empty() {
-        return Value::Null;
+/// A `top` accumulator: counts per value and bucket, plus the counts merged over the buckets
+/// the window held at the last evaluation. An event adds to both; the merge is redone only when
+/// the window has moved (a new bucket index for its oldest bucket), not on every evaluation.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopState {
+    pub buckets: Buckets<BTreeMap<Scalar, u64>>,
+    /// (oldest live bucket, merged counts over the buckets from it on), for the two window
+    /// positions evaluated last (today's, and the next day's a timer search looks at); never
+    /// stored.
+    #[serde(skip)]
+    totals: std::cell::RefCell<[Option<(i64, Vec<(Scalar, u64)>)>; 2]>,
+}
+
+impl PartialEq for TopState {
+    fn eq(&self, other: &Self) -> bool {
+        self.buckets == other.buckets
     }
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    let mut merged: Vec<(&Scalar, u64)> = Vec::with_capacity(all.len());
-    for (v, n) in all {
-        match merged.last_mut() {
-            Some(last) if last.0.cmp(v).is_eq() => last.1 += n,
-            _ => merged.push((v, n)),
+}
+
+impl TopState {
+    fn value(&self, oldest: i64, k: usize) -> Value {
+        let mut totals = self.totals.borrow_mut();
+        let slot = match totals
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|(o, _)| *o == oldest))
+        {
+            Some(i) => i,
+            None => {
+                // Replace the entry for the older window position (or an empty one).
+                let i = match (&totals[0], &totals[1]) {
+                    (None, _) => 0,
+                    (_, None) => 1,
+                    (Some((a, _)), Some((b, _))) => usize::from(b < a),
+                };
+                totals[i] = Some((oldest, merge_counts(self.buckets.live(oldest))));
+                i
+            }
+        };
+        let counts = totals[slot].as_ref().map_or(&[][..], |(_, c)| c.as_slice());
+        top_of(counts.iter().map(|(v, n)| (v, *n)).collect(), k)
+    }
+
+    /// Adds `n` to `value` in bucket `bucket` (already pruned to `oldest`).
+    fn add(&mut self, oldest: i64, bucket: Option<i64>, value: Option<Scalar>) {
+        self.buckets.prune(oldest);
+        for entry in self.totals.get_mut().iter_mut() {
+            // Positions older than the window's are never evaluated again (time moves on).
+            if entry.as_ref().is_some_and(|(o, _)| *o < oldest) {
+                *entry = None;
+            }
+        }
+        let (Some(i), Some(v)) = (bucket, value) else {
+            return;
+        };
+        for (o, counts) in self.totals.get_mut().iter_mut().flatten() {
+            if i >= *o {
+                match counts.iter_mut().find(|(x, _)| *x == v) {
+                    Some(entry) => entry.1 += 1,
+                    None => counts.push((v.clone(), 1)),
+                }
+            }
+        }
+        *self.buckets.slot(i).entry(v).or_insert(0) += 1;
+    }
+}
+
+/// Counts per value over several buckets. Marketing properties (categories, channels) have
+/// few distinct values: merging by linear search beats sorting every (bucket, value) pair; past
+/// `LINEAR_LIMIT` distinct values the merge sorts instead.
+fn merge_counts<'a>(
+    buckets: impl Iterator<Item = &'a BTreeMap<Scalar, u64>>,
+) -> Vec<(Scalar, u64)> {
+    const LINEAR_LIMIT: usize = 24;
+    let mut merged: Vec<(&Scalar, u64)> = Vec::new();
+    let mut spill: Vec<(&Scalar, u64)> = Vec::new();
+    for bucket in buckets {
+        for (v, n) in bucket {
+            if !spill.is_empty() {
+                spill.push((v, *n));
+            } else if let Some(entry) = merged.iter_mut().find(|e| e.0 == v) {
+                entry.1 += n;
+            } else if merged.len() < LINEAR_LIMIT {
+                merged.push((v, *n));
+            } else {
+                spill.append(&mut merged);
+                spill.push((v, *n));
+            }
         }
     }
+    if !spill.is_empty() {
+        spill.sort_by(|a, b| a.0.cmp(b.0));
+        for (v, n) in spill {
+            match merged.last_mut() {
+                Some(last) if last.0.cmp(v).is_eq() => last.1 += n,
+                _ => merged.push((v, n)),
+            }
+        }
+    }
+    merged.into_iter().map(|(v, n)| (v.clone(), n)).collect()
+}
+
+/// The most frequent value (ties: the value that sorts first), or with `k > 1` the list of
+/// up to k values by count descending then value order; NULL when there is none.
+fn top_of(mut merged: Vec<(&Scalar, u64)>, k: usize) -> Value {
+    if merged.is_empty() {
+        return Value::Null;
+    }
     if k <= 1 {
-        // The highest count; on a tie, the value that sorts first.
         let mut best = merged[0];
         for entry in &merged[1..] {
-            if entry.1 > best.1 {
+            if entry.1 > best.1 || (entry.1 == best.1 && entry.0 < best.0) {
                 best = *entry;
             }
         }
         return best.0.to_value();
     }
-    // Count descending, then value order ascending — a stable sort keeps the value order.
-    merged.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+    merged.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     Value::List(Arc::new(
         merged.iter().take(k).map(|(v, _)| v.to_value()).collect(),
     ))

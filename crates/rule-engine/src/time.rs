@@ -259,6 +259,39 @@ pub enum Unit {
     Day,
 }
 
+/// The bucket index of one instant in every unit, from a single zone-offset lookup: what
+/// evaluating every windowed aggregate at that instant needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketsAt {
+    pub day: i64,
+    pub hour: i64,
+    pub minute: i64,
+}
+
+impl BucketsAt {
+    pub fn new(zone: &Zone, t: Millis) -> BucketsAt {
+        let offset = zone.offset_ms(t);
+        BucketsAt {
+            day: (t + offset).div_euclid(DAY_MS),
+            hour: (t + offset.rem_euclid(HOUR_MS)).div_euclid(HOUR_MS),
+            minute: (t + offset.rem_euclid(MINUTE_MS)).div_euclid(MINUTE_MS),
+        }
+    }
+
+    pub fn of(&self, unit: Unit) -> i64 {
+        match unit {
+            Unit::Day => self.day,
+            Unit::Hour => self.hour,
+            Unit::Minute => self.minute,
+        }
+    }
+
+    /// The oldest bucket `window` holds at this instant.
+    pub fn oldest(&self, window: Window) -> i64 {
+        self.of(window.unit) - window.buckets + 1
+    }
+}
+
 /// `window = "30d"`: the N buckets ending with the one that holds `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window {

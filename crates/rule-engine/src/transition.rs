@@ -63,6 +63,36 @@ impl Transition {
         hex::encode(&h.finalize()[..16])
     }
 
+    /// The sink's JSON text, written directly (the same object as [`Transition::to_json`],
+    /// keys in the same order) without building a JSON tree first.
+    pub fn to_json_string(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(256);
+        let quoted = |s: &str| serde_json::to_string(s).unwrap_or_default();
+        // Writing into a String cannot fail.
+        let _ = write!(
+            out,
+            r#"{{"event_id":"{}","type":"{}","segment":{},"user_id":{},"seq":{},"ts":{},"cause":"{}","tags":{{"#,
+            self.event_id(),
+            self.kind(),
+            quoted(&self.segment),
+            quoted(&self.user_id),
+            self.seq,
+            self.ts,
+            self.cause.as_str(),
+        );
+        for (i, (name, value)) in self.tags.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&quoted(name));
+            out.push(':');
+            out.push_str(&value.to_json().to_string());
+        }
+        out.push_str("}}");
+        out
+    }
+
     pub fn to_json(&self) -> Json {
         let tags: Map<String, Json> = self
             .tags
@@ -105,6 +135,16 @@ mod tests {
         };
         assert_ne!(t.event_id(), other.event_id());
         let j = t.to_json();
+        assert_eq!(j.to_string(), t.to_json_string());
+        let tagged = Transition {
+            tags: vec![
+                ("a \"quoted\" tag".into(), Value::str("x\ny")),
+                ("n".into(), Value::Num(2.5)),
+                ("none".into(), Value::Null),
+            ],
+            ..t.clone()
+        };
+        assert_eq!(tagged.to_json().to_string(), tagged.to_json_string());
         assert_eq!(j["type"], "segment_enter");
         assert_eq!(j["cause"], "event");
     }

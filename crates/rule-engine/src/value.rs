@@ -120,7 +120,9 @@ pub enum Scalar {
     Null,
     Bool(bool),
     Num(f64),
-    Str(String),
+    /// Shared, so that evaluating a stored string (a `top`, `profile`, `first`/`last` value)
+    /// is a reference-count increment, not a copy.
+    Str(Arc<str>),
     /// Compact JSON text of an array or object.
     Composite(String),
 }
@@ -133,7 +135,7 @@ impl Scalar {
             Json::Number(n) => n.as_f64().map_or(Scalar::Null, |f| {
                 Scalar::Num(if f == 0.0 { 0.0 } else { f })
             }),
-            Json::String(s) => Scalar::Str(s.clone()),
+            Json::String(s) => Scalar::Str(Arc::from(s.as_str())),
             other => Scalar::Composite(compact(other)),
         }
     }
@@ -147,7 +149,7 @@ impl Scalar {
             Scalar::Null => Value::Null,
             Scalar::Bool(b) => Value::Bool(*b),
             Scalar::Num(n) => Value::Num(*n),
-            Scalar::Str(s) => Value::str(s),
+            Scalar::Str(s) => Value::Str(s.clone()),
             Scalar::Composite(text) => {
                 serde_json::from_str(text).map_or(Value::Null, |j: Json| Value::Json(Arc::new(j)))
             }
@@ -184,9 +186,8 @@ impl Ord for Scalar {
         match (self, other) {
             (Scalar::Bool(a), Scalar::Bool(b)) => a.cmp(b),
             (Scalar::Num(a), Scalar::Num(b)) => a.total_cmp(b),
-            (Scalar::Str(a), Scalar::Str(b)) | (Scalar::Composite(a), Scalar::Composite(b)) => {
-                a.cmp(b)
-            }
+            (Scalar::Str(a), Scalar::Str(b)) => a.cmp(b),
+            (Scalar::Composite(a), Scalar::Composite(b)) => a.cmp(b),
             _ => self.rank().cmp(&other.rank()),
         }
     }

@@ -89,6 +89,9 @@ enum Command {
         /// epoch milliseconds or RFC 3339, e.g. `--advance-to 2025-01-01T00:00:00Z`.
         #[arg(long, value_name = "INSTANT")]
         advance_to: Option<String>,
+        /// Events per committed batch (more: fewer state writes, more memory), e.g. `--batch-size 16384`.
+        #[arg(long, value_name = "N", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: u32,
     },
     /// Print the state of every user (NDJSON, sorted by user id).
     Dump {
@@ -263,6 +266,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             format,
             dlq,
             advance_to,
+            batch_size,
         } => {
             let format = Format::from(format);
             let advance_to = advance_to.as_deref().map(parse_instant).transpose()?;
@@ -274,7 +278,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 format,
                 dlq,
                 advance_to,
-                batch_size: 16_384,
+                batch_size: batch_size as usize,
             };
             let summary = replay(&opts)?;
             let r = &summary.report;

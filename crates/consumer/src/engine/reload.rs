@@ -436,6 +436,7 @@ impl Engine {
                 (partition, user),
                 Slot {
                     state: Some(carried.next),
+                    id: None,
                     stored_timer: carried.stored_timer,
                     stored_members: carried.was,
                     existed: true,

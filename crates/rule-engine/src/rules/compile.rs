@@ -1432,13 +1432,23 @@ impl<'s> Compiler<'s> {
         let moving_nodes = (0..nodes.len())
             .filter(|&i| reach[i] && !nodes[i].shape.is_const())
             .collect();
-        let windowed_for_segments = (0..nodes.len())
+        let windowed_for_segments: Vec<usize> = (0..nodes.len())
             .filter(|&i| reach[i])
             .filter_map(|i| match nodes[i].kind {
                 NodeKind::Aggregate(a) if aggregates[a].window.is_some() => Some(a),
                 _ => None,
             })
             .collect();
+        let node_deps: Vec<Vec<NodeId>> = nodes.iter().map(|n| node_refs(&n.kind)).collect();
+        let reads_now: Vec<bool> = nodes.iter().map(|n| kind_reads_now(&n.kind)).collect();
+        let mut window_units: Vec<Unit> = Vec::new();
+        for &slot in &windowed_for_segments {
+            if let Some(w) = aggregates[slot].window {
+                if !window_units.contains(&w.unit) {
+                    window_units.push(w.unit);
+                }
+            }
+        }
         let sources = time_sources(&nodes);
         let probes = std::mem::take(&mut self.probes)
             .into_iter()
@@ -1524,6 +1534,9 @@ impl<'s> Compiler<'s> {
             probes,
             moving_nodes,
             needed: reach,
+            node_deps,
+            reads_now,
+            window_units,
             windowed_for_segments,
             fingerprint,
         })
@@ -1702,6 +1715,23 @@ fn time_sources(nodes: &[Node]) -> Vec<TimeSource> {
     out
 }
 
+/// Whether a node's own definition reads engine time: `now()`, or `days_since`, which counts
+/// days up to it.
+fn kind_reads_now(kind: &NodeKind) -> bool {
+    fn reads(e: &CExpr) -> bool {
+        let mut found = matches!(e, CExpr::Now | CExpr::Call(Func::DaysSince, _));
+        e.for_each_child(&mut |c| found |= reads(c));
+        found
+    }
+    match kind {
+        NodeKind::Expr(e) | NodeKind::Segment(e) | NodeKind::Tier { of: e, .. } => reads(e),
+        NodeKind::Case { cases, otherwise } => {
+            reads(otherwise) || cases.iter().any(|(w, v)| reads(w) || reads(v))
+        }
+        NodeKind::Nearest { .. } | NodeKind::Aggregate(_) | NodeKind::Profile(_) => false,
+    }
+}
+
 fn node_refs(kind: &NodeKind) -> Vec<NodeId> {
     let mut out = Vec::new();
     match kind {
@@ -1750,9 +1780,39 @@ fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -> ProbeInfo
         TimeSource::Days(arg) => Some(arg),
         _ => None,
     };
+    let linear = match &probe {
+        Probe::Compare(pairs) if moving.is_empty() => match pairs.as_slice() {
+            [(a, b)] => match (now_coefficient(a, nodes), now_coefficient(b, nodes)) {
+                (Some(ka), Some(kb)) if ka != kb => Some(ka - kb),
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    };
     ProbeInfo {
         probe,
         moving,
         day_steps,
+        linear,
+    }
+}
+
+/// The coefficient of `now()` in `e` when `e` is a sum of `now()`, constants and references to
+/// nodes that do not move with time (so its value at `t` is exactly `value(now) + k·(t - now)`);
+/// None for any other shape.
+fn now_coefficient(e: &CExpr, nodes: &[Node]) -> Option<i64> {
+    match e {
+        CExpr::Now => Some(1),
+        CExpr::Const(_) => Some(0),
+        CExpr::Ref(id) => nodes.get(*id).filter(|n| n.shape.is_const()).map(|_| 0),
+        CExpr::Neg(x) => now_coefficient(x, nodes).map(|k| -k),
+        CExpr::Arith(ArithOp::Add, x, y) => {
+            Some(now_coefficient(x, nodes)? + now_coefficient(y, nodes)?)
+        }
+        CExpr::Arith(ArithOp::Sub, x, y) => {
+            Some(now_coefficient(x, nodes)? - now_coefficient(y, nodes)?)
+        }
+        _ => None,
     }
 }

@@ -48,6 +48,13 @@ pub struct RuleSet {
     pub needed: Vec<bool>,
     /// Windowed aggregates reachable from segments (their bucket drops are timer candidates).
     pub windowed_for_segments: Vec<usize>,
+    /// The bucket units of those aggregates' windows (each once).
+    pub window_units: Vec<Unit>,
+    /// Per node, the nodes its own definition reads (what a change must propagate along).
+    pub node_deps: Vec<Vec<NodeId>>,
+    /// Per node, whether its own definition reads `now()` (directly, not through another node):
+    /// such a node is re-evaluated at every instant.
+    pub reads_now: Vec<bool>,
     /// Hash of the rules source, stored with state so a state dir is not read with other rules.
     pub fingerprint: String,
 }
@@ -163,6 +170,10 @@ pub struct ProbeInfo {
     /// When all of the probe's time dependence goes through `days_since(x)` of a single `x`,
     /// that `x`: the outcome can then only change at instants `x + k days`.
     pub day_steps: Option<CExpr>,
+    /// For a single comparison `a <op> b` whose sides are sums of `now()`, constants and
+    /// time-independent tags (`last_seen > now() - 7d`): the coefficient of `now()` in `a - b`.
+    /// Its outcome then changes at an instant computed in closed form, with no search.
+    pub linear: Option<i64>,
 }
 
 /// A decision point whose outcome can change with time alone. Its signature at an instant is

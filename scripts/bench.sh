@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# `make bench`: replay throughput as ratios against a parse-only floor measured in the same run.
+#
+#   scripts/bench.sh                      1M events over 50k users (BENCH_EVENTS, BENCH_USERS)
+#   BENCH_RULES="bench15 minimal" scripts/bench.sh
+#
+# For each rules file in config/rules (default: bench15, ecommerce, minimal) it alternates, for
+# BENCH_ROUNDS rounds (default 3), the parse floor (examples/parse_floor.rs: serde_json into a
+# typed struct, nothing else) and `tagstream replay` of the same file into a fresh state
+# directory, and reports the best round of each as events/s and the ratio replay / floor.
+# Single core: replay and the floor each run on one thread.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tagstream-target}"
+EVENTS="${BENCH_EVENTS:-1000000}"
+USERS="${BENCH_USERS:-50000}"
+ROUNDS="${BENCH_ROUNDS:-3}"
+RULES="${BENCH_RULES:-bench15 ecommerce minimal}"
+WORK="${BENCH_DIR:-$PWD/target/bench}"
+
+cargo build -q -p tagstream --bin tagstream --example parse_floor
+BIN="$CARGO_TARGET_DIR/debug/tagstream"
+FLOOR="$CARGO_TARGET_DIR/debug/examples/parse_floor"
+mkdir -p "$WORK"
+INPUT="$WORK/events-$USERS-$EVENTS.ndjson"
+if [ ! -s "$INPUT" ]; then
+  echo "generating $EVENTS events over $USERS users into $INPUT" >&2
+  "$BIN" gen --users "$USERS" --events "$EVENTS" --seed 7 > "$INPUT.part"
+  mv "$INPUT.part" "$INPUT"
+fi
+
+seconds() { # seconds COMMAND...: wall seconds of one run (stdout discarded)
+  local start end
+  start=$(date +%s.%N)
+  "$@" > /dev/null
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+best() { printf '%s\n' "$@" | sort -g | head -1; }
+rate() { echo "$EVENTS / $1" | bc -l | xargs printf '%.0f'; }
+
+printf '%-12s %14s %14s %8s\n' "rules" "replay ev/s" "floor ev/s" "ratio"
+for rules in $RULES; do
+  floor_runs=() replay_runs=()
+  for _ in $(seq "$ROUNDS"); do
+    floor_runs+=("$(seconds "$FLOOR" "$INPUT")")
+    rm -rf "$WORK/state"
+    replay_runs+=("$(seconds "$BIN" replay --rules "config/rules/$rules.toml" --input "$INPUT" \
+      --state-dir "$WORK/state" --out /dev/null --dlq /dev/null)")
+  done
+  f=$(best "${floor_runs[@]}")
+  r=$(best "${replay_runs[@]}")
+  printf '%-12s %14s %14s %8.3f\n' "$rules" "$(rate "$r")" "$(rate "$f")" "$(echo "$f / $r" | bc -l)"
+done
