@@ -37,6 +37,7 @@ quickstart: build
 	@$(BIN) dump --state-dir $(QS)/state | python3 -c 'import sys,json,collections; c=collections.Counter(s for l in sys.stdin for s in json.loads(l)["segments"]); [print(f"{k:24} {v}") for k,v in sorted(c.items())]'
 
 test: test-deps
+	./scripts/test-deps.sh
 	cargo test --workspace
 	python3 -m unittest discover -s tests/oracle
 	python3 -m unittest discover -s tests/sdk
