@@ -690,6 +690,16 @@ impl<'e> Run<'e> {
                 .transitions_by_segment
                 .entry((t.segment.to_string(), t.kind()))
                 .or_insert(0) += 1;
+            // `emit = false`: membership (and its seq) changes like any segment's, but campaigns
+            // never see it. A segment the rules no longer have (a reload's exits) is emitted.
+            let quiet = self
+                .engine
+                .rules
+                .segment_by_name(&t.segment)
+                .is_some_and(|s| !s.emit);
+            if quiet {
+                continue;
+            }
             let ingested = if i >= caused_from { ingested_ms } else { 0 };
             self.emitted_ts.push(t.ts);
             self.outbox.push(OutboxEntry::Transition {

@@ -290,3 +290,72 @@ fn reload_on_open_carries_rocksdb_state_over() {
         rules_b()
     );
 }
+
+/// `emit = false`: the segment's membership is computed (other rules and the dump see it, its
+/// seq counts) but its transitions never reach the outbox; switching it on by a reload emits no
+/// historical enters, and from then on its changes are delivered with the seq they continue.
+#[test]
+fn quiet_segments_stay_off_the_sink_and_switching_them_on_replays_nothing() {
+    let quiet = r#"
+[[tag]]
+name = "spend"
+kind = "sum"
+event = "purchase"
+property = "amount"
+window = "2d"
+[[segment]]
+name = "spender"
+emit = false
+when = "spend >= 100"
+[[segment]]
+name = "big_spender"
+when = "spender AND spend >= 300"
+"#;
+    let store: Arc<dyn StateStore> = Arc::new(MemStore::new());
+    let mut engine = open(store.clone(), quiet, false);
+    let lines = events(400);
+    let (first, second) = lines.split_at(200);
+    feed(&mut engine, first);
+    let members = dump(&engine, &[])
+        .values()
+        .filter(|l| {
+            l["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == "spender")
+        })
+        .count();
+    assert!(
+        members > 0,
+        "the scenario must put users in the quiet segment"
+    );
+    let sent = transitions(&engine);
+    assert!(sent.keys().all(|(_, seg)| seg == "big_spender"), "{sent:?}");
+    assert!(
+        !sent.is_empty(),
+        "the segment reading the quiet one is delivered"
+    );
+    // Delivered: only what comes next is looked at.
+    engine.acknowledge(engine.outbox_next_seq() - 1).unwrap();
+
+    // Switch it on: the same definition, now emitted.
+    let loud = quiet.replace("emit = false\n", "");
+    let rules = Arc::new(RuleSet::compile(&loud, "rules").unwrap());
+    engine.reload(rules, &loud).unwrap();
+    assert!(
+        transitions(&engine).keys().all(|(_, seg)| seg != "spender"),
+        "switching a segment on must not replay its members' enters"
+    );
+    feed(&mut engine, second);
+    let after = transitions(&engine);
+    let spender: Vec<&History> = after
+        .iter()
+        .filter(|((_, seg), _)| seg == "spender")
+        .map(|(_, h)| h)
+        .collect();
+    assert!(
+        !spender.is_empty(),
+        "changes after switching on are delivered"
+    );
+}

@@ -214,3 +214,25 @@ fn a_running_service_exports_what_the_page_says() {
         0.0
     );
 }
+
+/// The README is the door: every page under docs/ is linked from it.
+#[test]
+fn every_docs_page_is_linked_from_the_readme() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut pages: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .collect();
+    pages.sort();
+    assert!(pages.len() >= 8, "docs/ pages: {pages:?}");
+    let unlinked: Vec<&String> = pages
+        .iter()
+        .filter(|page| !readme.contains(&format!("](docs/{page})")))
+        .collect();
+    assert!(
+        unlinked.is_empty(),
+        "docs pages the README does not link: {unlinked:?}"
+    );
+}
