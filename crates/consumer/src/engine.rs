@@ -25,9 +25,11 @@ use crate::error::{ConsumerError, Result};
 use crate::metrics::Metrics;
 use crate::outbox::{self, DeadLetter, Origin, OutboxEntry};
 
+mod history;
 mod query;
 mod reload;
 
+pub use history::{sum_step_series, RETENTION_MS as HISTORY_RETENTION_MS};
 pub use query::{Page, SegmentSummary};
 pub use reload::{ReloadReport, WarmingEntry};
 
@@ -153,6 +155,8 @@ pub struct Engine {
     /// Per partition, no timer key below this instant is left: scans start here instead of
     /// walking the tombstones of every timer already fired.
     timer_floor: BTreeMap<u32, Millis>,
+    /// Segment size samples (`GET /v1/segments/{name}/history`).
+    history: history::Sampler,
     /// Committed user states kept decoded between batches (hot users are read once, not per
     /// batch). Always equal to what the store holds; bounded by [`CACHED_USERS`].
     cache: FxHashMap<(u32, Arc<str>), (UserState, u32)>,
@@ -254,6 +258,7 @@ impl Engine {
             outbox_seq,
             wall_clock: system_millis,
             timer_floor: BTreeMap::new(),
+            history: history::Sampler::default(),
             cache: FxHashMap::default(),
             warming,
             metrics: None,
@@ -849,6 +854,15 @@ impl<'e> Run<'e> {
         for key in &self.orphan_timers {
             batch.delete(Cf::Timers, key.clone());
         }
+        let segment_names: Vec<&str> = rules.segments.iter().map(|s| &*s.name).collect();
+        let bitmaps = &self.engine.bitmaps;
+        let sampled = self.engine.history.stage(
+            &self.clocks,
+            self.clock_changed.iter().copied(),
+            &segment_names,
+            |segment, p| bitmaps.len_where(segment, |q| q == p),
+            &mut batch,
+        );
         self.engine.bitmaps.flush_dirty(&mut batch);
         for entry in &self.outbox {
             batch.put(
@@ -891,6 +905,7 @@ impl<'e> Run<'e> {
             }
         }
         self.engine.ids.committed();
+        self.engine.history.adopt(sampled);
         for (p, floor) in std::mem::take(&mut self.floors) {
             if self.scanned.contains(&p) {
                 self.engine.timer_floor.insert(p, floor);

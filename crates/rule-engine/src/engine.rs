@@ -708,8 +708,10 @@ pub fn apply(
     // Values before the event (at the last instant they were computed, within this batch):
     // only what the event or the passing of time can have changed is evaluated again.
     let before = state.pending.take();
-    let mut touched = Touched::default();
-    touched.profile = matches!(event.body, EventBody::Profile { .. });
+    let mut touched = Touched {
+        profile: matches!(event.body, EventBody::Profile { .. }),
+        ..Touched::default()
+    };
     match &event.body {
         EventBody::Track { name, properties } => {
             let view = EventView { name, properties };

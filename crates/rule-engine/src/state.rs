@@ -317,6 +317,9 @@ impl AggState {
     }
 }
 
+/// Counts per value merged over the buckets from an oldest bucket index on: (that index, counts).
+type MergedCounts = (i64, Vec<(Scalar, u64)>);
+
 /// A `top` accumulator: counts per value and bucket, plus the counts merged over the buckets
 /// the window held at the last evaluation. An event adds to both; the merge is redone only when
 /// the window has moved (a new bucket index for its oldest bucket), not on every evaluation.
@@ -327,7 +330,7 @@ pub struct TopState {
     /// positions evaluated last (today's, and the next day's a timer search looks at); never
     /// stored.
     #[serde(skip)]
-    totals: std::cell::RefCell<[Option<(i64, Vec<(Scalar, u64)>)>; 2]>,
+    totals: std::cell::RefCell<[Option<MergedCounts>; 2]>,
 }
 
 impl PartialEq for TopState {

@@ -338,6 +338,81 @@ fn page_json(
     Ok(out)
 }
 
+/// An instant query parameter: epoch milliseconds or RFC 3339.
+fn instant_param(query: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    let Some(text) = query.get(name).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(Some(ms));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| Some(t.timestamp_millis()))
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("{name}={text:?} is neither epoch milliseconds nor an RFC 3339 time"),
+            )
+        })
+}
+
+/// `GET /v1/segments/{name}/history?since=&until=`: the segment's size sampled once a minute of
+/// engine time (30 days kept); with peers, summed over every pod.
+pub async fn segment_history(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let since = instant_param(&query, "since")?.unwrap_or(i64::MIN);
+    let until = instant_param(&query, "until")?.unwrap_or(i64::MAX);
+    if since > until {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("since ({since}) is after until ({until})"),
+        ));
+    }
+    let points_json = |points: Vec<(i64, u64)>| {
+        let points: Vec<Value> = points
+            .into_iter()
+            .map(|(ts, size)| json!({ "ts": ts, "size": size }))
+            .collect();
+        Json(json!({ "points": points }))
+    };
+    if let Some(peers) = fan_out_peers(&state, &headers) {
+        let path = format!(
+            "/v1/segments/{}/history?since={since}&until={until}",
+            encode_component(&name)
+        );
+        return blocking(move || {
+            let answers = peers.fan_out(&state, "GET", &path, None)?;
+            peers::all_ok(&answers)?;
+            let series: Vec<Vec<(i64, u64)>> = answers
+                .iter()
+                .map(|a| {
+                    a.body["points"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|p| Some((p["ts"].as_i64()?, p["size"].as_u64()?)))
+                        .collect()
+                })
+                .collect();
+            Ok(points_json(tagstream_consumer::engine::sum_step_series(
+                &series,
+            )))
+        })
+        .await;
+    }
+    with_engine(&state, move |engine| {
+        if engine.rules().segment_by_name(&name).is_none() {
+            return Err(unknown_segment(&name, &engine.segment_names()));
+        }
+        Ok(points_json(engine.segment_history(&name, since, until)?))
+    })
+    .await
+}
+
 pub async fn segment_members(
     State(state): State<ApiState>,
     headers: HeaderMap,
