@@ -8,10 +8,10 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{bin, fetch_metrics, metric_sum};
+use common::{bin, fetch_metrics, metric_sum, spawn_run};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{json, Value};
@@ -40,19 +40,7 @@ impl Service {
                 .unwrap()
                 .as_nanos()
         ));
-        let child = Command::new(bin())
-            .args([
-                "run",
-                "--config",
-                dir.join("tagstream.toml").to_str().unwrap(),
-            ])
-            .env("TAGSTREAM_LOG", "info")
-            .env_remove("TAGSTREAM_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_run(&dir.join("tagstream.toml"), &log);
         let mut service = Service {
             child: Some(child),
             log,

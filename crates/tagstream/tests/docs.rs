@@ -6,10 +6,9 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, fetch_metrics};
+use common::{fetch_metrics, spawn_run};
 use tagstream_consumer::metrics::Metrics;
 
 /// (family name → (type, labels)) from the tables of docs/metrics.md.
@@ -81,19 +80,7 @@ fn a_running_service_exports_what_the_page_says() {
     )
     .unwrap();
     let log = d.join("log.txt");
-    let mut child = Command::new(bin())
-        .args([
-            "run",
-            "--config",
-            d.join("tagstream.toml").to_str().unwrap(),
-        ])
-        .env("TAGSTREAM_LOG", "info")
-        .env_remove("TAGSTREAM_API_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_run(&d.join("tagstream.toml"), &log);
     let deadline = Instant::now() + Duration::from_secs(120);
     let base = loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -11,10 +11,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::{bin, dump, metric_sum, partition_of, tail, user_of};
+use common::{bin, dump, metric_sum, partition_of, spawn_run, tail, user_of};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
@@ -339,19 +339,7 @@ peers = [{}]
         )
         .unwrap();
         let log = root.join("run.log");
-        let child = Command::new(bin())
-            .args([
-                "run",
-                "--config",
-                root.join("tagstream.toml").to_str().unwrap(),
-            ])
-            .env("TAGSTREAM_LOG", "info")
-            .env_remove("TAGSTREAM_API_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+        let child = spawn_run(&root.join("tagstream.toml"), &log);
         instances.push(Instance {
             child: Some(child),
             log,

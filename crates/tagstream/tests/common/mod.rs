@@ -87,3 +87,17 @@ pub fn metric_sum(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
         })
         .sum()
 }
+
+/// Starts `tagstream run --config <config>` with info logs written to `log`, no token from the
+/// environment (tests configure their own), and no stdin/stdout.
+pub fn spawn_run(config: &Path, log: &Path) -> std::process::Child {
+    std::process::Command::new(bin())
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("TAGSTREAM_LOG", "info")
+        .env_remove("TAGSTREAM_API_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap()
+}
