@@ -238,6 +238,10 @@ pub struct ApiConfig {
     /// deployment. Empty: each pod answers for its own partitions.
     #[serde(default, deserialize_with = "string_list")]
     pub peers: Vec<String>,
+    /// Serve `/v1` without a token on an address other machines can reach, on purpose (off:
+    /// such a configuration is refused at start).
+    #[serde(default)]
+    pub allow_anonymous: bool,
 }
 
 impl Default for ApiConfig {
@@ -246,7 +250,25 @@ impl Default for ApiConfig {
             listen: default_listen(),
             token_file: None,
             peers: Vec::new(),
+            allow_anonymous: false,
         }
+    }
+}
+
+impl ApiConfig {
+    /// SPEC §8 safety: profiles are personal data and `/v1` can erase users or replace the
+    /// rules, so an API other machines can reach needs a token, unless `allow_anonymous` says
+    /// otherwise on purpose.
+    pub fn check_exposure(&self, has_token: bool) -> Result<(), String> {
+        if has_token || self.allow_anonymous || self.listen.ip().is_loopback() {
+            return Ok(());
+        }
+        Err(format!(
+            "api.listen {} can be reached from other machines and no API token is configured: \
+             set api.token_file (or TAGSTREAM_API_TOKEN), listen on 127.0.0.1, or set \
+             api.allow_anonymous = true to serve /v1 without a token on purpose",
+            self.listen
+        ))
     }
 }
 

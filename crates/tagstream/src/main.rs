@@ -195,7 +195,11 @@ fn check_config(path: &str) -> Result<String, Failure> {
     let config = config::load(std::path::Path::new(path)).map_err(located_error)?;
     let rules_path = config.rules.to_string_lossy().into_owned();
     let rules = check_rules(&rules_path)?;
-    api::load_token(config.api.token_file.as_deref())
+    let token = api::load_token(config.api.token_file.as_deref())
+        .map_err(|e| user_error(format!("{path}: {e}")))?;
+    config
+        .api
+        .check_exposure(token.is_some())
         .map_err(|e| user_error(format!("{path}: {e}")))?;
     Ok(format!(
         "{path}: ok (rules {rules_path}: {} tags, {} segments)",

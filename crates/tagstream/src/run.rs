@@ -121,6 +121,12 @@ fn path_text(p: &Option<std::path::PathBuf>) -> String {
 }
 
 fn serve(config: &Config) -> Result<(), RunError> {
+    // Before anything is opened or created: an API others can reach needs a token.
+    let token = api::load_token(config.api.token_file.as_deref()).map_err(RunError::user)?;
+    config
+        .api
+        .check_exposure(token.is_some())
+        .map_err(RunError::user)?;
     let (rules, rules_source) = load_rules(&config.rules.to_string_lossy())?;
     let dir = &config.state.dir;
     std::fs::create_dir_all(dir)
@@ -143,7 +149,6 @@ fn serve(config: &Config) -> Result<(), RunError> {
         reload_on_open: true,
         ..EngineOptions::default()
     };
-    let token = api::load_token(config.api.token_file.as_deref()).map_err(RunError::user)?;
     let mut engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
     let metrics = Metrics::new();
     engine.set_metrics(metrics.clone());

@@ -810,6 +810,41 @@ fn delete_and_reload_through_the_api() {
             .0,
         400
     );
+    // Only files beside the configured rules file (SPEC §8 safety): not an absolute path, not
+    // `..`, not a link out of the directory, not a FIFO (which would stall the reader); the
+    // answer never shows what such a file holds.
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.toml"), "password = 'hunter2'\n").unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.toml"),
+        dir.path().join("link.toml"),
+    )
+    .unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let absolute = outside.path().join("secret.toml");
+    for path in [
+        absolute.to_str().unwrap(),
+        "../secret.toml",
+        "sub/../../secret.toml",
+        "link.toml",
+        "fifo.toml",
+        "",
+    ] {
+        for query in ["", "?dry_run=true"] {
+            let (status, body) = service.call(
+                "POST",
+                &format!("/v1/rules/reload{query}"),
+                Some(&json!({ "path": path }).to_string()),
+            );
+            assert_eq!(status, 400, "{path:?}: {body}");
+            assert!(!body.to_string().contains("hunter2"), "{body}");
+        }
+    }
 
     // A new segment over existing tags enters its members at once (cause `rules`); a new
     // windowed tag starts empty and says until when.

@@ -389,6 +389,44 @@ fn check_config_validates_the_configuration_and_its_rules_without_starting() {
         err.contains("TAGSTREAM_API_TOKEN") && err.contains("api.token_file"),
         "{err}"
     );
+    // An API other machines can reach, with no token: refused by `check` and by `run` (before
+    // anything is created), unless `api.allow_anonymous` says so on purpose.
+    let open = write(
+        dir.path(),
+        "open.toml",
+        "rules = \"rules.toml\"\n[source]\nkind = \"stdin\"\n[state]\ndir = \"open-state\"\n[api]\nlisten = \"0.0.0.0:0\"\n",
+    );
+    for command in ["check", "run"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+            .args([command, "--config", open.to_str().unwrap()])
+            .env_remove("TAGSTREAM_API_TOKEN")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("api.listen 0.0.0.0:0") && err.contains("api.allow_anonymous = true"),
+            "{command}: {err}"
+        );
+    }
+    assert!(!dir.path().join("open-state").exists());
+    let anonymous = write(
+        dir.path(),
+        "anonymous.toml",
+        "rules = \"rules.toml\"\n[source]\nkind = \"stdin\"\n[api]\nlisten = \"0.0.0.0:0\"\nallow_anonymous = true\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .args(["check", "--config", anonymous.to_str().unwrap()])
+        .env_remove("TAGSTREAM_API_TOKEN")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // `check` needs one of --rules and --config.
     assert_eq!(bin(&["check"]).status.code(), Some(1));
 }

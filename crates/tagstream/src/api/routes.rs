@@ -687,15 +687,76 @@ pub async fn audience_export(
     ))
 }
 
+/// Reads a rules file for a reload: a regular file (a FIFO or a device could stall or flood
+/// the reader) of at most [`super::MAX_BODY_BYTES`].
 fn read_rules_file(path: &std::path::Path) -> Result<(String, String), ApiError> {
+    use std::io::Read as _;
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("cannot read rules file {shown}: {e}; the rules in force are unchanged"),
         )
+    };
+    // Checked before opening: opening a FIFO for reading blocks until a writer comes.
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(ApiError::bad_request(format!(
+            "{shown} is not a regular file; the rules in force are unchanged"
+        )));
+    }
+    let file = std::fs::File::open(path).map_err(unreadable)?;
+    let mut bytes = Vec::new();
+    file.take(super::MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() > super::MAX_BODY_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "rules file {shown} is larger than {} bytes; the rules in force are unchanged",
+                super::MAX_BODY_BYTES
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("rules file {shown} is not UTF-8; the rules in force are unchanged"),
+        )
     })?;
     Ok((text, shown))
+}
+
+/// `{"path": ...}` of a reload: only a file inside the configured rules file's directory (SPEC
+/// §8 safety) — a relative path without `..`, that resolves (symbolic links followed) inside
+/// that directory. Anything else is 400.
+fn rules_file_in_dir(
+    rules_path: &std::path::Path,
+    path: &str,
+) -> Result<std::path::PathBuf, ApiError> {
+    use std::path::Component;
+    let dir = rules_path.parent().unwrap_or(std::path::Path::new("."));
+    let outside = || {
+        ApiError::bad_request(format!(
+            "path {path:?} is not a file in the rules file's directory; a reload reads only \
+             the configured rules file, a body, or a file beside it"
+        ))
+    };
+    let relative = std::path::Path::new(path);
+    if path.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(outside());
+    }
+    let candidate = dir.join(relative);
+    if let (Ok(real), Ok(real_dir)) = (candidate.canonicalize(), dir.canonicalize()) {
+        if !real.starts_with(&real_dir) {
+            return Err(outside());
+        }
+    }
+    Ok(candidate)
 }
 
 /// The new rules: the request body (TOML; or JSON `{"rules": "<toml>"}` or `{"path": "<file>"}`,
@@ -714,11 +775,7 @@ fn new_rules_source(state: &ApiState, body: &[u8]) -> Result<(String, String), A
             return Ok((rules.to_string(), "<request body>".into()));
         }
         if let Some(path) = v.get("path").and_then(Value::as_str) {
-            let dir = state
-                .rules_path
-                .parent()
-                .unwrap_or(std::path::Path::new("."));
-            return read_rules_file(&dir.join(path));
+            return read_rules_file(&rules_file_in_dir(&state.rules_path, path)?);
         }
         return Err(ApiError::bad_request(
             "a JSON body needs \"rules\" (the rules file's TOML text) or \"path\" (a rules file); or send no body to re-read the configured rules file",
@@ -749,7 +806,16 @@ pub async fn reload_rules(
 ) -> ApiResult {
     let dry_run = parse_dry_run(&query)?;
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let (source, path) = new_rules_source(&state, &body)?;
+    // File reads are blocking: off the async workers.
+    let reading = state.clone();
+    let (source, path) = tokio::task::spawn_blocking(move || new_rules_source(&reading, &body))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the rules failed: {e}"),
+            )
+        })??;
     let compile_source = source.clone();
     let compiled = tokio::task::spawn_blocking(move || RuleSet::compile(&compile_source, &path))
         .await

@@ -52,6 +52,7 @@ fn everything() -> Config {
             listen: default_listen(),
             token_file: Some(PathBuf::from("token")),
             peers: vec!["tagstream-headless:8080".into()],
+            allow_anonymous: true,
         },
     }
 }
