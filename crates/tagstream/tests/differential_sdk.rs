@@ -6,16 +6,11 @@
 //! equal the independent oracle's (tests/oracle/oracle.py, written from the spec alone) at the
 //! end of the stream and again after `--advance-to` 60 days later.
 
+mod common;
+use common::{compare_with_oracle, repo_root};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn data(name: &str) -> PathBuf {
     repo_root().join("crates/tagstream/tests/data").join(name)
@@ -73,29 +68,6 @@ fn stat(stats: &str, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("no number for {key} in {stats}"))
 }
 
-fn compare(dir: &Path, name: &str, expected: &[u8], actual: &[u8]) {
-    let (e, a) = (
-        dir.join(format!("{name}.expected.ndjson")),
-        dir.join(format!("{name}.actual.ndjson")),
-    );
-    std::fs::write(&e, expected).unwrap();
-    std::fs::write(&a, actual).unwrap();
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/oracle/compare.py"))
-        .arg(&e)
-        .arg(&a)
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{name}: engine differs from the oracle:\n{report}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(report.contains(" 0 differences"), "{report}");
-    assert!(!expected.is_empty(), "the comparison must cover users");
-}
-
 /// The dead-letter reasons of a `--dlq` file, counted.
 fn dead_letters(path: &Path) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
@@ -139,7 +111,7 @@ fn run(
     ]);
     let dump = tagstream(&["dump", "--state-dir", state_s, "--rules", rules_s]);
     let (expected, stats) = oracle(&rules, input, format, None);
-    compare(dir.path(), &format!("{format}-final"), &expected, &dump);
+    compare_with_oracle(dir.path(), &format!("{format}-final"), &expected, &dump);
     let final_dump = String::from_utf8(dump)
         .unwrap()
         .lines()
@@ -170,7 +142,7 @@ fn run(
     ]);
     let dump = tagstream(&["dump", "--state-dir", state_s]);
     let (expected, _) = oracle(&rules, input, format, Some(now));
-    compare(dir.path(), &format!("{format}-advanced"), &expected, &dump);
+    compare_with_oracle(dir.path(), &format!("{format}-advanced"), &expected, &dump);
     (final_dump, dead_letters(&dlq), stats)
 }
 

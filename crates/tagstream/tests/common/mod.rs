@@ -101,3 +101,36 @@ pub fn spawn_run(config: &Path, log: &Path) -> std::process::Child {
         .spawn()
         .unwrap()
 }
+
+/// The repository root (the oracle, example rules and docs live there).
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Compares a dump with the oracle's (`tests/oracle/compare.py`): zero differences, over at
+/// least one user. The files are kept in `dir` as `<name>.expected.ndjson` / `.actual.ndjson`.
+pub fn compare_with_oracle(dir: &Path, name: &str, expected: &[u8], actual: &[u8]) {
+    let (e, a) = (
+        dir.join(format!("{name}.expected.ndjson")),
+        dir.join(format!("{name}.actual.ndjson")),
+    );
+    std::fs::write(&e, expected).unwrap();
+    std::fs::write(&a, actual).unwrap();
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/oracle/compare.py"))
+        .arg(&e)
+        .arg(&a)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name}: engine differs from the oracle:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains(" 0 differences"), "{report}");
+    assert!(!expected.is_empty(), "the comparison must cover users");
+}
