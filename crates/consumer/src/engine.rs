@@ -125,6 +125,8 @@ const META_RULES: &[u8] = b"rules";
 const META_RULES_HASH: &[u8] = b"rules_hash";
 const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
 const META_CLOCK: &[u8] = b"clock/";
+/// Per partition, how many users its deletes have erased (see [`UserState::incarnation`]).
+const META_DELETES: &[u8] = b"deletes/";
 const META_WARMING: &[u8] = b"warming";
 
 fn user_key(partition: u32, user: &str) -> Vec<u8> {
@@ -137,10 +139,28 @@ fn timer_key(partition: u32, due: Millis, user: &str) -> Vec<u8> {
     prefixed(partition, &rest)
 }
 
-fn clock_key(partition: u32) -> Vec<u8> {
-    let mut k = META_CLOCK.to_vec();
+fn partition_meta_key(prefix: &[u8], partition: u32) -> Vec<u8> {
+    let mut k = prefix.to_vec();
     k.extend_from_slice(&u32_be(partition));
     k
+}
+
+/// Reads the per-partition values stored under `prefix` in [`Cf::Meta`].
+fn load_partition_meta<T>(
+    store: &dyn StateStore,
+    prefix: &[u8],
+    what: &str,
+    decode: impl Fn(&[u8]) -> Option<T>,
+) -> Result<BTreeMap<u32, T>> {
+    let mut out = BTreeMap::new();
+    let end = tagstream_state::keys::prefix_end(prefix);
+    for (k, v) in store.scan(Cf::Meta, prefix, end.as_deref(), usize::MAX)? {
+        let p = tagstream_state::keys::decode_u32_be(&k[prefix.len()..])
+            .ok_or_else(|| ConsumerError::Corrupt(format!("{what} key")))?;
+        let value = decode(&v).ok_or_else(|| ConsumerError::Corrupt(format!("{what} value")))?;
+        out.insert(p, value);
+    }
+    Ok(out)
 }
 
 pub struct Engine {
@@ -148,6 +168,8 @@ pub struct Engine {
     rules: Arc<RuleSet>,
     options: EngineOptions,
     clocks: BTreeMap<u32, Millis>,
+    /// Per partition, the users erased by deletes so far (stamps new incarnations).
+    deletes: BTreeMap<u32, u64>,
     ids: UserIds,
     bitmaps: SegmentBitmaps,
     outbox_seq: u64,
@@ -233,19 +255,13 @@ impl Engine {
                 .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
             None => 0,
         };
-        let mut clocks = BTreeMap::new();
-        for (k, v) in store.scan(
-            Cf::Meta,
-            META_CLOCK,
-            tagstream_state::keys::prefix_end(META_CLOCK).as_deref(),
-            usize::MAX,
-        )? {
-            let p = tagstream_state::keys::decode_u32_be(&k[META_CLOCK.len()..])
-                .ok_or_else(|| ConsumerError::Corrupt("clock key".into()))?;
-            let t = decode_i64_ordered(&v)
-                .ok_or_else(|| ConsumerError::Corrupt("clock value".into()))?;
-            clocks.insert(p, t);
-        }
+        let clocks = load_partition_meta(store.as_ref(), META_CLOCK, "clock", decode_i64_ordered)?;
+        let deletes = load_partition_meta(
+            store.as_ref(),
+            META_DELETES,
+            "delete count",
+            tagstream_state::keys::decode_u64_be,
+        )?;
         let bitmaps = SegmentBitmaps::load(store.as_ref())?;
         let warming = reload::load_warming(store.as_ref())?;
         Ok(Engine {
@@ -253,6 +269,7 @@ impl Engine {
             rules,
             options,
             clocks,
+            deletes,
             ids: UserIds::new(),
             bitmaps,
             outbox_seq,
@@ -527,6 +544,7 @@ struct Run<'e> {
     users: FxHashMap<(u32, Arc<str>), Slot>,
     clocks: BTreeMap<u32, Millis>,
     clock_changed: std::collections::BTreeSet<u32>,
+    deletes: BTreeMap<u32, u64>,
     touched_partitions: std::collections::BTreeSet<u32>,
     outbox: Vec<OutboxEntry>,
     report: BatchReport,
@@ -546,12 +564,14 @@ struct Run<'e> {
 impl<'e> Run<'e> {
     fn new(engine: &'e mut Engine) -> Run<'e> {
         let clocks = engine.clocks.clone();
+        let deletes = engine.deletes.clone();
         let ingested_ms = (engine.wall_clock)();
         Run {
             engine,
             users: FxHashMap::default(),
             clocks,
             clock_changed: Default::default(),
+            deletes,
             touched_partitions: Default::default(),
             outbox: Vec::new(),
             report: BatchReport::default(),
@@ -671,10 +691,12 @@ impl<'e> Run<'e> {
         if matches!(event.body, EventBody::Delete) {
             return self.delete(partition, &user, now, self.ingested_ms);
         }
+        let incarnation = self.deletes.get(&partition).copied().unwrap_or(0);
         let slot = self.slot(partition, &user)?;
-        let state = slot
-            .state
-            .get_or_insert_with(|| UserState::new(&rules.aggregates, rules.segments.len()));
+        let state = slot.state.get_or_insert_with(|| UserState {
+            incarnation,
+            ..UserState::new(&rules.aggregates, rules.segments.len())
+        });
         slot.dirty = true;
         let mut out = Vec::new();
         let fired = core::catch_up(&rules, &user, state, now, &mut out) as u64;
@@ -728,6 +750,7 @@ impl<'e> Run<'e> {
             return Ok(());
         };
         slot.dirty = true;
+        *self.deletes.entry(partition).or_insert(0) += 1;
         let mut out = Vec::new();
         self.report.timers_fired += core::catch_up(&rules, user, &mut state, now, &mut out) as u64;
         let before = out.len();
@@ -846,6 +869,7 @@ impl<'e> Run<'e> {
                     if slot.existed {
                         if let Some(id) = self.engine.ids.lookup(store.as_ref(), user)? {
                             self.engine.bitmaps.remove_everywhere(*partition, id);
+                            self.engine.ids.forget(user, id, &mut batch);
                         }
                     }
                 }
@@ -880,9 +904,18 @@ impl<'e> Run<'e> {
         for p in &self.clock_changed {
             batch.put(
                 Cf::Meta,
-                clock_key(*p),
+                partition_meta_key(META_CLOCK, *p),
                 i64_ordered(self.clocks[p]).to_vec(),
             );
+        }
+        for (p, n) in &self.deletes {
+            if self.engine.deletes.get(p) != Some(n) {
+                batch.put(
+                    Cf::Meta,
+                    partition_meta_key(META_DELETES, *p),
+                    tagstream_state::keys::u64_be(*n).to_vec(),
+                );
+            }
         }
         for (k, v) in positions {
             batch.put(Cf::Offsets, k.clone(), v.clone());
@@ -915,6 +948,7 @@ impl<'e> Run<'e> {
             }
         }
         self.engine.clocks = std::mem::take(&mut self.clocks);
+        self.engine.deletes = std::mem::take(&mut self.deletes);
         Ok(self.report)
     }
 }

@@ -62,7 +62,7 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
-    fn holds(self, ord: Ordering) -> bool {
+    pub(crate) fn holds(self, ord: Ordering) -> bool {
         match self {
             CmpOp::Eq => ord == Ordering::Equal,
             CmpOp::NotEq => ord != Ordering::Equal,

@@ -104,7 +104,7 @@ fn evaluate_since(
     values
 }
 
-fn evaluate_node(
+pub(crate) fn evaluate_node(
     rules: &RuleSet,
     state: &UserState,
     id: usize,
@@ -199,7 +199,7 @@ fn signature_parts<'a>(
         event: None,
     };
     let (pairs, bucket): (&[(CExpr, CExpr)], _) = match probe {
-        Probe::Compare(pairs) => (pairs, None),
+        Probe::Compare(pairs) | Probe::Changing(pairs) => (pairs, None),
         Probe::LocalBucket { arg, unit } => (&[], Some((arg, *unit))),
     };
     let compared = pairs.iter().map(
@@ -278,6 +278,23 @@ fn next_candidate(
         signature(rules, &info.probe, values, now, &mut initial);
         let initial = initial.as_slice();
         let last = horizon - 1;
+        if info.is_changing() {
+            let to = last.min(now.saturating_add(CHANGING_LOOKAHEAD_MS));
+            let search = ChangeSearch {
+                rules,
+                state,
+                values,
+                info,
+                initial,
+            };
+            match search.first_change(&mut scratch, now + 1, to) {
+                Some(t) => horizon = t,
+                // Nothing changes up to the look-ahead: wake up there and look again.
+                None if to < last => horizon = to + 1,
+                None => {}
+            }
+            continue;
+        }
         match linear_flip(rules, info, values, now) {
             Flip::Never => continue,
             Flip::At(t) if t > last => continue,
@@ -428,6 +445,85 @@ fn linear_flip(rules: &RuleSet, info: &ProbeInfo, values: &[Value], now: Millis)
     match Millis::try_from(i128::from(now) + ahead) {
         Ok(t) if t <= FAR_FUTURE => Flip::At(t),
         _ => Flip::Never,
+    }
+}
+
+/// How far ahead a search for the change of a [`Probe::Changing`] looks; with no change within
+/// it, a wake-up at its end searches again.
+const CHANGING_LOOKAHEAD_MS: Millis = 400 * DAY_MS;
+
+/// Enclosure evaluations one search may spend before settling for a (spurious, never late)
+/// wake-up at the first instant it has not cleared.
+const CHANGING_BUDGET: usize = 2_000;
+
+/// Spans this short are checked instant by instant rather than enclosed.
+const POINTWISE_SPAN: Millis = 4;
+
+/// Finds the first change of a probe whose outcome can move back and forth (SPEC §4 rev 2):
+/// every earlier probe is constant up to the horizon, so each moving node is a function of
+/// `now()` alone there, and [`crate::enclose`] bounds what it can be over a span.
+struct ChangeSearch<'a> {
+    rules: &'a RuleSet,
+    state: &'a UserState,
+    values: &'a [Value],
+    info: &'a ProbeInfo,
+    initial: &'a [i64],
+}
+
+impl ChangeSearch<'_> {
+    /// Whether the outcome can differ from `initial` somewhere in `[lo, hi]`.
+    fn may_change(&self, lo: Millis, hi: Millis) -> bool {
+        let Probe::Changing(pairs) = &self.info.probe else {
+            return true;
+        };
+        let span = crate::enclose::Span::new(self.rules, self.values, &self.info.moving, lo, hi);
+        pairs.iter().zip(self.initial).any(|((a, b), &code)| {
+            let codes = if a == b {
+                crate::enclose::self_compare_codes(&span.expr(a))
+            } else {
+                crate::enclose::compare_codes(&span.expr(a), &span.expr(b))
+            };
+            !codes.is_only(code)
+        })
+    }
+
+    fn differs_at(&self, scratch: &mut Vec<Value>, t: Millis) -> bool {
+        if self.info.moving.is_empty() {
+            return signature_differs(self.rules, &self.info.probe, self.values, t, self.initial);
+        }
+        moved(self.rules, self.state, &self.info.moving, scratch, t);
+        signature_differs(self.rules, &self.info.probe, scratch, t, self.initial)
+    }
+
+    /// The first instant in `[from, to]` at which the outcome differs from `initial`: spans are
+    /// split, earliest first, until an enclosure shows no change or the span is a few
+    /// milliseconds, evaluated exactly. Out of budget, the first span not cleared is returned:
+    /// nothing changes before it, so waking up there is early at worst.
+    fn first_change(&self, scratch: &mut Vec<Value>, from: Millis, to: Millis) -> Option<Millis> {
+        let mut stack = vec![(from, to)];
+        let mut budget = CHANGING_BUDGET;
+        while let Some((lo, hi)) = stack.pop() {
+            if lo > hi {
+                continue;
+            }
+            if hi - lo < POINTWISE_SPAN {
+                if let Some(t) = (lo..=hi).find(|&t| self.differs_at(scratch, t)) {
+                    return Some(t);
+                }
+                continue;
+            }
+            if budget == 0 {
+                return Some(lo);
+            }
+            budget -= 1;
+            if !self.may_change(lo, hi) {
+                continue;
+            }
+            let mid = lo + (hi - lo) / 2;
+            stack.push((mid + 1, hi));
+            stack.push((lo, mid));
+        }
+        None
     }
 }
 
@@ -594,6 +690,7 @@ pub(crate) fn transitions(
                     .iter()
                     .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
                     .collect(),
+                incarnation: state.incarnation,
             });
         }
     }
@@ -809,6 +906,7 @@ pub(crate) fn exit_segments(
                     .iter()
                     .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
                     .collect(),
+                incarnation: state.incarnation,
             });
         }
     }

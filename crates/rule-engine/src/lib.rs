@@ -13,6 +13,7 @@
 //! time `t` depends only on the events applied and `t`, so the incremental state always equals a
 //! from-scratch batch computation at the same engine time (SPEC §3).
 pub mod cexpr;
+pub(crate) mod enclose;
 pub mod engine;
 pub mod event;
 pub mod explain;

@@ -184,6 +184,7 @@ impl Migration {
                 .collect(),
             next_timer: None,
             pending: None,
+            incarnation: state.incarnation,
         };
         let values: Vec<Value> = evaluate(new, &next, now);
         transitions(new, user, &mut next, &values, now, Cause::Rules, out);

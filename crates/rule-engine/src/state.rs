@@ -13,7 +13,10 @@ use crate::time::{BucketsAt, Window, Zone};
 use crate::value::{Scalar, Value};
 
 /// Version byte in front of every encoded state, so the layout can evolve.
-const FORMAT_VERSION: u8 = 1;
+/// Version 2 prefixes the postcard body with the incarnation stamp (a varint); version 1 states
+/// (written before stamps existed) are read with stamp 0.
+const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION_UNSTAMPED: u8 = 1;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct UserState {
@@ -31,6 +34,14 @@ pub struct UserState {
     /// than after every event ([`crate::engine::settle`]). Never stored.
     #[serde(skip)]
     pub pending: Option<Pending>,
+    /// Tells this incarnation of the user apart from earlier ones (SPEC §5 rev 2: a user
+    /// deleted and re-created within one millisecond must not repeat a transition id). It is
+    /// the number of deletes its partition had applied when the user was created: any two
+    /// incarnations of one user have a delete of that user between them, so their stamps
+    /// differ, the same input in the same order gives the same stamps, and nothing about the
+    /// deleted user is kept. Stored outside the postcard body (see [`UserState::encode`]).
+    #[serde(skip)]
+    pub incarnation: u64,
 }
 
 /// A timer not computed yet: segments cannot have changed before `since`, and `values` are the
@@ -451,23 +462,30 @@ impl UserState {
             segments: vec![SegmentState::default(); segments],
             next_timer: None,
             pending: None,
+            incarnation: 0,
         }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![FORMAT_VERSION];
         // Serialising plain data into a Vec cannot fail.
+        out.extend(postcard::to_allocvec(&self.incarnation).unwrap_or_default());
         out.extend(postcard::to_allocvec(self).unwrap_or_default());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<UserState, String> {
+        let corrupt = |e: postcard::Error| format!("corrupt user state: {e}");
         match bytes.split_first() {
             Some((&FORMAT_VERSION, rest)) => {
-                postcard::from_bytes(rest).map_err(|e| format!("corrupt user state: {e}"))
+                let (incarnation, body) = postcard::take_from_bytes::<u64>(rest).map_err(corrupt)?;
+                let mut state: UserState = postcard::from_bytes(body).map_err(corrupt)?;
+                state.incarnation = incarnation;
+                Ok(state)
             }
+            Some((&FORMAT_VERSION_UNSTAMPED, rest)) => postcard::from_bytes(rest).map_err(corrupt),
             Some((v, _)) => Err(format!(
-                "user state has format version {v}, this build reads {FORMAT_VERSION}"
+                "user state has format version {v}, this build reads {FORMAT_VERSION_UNSTAMPED} and {FORMAT_VERSION}"
             )),
             None => Err("empty user state".into()),
         }

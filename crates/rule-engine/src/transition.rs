@@ -41,6 +41,8 @@ pub struct Transition {
     pub cause: Cause,
     /// The tags the segment's expression names directly, with their values at `ts`.
     pub tags: Vec<(Arc<str>, Value)>,
+    /// The user's incarnation stamp ([`crate::state::UserState::incarnation`]).
+    pub incarnation: u64,
 }
 
 impl Transition {
@@ -52,7 +54,10 @@ impl Transition {
         }
     }
 
-    /// Deterministic id from user, segment, seq and ts: a redelivered transition has the same id.
+    /// Deterministic id from user, segment, seq, ts and the user's incarnation: a redelivered
+    /// transition has the same id, and a user re-created within the same millisecond gets new
+    /// ones. Stamp 0 (a user created before its partition applied any delete) adds nothing, so
+    /// those ids are the ones earlier versions gave.
     pub fn event_id(&self) -> String {
         let mut h = Sha256::new();
         for part in [self.user_id.as_bytes(), &[0], self.segment.as_bytes(), &[0]] {
@@ -60,6 +65,9 @@ impl Transition {
         }
         h.update(self.seq.to_be_bytes());
         h.update(self.ts.to_be_bytes());
+        if self.incarnation != 0 {
+            h.update(self.incarnation.to_be_bytes());
+        }
         hex::encode(&h.finalize()[..16])
     }
 
@@ -126,6 +134,7 @@ mod tests {
             ts: 5,
             cause: Cause::Event,
             tags: vec![],
+            incarnation: 0,
         };
         assert_eq!(t.event_id(), t.clone().event_id());
         assert_eq!(t.event_id().len(), 32);
@@ -134,6 +143,13 @@ mod tests {
             ..t.clone()
         };
         assert_ne!(t.event_id(), other.event_id());
+        // Two incarnations of one user: same user, segment, seq and ts, different ids.
+        let reborn = Transition {
+            incarnation: 3,
+            ..t.clone()
+        };
+        assert_ne!(t.event_id(), reborn.event_id());
+        assert_eq!(reborn.event_id(), reborn.clone().event_id());
         let j = t.to_json();
         assert_eq!(j.to_string(), t.to_json_string());
         let tagged = Transition {

@@ -84,6 +84,79 @@ name = "explorer"
 when = "cats_2d >= 2 OR (hi BETWEEN 30 AND 60)"
 "#;
 
+/// SPEC §4 rev 2: decisions whose outcome moves back and forth with time alone (`abs`, `%`,
+/// products, mixed `least`/`greatest`, `nearest` over moving features, NULL-ness of a moving
+/// value, a tier of a non-monotone value).
+const CHANGING_RULES: &str = r#"
+time_zone = "America/New_York"
+dedup_window = "0d"
+[[tag]]
+name = "orders"
+kind = "count"
+event = "purchase"
+[[tag]]
+name = "spend_3d"
+kind = "sum"
+event = "purchase"
+property = "amount"
+window = "3d"
+[[tag]]
+name = "last_buy"
+kind = "last_time"
+event = "purchase"
+[[tag]]
+name = "last_view"
+kind = "last_time"
+event = "view"
+[[tag]]
+name = "hours_idle"
+kind = "expr"
+expr = "(now() - last_seen) / 1h"
+[[tag]]
+name = "rfm"
+kind = "nearest"
+features = ["orders", "days_since_buy", "spend_3d"]
+centroids = { loyal = [4, 1, 120], lapsing = [2, 4, 40], gone = [0, 8, 0] }
+[[tag]]
+name = "days_since_buy"
+kind = "expr"
+expr = "coalesce(days_since(last_buy), 30)"
+[[tag]]
+name = "mood"
+kind = "nearest"
+features = ["hours_idle", "spend_3d"]
+centroids = { hot = [2, 60], warm = [20, 30], cold = [60, 0] }
+[[tag]]
+name = "band"
+kind = "tier"
+of = "abs(hours_idle - 30)"
+tiers = [{ label = "near", min = 0 }, { label = "mid", min = 8 }, { label = "far", min = 20 }]
+[[segment]]
+name = "around_a_day"
+when = "abs((now() - last_buy) / 1h - 20) < 5"
+[[segment]]
+name = "first_hours_of_each_day"
+when = "(now() - last_seen) % 1d < 6h"
+[[segment]]
+name = "product"
+when = "((now() - first_seen) / 1h) * (hours_idle - 10) BETWEEN 100 AND 900"
+[[segment]]
+name = "mixed_extremum"
+when = "greatest(now() - last_buy, 36h - (now() - last_buy)) < 30h"
+[[segment]]
+name = "lapsing_not_big"
+when = "rfm = 'lapsing' AND NOT spend_3d >= 100"
+[[segment]]
+name = "warm"
+when = "mood IN ('warm', 'hot') AND band <> 'far'"
+[[segment]]
+name = "viewed_long_ago"
+when = "ln((now() - last_view) / 1h - 10) IS NOT NULL"
+[[segment]]
+name = "double_speed_clock"
+when = "hour_of_day(last_seen + (now() - last_seen) * 2) < 6"
+"#;
+
 const HOUR: i64 = 3_600_000;
 const START: i64 = 1_730_000_000_000; // 2024-10-27, a week before the US DST change
 
@@ -125,8 +198,8 @@ fn to_json(s: &Step, ts: i64) -> String {
 }
 
 /// From scratch: apply the given events to fresh states, then evaluate at `now`.
-fn batch(lines: &[String], now: Millis) -> BTreeMap<String, serde_json::Value> {
-    let rules = tagstream_rules::rules::RuleSet::compile(RULES, "t").unwrap();
+fn batch(rules: &str, lines: &[String], now: Millis) -> BTreeMap<String, serde_json::Value> {
+    let rules = tagstream_rules::rules::RuleSet::compile(rules, "t").unwrap();
     let mut users: BTreeMap<String, UserState> = BTreeMap::new();
     for line in lines {
         let ev = decode(line.as_bytes(), &DecodeOptions::default()).unwrap();
@@ -161,54 +234,79 @@ fn incremental_dump(sim: &Sim) -> BTreeMap<String, serde_json::Value> {
         .collect()
 }
 
+/// Both properties for one rule set.
+fn check(rules: &str, steps: &[Step], extra_hours: i64) -> Result<(), TestCaseError> {
+    let mut sim = Sim::new(rules);
+    let mut lines = Vec::new();
+    let mut clock = START;
+    let mut engine_times = Vec::new();
+    for s in steps {
+        let ts = (clock + s.dt).max(START - 100 * HOUR);
+        clock = clock.max(ts);
+        let line = to_json(s, ts);
+        sim.event(&line);
+        lines.push(line);
+        engine_times.push(sim.now);
+    }
+    prop_assert_eq!(incremental_dump(&sim), batch(rules, &lines, sim.now));
+    let later = sim.now + extra_hours * HOUR;
+    sim.advance(later);
+    prop_assert_eq!(incremental_dump(&sim), batch(rules, &lines, later));
+
+    // Timer exactness: membership from transitions at instants between events.
+    let mut probe_times = Vec::new();
+    for i in 0..lines.len() {
+        let from = engine_times[i];
+        let to = engine_times.get(i + 1).copied().unwrap_or(later + 1);
+        if to > from + 1 {
+            for k in 1..=6 {
+                probe_times.push((i, from + (to - from) * k / 7));
+            }
+            probe_times.push((i, to - 1));
+        }
+    }
+    for (i, t) in probe_times {
+        let want: BTreeMap<String, BTreeSet<String>> = batch(rules, &lines[..=i], t)
+            .into_iter()
+            .map(|(u, row)| {
+                (
+                    u,
+                    row["segments"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|s| s.as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect();
+        let mut got: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        // Transitions up to instant t, among those emitted before event i+1 arrived.
+        for tr in sim.out.iter().filter(|tr| tr.ts <= t) {
+            let set = got.entry(tr.user_id.to_string()).or_default();
+            if tr.enter {
+                set.insert(tr.segment.to_string());
+            } else {
+                set.remove(&*tr.segment);
+            }
+        }
+        got.retain(|_, s| !s.is_empty());
+        let want: BTreeMap<_, _> = want.into_iter().filter(|(_, s)| !s.is_empty()).collect();
+        prop_assert_eq!(got, want, "membership at {} after event {}", t, i);
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
     fn incremental_equals_from_scratch(steps in prop::collection::vec(step(), 1..60), extra_hours in 0i64..200) {
-        let mut sim = Sim::new(RULES);
-        let mut lines = Vec::new();
-        let mut clock = START;
-        let mut engine_times = Vec::new();
-        for s in &steps {
-            let ts = (clock + s.dt).max(START - 100 * HOUR);
-            clock = clock.max(ts);
-            let line = to_json(s, ts);
-            sim.event(&line);
-            lines.push(line);
-            engine_times.push(sim.now);
-        }
-        prop_assert_eq!(incremental_dump(&sim), batch(&lines, sim.now));
-        let later = sim.now + extra_hours * HOUR;
-        sim.advance(later);
-        prop_assert_eq!(incremental_dump(&sim), batch(&lines, later));
+        check(RULES, &steps, extra_hours)?;
+    }
 
-        // Timer exactness: membership from transitions at instants between events.
-        let mut probe_times = Vec::new();
-        for i in 0..lines.len() {
-            let from = engine_times[i];
-            let to = engine_times.get(i + 1).copied().unwrap_or(later + 1);
-            if to > from + 1 {
-                for k in 1..=6 {
-                    probe_times.push((i, from + (to - from) * k / 7));
-                }
-                probe_times.push((i, to - 1));
-            }
-        }
-        for (i, t) in probe_times {
-            let want: BTreeMap<String, BTreeSet<String>> = batch(&lines[..=i], t)
-                .into_iter()
-                .map(|(u, row)| (u, row["segments"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect()))
-                .collect();
-            let mut got: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            // Transitions up to instant t, among those emitted before event i+1 arrived.
-            for tr in sim.out.iter().filter(|tr| tr.ts <= t) {
-                let set = got.entry(tr.user_id.to_string()).or_default();
-                if tr.enter { set.insert(tr.segment.to_string()); } else { set.remove(&*tr.segment); }
-            }
-            got.retain(|_, s| !s.is_empty());
-            let want: BTreeMap<_, _> = want.into_iter().filter(|(_, s)| !s.is_empty()).collect();
-            prop_assert_eq!(got, want, "membership at {} after event {}", t, i);
-        }
+    #[test]
+    fn changes_that_move_back_and_forth_are_exact(steps in prop::collection::vec(step(), 1..40), extra_hours in 0i64..200) {
+        check(CHANGING_RULES, &steps, extra_hours)?;
     }
 }

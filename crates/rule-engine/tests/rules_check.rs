@@ -96,10 +96,47 @@ fn every_error_is_reported_at_once() {
     assert!(errs.len() >= 2, "{errs:#?}");
 }
 
+/// SPEC §4 rev 2: no rule is refused for how it depends on time.
 #[test]
-fn unschedulable_time_dependence_is_rejected() {
-    let src = "[[tag]]\nname = \"l\"\nkind = \"last_time\"\nevent = \"e\"\n[[segment]]\nname = \"s\"\nwhen = \"abs(now() - l) > 1d\"\n";
-    assert_error(src, "cannot be computed exactly", 6);
+fn every_time_shape_is_accepted() {
+    let tags = r#"
+[[tag]]
+name = "l"
+kind = "last_time"
+event = "e"
+[[tag]]
+name = "n"
+kind = "count"
+event = "e"
+[[tag]]
+name = "recency"
+kind = "expr"
+expr = "days_since(l)"
+[[tag]]
+name = "cluster"
+kind = "nearest"
+features = ["n", "recency"]
+centroids = { fresh = [5, 1], lapsed = [1, 30] }
+[[tag]]
+name = "band"
+kind = "tier"
+of = "abs((now() - l) / 1d - 10)"
+tiers = [{ label = "near", min = 0 }, { label = "far", min = 3 }]
+"#;
+    for when in [
+        "abs(now() - l) > 1d",
+        "(now() - l) % 7d < 1d",
+        "least(now() - l, 30d - (now() - l)) > 2d",
+        "((now() - l) / 1d) * ((now() - l) / 1d - 20) < 0",
+        "cluster = 'fresh' AND NOT n > 10",
+        "band = 'near'",
+        "ln(days_since(l) - 3) IS NULL",
+        "hour_of_day(now() - (now() - l) * 2) = 3",
+    ] {
+        let src = format!("{tags}[[segment]]\nname = \"s\"\nwhen = {when:?}\n");
+        let errs = errors(&src);
+        assert!(errs.is_empty(), "{when}: {errs:#?}");
+    }
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! - `b"i" + id (u32 BE)` → user_id (UTF-8)
 //! - `b"next"` → the next id to hand out (`u32` BE; absent = 0)
 //!
-//! Ids are never reused: a deleted user keeps its id, a re-created one gets it back.
+//! Ids are never reused. A deleted user's entries are removed ([`UserIds::forget`]): the
+//! dictionary keeps nothing of it, and a re-created user gets a new id.
 
 use std::collections::HashMap;
 
@@ -115,6 +116,14 @@ impl UserIds {
         self.next = Some(next);
         self.pending.insert(user.to_owned(), id);
         Ok(id)
+    }
+
+    /// Stages the removal of `user`'s entries (a deleted user: nothing of it is kept). Its id
+    /// is not handed out again.
+    pub fn forget(&mut self, user: &str, id: u32, batch: &mut WriteBatch) {
+        self.pending.remove(user);
+        batch.delete(Cf::Ids, user_key(user));
+        batch.delete(Cf::Ids, id_key(id));
     }
 
     /// Call after the batch holding the assignments was committed: forgets them (they

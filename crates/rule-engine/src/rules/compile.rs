@@ -268,7 +268,8 @@ impl<'s> Compiler<'s> {
                 }
                 DeclSource::Segment(seg) => {
                     let t = self.condition(&seg.when, "when");
-                    (NodeKind::Segment(t.c), Type::Bool, t.shape)
+                    let shape = self.settled(&t);
+                    (NodeKind::Segment(t.c), Type::Bool, shape)
                 }
                 DeclSource::Tag(tag) => match agg_kind(tag.kind.get_ref()) {
                     Some(kind) => {
@@ -480,6 +481,18 @@ impl<'s> Compiler<'s> {
     }
 
     /// An expression that must be a condition (a segment's `when`, a `case` when, a `where`).
+    /// A condition that chooses (a segment's membership, a `case` branch) is constant between
+    /// probe changes. Conditions are built from decisions, which register their own probes, so
+    /// this only guards the rule: any other moving condition gets a probe of its own.
+    fn settled(&mut self, condition: &Typed) -> Shape {
+        if !condition.shape.is_const() {
+            let pair = (condition.c.clone(), CExpr::Const(Value::Bool(true)));
+            self.probes
+                .push((self.current, Probe::Changing(vec![pair])));
+        }
+        Shape::Const
+    }
+
     fn condition(&mut self, text: &Spanned<String>, field: &str) -> Typed {
         let ctx = if field == "where" {
             Ctx::Filter
@@ -762,11 +775,10 @@ impl<'s> Compiler<'s> {
         let mut compiled = Vec::new();
         let mut types = Vec::new();
         let mut value_shapes = Vec::new();
-        let mut unknown = false;
         for case in cases.get_ref() {
             let case = case.get_ref();
             let when = self.condition(&case.when, "when");
-            unknown |= when.shape == Shape::Unknown;
+            self.settled(&when);
             let value = match (&case.value, &case.value_expr) {
                 (Some(v), None) => self.literal(v),
                 (None, Some(e)) => self.compile_text(e, Ctx::Rule),
@@ -801,11 +813,7 @@ impl<'s> Compiler<'s> {
         };
         types.push(otherwise.ty);
         value_shapes.push(otherwise.shape);
-        let shape = if unknown {
-            Shape::Unknown
-        } else {
-            Shape::choice(value_shapes)
-        };
+        let shape = Shape::choice(value_shapes);
         Some((
             NodeKind::Case {
                 cases: compiled,
@@ -852,18 +860,19 @@ impl<'s> Compiler<'s> {
             list.push((*t.min.get_ref(), Arc::from(t.label.get_ref().as_str())));
         }
         list.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let shape = match value.shape {
-            Shape::Const => Shape::Const,
-            Shape::Unknown => Shape::Unknown,
-            _ => {
-                let pairs = list
-                    .iter()
-                    .map(|(min, _)| (value.c.clone(), CExpr::Const(Value::Num(*min))))
-                    .collect();
-                self.probes.push((self.current, Probe::Compare(pairs)));
-                Shape::Const
-            }
-        };
+        if !value.shape.is_const() {
+            let pairs = list
+                .iter()
+                .map(|(min, _)| (value.c.clone(), CExpr::Const(Value::Num(*min))))
+                .collect();
+            let probe = if value.shape == Shape::Unknown {
+                Probe::Changing(pairs)
+            } else {
+                Probe::Compare(pairs)
+            };
+            self.probes.push((self.current, probe));
+        }
+        let shape = Shape::Const;
         Some((
             NodeKind::Tier {
                 of: value.c,
@@ -1064,11 +1073,15 @@ impl<'s> Compiler<'s> {
             }
             ExprKind::IsNull { expr, negated } => {
                 let x = self.expr(expr, base, ctx);
-                let shape = if x.shape == Shape::Unknown {
-                    Shape::Unknown
-                } else {
-                    Shape::Const
-                };
+                // Whether a moving value is NULL can change with time (`ln(days_since(t) - 3)`
+                // turns from NULL to a number): `(x, x)` compares equal exactly when it is not.
+                if !x.shape.is_const() {
+                    self.probes.push((
+                        self.current,
+                        Probe::Changing(vec![(x.c.clone(), x.c.clone())]),
+                    ));
+                }
+                let shape = Shape::Const;
                 Typed {
                     c: CExpr::IsNull {
                         expr: Box::new(x.c),
@@ -1131,24 +1144,26 @@ impl<'s> Compiler<'s> {
         }
     }
 
-    /// Shape of a decision over pairs of compared values; registers a probe when the outcome
-    /// can change with time alone.
+    /// Shape of a decision over pairs of compared values (constant between probe changes);
+    /// registers a probe when the outcome can change with time alone.
     fn decision(&mut self, pairs: &[(&Typed, &Typed)]) -> Shape {
         let mut moving = false;
+        let mut changing = false;
         for (a, b) in pairs {
             let diff = Shape::sum(a.shape, b.shape.negate());
-            if diff == Shape::Unknown {
-                return Shape::Unknown;
-            }
+            changing |= diff == Shape::Unknown;
             moving |= !diff.is_const();
         }
         if moving {
-            let probe = Probe::Compare(
-                pairs
-                    .iter()
-                    .map(|(a, b)| (a.c.clone(), b.c.clone()))
-                    .collect(),
-            );
+            let pairs = pairs
+                .iter()
+                .map(|(a, b)| (a.c.clone(), b.c.clone()))
+                .collect();
+            let probe = if changing {
+                Probe::Changing(pairs)
+            } else {
+                Probe::Compare(pairs)
+            };
             self.probes.push((self.current, probe));
         }
         Shape::Const
@@ -1416,16 +1431,6 @@ impl<'s> Compiler<'s> {
                 stack.push(self.ids[dep]);
             }
         }
-        for (id, node) in nodes.iter().enumerate() {
-            if self.is_segment[id] && node.shape == Shape::Unknown {
-                self.rule = format!("segment '{}'", node.name);
-                let offset = decls[order[id]].name_offset;
-                self.error_at(
-                    offset,
-                    "this segment depends on now() in a way whose change instants cannot be computed exactly (for example abs(), %, nearest or a product of two moving values over now()); compare a stored time with now() instead, e.g. `last_seen < now() - 7d`",
-                );
-            }
-        }
         if !self.errors.is_empty() {
             return None;
         }
@@ -1450,7 +1455,11 @@ impl<'s> Compiler<'s> {
             }
         }
         let sources = time_sources(&nodes);
-        let probes = std::mem::take(&mut self.probes)
+        // Probes in evaluation order: up to the first change of one, every later probe's
+        // operands are as constant or monotone as their shapes say.
+        let mut probes = std::mem::take(&mut self.probes);
+        probes.sort_by_key(|(owner, _)| *owner);
+        let probes = probes
             .into_iter()
             .filter(|(owner, _)| reach[*owner])
             .map(|(_, probe)| probe_info(probe, &nodes, &sources))
@@ -1753,7 +1762,7 @@ fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -> ProbeInfo
     let mut refs = Vec::new();
     let mut source = TimeSource::None;
     match &probe {
-        Probe::Compare(pairs) => {
+        Probe::Compare(pairs) | Probe::Changing(pairs) => {
             for (a, b) in pairs {
                 a.refs(&mut refs);
                 b.refs(&mut refs);
@@ -1776,8 +1785,9 @@ fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -> ProbeInfo
         }
     }
     moving.sort_unstable();
+    // Bisection over day steps needs a monotone outcome.
     let day_steps = match source {
-        TimeSource::Days(arg) => Some(arg),
+        TimeSource::Days(arg) if !matches!(probe, Probe::Changing(_)) => Some(arg),
         _ => None,
     };
     let linear = match &probe {

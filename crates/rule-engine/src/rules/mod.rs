@@ -176,13 +176,27 @@ pub struct ProbeInfo {
     pub linear: Option<i64>,
 }
 
+impl ProbeInfo {
+    /// Whether the outcome can change back and forth between two breakpoints (see
+    /// [`Probe::Changing`]).
+    pub fn is_changing(&self) -> bool {
+        matches!(self.probe, Probe::Changing(_))
+    }
+}
+
 /// A decision point whose outcome can change with time alone. Its signature at an instant is
-/// a vector of small integers that is monotone in time between two consecutive changes of any
-/// earlier probe, so the first instant it changes can be found by bisection.
+/// a vector of small integers; between two consecutive changes of earlier probes it is
+/// monotone in time for every kind but [`Probe::Changing`], so the first instant it changes
+/// can be found by bisection.
 #[derive(Debug)]
 pub enum Probe {
     /// Each pair is compared (`-1`, `0`, `1`; NULL = 2).
     Compare(Vec<(CExpr, CExpr)>),
+    /// Compared like [`Probe::Compare`], but the outcome is not monotone in time (`nearest`
+    /// over moving features, `abs`, `%`, products of moving values): its first change is found
+    /// by splitting time spans with enclosures ([`crate::enclose`]) instead of bisection. An
+    /// `x IS NULL` over a moving `x` is the pair `(x, x)`: equal exactly when `x` is not NULL.
+    Changing(Vec<(CExpr, CExpr)>),
     /// The local hour or day bucket of a timestamp that moves with `now`.
     LocalBucket { arg: CExpr, unit: Unit },
 }
