@@ -54,6 +54,11 @@ pub struct EngineOptions {
     /// When the store was built with other rules: carry its state over to the given rules
     /// (as a reload does, transitions with cause `rules`) instead of refusing to open.
     pub reload_on_open: bool,
+    /// fsync the store's write-ahead log after each commit of a batch, a timer run, a delete
+    /// or a reload (`state.sync = "batch"`), so that what the outbox then delivers and what
+    /// the API then answers survive power loss. Outbox acknowledgements are not synced: one
+    /// lost to a power cut only means a redelivery.
+    pub sync: bool,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +69,7 @@ impl Default for EngineOptions {
             timers_per_batch: 10_000,
             decode: DecodeOptions::default(),
             reload_on_open: false,
+            sync: false,
         }
     }
 }
@@ -889,6 +895,12 @@ impl<'e> Run<'e> {
         }
         batch.append(std::mem::take(&mut self.extra));
         store.commit(batch)?;
+        if self.engine.options.sync {
+            store.sync()?;
+            if let Some(m) = &self.engine.metrics {
+                m.state_syncs.inc();
+            }
+        }
         if let Some(m) = &self.engine.metrics {
             let committed = (self.engine.wall_clock)();
             for ts in &self.emitted_ts {

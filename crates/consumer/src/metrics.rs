@@ -83,6 +83,8 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `tagstream_rocksdb_*`: the state store's health, refreshed at each scrape.
     pub rocksdb: RocksDbGauges,
+    /// `tagstream_state_syncs_total`: write-ahead log fsyncs after a commit (`state.sync`).
+    pub state_syncs: IntCounter,
 }
 
 /// RocksDB health gauges (see [`Metrics::record_store_health`]).
@@ -383,6 +385,10 @@ impl Metrics {
                 "Bytes of live SST files, all column families.",
             ),
         };
+        let state_syncs = r.counter(
+            "tagstream_state_syncs_total",
+            "fsyncs of the state store's write-ahead log after a commit (state.sync = batch).",
+        );
         r.process();
         let now_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -440,6 +446,7 @@ impl Metrics {
             messages_read,
             build_info,
             rocksdb,
+            state_syncs,
         }
     }
 

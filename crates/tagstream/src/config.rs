@@ -185,14 +185,32 @@ impl Default for DeadLetterConfig {
 pub struct StateConfig {
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// When commits are made durable against power loss.
+    #[serde(default)]
+    pub sync: SyncMode,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: default_state_dir(),
+            sync: SyncMode::default(),
         }
     }
+}
+
+/// `state.sync`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// The write-ahead log is fsync'd once per committed batch (and per API write), and file
+    /// sinks `fdatasync` before their outbox entries are deleted: a machine crash loses
+    /// nothing that was delivered or answered.
+    #[default]
+    Batch,
+    /// No fsync: commits survive a process crash; a machine crash can roll state, offsets
+    /// and outbox back together to an earlier consistent point (and lose sink file lines).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -802,6 +820,7 @@ mod tests {
             Some(PathBuf::from("/var/lib/tagstream/dead-letters.ndjson"))
         );
         assert_eq!(c.state.dir, PathBuf::from("/var/lib/tagstream"));
+        assert_eq!(c.state.sync, SyncMode::Batch);
         assert_eq!(c.clock.mode, ClockModeConfig::Wall);
         assert_eq!(c.clock.max_future, 300_000);
         assert_eq!(c.api.listen, "0.0.0.0:8080".parse().unwrap());

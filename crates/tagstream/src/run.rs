@@ -137,6 +137,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
         ClockModeConfig::Wall => ClockMode::Wall,
         ClockModeConfig::Event => ClockMode::Event,
     };
+    let durable = config.state.sync == config::SyncMode::Batch;
     let options = EngineOptions {
         clock,
         max_future_ms: config.clock.max_future,
@@ -147,6 +148,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
         // Rules changed since the last run (a new ConfigMap, a rolling restart): carry the
         // state over, exactly as `POST /v1/rules/reload` would.
         reload_on_open: true,
+        sync: durable,
         ..EngineOptions::default()
     };
     let mut engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
@@ -163,7 +165,9 @@ fn serve(config: &Config) -> Result<(), RunError> {
             )?,
             topic: config.sink.topic.clone().unwrap_or_default(),
         },
-        SinkKind::File => Route::Lines(LineSink::open(&path_text(&config.sink.path), false)?),
+        SinkKind::File => Route::Lines(
+            LineSink::open(&path_text(&config.sink.path), false)?.sync_on_flush(durable),
+        ),
         SinkKind::Stdout => Route::Lines(LineSink::open("-", false)?),
     };
     let dead_letters = match config.dead_letter.kind {
@@ -175,9 +179,9 @@ fn serve(config: &Config) -> Result<(), RunError> {
             )?,
             topic: config.dead_letter.topic.clone().unwrap_or_default(),
         },
-        DeadLetterKind::File => {
-            Route::Lines(LineSink::open(&path_text(&config.dead_letter.path), false)?)
-        }
+        DeadLetterKind::File => Route::Lines(
+            LineSink::open(&path_text(&config.dead_letter.path), false)?.sync_on_flush(durable),
+        ),
     };
     let delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
     let engine = SharedEngine::new(engine);

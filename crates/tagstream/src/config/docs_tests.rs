@@ -43,6 +43,7 @@ fn everything() -> Config {
         },
         state: StateConfig {
             dir: PathBuf::from("s"),
+            sync: SyncMode::None,
         },
         clock: ClockConfig {
             mode: ClockModeConfig::Wall,
