@@ -85,6 +85,12 @@ pub struct Metrics {
     pub rocksdb: RocksDbGauges,
     /// `tagstream_state_syncs_total`: write-ahead log fsyncs after a commit (`state.sync`).
     pub state_syncs: IntCounter,
+    /// `tagstream_sink_oversized_transitions_total{action="truncated|dropped"}`: transitions
+    /// larger than the sink accepts, cut to fit or (when even that cannot fit) skipped.
+    pub sink_oversized_transitions: IntCounterVec,
+    /// `tagstream_input_gaps_total{topic,partition}`: resumptions past a stored offset that
+    /// retention had deleted (events never applied).
+    pub input_gaps: IntCounterVec,
 }
 
 /// RocksDB health gauges (see [`Metrics::record_store_health`]).
@@ -389,6 +395,19 @@ impl Metrics {
             "tagstream_state_syncs_total",
             "fsyncs of the state store's write-ahead log after a commit (state.sync = batch).",
         );
+        let sink_oversized_transitions = r.counter_vec(
+            "tagstream_sink_oversized_transitions_total",
+            "Transitions larger than the sink accepts: tag values truncated to fit, or dropped when even that cannot fit.",
+            &["action"],
+        );
+        for action in ["truncated", "dropped"] {
+            sink_oversized_transitions.with_label_values(&[action]);
+        }
+        let input_gaps = r.counter_vec(
+            "tagstream_input_gaps_total",
+            "Partitions resumed past a stored offset that retention had already deleted: the events in between were never applied.",
+            &["topic", "partition"],
+        );
         r.process();
         let now_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -447,6 +466,8 @@ impl Metrics {
             build_info,
             rocksdb,
             state_syncs,
+            sink_oversized_transitions,
+            input_gaps,
         }
     }
 

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use tagstream_state::Cf;
 
-pub use delivery::{Delivery, Route};
+pub use delivery::{Delivery, Route, DEFAULT_MAX_MESSAGE_BYTES};
 pub use lines::{start_lines, LinesConfig};
 
 use crate::engine::{BatchReport, ClockMode, Record, SharedEngine};

@@ -126,6 +126,10 @@ pub struct SinkConfig {
     /// Consumption pauses while this many outbox entries await delivery.
     #[serde(default = "default_max_backlog")]
     pub max_backlog: u64,
+    /// A transition larger than this has its largest tag values cut to fit (bytes, or
+    /// "1MiB"): one oversized record can never block delivery.
+    #[serde(default = "default_max_message_bytes", deserialize_with = "size")]
+    pub max_message_bytes: u64,
 }
 
 impl Default for SinkConfig {
@@ -137,6 +141,7 @@ impl Default for SinkConfig {
             brokers: None,
             options: BTreeMap::new(),
             max_backlog: default_max_backlog(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }
@@ -305,6 +310,9 @@ fn default_max_event_bytes() -> u64 {
 }
 fn default_max_backlog() -> u64 {
     DEFAULT_MAX_BACKLOG
+}
+fn default_max_message_bytes() -> u64 {
+    tagstream_consumer::pipeline::DEFAULT_MAX_MESSAGE_BYTES as u64
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)

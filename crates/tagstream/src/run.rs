@@ -183,7 +183,10 @@ fn serve(config: &Config) -> Result<(), RunError> {
             LineSink::open(&path_text(&config.dead_letter.path), false)?.sync_on_flush(durable),
         ),
     };
-    let delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
+    let mut delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
+    delivery.set_max_message_bytes(
+        usize::try_from(config.sink.max_message_bytes).unwrap_or(usize::MAX),
+    );
     let engine = SharedEngine::new(engine);
 
     let control = Control::new();

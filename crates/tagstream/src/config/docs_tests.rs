@@ -33,6 +33,7 @@ fn everything() -> Config {
             brokers: Some("k:9092".into()),
             options: options.clone(),
             max_backlog: 1,
+            max_message_bytes: 1,
         },
         dead_letter: DeadLetterConfig {
             kind: DeadLetterKind::Kafka,
