@@ -91,6 +91,9 @@ pub struct Metrics {
     /// `tagstream_input_gaps_total{topic,partition}`: resumptions past a stored offset that
     /// retention had deleted (events never applied).
     pub input_gaps: IntCounterVec,
+    /// `tagstream_sink_producer_fatal_errors_total`: Kafka producers replaced after a fatal
+    /// (idempotence) error.
+    pub sink_producer_fatal_errors: IntCounter,
 }
 
 /// RocksDB health gauges (see [`Metrics::record_store_health`]).
@@ -408,6 +411,10 @@ impl Metrics {
             "Partitions resumed past a stored offset that retention had already deleted: the events in between were never applied.",
             &["topic", "partition"],
         );
+        let sink_producer_fatal_errors = r.counter(
+            "tagstream_sink_producer_fatal_errors_total",
+            "Kafka producers that hit a fatal error (idempotence: sequence or producer id lost) and were replaced.",
+        );
         r.process();
         let now_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -468,6 +475,7 @@ impl Metrics {
             state_syncs,
             sink_oversized_transitions,
             input_gaps,
+            sink_producer_fatal_errors,
         }
     }
 

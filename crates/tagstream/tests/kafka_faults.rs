@@ -1,6 +1,7 @@
 //! `tagstream run` against librdkafka's mock cluster (hosted in this test process; the real
 //! binary is spawned as a child) when Kafka misbehaves: a transition too large for the sink,
-//! an input offset that retention deleted while the service was down.
+//! an input offset that retention deleted while the service was down, an idempotent producer's
+//! fatal error.
 //!
 //! No assertion depends on elapsed time; deadlines only stop a broken run from hanging.
 
@@ -16,6 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::{Offset, TopicPartitionList};
 
 const EVENTS: &str = "events";
@@ -35,7 +37,7 @@ when = "bio IS NOT NULL"
 "#;
 
 struct Cluster {
-    _mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     servers: String,
 }
 
@@ -46,10 +48,7 @@ impl Cluster {
             mock.create_topic(t, 1, 1).unwrap();
         }
         let servers = mock.bootstrap_servers();
-        Cluster {
-            _mock: mock,
-            servers,
-        }
+        Cluster { mock, servers }
     }
 
     /// Produces `payloads` to `events` (keyed by nothing), in one or more batches.
@@ -397,6 +396,47 @@ fn an_input_offset_that_retention_deleted_is_detected_logged_and_counted() {
         warnings[0].contains("stored=10") && warnings[0].contains(&format!("resumed={low}")),
         "{}",
         warnings[0]
+    );
+    service.stop(child);
+}
+
+#[test]
+fn a_producer_fatal_error_replaces_the_producer_and_delivery_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new();
+    let service = Service::new(dir.path(), &cluster, KAFKA_SINK, "");
+    cluster.produce(&[profile("u1", "a", T), profile("u2", "b", T + 1)], "none");
+    // The next produce request — tagstream's first — fails as if the broker had lost the
+    // producer's sequence: librdkafka raises a fatal error and fails every later message.
+    cluster.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let mut child = service.spawn();
+    let got = cluster.read(TRANSITIONS, 2, &service, &mut child);
+    let users: Vec<String> = got
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            v["user_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(
+        users.len() >= 2 && users.ends_with(&["u1".to_string(), "u2".to_string()]),
+        "every transition delivered, in order, after the replacement: {users:?}"
+    );
+    let metrics = fetch_metrics(&service.api(&mut child));
+    assert_eq!(
+        metric_sum(&metrics, "tagstream_sink_producer_fatal_errors_total"),
+        1.0
+    );
+    let log = std::fs::read_to_string(&service.log).unwrap();
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("hit a fatal error"))
+            .count(),
+        1,
+        "{log}"
     );
     service.stop(child);
 }

@@ -186,6 +186,7 @@ impl Delivery {
     /// Collects acknowledgements, sends what is pending, flushes line sinks, and deletes the
     /// acknowledged prefix of the outbox. Never blocks on the network.
     pub fn pump(&mut self, engine: &Engine) -> Result<()> {
+        self.recover_fatal()?;
         self.collect();
         if let Some(from) = self.rewind {
             if self.in_flight.is_empty() && Instant::now() >= self.retry_at {
@@ -235,6 +236,37 @@ impl Delivery {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Replaces a producer that hit a fatal error (it would fail every message forever) and
+    /// resends every unacknowledged entry after the usual backoff. Duplicates are possible, as
+    /// after any failure: transitions carry stable `event_id`s.
+    fn recover_fatal(&mut self) -> Result<()> {
+        let mut recreated = false;
+        for p in &self.producers {
+            let Some(reason) = p.fatal_error() else {
+                continue;
+            };
+            self.metrics.sink_producer_fatal_errors.inc();
+            tracing::error!(
+                producer = p.name(),
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "the {} kafka producer hit a fatal error ({reason}): replacing it and sending every unacknowledged outbox entry again",
+                p.name()
+            );
+            p.recreate().map_err(|e| {
+                crate::error::ConsumerError::io(e, std::io::Error::other("fatal producer error"))
+            })?;
+            recreated = true;
+        }
+        if recreated {
+            // The old clients' outcomes are gone with them.
+            self.in_flight.clear();
+            self.rewind = Some(self.first_unacked);
+            self.retry_at = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+        Ok(())
     }
 
     fn collect(&mut self) {
