@@ -74,6 +74,22 @@ pub struct Record<'a> {
     pub partition: u32,
     pub bytes: &'a [u8],
     pub origin: Origin,
+    /// Set when the source could hand over only part of the message: it is dead-lettered as
+    /// it is, without being decoded.
+    pub fault: Option<SourceFault>,
+}
+
+/// Dead-letter reason of input that could not be read (a corrupt or truncated `.gz`).
+pub const UNREADABLE_INPUT: &str = "unreadable_input";
+
+/// Why a source handed over only part of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceFault {
+    /// A line longer than `max_event_bytes` (`len` bytes): the record holds its first 64 KiB.
+    TooLarge { len: u64 },
+    /// The input cannot be read past this line (a corrupt or truncated gzip stream, a read
+    /// error): the record holds what was read of the line.
+    Unreadable { error: String },
 }
 
 /// Counters of what a batch did.
@@ -614,10 +630,10 @@ impl<'e> Run<'e> {
         now
     }
 
-    fn dead_letter(&mut self, record: &Record<'_>, reason: Reason, detail: String) {
-        *self.report.dead_letters.entry(reason.as_str()).or_insert(0) += 1;
+    fn dead_letter(&mut self, record: &Record<'_>, reason: &'static str, detail: String) {
+        *self.report.dead_letters.entry(reason).or_insert(0) += 1;
         self.outbox.push(OutboxEntry::DeadLetter(DeadLetter {
-            reason: reason.as_str().into(),
+            reason: reason.into(),
             detail,
             raw: record.bytes.to_vec(),
             origin: record.origin.clone(),
@@ -625,6 +641,23 @@ impl<'e> Run<'e> {
     }
 
     fn record(&mut self, record: &Record<'_>) -> Result<()> {
+        match &record.fault {
+            None => {}
+            Some(SourceFault::TooLarge { len }) => {
+                let detail = format!(
+                    "message is {len} bytes, at most {} allowed; the first {} bytes are kept",
+                    self.engine.options.decode.max_event_bytes,
+                    record.bytes.len()
+                );
+                self.dead_letter(record, Reason::TooLarge.as_str(), detail);
+                return Ok(());
+            }
+            Some(SourceFault::Unreadable { error }) => {
+                let detail = format!("the input cannot be read past this line: {error}");
+                self.dead_letter(record, UNREADABLE_INPUT, detail);
+                return Ok(());
+            }
+        }
         let event = match decode_message(record.bytes, &self.engine.options.decode) {
             Ok(Decoded::Event(e)) => e,
             // Neither applied nor dead-lettered, and engine time does not move.
@@ -633,7 +666,7 @@ impl<'e> Run<'e> {
                 return Ok(());
             }
             Err(rejection) => {
-                self.dead_letter(record, rejection.reason, rejection.detail);
+                self.dead_letter(record, rejection.reason.as_str(), rejection.detail);
                 return Ok(());
             }
         };
@@ -646,7 +679,7 @@ impl<'e> Run<'e> {
                     event.ts - wall,
                     self.engine.options.max_future_ms
                 );
-                self.dead_letter(record, Reason::FutureTimestamp, detail);
+                self.dead_letter(record, Reason::FutureTimestamp.as_str(), detail);
                 return Ok(());
             }
         }

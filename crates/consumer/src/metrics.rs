@@ -397,8 +397,12 @@ impl Metrics {
         for outcome in OUTCOMES {
             events.with_label_values(&[outcome]);
         }
-        for reason in tagstream_rules::event::Reason::ALL {
-            dead_letters.with_label_values(&[reason.as_str()]);
+        for reason in tagstream_rules::event::Reason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain([crate::engine::UNREADABLE_INPUT])
+        {
+            dead_letters.with_label_values(&[reason]);
         }
         for sink in SINKS {
             sink_delivery_errors.with_label_values(&[sink]);

@@ -226,6 +226,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
                 path,
                 follow: config.source.follow,
                 batch_size: 4096,
+                max_event_bytes: config.source.max_event_bytes as usize,
             };
             lines = Some(start_lines(&lc, store.clone(), control.clone(), tx)?);
         }
