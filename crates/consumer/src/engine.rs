@@ -45,8 +45,11 @@ pub enum ClockMode {
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub clock: ClockMode,
-    /// Wall mode: events further ahead of the clock than this are dead-lettered.
-    pub max_future_ms: i64,
+    /// Events further ahead of the wall clock than this are dead-lettered (`future_timestamp`),
+    /// in both clock modes: in event mode one far-future event would otherwise move its
+    /// partition's engine time for good. None (`replay`) applies no limit, so a replay of any
+    /// input stays exact.
+    pub max_future_ms: Option<i64>,
     /// At most this many due timers are fired per batch, so a midnight roll of millions of
     /// users is spread over many commits instead of stalling event processing.
     pub timers_per_batch: usize,
@@ -60,7 +63,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             clock: ClockMode::Event,
-            max_future_ms: 5 * 60_000,
+            max_future_ms: None,
             timers_per_batch: 10_000,
             decode: DecodeOptions::default(),
             reload_on_open: false,
@@ -183,6 +186,8 @@ pub struct Engine {
     /// `replay` and `dump`). Queries answer for owned partitions only: the state of a partition
     /// handed to another instance stays on disk but is no longer current.
     owned: Option<std::collections::BTreeSet<u32>>,
+    /// A `future_timestamp` rejection was logged (once per process: each is dead-lettered).
+    future_logged: bool,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -279,6 +284,7 @@ impl Engine {
             warming,
             metrics: None,
             owned: None,
+            future_logged: false,
         })
     }
 
@@ -670,14 +676,22 @@ impl<'e> Run<'e> {
                 return Ok(());
             }
         };
-        if self.engine.options.clock == ClockMode::Wall {
+        if let Some(max_future) = self.engine.options.max_future_ms {
             let wall = (self.engine.wall_clock)();
-            if event.ts > wall.saturating_add(self.engine.options.max_future_ms) {
+            if event.ts > wall.saturating_add(max_future) {
+                if !self.engine.future_logged {
+                    self.engine.future_logged = true;
+                    tracing::warn!(
+                        ahead_ms = event.ts - wall,
+                        max_future_ms = max_future,
+                        "an event is further ahead of the system clock than clock.max_future: dead-lettered as future_timestamp without moving engine time (logged once)"
+                    );
+                }
                 let detail = format!(
-                    "event time {} is {} ms ahead of the clock; at most {} ms allowed",
+                    "event time {} is {} ms ahead of the system clock; at most {} ms allowed",
                     event.ts,
                     event.ts - wall,
-                    self.engine.options.max_future_ms
+                    max_future
                 );
                 self.dead_letter(record, Reason::FutureTimestamp.as_str(), detail);
                 return Ok(());

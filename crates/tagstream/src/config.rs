@@ -209,10 +209,14 @@ pub enum ClockModeConfig {
 pub struct ClockConfig {
     #[serde(default)]
     pub mode: ClockModeConfig,
-    /// Wall mode: events further ahead of the clock are dead-lettered (`future_timestamp`).
-    /// Milliseconds, written as a duration: "90s", "5m", "1h", "1d" (or "500ms").
-    #[serde(default = "default_max_future", deserialize_with = "duration_ms")]
-    pub max_future: i64,
+    /// Events further ahead of the system clock are dead-lettered (`future_timestamp`), in
+    /// both clock modes. Milliseconds, written as a duration: "90s", "5m", "1h", "1d" (or
+    /// "500ms"); "off" (None) applies no limit.
+    #[serde(
+        default = "default_max_future",
+        deserialize_with = "duration_ms_or_off"
+    )]
+    pub max_future: Option<i64>,
 }
 
 impl Default for ClockConfig {
@@ -291,8 +295,8 @@ fn default_max_backlog() -> u64 {
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }
-fn default_max_future() -> i64 {
-    DEFAULT_MAX_FUTURE_MS
+fn default_max_future() -> Option<i64> {
+    Some(DEFAULT_MAX_FUTURE_MS)
 }
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default address")
@@ -374,11 +378,14 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     })
 }
 
-fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+fn duration_ms_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let text = Scalar::deserialize(d)?.text();
-    parse_duration_ms(&text).ok_or_else(|| {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    parse_duration_ms(&text).map(Some).ok_or_else(|| {
         serde::de::Error::custom(format!(
-            "{text:?} is not a duration like \"90s\", \"5m\", \"1h\" or \"1d\""
+            "{text:?} is not a duration like \"90s\", \"5m\", \"1h\" or \"1d\", nor \"off\""
         ))
     })
 }
@@ -750,7 +757,7 @@ impl Config {
                 return err("dead_letter.brokers", "required when dead_letter.kind = \"kafka\" and neither the source nor the sink is Kafka");
             }
         }
-        if self.clock.max_future < 0 {
+        if self.clock.max_future.is_some_and(|m| m < 0) {
             return err("clock.max_future", "must not be negative");
         }
         for peer in &self.api.peers {
@@ -803,7 +810,7 @@ mod tests {
         );
         assert_eq!(c.state.dir, PathBuf::from("/var/lib/tagstream"));
         assert_eq!(c.clock.mode, ClockModeConfig::Wall);
-        assert_eq!(c.clock.max_future, 300_000);
+        assert_eq!(c.clock.max_future, Some(300_000));
         assert_eq!(c.api.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.api.token_file, None);
     }
@@ -884,6 +891,8 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         );
         let e = parse_with("rules = \"r\"\n[source\n", &[]).unwrap_err();
         assert!(e.starts_with("/etc/ts/tagstream.toml:2:"), "{e}");
+        let c = parse_with(&format!("{MINIMAL}[clock]\nmax_future = \"off\"\n"), &[]).unwrap();
+        assert_eq!(c.clock.max_future, None);
     }
 
     #[test]
@@ -958,7 +967,7 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         assert_eq!(c.sink.topic.as_deref(), Some("out"));
         assert_eq!(c.sink.max_backlog, 500);
         assert_eq!(c.clock.mode, ClockModeConfig::Event);
-        assert_eq!(c.clock.max_future, 90_000);
+        assert_eq!(c.clock.max_future, Some(90_000));
         assert_eq!(c.api.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.dead_letter.kind, DeadLetterKind::Kafka);
         assert_eq!(c.dead_letter.topic.as_deref(), Some("dlq"));

@@ -406,3 +406,47 @@ fn replay_of_a_corrupt_gz_applies_what_it_can_and_fails_naming_the_file() {
     assert!(dead_letters(&d.join("dlq.ndjson")).is_empty());
     assert_eq!(users(&d.join("state")).len() as u64, applied);
 }
+
+#[test]
+fn run_in_event_mode_dead_letters_a_far_future_event_while_replay_applies_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Ten years ahead of any machine that runs this test.
+    let far = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 10 * 365 * 86_400_000;
+    let input = events(0, 2) + &event("future", far) + "\n" + &events(2, 2);
+    std::fs::write(d.join("events.ndjson"), &input).unwrap();
+    run_config(d, "events.ndjson", "");
+    let mut service = Service::start(d, "run");
+    service.wait_for("the lines after the future event", |s| {
+        (s.status("/v1/users/u3") == 200).then_some(())
+    });
+    let dls = dead_letters(&d.join("dlq.ndjson"));
+    assert_eq!(dls.len(), 1, "{dls:?}");
+    assert_eq!(dls[0]["reason"], "future_timestamp");
+    assert_eq!(dls[0]["line"], 3);
+    assert_eq!(service.status("/v1/users/future"), 404);
+    let engine_time = service.wait_for("the engine time gauge", |s| {
+        let t = common::metric_sum(&fetch_metrics(&s.base), "tagstream_engine_time_seconds");
+        (t > 0.0).then_some(t)
+    });
+    assert_eq!(
+        engine_time,
+        (TS + 3) as f64 / 1000.0,
+        "the event clock stays at the last applied event"
+    );
+    service.stop();
+
+    let replayed = tempfile::tempdir().unwrap();
+    let out = replay(replayed.path(), &d.join("events.ndjson"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dead_letters(&replayed.path().join("dlq.ndjson")).is_empty());
+    assert!(users(&replayed.path().join("state")).contains(&"future".to_string()));
+}

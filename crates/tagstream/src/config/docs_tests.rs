@@ -46,7 +46,7 @@ fn everything() -> Config {
         },
         clock: ClockConfig {
             mode: ClockModeConfig::Wall,
-            max_future: 1,
+            max_future: Some(1),
         },
         api: ApiConfig {
             listen: default_listen(),
