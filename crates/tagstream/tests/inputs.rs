@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -449,4 +450,43 @@ fn run_in_event_mode_dead_letters_a_far_future_event_while_replay_applies_it() {
     );
     assert!(dead_letters(&replayed.path().join("dlq.ndjson")).is_empty());
     assert!(users(&replayed.path().join("state")).contains(&"future".to_string()));
+}
+
+#[test]
+fn replay_of_a_small_file_that_grew_applies_only_the_new_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let input = d.join("in.ndjson");
+    std::fs::write(&input, events(0, 3)).unwrap();
+    let out = replay(d, &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap()
+        .write_all((event("u0", TS + 10) + "\n" + &events(3, 1)).as_bytes())
+        .unwrap();
+    let out = replay(d, &input);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let counts: Vec<(String, i64)> = dump(&d.join("state"))
+        .iter()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            (common::user_of(l), v["tags"]["n"].as_i64().unwrap())
+        })
+        .collect();
+    let want = [("u0", 2), ("u1", 1), ("u2", 1), ("u3", 1)].map(|(u, n)| (u.to_string(), n));
+    assert_eq!(counts, want);
+    // The second run's transitions are those of the appended lines only: u3 enters.
+    let transitions = std::fs::read_to_string(d.join("out.ndjson")).unwrap();
+    let entered: Vec<String> = transitions.lines().map(common::user_of).collect();
+    assert_eq!(entered, ["u3"]);
 }
