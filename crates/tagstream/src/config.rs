@@ -440,7 +440,34 @@ pub fn parse_size(text: &str) -> Option<u64> {
 pub fn load(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    parse(&text, path, std::env::vars())
+    parse(&text, path, env_overrides(std::env::vars_os())?)
+}
+
+/// The `TAGSTREAM__*` variables of an environment. Other variables are never decoded (a
+/// non-UTF-8 `LANG` or path is none of our business); one of ours that is not UTF-8 is an error
+/// naming it, since ignoring it would silently run with a setting the operator did not choose.
+fn env_overrides(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut ours = Vec::new();
+    for (name, value) in vars {
+        if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => ours.push((name, value)),
+            (Ok(name), Err(_)) => return Err(format!(
+                "environment variable {name} is not valid UTF-8; set it to UTF-8 text or unset it"
+            )),
+            (Err(name), _) => {
+                return Err(format!(
+                    "environment variable {} has a name that is not valid UTF-8; unset it",
+                    name.to_string_lossy()
+                ))
+            }
+        }
+    }
+    Ok(ours)
 }
 
 /// Everything but reading the file: `vars` are the environment variables to consider.
@@ -1029,6 +1056,34 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
             let e = parse_with(&format!("{MINIMAL}[api]\npeers = [\"{bad}\"]\n"), &[]).unwrap_err();
             assert!(e.contains("api.peers"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn only_our_environment_variables_are_decoded() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'a', 0xff]);
+        let ok = env_overrides([
+            (OsString::from("LANG"), bad()),
+            (OsString::from_vec(b"X\xff".to_vec()), OsString::from("1")),
+            (
+                OsString::from("TAGSTREAM__STATE__DIR"),
+                OsString::from("/s"),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            ok,
+            [("TAGSTREAM__STATE__DIR".to_string(), "/s".to_string())]
+        );
+        let e = env_overrides([(OsString::from("TAGSTREAM__STATE__DIR"), bad())]).unwrap_err();
+        assert!(
+            e.contains("TAGSTREAM__STATE__DIR is not valid UTF-8"),
+            "{e}"
+        );
+        let e =
+            env_overrides([(OsString::from_vec(b"TAGSTREAM__\xff".to_vec()), bad())]).unwrap_err();
+        assert!(e.contains("TAGSTREAM__\u{fffd}"), "{e}");
     }
 
     #[test]

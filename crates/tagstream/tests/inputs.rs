@@ -219,6 +219,11 @@ impl Service {
     fn start(dir: &Path, name: &str) -> Service {
         let log = dir.join(format!("{name}.log"));
         let child = spawn_run(&dir.join("tagstream.toml"), &log);
+        Service::attach(child, log)
+    }
+
+    /// A started `tagstream run` writing its log to `log`, once its API listens.
+    fn attach(child: Child, log: PathBuf) -> Service {
         let mut service = Service {
             child: Some(child),
             log,
@@ -489,4 +494,57 @@ fn replay_of_a_small_file_that_grew_applies_only_the_new_lines() {
     let transitions = std::fs::read_to_string(d.join("out.ndjson")).unwrap();
     let entered: Vec<String> = transitions.lines().map(common::user_of).collect();
     assert_eq!(entered, ["u3"]);
+}
+
+#[test]
+fn a_non_utf8_environment_never_panics_and_ours_is_named() {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("events.ndjson"), events(0, 2)).unwrap();
+    let config = run_config(d, "events.ndjson", "");
+    let latin1 = || OsString::from_vec(b"caf\xe9".to_vec());
+    let check = |name: &str| {
+        Command::new(bin())
+            .args(["check", "--config"])
+            .arg(&config)
+            .env_remove("TAGSTREAM_API_TOKEN")
+            .env(name, latin1())
+            .output()
+            .unwrap()
+    };
+    // Someone else's variable: not ours to read.
+    let out = check("LEGACY_LABEL");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One of ours: a clear error naming it, exit 1.
+    let out = check("TAGSTREAM__STATE__DIR");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("TAGSTREAM__STATE__DIR is not valid UTF-8") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    // The service starts and serves beside a non-UTF-8 variable.
+    let log = d.join("run.log");
+    let child = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("TAGSTREAM_LOG", "info")
+        .env("LEGACY_LABEL", latin1())
+        .env_remove("TAGSTREAM_API_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut service = Service::attach(child, log);
+    service.wait_for("the events to be applied", |s| {
+        (s.status("/v1/users/u1") == 200).then_some(())
+    });
+    service.stop();
 }

@@ -161,7 +161,15 @@ where
 
 /// Reads the API token from `TAGSTREAM_API_TOKEN` or the first line of `api.token_file`.
 pub fn load_token(token_file: Option<&std::path::Path>) -> Result<Option<Arc<str>>, String> {
-    token_from(token_file, std::env::var(TOKEN_ENV).ok())
+    let env = match std::env::var(TOKEN_ENV) {
+        Ok(token) => Some(token),
+        Err(std::env::VarError::NotPresent) => None,
+        // Never read as "no token": that would open /v1.
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("{TOKEN_ENV} is not valid UTF-8"))
+        }
+    };
+    token_from(token_file, env)
 }
 
 /// The environment variable that can hold the API token instead of `api.token_file`.
