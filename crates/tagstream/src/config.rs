@@ -246,6 +246,16 @@ pub struct ApiConfig {
     /// such a configuration is refused at start).
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// A `/v1` request not answered within this is answered 503 (a rules reload excepted);
+    /// "off" (None) sets no limit.
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration_ms_or_off"
+    )]
+    pub request_timeout: Option<i64>,
+    /// `/v1` requests served at once; more are answered 503 at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for ApiConfig {
@@ -255,6 +265,8 @@ impl Default for ApiConfig {
             token_file: None,
             peers: Vec::new(),
             allow_anonymous: false,
+            request_timeout: default_request_timeout(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -297,6 +309,12 @@ fn default_state_dir() -> PathBuf {
 }
 fn default_max_future() -> Option<i64> {
     Some(DEFAULT_MAX_FUTURE_MS)
+}
+fn default_request_timeout() -> Option<i64> {
+    Some(30_000)
+}
+fn default_max_in_flight() -> usize {
+    64
 }
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default address")
@@ -456,9 +474,11 @@ fn env_overrides(
         }
         match (name.into_string(), value.into_string()) {
             (Ok(name), Ok(value)) => ours.push((name, value)),
-            (Ok(name), Err(_)) => return Err(format!(
+            (Ok(name), Err(_)) => {
+                return Err(format!(
                 "environment variable {name} is not valid UTF-8; set it to UTF-8 text or unset it"
-            )),
+            ))
+            }
             (Err(name), _) => {
                 return Err(format!(
                     "environment variable {} has a name that is not valid UTF-8; unset it",
@@ -783,6 +803,12 @@ impl Config {
             {
                 return err("dead_letter.brokers", "required when dead_letter.kind = \"kafka\" and neither the source nor the sink is Kafka");
             }
+        }
+        if self.api.max_in_flight == 0 {
+            return err("api.max_in_flight", "must be at least 1");
+        }
+        if self.api.request_timeout.is_some_and(|t| t <= 0) {
+            return err("api.request_timeout", "must be positive (or \"off\")");
         }
         if self.clock.max_future.is_some_and(|m| m < 0) {
             return err("clock.max_future", "must not be negative");

@@ -193,6 +193,13 @@ fn serve(config: &Config) -> Result<(), RunError> {
             rules_path: config.rules.clone(),
             store: store.clone(),
             peers: api::peers::Peers::new(&config.api.peers),
+            limits: api::RequestLimits::new(
+                config.api.max_in_flight,
+                config
+                    .api
+                    .request_timeout
+                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+            ),
         },
     )
     .map_err(RunError::user)?;

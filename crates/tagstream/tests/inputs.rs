@@ -548,3 +548,128 @@ fn a_non_utf8_environment_never_panics_and_ours_is_named() {
     });
     service.stop();
 }
+
+/// GET `path`: (status, JSON body, `Retry-After`).
+fn get_json(base: &str, path: &str) -> (u16, Value, Option<String>) {
+    let response = match ureq::get(&format!("{base}{path}")).call() {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("GET {path}: {e}"),
+    };
+    let status = response.status();
+    let retry = response.header("Retry-After").map(str::to_string);
+    let body = serde_json::from_str(&response.into_string().unwrap()).unwrap();
+    (status, body, retry)
+}
+
+#[test]
+fn explain_of_a_deep_segment_chain_is_refused_with_422_not_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("events.ndjson"), events(0, 2)).unwrap();
+    run_config(d, "events.ndjson", "");
+    // Each segment reads the one below three times: the tree of s12 has over 3^12 nodes.
+    let mut rules = RULES.to_string();
+    rules.push_str("[[segment]]\nname = \"s0\"\nwhen = \"n > 0\"\n");
+    for i in 1..=12 {
+        let p = i - 1;
+        rules.push_str(&format!(
+            "[[segment]]\nname = \"s{i}\"\nwhen = \"s{p} AND (s{p} OR s{p})\"\n"
+        ));
+    }
+    std::fs::write(d.join("rules.toml"), rules).unwrap();
+    let mut service = Service::start(d, "run");
+    service.wait_for("the events", |s| {
+        (s.status("/v1/users/u1") == 200).then_some(())
+    });
+    let (status, body, _) = get_json(&service.base, "/v1/users/u1/explain?segment=s12");
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("\"s12\""),
+        "{body}"
+    );
+    assert_eq!(body["max_nodes"], 10_000);
+    let (status, body, _) = get_json(&service.base, "/v1/users/u1/explain?segment=s2");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["member"], true);
+    service.stop();
+}
+
+#[test]
+fn v1_sheds_requests_beyond_max_in_flight_and_times_out_slow_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("events.ndjson"), events(0, 2)).unwrap();
+    // A peer that accepts connections and never answers: every /v1 read waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = silent.local_addr().unwrap().to_string();
+    let (accepted_tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in silent.incoming() {
+            held.push(stream.unwrap());
+            if accepted_tx.send(()).is_err() {
+                return;
+            }
+        }
+    });
+    let mut cfg = std::fs::read_to_string(run_config(d, "events.ndjson", "")).unwrap();
+    cfg.push_str(&format!(
+        "peers = [\"{peer}\"]\nmax_in_flight = 2\nrequest_timeout = \"3s\"\n"
+    ));
+    std::fs::write(d.join("tagstream.toml"), cfg).unwrap();
+    let service = Service::start(d, "run");
+    let base = service.base.clone();
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let base = base.clone();
+            std::thread::spawn(move || get_json(&base, "/v1/segments"))
+        })
+        .collect();
+    // Both requests are in flight once the peer has their fan-outs.
+    accepted.recv().unwrap();
+    accepted.recv().unwrap();
+    let (status, body, retry) = get_json(&base, "/v1/segments");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("api.max_in_flight = 2"),
+        "{body}"
+    );
+    assert_eq!(retry.as_deref(), Some("1"));
+    // The open endpoints are never limited.
+    assert_eq!(service.status("/healthz"), 200);
+    assert_eq!(service.status("/metrics"), 200);
+    for handle in slow {
+        let (status, body, _) = handle.join().unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("api.request_timeout"),
+            "{body}"
+        );
+    }
+    let metrics = fetch_metrics(&base);
+    let rejected = |reason: &str| {
+        metrics
+            .samples
+            .iter()
+            .find(|m| {
+                m.metric == "tagstream_api_rejected_total" && m.labels.get("reason") == Some(reason)
+            })
+            .map(|m| m.value.clone())
+    };
+    assert_eq!(
+        rejected("overloaded"),
+        Some(prometheus_parse::Value::Counter(1.0))
+    );
+    assert_eq!(
+        rejected("timeout"),
+        Some(prometheus_parse::Value::Counter(2.0))
+    );
+    drop(service);
+}

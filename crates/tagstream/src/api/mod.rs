@@ -49,6 +49,45 @@ pub struct ApiState {
     pub store: Arc<dyn tagstream_state::StateStore>,
     /// `api.peers`: with peers, `/v1` reads answer for the whole deployment.
     pub peers: Option<Arc<peers::Peers>>,
+    /// `api.max_in_flight` and `api.request_timeout`.
+    pub limits: RequestLimits,
+}
+
+/// Bounds on `/v1` requests: how many are served at once, and how long one may take.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
+    timeout: Option<std::time::Duration>,
+    /// Each cause of rejection is logged once (then counted only).
+    logged: Arc<[std::sync::atomic::AtomicBool; 2]>,
+}
+
+impl RequestLimits {
+    pub fn new(max_in_flight: usize, timeout: Option<std::time::Duration>) -> RequestLimits {
+        RequestLimits {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            max_in_flight,
+            timeout,
+            logged: Arc::default(),
+        }
+    }
+
+    fn reject(&self, state: &ApiState, reason: usize, message: String) -> Response {
+        let name = tagstream_consumer::metrics::API_REJECTIONS[reason];
+        state.metrics.api_rejected.with_label_values(&[name]).inc();
+        if !self.logged[reason].swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                reason = name,
+                "{message} (logged once; tagstream_api_rejected_total counts them)"
+            );
+        }
+        let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
 }
 
 /// Counts one request to a peer (by its index, never its address or a user id).
@@ -236,6 +275,38 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     next.run(request).await
 }
 
+/// `/v1` load shedding: beyond `api.max_in_flight` requests at once, or past
+/// `api.request_timeout`, the answer is 503 at once instead of a queue that grows behind the
+/// engine lock. A timed-out request's work may still finish on the blocking pool; a rules
+/// reload is never cut (its answer says whether it was applied).
+async fn limit_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let limits = state.limits.clone();
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        let message = format!(
+            "too many requests in flight (api.max_in_flight = {}); retry shortly",
+            limits.max_in_flight
+        );
+        return limits.reject(&state, 0, message);
+    };
+    let reload = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == "/v1/rules/reload");
+    match limits.timeout.filter(|_| !reload) {
+        None => next.run(request).await,
+        Some(timeout) => match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                let message = format!(
+                    "the request was not answered within api.request_timeout ({} ms)",
+                    timeout.as_millis()
+                );
+                limits.reject(&state, 1, message)
+            }
+        },
+    }
+}
+
 async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -326,8 +397,13 @@ pub fn router(state: ApiState) -> axum::Router {
             protected = protected.route(r.path, handler(r));
         }
     }
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // The token is checked first: a request without it takes no slot.
+    let protected = protected
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_requests,
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(protected)
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /v1/openapi.json lists the API")
