@@ -63,6 +63,13 @@ pub struct RequestLimits {
     logged: Arc<[std::sync::atomic::AtomicBool; 2]>,
 }
 
+/// Why a `/v1` request was answered 503 without being served.
+#[derive(Debug, Clone, Copy)]
+enum Shed {
+    Overloaded = 0,
+    Timeout = 1,
+}
+
 impl RequestLimits {
     pub fn new(max_in_flight: usize, timeout: Option<std::time::Duration>) -> RequestLimits {
         RequestLimits {
@@ -73,7 +80,8 @@ impl RequestLimits {
         }
     }
 
-    fn reject(&self, state: &ApiState, reason: usize, message: String) -> Response {
+    fn reject(&self, state: &ApiState, shed: Shed, message: String) -> Response {
+        let reason = shed as usize;
         let name = tagstream_consumer::metrics::API_REJECTIONS[reason];
         state.metrics.api_rejected.with_label_values(&[name]).inc();
         if !self.logged[reason].swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -286,7 +294,7 @@ async fn limit_requests(State(state): State<ApiState>, request: Request, next: N
             "too many requests in flight (api.max_in_flight = {}); retry shortly",
             limits.max_in_flight
         );
-        return limits.reject(&state, 0, message);
+        return limits.reject(&state, Shed::Overloaded, message);
     };
     let reload = request
         .extensions()
@@ -301,7 +309,7 @@ async fn limit_requests(State(state): State<ApiState>, request: Request, next: N
                     "the request was not answered within api.request_timeout ({} ms)",
                     timeout.as_millis()
                 );
-                limits.reject(&state, 1, message)
+                limits.reject(&state, Shed::Timeout, message)
             }
         },
     }
