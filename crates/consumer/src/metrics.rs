@@ -30,6 +30,9 @@ pub struct Metrics {
     pub api_peer_requests: IntCounterVec,
     /// `tagstream_api_peer_failures_total{peer}` (peers that did not answer, by index)
     pub api_peer_failures: IntCounterVec,
+    /// `tagstream_api_rejected_total{reason="overloaded|timeout"}`: `/v1` requests answered 503
+    /// by `api.max_in_flight` or `api.request_timeout`
+    pub api_rejected: IntCounterVec,
     /// `tagstream_api_preview_seconds`: rules reload previews (`dry_run=true`)
     pub api_preview_seconds: Histogram,
     /// `tagstream_api_export_seconds{kind="segment|audience"}`: NDJSON exports, first to
@@ -113,6 +116,9 @@ pub struct RocksDbGauges {
 
 /// The label values of `tagstream_sink_delivery_errors_total{sink}`.
 pub const SINKS: [&str; 2] = ["transitions", "dead_letter"];
+
+/// Why the API refused a `/v1` request (`tagstream_api_rejected_total{reason}`).
+pub const API_REJECTIONS: [&str; 2] = ["overloaded", "timeout"];
 /// The label values of `tagstream_events_total{outcome}`.
 pub const OUTCOMES: [&str; 4] = ["applied", "dead_letter", "duplicate", "skipped"];
 /// The label values of `tagstream_consumer_rebalances_total{kind}`.
@@ -336,6 +342,14 @@ impl Metrics {
             "Requests to api.peers that failed (the answer was 503), by peer index.",
             &["peer"],
         );
+        let api_rejected = r.counter_vec(
+            "tagstream_api_rejected_total",
+            "/v1 requests answered 503 because api.max_in_flight were in flight (overloaded) or api.request_timeout passed (timeout).",
+            &["reason"],
+        );
+        for reason in API_REJECTIONS {
+            api_rejected.with_label_values(&[reason]);
+        }
         let api_preview_seconds = r.histogram(
             "tagstream_api_preview_seconds",
             "Duration of rules reload previews (POST /v1/rules/reload?dry_run=true).",
@@ -429,8 +443,12 @@ impl Metrics {
         for outcome in OUTCOMES {
             events.with_label_values(&[outcome]);
         }
-        for reason in tagstream_rules::event::Reason::ALL {
-            dead_letters.with_label_values(&[reason.as_str()]);
+        for reason in tagstream_rules::event::Reason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain([crate::engine::UNREADABLE_INPUT])
+        {
+            dead_letters.with_label_values(&[reason]);
         }
         for sink in SINKS {
             sink_delivery_errors.with_label_values(&[sink]);
@@ -447,6 +465,7 @@ impl Metrics {
             api_request_seconds,
             api_peer_requests,
             api_peer_failures,
+            api_rejected,
             api_preview_seconds,
             api_export_seconds,
             rules_reloads,

@@ -200,6 +200,13 @@ fn serve(config: &Config) -> Result<(), RunError> {
             rules_path: config.rules.clone(),
             store: store.clone(),
             peers: api::peers::Peers::new(&config.api.peers),
+            limits: api::RequestLimits::new(
+                config.api.max_in_flight,
+                config
+                    .api
+                    .request_timeout
+                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+            ),
         },
     )
     .map_err(RunError::user)?;
@@ -233,6 +240,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
                 path,
                 follow: config.source.follow,
                 batch_size: 4096,
+                max_event_bytes: config.source.max_event_bytes as usize,
             };
             lines = Some(start_lines(&lc, store.clone(), control.clone(), tx)?);
         }

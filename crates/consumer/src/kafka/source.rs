@@ -471,6 +471,7 @@ fn poll_loop(
                             offset: m.offset(),
                             key: m.key().map(|k| k.to_vec()),
                         },
+                        fault: None,
                     });
                     timeout = Duration::ZERO;
                 }

@@ -153,7 +153,14 @@ pub async fn explain_user(
             return Err(unknown_segment(&segment, &engine.segment_names()));
         }
         match engine.explain(&id, &segment)? {
-            Some(e) => Ok(Json(e)),
+            Some(Ok(e)) => Ok(Json(e)),
+            Some(Err(too_large)) => {
+                tracing::debug!(%too_large, "explain refused");
+                Err(
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, too_large.to_string())
+                        .with("max_nodes", too_large.max_nodes.into()),
+                )
+            }
             None => Err(ApiError::not_found("unknown user")),
         }
     })
