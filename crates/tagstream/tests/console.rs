@@ -277,18 +277,25 @@ impl Browser {
         std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
     }
 
-    /// The page does not scroll sideways, and every form control has a label.
+    /// The page does not scroll sideways, every form control has a label, and no value shows as
+    /// `[object …]`, `undefined` or `NaN`.
     fn check_layout(&self, page: &str) {
         let v = self.js(
             "const unlabelled = [...document.querySelectorAll('main input, main textarea, main select, dialog[open] input')]\
                .filter(e => e.labels.length === 0 && !e.getAttribute('aria-label')).map(e => e.id || e.outerHTML);\
-             return {overflow: document.documentElement.scrollWidth - window.innerWidth, unlabelled};",
+             return {overflow: document.documentElement.scrollWidth - window.innerWidth, unlabelled, \
+                     garbled: ['[object ', 'undefined', 'NaN'].filter(w => document.body.innerText.includes(w))};",
         );
         assert!(
             v["overflow"].as_i64().unwrap() <= 0,
             "{page}: the page is wider than the window: {v}"
         );
         assert_eq!(v["unlabelled"], json!([]), "{page}: inputs without a label");
+        assert_eq!(
+            v["garbled"],
+            json!([]),
+            "{page}: a value rendered as JavaScript's text"
+        );
     }
 }
 

@@ -18,6 +18,7 @@ function makeTimeFormat(timeZone) {
 }
 
 function fmtNum(n) { return numbers.format(n); }
+function count(n, one, many) { return `${fmtNum(n)} ${n === 1 ? one : many}`; }
 function fmtTime(ms) { return timeFormat.format(new Date(ms)).replace(",", ""); }
 
 // h("tag", {attr: value, onclick: fn}, child...) builds an element; strings become text nodes.
@@ -29,7 +30,7 @@ function h(tag, attrs, ...children) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.append(c instanceof Node ? c : String(c));
   }
@@ -416,8 +417,8 @@ async function audienceView(main, id) {
   input.focus();
   const [{ tags }, { segments }] = await Promise.all([api("GET", "/v1/tags"), api("GET", "/v1/segments")]);
   if (id !== renderId) return;
-  names.replaceChildren("Segments: ", segments.map((s, i) => [i ? ", " : "", h("code", {}, s.name)]),
-    ". Tags: ", tags.map((t, i) => [i ? ", " : "", h("code", {}, t.name)]), ".");
+  names.replaceChildren(h("span", {}, "Segments: ", segments.map((s, i) => [i ? ", " : "", h("code", {}, s.name)]),
+    ". Tags: ", tags.map((t, i) => [i ? ", " : "", h("code", {}, t.name)]), "."));
 }
 
 async function evaluateAudience(expr, state, result) {
@@ -486,7 +487,7 @@ async function rulesView(main, id) {
     const confirmText = document.getElementById("confirm-text");
     confirmText.dataset.transitions = String(enters + exits);
     confirmText.textContent = answer.changed
-      ? `Applying these rules on this pod will emit ${fmtNum(enters + exits)} transitions (${fmtNum(enters)} enters, ${fmtNum(exits)} exits) over ${fmtNum(answer.users)} users, at the current engine time.`
+      ? `Applying these rules on this pod will emit ${count(enters + exits, "transition", "transitions")} (${count(enters, "enter", "enters")}, ${count(exits, "exit", "exits")}) over ${count(answer.users, "user", "users")}, at the current engine time.`
       : "These rules are identical to the rules in force: applying them changes nothing and emits no transition.";
     const dialog = document.getElementById("confirm-dialog");
     dialog.returnValue = "";
@@ -497,7 +498,7 @@ async function rulesView(main, id) {
     try {
       const done = await api("POST", "/v1/rules/reload", { rules });
       out.replaceChildren(h("p", { class: "ok", id: "rules-result", dataset: { transitions: done.transitions } },
-        done.reloaded ? `Applied: ${fmtNum(done.transitions)} transitions emitted for ${fmtNum(done.users)} users.` : "Nothing changed: the rules were already in force."));
+        done.reloaded ? `Applied: ${count(done.transitions, "transition", "transitions")} emitted for ${count(done.users, "user", "users")}.` : "Nothing changed: the rules were already in force."));
       apply.disabled = true;
       const now = await api("GET", "/v1/rules");
       currentBox.replaceChildren(...currentRules(now));
@@ -540,7 +541,7 @@ function previewBox(answer) {
   const total = (k) => answer.segments.reduce((n, s) => n + s[k], 0);
   return h("div", { class: "card" },
     h("p", {}, answer.changed
-      ? `Preview over ${fmtNum(answer.users)} users: ${fmtNum(total("enters"))} enters and ${fmtNum(total("exits"))} exits.`
+      ? `Preview over ${count(answer.users, "user", "users")}: ${count(total("enters"), "enter", "enters")} and ${count(total("exits"), "exit", "exits")}.`
       : "These rules are identical to the rules in force."),
     answer.warming.length ? h("p", { class: "muted" }, `Tags that would start empty: ${answer.warming.join(", ")}.`) : null,
     h("div", { class: "scroll" }, h("table", { id: "preview-table" },
