@@ -478,6 +478,8 @@ async function rulesView(main, id) {
     } catch (e) {
       out.replaceChildren(e.body && e.body.errors ? errorsBox(e, text) : errorBox(e));
     }
+    // The answer is below the editor: bring it into view.
+    out.scrollIntoView({ block: "start" });
   });
   apply.addEventListener("click", async () => {
     if (!preview) return;
