@@ -112,6 +112,7 @@ struct Browser {
     url: String,
     session: String,
     shots: Option<PathBuf>,
+    downloads: tempfile::TempDir,
     _profile: tempfile::TempDir,
 }
 
@@ -146,6 +147,7 @@ impl Browser {
             status["value"]["ready"].as_bool().filter(|r| *r)
         });
         let profile = tempfile::tempdir().unwrap();
+        let downloads = tempfile::tempdir().unwrap();
         let args = vec![
             "--headless".to_string(),
             "--no-sandbox".into(),
@@ -161,7 +163,10 @@ impl Browser {
         ];
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args, "prefs": {
+                "download.default_directory": downloads.path(),
+                "download.prompt_for_download": false,
+            }}
         }}});
         let session: Value = ureq::post(&format!("{url}/session"))
             .send_string(&caps.to_string())
@@ -182,6 +187,7 @@ impl Browser {
             url,
             session,
             shots,
+            downloads,
             _profile: profile,
         }
     }
@@ -597,6 +603,22 @@ fn the_console_shows_what_the_api_answers() {
     }
     browser.check_layout("audience");
     browser.screenshot("audience");
+
+    // Its export downloads every member, as the API's export streams them.
+    browser.click("#audience-export");
+    let file = browser.downloads.path().join("audience.ndjson");
+    let exported = poll("the audience download", || {
+        std::fs::read_to_string(&file)
+            .ok()
+            .filter(|t| !t.is_empty())
+    });
+    let api_export = ureq::post(&format!("{}/v1/audiences/export", service.base))
+        .set("Authorization", &format!("Bearer {TOKEN}"))
+        .send_string(&json!({ "expr": "spend_30d > 100 AND NOT churn_risk_high" }).to_string())
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert_eq!(exported, api_export);
     let bad = "cart_abandoner AND spend_30d > 'x'";
     browser.clear("#audience-input");
     browser.type_into("#audience-input", bad);
