@@ -1,5 +1,6 @@
 //! The HTTP API of `tagstream run` (SPEC §8), served with axum on `api.listen`.
 //!
+//! * `GET /ui` serves the web console ([`console`]), a client of `/v1`.
 //! * `/healthz`, `/readyz`, `/metrics` and `/v1/openapi.json` are open; everything else under
 //!   `/v1` needs `Authorization: Bearer <token>` when a token is configured (compared in
 //!   constant time). [`ROUTES`] lists every route; `openapi.json` beside this file describes
@@ -11,6 +12,7 @@
 //! * User ids are personal data: they are never logged above debug level and never used as
 //!   metric labels (requests are counted by route template).
 
+mod console;
 pub mod peers;
 mod routes;
 
@@ -365,6 +367,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/segments/{name}/history", false),
     route("POST", "/v1/audiences", false),
     route("POST", "/v1/audiences/export", false),
+    route("GET", "/v1/rules", false),
     route("POST", "/v1/rules/reload", false),
 ];
 
@@ -389,6 +392,7 @@ fn handler(r: &Route) -> axum::routing::MethodRouter<ApiState> {
         ("GET", "/v1/segments/{name}/export") => get(routes::segment_export),
         ("POST", "/v1/audiences") => post(routes::audience),
         ("POST", "/v1/audiences/export") => post(routes::audience_export),
+        ("GET", "/v1/rules") => get(routes::get_rules),
         ("POST", "/v1/rules/reload") => post(routes::reload_rules),
         (method, path) => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
     }
@@ -413,6 +417,7 @@ pub fn router(state: ApiState) -> axum::Router {
         ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(protected)
+        .merge(console::router())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /v1/openapi.json lists the API")
         })
