@@ -175,6 +175,7 @@ fn run(dir: &std::path::Path, sync: bool) -> (Vec<Step>, Metrics) {
                     source: "t".into(),
                     line: i as u64 + 1,
                 },
+                fault: None,
             })
             .collect();
         engine.process(&records, &[]).unwrap();
