@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build tagstream: libclang (bindgen generates the RocksDB
 # bindings at build time), OpenSSL headers and pkg-config (librdkafka is built with TLS and SASL),
-# a C++ toolchain; with `--test`, also the Tansu broker the static-membership and TLS tests run.
+# a C++ toolchain; with `--test`, also the Tansu broker the static-membership and TLS tests run
+# and the headless Chromium (with its WebDriver) the console test drives.
 # Idempotent; does nothing when everything is present.
 #
 #   scripts/ensure-deps.sh            build dependencies
@@ -44,6 +45,24 @@ fi
 command -v cargo >/dev/null || { echo "cargo is not installed: install Rust from rustup first" >&2; exit 1; }
 
 [ "${1:-}" = "--test" ] || exit 0
+
+# socat: the TLS test (tests/kafka_tls.rs) puts a TLS listener in front of Tansu (Tansu 0.6.0's
+# own --cert/--key options cannot be combined).
+if ! command -v socat >/dev/null; then
+  echo "installing socat (the TLS test's TLS listener)" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends socat >/dev/null
+fi
+
+# Chromium and chromedriver from Debian (crates/tagstream/tests/console.rs drives the web
+# console in a real browser through WebDriver). The two packages come from the same source
+# package, so their versions always match.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "installing test dependencies: chromium chromium-driver" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver >/dev/null
+fi
 
 # Tansu, a Kafka-compatible broker (tests/kafka_static.rs needs static membership, which
 # librdkafka's mock cluster lacks; the TLS test needs a TLS listener). A prebuilt Tansu ships in

@@ -21,11 +21,16 @@ fn main() {
     // Rebuild when HEAD moves: HEAD itself changes on a checkout, the branch's ref (loose,
     // or in packed-refs) on a commit. Only existing files are watched: cargo reruns the
     // script on every build for a path that does not exist.
+    // In a linked worktree HEAD is the worktree's own, while branch refs and packed-refs live
+    // in the common directory of the repository.
     if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]).map(PathBuf::from) {
-        let mut watch = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
+        let common = git(&["rev-parse", "--git-common-dir"])
+            .map(|c| Path::new(env!("CARGO_MANIFEST_DIR")).join(c))
+            .unwrap_or_else(|| git_dir.clone());
+        let mut watch = vec![git_dir.join("HEAD"), common.join("packed-refs")];
         if let Ok(head) = std::fs::read_to_string(git_dir.join("HEAD")) {
             if let Some(r) = head.trim().strip_prefix("ref: ") {
-                watch.push(git_dir.join(r));
+                watch.push(common.join(r));
             }
         }
         for path in watch.iter().filter(|p| Path::new(p).exists()) {

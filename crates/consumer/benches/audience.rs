@@ -184,6 +184,7 @@ fn tag_state(dir: &std::path::Path) -> SharedEngine {
                         source: "bench".into(),
                         line: i as u64,
                     },
+                    fault: None,
                 })
                 .collect();
             engine.process(&records, &[]).unwrap();

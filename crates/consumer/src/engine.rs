@@ -45,8 +45,11 @@ pub enum ClockMode {
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     pub clock: ClockMode,
-    /// Wall mode: events further ahead of the clock than this are dead-lettered.
-    pub max_future_ms: i64,
+    /// Events further ahead of the wall clock than this are dead-lettered (`future_timestamp`),
+    /// in both clock modes: in event mode one far-future event would otherwise move its
+    /// partition's engine time for good. None (`replay`) applies no limit, so a replay of any
+    /// input stays exact.
+    pub max_future_ms: Option<i64>,
     /// At most this many due timers are fired per batch, so a midnight roll of millions of
     /// users is spread over many commits instead of stalling event processing.
     pub timers_per_batch: usize,
@@ -54,16 +57,22 @@ pub struct EngineOptions {
     /// When the store was built with other rules: carry its state over to the given rules
     /// (as a reload does, transitions with cause `rules`) instead of refusing to open.
     pub reload_on_open: bool,
+    /// fsync the store's write-ahead log after each commit of a batch, a timer run, a delete
+    /// or a reload (`state.sync = "batch"`), so that what the outbox then delivers and what
+    /// the API then answers survive power loss. Outbox acknowledgements are not synced: one
+    /// lost to a power cut only means a redelivery.
+    pub sync: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             clock: ClockMode::Event,
-            max_future_ms: 5 * 60_000,
+            max_future_ms: None,
             timers_per_batch: 10_000,
             decode: DecodeOptions::default(),
             reload_on_open: false,
+            sync: false,
         }
     }
 }
@@ -74,6 +83,22 @@ pub struct Record<'a> {
     pub partition: u32,
     pub bytes: &'a [u8],
     pub origin: Origin,
+    /// Set when the source could hand over only part of the message: it is dead-lettered as
+    /// it is, without being decoded.
+    pub fault: Option<SourceFault>,
+}
+
+/// Dead-letter reason of input that could not be read (a corrupt or truncated `.gz`).
+pub const UNREADABLE_INPUT: &str = "unreadable_input";
+
+/// Why a source handed over only part of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceFault {
+    /// A line longer than `max_event_bytes` (`len` bytes): the record holds its first 64 KiB.
+    TooLarge { len: u64 },
+    /// The input cannot be read past this line (a corrupt or truncated gzip stream, a read
+    /// error): the record holds what was read of the line.
+    Unreadable { error: String },
 }
 
 /// Counters of what a batch did.
@@ -189,6 +214,8 @@ pub struct Engine {
     /// `replay` and `dump`). Queries answer for owned partitions only: the state of a partition
     /// handed to another instance stays on disk but is no longer current.
     owned: Option<std::collections::BTreeSet<u32>>,
+    /// A `future_timestamp` rejection was logged (once per process: each is dead-lettered).
+    future_logged: bool,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -280,6 +307,7 @@ impl Engine {
             warming,
             metrics: None,
             owned: None,
+            future_logged: false,
         })
     }
 
@@ -634,10 +662,10 @@ impl<'e> Run<'e> {
         now
     }
 
-    fn dead_letter(&mut self, record: &Record<'_>, reason: Reason, detail: String) {
-        *self.report.dead_letters.entry(reason.as_str()).or_insert(0) += 1;
+    fn dead_letter(&mut self, record: &Record<'_>, reason: &'static str, detail: String) {
+        *self.report.dead_letters.entry(reason).or_insert(0) += 1;
         self.outbox.push(OutboxEntry::DeadLetter(DeadLetter {
-            reason: reason.as_str().into(),
+            reason: reason.into(),
             detail,
             raw: record.bytes.to_vec(),
             origin: record.origin.clone(),
@@ -645,6 +673,23 @@ impl<'e> Run<'e> {
     }
 
     fn record(&mut self, record: &Record<'_>) -> Result<()> {
+        match &record.fault {
+            None => {}
+            Some(SourceFault::TooLarge { len }) => {
+                let detail = format!(
+                    "message is {len} bytes, at most {} allowed; the first {} bytes are kept",
+                    self.engine.options.decode.max_event_bytes,
+                    record.bytes.len()
+                );
+                self.dead_letter(record, Reason::TooLarge.as_str(), detail);
+                return Ok(());
+            }
+            Some(SourceFault::Unreadable { error }) => {
+                let detail = format!("the input cannot be read past this line: {error}");
+                self.dead_letter(record, UNREADABLE_INPUT, detail);
+                return Ok(());
+            }
+        }
         let event = match decode_message(record.bytes, &self.engine.options.decode) {
             Ok(Decoded::Event(e)) => e,
             // Neither applied nor dead-lettered, and engine time does not move.
@@ -653,20 +698,28 @@ impl<'e> Run<'e> {
                 return Ok(());
             }
             Err(rejection) => {
-                self.dead_letter(record, rejection.reason, rejection.detail);
+                self.dead_letter(record, rejection.reason.as_str(), rejection.detail);
                 return Ok(());
             }
         };
-        if self.engine.options.clock == ClockMode::Wall {
+        if let Some(max_future) = self.engine.options.max_future_ms {
             let wall = (self.engine.wall_clock)();
-            if event.ts > wall.saturating_add(self.engine.options.max_future_ms) {
+            if event.ts > wall.saturating_add(max_future) {
+                if !self.engine.future_logged {
+                    self.engine.future_logged = true;
+                    tracing::warn!(
+                        ahead_ms = event.ts - wall,
+                        max_future_ms = max_future,
+                        "an event is further ahead of the system clock than clock.max_future: dead-lettered as future_timestamp without moving engine time (logged once)"
+                    );
+                }
                 let detail = format!(
-                    "event time {} is {} ms ahead of the clock; at most {} ms allowed",
+                    "event time {} is {} ms ahead of the system clock; at most {} ms allowed",
                     event.ts,
                     event.ts - wall,
-                    self.engine.options.max_future_ms
+                    max_future
                 );
-                self.dead_letter(record, Reason::FutureTimestamp, detail);
+                self.dead_letter(record, Reason::FutureTimestamp.as_str(), detail);
                 return Ok(());
             }
         }
@@ -922,6 +975,12 @@ impl<'e> Run<'e> {
         }
         batch.append(std::mem::take(&mut self.extra));
         store.commit(batch)?;
+        if self.engine.options.sync {
+            store.sync()?;
+            if let Some(m) = &self.engine.metrics {
+                m.state_syncs.inc();
+            }
+        }
         if let Some(m) = &self.engine.metrics {
             let committed = (self.engine.wall_clock)();
             for ts in &self.emitted_ts {

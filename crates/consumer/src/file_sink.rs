@@ -7,10 +7,45 @@ use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
 use crate::outbox::OutboxEntry;
 
+/// A line destination that can be made durable: what [`LineSink::flush`] writes to.
+pub trait SyncWrite: Write + Send {
+    /// Makes everything written so far survive power loss (`fdatasync` for a file). Streams
+    /// that have no disk behind them (stdout, stderr, a pipe) have nothing to do.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl SyncWrite for File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
+}
+
+impl<W: SyncWrite> SyncWrite for BufWriter<W> {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.flush()?;
+        self.get_mut().sync()
+    }
+}
+
+impl SyncWrite for std::io::Stdout {
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl SyncWrite for std::io::Stderr {
+    fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An append-only NDJSON destination (`-` = stdout).
 pub struct LineSink {
-    out: Box<dyn Write + Send>,
+    out: Box<dyn SyncWrite>,
     name: String,
+    /// `fdatasync` at each flush, before the outbox entries written are acknowledged: a line
+    /// whose outbox entry is gone must be on disk, not in the page cache (`state.sync`).
+    sync: bool,
 }
 
 impl std::fmt::Debug for LineSink {
@@ -24,7 +59,7 @@ impl std::fmt::Debug for LineSink {
 impl LineSink {
     /// Opens `path` for appending (created if missing); `-` writes to stdout.
     pub fn open(path: &str, truncate: bool) -> Result<LineSink> {
-        let out: Box<dyn Write + Send> = if path == "-" {
+        let out: Box<dyn SyncWrite> = if path == "-" {
             Box::new(BufWriter::new(std::io::stdout()))
         } else {
             let file: File = OpenOptions::new()
@@ -36,18 +71,27 @@ impl LineSink {
                 .map_err(|e| ConsumerError::User(format!("cannot open output {path}: {e}")))?;
             Box::new(BufWriter::with_capacity(1 << 20, file))
         };
-        Ok(LineSink {
+        Ok(LineSink::from_writer(path, out))
+    }
+
+    /// A sink over any destination; `name` appears in error messages.
+    pub fn from_writer(name: &str, out: Box<dyn SyncWrite>) -> LineSink {
+        LineSink {
             out,
-            name: path.to_string(),
-        })
+            name: name.to_string(),
+            sync: false,
+        }
     }
 
     /// Standard error (dead letters of a replay without `--dlq`).
     pub fn stderr() -> LineSink {
-        LineSink {
-            out: Box::new(std::io::stderr()),
-            name: "stderr".into(),
-        }
+        LineSink::from_writer("stderr", Box::new(std::io::stderr()))
+    }
+
+    /// Makes every [`LineSink::flush`] also sync the data to disk.
+    pub fn sync_on_flush(mut self, sync: bool) -> LineSink {
+        self.sync = sync;
+        self
     }
 
     pub fn write_line(&mut self, line: &str) -> Result<()> {
@@ -57,10 +101,14 @@ impl LineSink {
             .map_err(|e| ConsumerError::io(format!("writing {}", self.name), e))
     }
 
+    /// Writes out what is buffered (and syncs it, with [`LineSink::sync_on_flush`]).
     pub fn flush(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .map_err(|e| ConsumerError::io(format!("writing {}", self.name), e))
+        let result = if self.sync {
+            self.out.sync()
+        } else {
+            self.out.flush()
+        };
+        result.map_err(|e| ConsumerError::io(format!("writing {}", self.name), e))
     }
 }
 

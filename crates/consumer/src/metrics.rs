@@ -30,6 +30,9 @@ pub struct Metrics {
     pub api_peer_requests: IntCounterVec,
     /// `tagstream_api_peer_failures_total{peer}` (peers that did not answer, by index)
     pub api_peer_failures: IntCounterVec,
+    /// `tagstream_api_rejected_total{reason="overloaded|timeout"}`: `/v1` requests answered 503
+    /// by `api.max_in_flight` or `api.request_timeout`
+    pub api_rejected: IntCounterVec,
     /// `tagstream_api_preview_seconds`: rules reload previews (`dry_run=true`)
     pub api_preview_seconds: Histogram,
     /// `tagstream_api_export_seconds{kind="segment|audience"}`: NDJSON exports, first to
@@ -83,6 +86,17 @@ pub struct Metrics {
     pub build_info: IntGaugeVec,
     /// `tagstream_rocksdb_*`: the state store's health, refreshed at each scrape.
     pub rocksdb: RocksDbGauges,
+    /// `tagstream_state_syncs_total`: write-ahead log fsyncs after a commit (`state.sync`).
+    pub state_syncs: IntCounter,
+    /// `tagstream_sink_oversized_transitions_total{action="truncated|dropped"}`: transitions
+    /// larger than the sink accepts, cut to fit or (when even that cannot fit) skipped.
+    pub sink_oversized_transitions: IntCounterVec,
+    /// `tagstream_input_gaps_total{topic,partition}`: resumptions past a stored offset that
+    /// retention had deleted (events never applied).
+    pub input_gaps: IntCounterVec,
+    /// `tagstream_sink_producer_fatal_errors_total`: Kafka producers replaced after a fatal
+    /// (idempotence) error.
+    pub sink_producer_fatal_errors: IntCounter,
 }
 
 /// RocksDB health gauges (see [`Metrics::record_store_health`]).
@@ -102,6 +116,9 @@ pub struct RocksDbGauges {
 
 /// The label values of `tagstream_sink_delivery_errors_total{sink}`.
 pub const SINKS: [&str; 2] = ["transitions", "dead_letter"];
+
+/// Why the API refused a `/v1` request (`tagstream_api_rejected_total{reason}`).
+pub const API_REJECTIONS: [&str; 2] = ["overloaded", "timeout"];
 /// The label values of `tagstream_events_total{outcome}`.
 pub const OUTCOMES: [&str; 4] = ["applied", "dead_letter", "duplicate", "skipped"];
 /// The label values of `tagstream_consumer_rebalances_total{kind}`.
@@ -325,6 +342,14 @@ impl Metrics {
             "Requests to api.peers that failed (the answer was 503), by peer index.",
             &["peer"],
         );
+        let api_rejected = r.counter_vec(
+            "tagstream_api_rejected_total",
+            "/v1 requests answered 503 because api.max_in_flight were in flight (overloaded) or api.request_timeout passed (timeout).",
+            &["reason"],
+        );
+        for reason in API_REJECTIONS {
+            api_rejected.with_label_values(&[reason]);
+        }
         let api_preview_seconds = r.histogram(
             "tagstream_api_preview_seconds",
             "Duration of rules reload previews (POST /v1/rules/reload?dry_run=true).",
@@ -383,6 +408,27 @@ impl Metrics {
                 "Bytes of live SST files, all column families.",
             ),
         };
+        let state_syncs = r.counter(
+            "tagstream_state_syncs_total",
+            "fsyncs of the state store's write-ahead log after a commit (state.sync = batch).",
+        );
+        let sink_oversized_transitions = r.counter_vec(
+            "tagstream_sink_oversized_transitions_total",
+            "Transitions larger than the sink accepts: tag values truncated to fit, or dropped when even that cannot fit.",
+            &["action"],
+        );
+        for action in ["truncated", "dropped"] {
+            sink_oversized_transitions.with_label_values(&[action]);
+        }
+        let input_gaps = r.counter_vec(
+            "tagstream_input_gaps_total",
+            "Partitions resumed past a stored offset that retention had already deleted: the events in between were never applied.",
+            &["topic", "partition"],
+        );
+        let sink_producer_fatal_errors = r.counter(
+            "tagstream_sink_producer_fatal_errors_total",
+            "Kafka producers that hit a fatal error (idempotence: sequence or producer id lost) and were replaced.",
+        );
         r.process();
         let now_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -397,8 +443,12 @@ impl Metrics {
         for outcome in OUTCOMES {
             events.with_label_values(&[outcome]);
         }
-        for reason in tagstream_rules::event::Reason::ALL {
-            dead_letters.with_label_values(&[reason.as_str()]);
+        for reason in tagstream_rules::event::Reason::ALL
+            .iter()
+            .map(|r| r.as_str())
+            .chain([crate::engine::UNREADABLE_INPUT])
+        {
+            dead_letters.with_label_values(&[reason]);
         }
         for sink in SINKS {
             sink_delivery_errors.with_label_values(&[sink]);
@@ -415,6 +465,7 @@ impl Metrics {
             api_request_seconds,
             api_peer_requests,
             api_peer_failures,
+            api_rejected,
             api_preview_seconds,
             api_export_seconds,
             rules_reloads,
@@ -440,6 +491,10 @@ impl Metrics {
             messages_read,
             build_info,
             rocksdb,
+            state_syncs,
+            sink_oversized_transitions,
+            input_gaps,
+            sink_producer_fatal_errors,
         }
     }
 

@@ -80,6 +80,64 @@ impl DeadLetter {
     }
 }
 
+/// The top-level field listing the tags whose values [`fit_transition`] cut.
+pub const TRUNCATED_TAGS: &str = "truncated_tags";
+
+/// A transition's JSON text made to fit `budget` bytes, so that a sink's size limit can never
+/// block the outbox: the largest tag values go first — a string keeps its longest prefix that
+/// fits (at a character boundary), any other value becomes null — and their names are listed
+/// in `truncated_tags`. Every other field is kept. `None` when even null tags do not fit (a
+/// user id near the limit): such a transition cannot be delivered.
+pub fn fit_transition(json: &str, budget: usize) -> Option<std::borrow::Cow<'_, str>> {
+    use serde_json::Value;
+    if json.len() <= budget {
+        return Some(std::borrow::Cow::Borrowed(json));
+    }
+    let mut v: Value = serde_json::from_str(json).ok()?;
+    let mut cut: Vec<String> = Vec::new();
+    loop {
+        let text = v.to_string();
+        if text.len() <= budget {
+            return Some(std::borrow::Cow::Owned(text));
+        }
+        let excess = text.len() - budget;
+        let obj = v.as_object_mut()?;
+        let tags = obj.get_mut("tags")?.as_object_mut()?;
+        // The largest value not yet null; one already cut once is nulled (escapes can make a
+        // prefix longer in JSON than in bytes, so a second cut must not be another guess).
+        let (name, value) = tags
+            .iter_mut()
+            .filter(|(_, v)| !v.is_null())
+            .max_by_key(|(_, v)| v.to_string().len())?;
+        let name = name.clone();
+        let again = cut.contains(&name);
+        match value {
+            Value::String(s) if !again => {
+                // Room for the name in truncated_tags (quoted, escaped, a comma) and, at the
+                // first cut, for the field itself (`,"truncated_tags":[]`).
+                let mut room = Value::String(name.clone()).to_string().len() + 1;
+                if cut.is_empty() {
+                    room += TRUNCATED_TAGS.len() + 6;
+                }
+                let keep = s.len().saturating_sub(excess + room);
+                let mut at = keep;
+                while at > 0 && !s.is_char_boundary(at) {
+                    at -= 1;
+                }
+                s.truncate(at);
+            }
+            other => *other = Value::Null,
+        }
+        if !again {
+            cut.push(name);
+        }
+        obj.insert(
+            TRUNCATED_TAGS.to_string(),
+            Value::Array(cut.iter().cloned().map(Value::String).collect()),
+        );
+    }
+}
+
 /// Standard base64 with padding (small enough not to warrant a dependency).
 pub fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -117,6 +175,44 @@ mod tests {
         ] {
             assert_eq!(base64(input.as_bytes()), want);
         }
+    }
+
+    #[test]
+    fn oversized_transitions_are_cut_to_fit_and_say_which_tags() {
+        let big = "é".repeat(600_000); // 1.2 MB, two bytes a character
+        let json = serde_json::json!({
+            "event_id": "x", "type": "segment_enter", "segment": "s", "user_id": "u1",
+            "seq": 1, "ts": 1, "cause": "event",
+            "tags": {"bio": big, "list": vec!["y".repeat(1000); 200], "tier": "high"}
+        })
+        .to_string();
+        let fitted = fit_transition(&json, 1_000_000).unwrap();
+        assert!(fitted.len() <= 1_000_000, "{}", fitted.len());
+        let v: serde_json::Value = serde_json::from_str(&fitted).unwrap();
+        let bio = v["tags"]["bio"].as_str().unwrap();
+        assert!(bio.len() > 700_000 && big.starts_with(bio), "{}", bio.len());
+        assert_eq!(v["tags"]["tier"], "high");
+        assert_eq!(v["truncated_tags"], serde_json::json!(["bio"]));
+        assert_eq!(v["user_id"], "u1");
+        assert_eq!(v["seq"], 1);
+
+        // A tighter budget cuts the next largest value too; non-strings become null.
+        let fitted = fit_transition(&json, 1_000).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&fitted).unwrap();
+        assert!(fitted.len() <= 1_000, "{fitted}");
+        assert_eq!(v["tags"]["list"], serde_json::Value::Null);
+        assert_eq!(v["tags"]["tier"], "high");
+        assert_eq!(v["truncated_tags"], serde_json::json!(["bio", "list"]));
+
+        // What fits is untouched; what cannot fit at all is refused.
+        assert!(matches!(
+            fit_transition(&json, json.len()),
+            Some(std::borrow::Cow::Borrowed(_))
+        ));
+        assert!(fit_transition(&json, 100).is_none());
+        // Escapes make a string longer in JSON than in bytes: still within budget.
+        let quotes = serde_json::json!({"tags": {"q": "\"".repeat(10_000)}}).to_string();
+        assert!(fit_transition(&quotes, 5_000).unwrap().len() <= 5_000);
     }
 
     #[test]

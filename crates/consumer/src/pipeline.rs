@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 
 use tagstream_state::Cf;
 
-pub use delivery::{Delivery, Route};
+pub use delivery::{Delivery, Route, DEFAULT_MAX_MESSAGE_BYTES};
 pub use lines::{start_lines, LinesConfig};
 
-use crate::engine::{BatchReport, ClockMode, Record, SharedEngine};
+use crate::engine::{BatchReport, ClockMode, Record, SharedEngine, SourceFault};
 use crate::error::{ConsumerError, Result};
 use crate::kafka::{decode_offset, encode_offset, offsets_key};
 use crate::metrics::Metrics;
@@ -44,6 +44,9 @@ pub struct Message {
     pub partition: u32,
     pub bytes: Vec<u8>,
     pub origin: Origin,
+    /// The source could hand over only part of the message (a line over `max_event_bytes`, an
+    /// unreadable input).
+    pub fault: Option<SourceFault>,
 }
 
 /// Messages read together, plus extra input positions to commit with them (file sources; Kafka
@@ -420,6 +423,7 @@ impl Loop<'_> {
                 partition: m.partition,
                 bytes: &m.bytes,
                 origin: m.origin.clone(),
+                fault: m.fault.clone(),
             });
         }
         let mut positions = batch.positions;

@@ -12,7 +12,7 @@ use tagstream_state::{RocksStore, StateStore, StoreOptions};
 use crate::engine::{BatchReport, ClockMode, Engine, EngineOptions, Record};
 use crate::error::{ConsumerError, Result};
 use crate::file_sink::{drain_outbox, LineSink};
-use crate::file_source::{decode_position, encode_position, fingerprint, position_key, LineSource};
+use crate::file_source::{position_key, LineReader, ReadLine, StdinMode};
 use crate::outbox::Origin;
 
 /// Replay is single-partition: every user lives in partition 0.
@@ -62,12 +62,14 @@ fn open_store(dir: &str, must_exist: bool) -> Result<Arc<dyn StateStore>> {
 pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     let (rules, source) = load_rules(&opts.rules)?;
     let store = open_store(&opts.state_dir, false)?;
+    let decode = DecodeOptions {
+        format: opts.format,
+        ..DecodeOptions::default()
+    };
+    let max_event_bytes = decode.max_event_bytes;
     let options = EngineOptions {
         clock: ClockMode::Event,
-        decode: DecodeOptions {
-            format: opts.format,
-            ..DecodeOptions::default()
-        },
+        decode,
         ..EngineOptions::default()
     };
     let mut engine = Engine::open(store, Arc::new(rules), &source, options)?;
@@ -84,35 +86,21 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     // Entries left by an interrupted run are delivered first.
     drain_outbox(&engine, &mut out, Some(&mut dlq))?;
 
-    let mut input = LineSource::open(&opts.input)?;
-    let fp = fingerprint(&opts.input)?;
+    let mut input = LineReader::open(&opts.input, max_event_bytes, StdinMode::Blocking)?;
     let pos_key = position_key(&opts.input);
-    if let Some(fp) = fp {
+    if opts.input != "-" {
         if let Some(stored) = engine.store().get(tagstream_state::Cf::Offsets, &pos_key)? {
-            match decode_position(&stored) {
-                Some((stored_fp, line)) if stored_fp == fp => {
-                    tracing::info!(
-                        line,
-                        "continuing {} after the last line consumed",
-                        opts.input
-                    );
-                    input.skip_to(line)?;
-                }
-                _ => tracing::info!(
-                    "{} changed since it was last read; reading it from the start",
-                    opts.input
-                ),
-            }
+            input.resume(&stored)?;
         }
     }
 
     let mut summary = ReplaySummary::default();
-    let mut lines: Vec<(u64, Vec<u8>)> = Vec::with_capacity(opts.batch_size);
+    let mut lines: Vec<ReadLine> = Vec::with_capacity(opts.batch_size);
     loop {
         lines.clear();
         while lines.len() < opts.batch_size {
-            match input.next_line()? {
-                Some((n, bytes)) => lines.push((n, bytes.to_vec())),
+            match input.next(false)? {
+                Some(line) => lines.push(line),
                 None => break,
             }
         }
@@ -121,17 +109,18 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
         }
         let records: Vec<Record<'_>> = lines
             .iter()
-            .map(|(n, bytes)| Record {
+            .map(|line| Record {
                 partition: PARTITION,
-                bytes,
+                bytes: &line.bytes,
                 origin: Origin::Line {
                     source: opts.input.clone(),
-                    line: *n,
+                    line: line.number,
                 },
+                fault: line.fault.clone(),
             })
             .collect();
-        let positions = match fp {
-            Some(fp) => vec![(pos_key.clone(), encode_position(&fp, input.line()))],
+        let positions = match input.position() {
+            Some(v) => vec![(pos_key.clone(), v)],
             None => vec![],
         };
         let report = engine.process(&records, &positions)?;
@@ -142,6 +131,13 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     // Fire every timer due up to the final engine time (batches fire at most a bounded number).
     if let Some(now) = engine.clock(PARTITION) {
         summary.report.merge(&engine.advance(PARTITION, now)?);
+    }
+    if let Some(error) = input.failure() {
+        // What was readable is applied and committed; time is not advanced past an input that
+        // ended early.
+        drain_outbox(&engine, &mut out, Some(&mut dlq))?;
+        engine.store().sync()?;
+        return Err(unreadable_error(&opts.input, input.line(), error));
     }
     if let Some(t) = opts.advance_to {
         if let Some(now) = engine.clock(PARTITION) {
@@ -156,6 +152,10 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     engine.store().sync()?;
     summary.engine_time = engine.clock(PARTITION);
     Ok(summary)
+}
+
+fn unreadable_error(input: &str, line: u64, error: &str) -> ConsumerError {
+    ConsumerError::User(format!("input {input} cannot be read past line {line} ({error}): the lines before it were applied and line {line} was dead-lettered as {}; the rest of the input was not read", crate::engine::UNREADABLE_INPUT))
 }
 
 fn advance_error(t: Millis, now: Millis) -> ConsumerError {

@@ -156,6 +156,7 @@ fn driver(
                     source: "t".into(),
                     line: (i * batch + j + 1) as u64,
                 },
+                fault: None,
             })
             .collect();
         engine.process(&records, &[]).unwrap();

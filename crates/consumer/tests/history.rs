@@ -33,6 +33,7 @@ fn feed(engine: &mut Engine, partition: u32, lines: &[String]) {
                 source: "t".into(),
                 line: 0,
             },
+            fault: None,
         })
         .collect();
     engine.process(&records, &[]).unwrap();

@@ -56,6 +56,7 @@ fn engine_with_two_partitions() -> Engine {
                 source: "t".into(),
                 line: 0,
             },
+            fault: None,
         })
         .collect();
     engine.process(&records, &[]).unwrap();

@@ -103,6 +103,7 @@ fn feed(engine: &mut Engine, lines: &[String]) {
                     source: "t".into(),
                     line: 0,
                 },
+                fault: None,
             })
             .collect();
         engine.process(&records, &[]).unwrap();

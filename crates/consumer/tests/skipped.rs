@@ -55,6 +55,7 @@ fn skipped_records_are_counted_and_change_nothing() {
                 source: "t".into(),
                 line: i as u64 + 1,
             },
+            fault: None,
         })
         .collect();
     let report = engine.process(&records, &[]).unwrap();

@@ -18,6 +18,27 @@ use crate::value::Value;
 /// of segments reading segments would make an unreadable answer).
 const MAX_SEGMENT_DEPTH: usize = 8;
 
+/// What an answer of the API may hold: segments that read segments repeat their subtrees, so
+/// the tree of a rule set of shared segments grows exponentially with its depth.
+pub const MAX_TREE_NODES: usize = 10_000;
+
+/// An explanation whose tree would have more than `max_nodes` nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TooLarge {
+    pub segment: String,
+    pub max_nodes: usize,
+}
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the explanation of segment {:?} would have more than {} nodes (its rule reads segments that read segments); explain the segments it reads one by one",
+            self.segment, self.max_nodes
+        )
+    }
+}
+
 /// The explanation of `segment` for one user at engine time `now`.
 pub fn explain(
     rules: &RuleSet,
@@ -26,6 +47,20 @@ pub fn explain(
     state: &UserState,
     now: Millis,
 ) -> Json {
+    explain_bounded(rules, segment, user, state, now, usize::MAX)
+        .unwrap_or_else(|e| json!({ "error": e.to_string() }))
+}
+
+/// [`explain`], refused when the tree would have more than `max_nodes` nodes: the work and the
+/// answer stay bounded whatever the rules.
+pub fn explain_bounded(
+    rules: &RuleSet,
+    segment: &Segment,
+    user: &str,
+    state: &UserState,
+    now: Millis,
+    max_nodes: usize,
+) -> Result<Json, TooLarge> {
     let values = evaluate(rules, state, now);
     let scope = Scope {
         values: &values,
@@ -35,7 +70,7 @@ pub fn explain(
     };
     let member = values[segment.node] == Value::Bool(true);
     let NodeKind::Segment(expr) = &rules.nodes[segment.node].kind else {
-        return json!({ "error": "not a segment" });
+        return Ok(json!({ "error": "not a segment" }));
     };
     let mut tags = Map::new();
     for id in dependencies(rules, segment.node) {
@@ -44,16 +79,21 @@ pub fn explain(
             tags.insert(node.name.to_string(), values[id].to_json());
         }
     }
-    json!({
+    let mut budget = max_nodes;
+    let tree = tree(rules, expr, &scope, 0, &mut budget).ok_or_else(|| TooLarge {
+        segment: segment.name.to_string(),
+        max_nodes,
+    })?;
+    Ok(json!({
         "user_id": user,
         "segment": &*segment.name,
         "description": segment.description,
         "rule": segment.when,
         "member": member,
         "now": now,
-        "tree": tree(rules, expr, &scope, 0),
+        "tree": tree,
         "tags": tags,
-    })
+    }))
 }
 
 /// Every node `node` reads, directly or not, in evaluation order (not including itself).
@@ -86,7 +126,15 @@ fn direct_refs(rules: &RuleSet, node: NodeId) -> Vec<NodeId> {
     out
 }
 
-fn tree(rules: &RuleSet, expr: &CExpr, scope: &Scope<'_>, depth: usize) -> Json {
+/// The tree of `expr`, or None once more nodes than `budget` allows would be needed.
+fn tree(
+    rules: &RuleSet,
+    expr: &CExpr,
+    scope: &Scope<'_>,
+    depth: usize,
+    budget: &mut usize,
+) -> Option<Json> {
+    *budget = budget.checked_sub(1)?;
     let mut node = Map::new();
     node.insert("expr".into(), Json::String(render(rules, expr)));
     node.insert("value".into(), expr.eval(scope).to_json());
@@ -99,7 +147,7 @@ fn tree(rules: &RuleSet, expr: &CExpr, scope: &Scope<'_>, depth: usize) -> Json 
                     if depth < MAX_SEGMENT_DEPTH {
                         node.insert(
                             "children".into(),
-                            Json::Array(vec![tree(rules, inner, scope, depth + 1)]),
+                            Json::Array(vec![tree(rules, inner, scope, depth + 1, budget)?]),
                         );
                     }
                 }
@@ -114,20 +162,29 @@ fn tree(rules: &RuleSet, expr: &CExpr, scope: &Scope<'_>, depth: usize) -> Json 
                 // A chain `a AND b AND c` is one node with three conditions.
                 let mut operands = Vec::new();
                 chain(expr, &mut operands);
-                children.extend(operands.into_iter().map(|c| tree(rules, c, scope, depth)));
+                for c in operands {
+                    children.push(tree(rules, c, scope, depth, budget)?);
+                }
             } else {
+                let mut complete = true;
                 expr.for_each_child(&mut |c| {
-                    if !matches!(c, CExpr::Const(_)) {
-                        children.push(tree(rules, c, scope, depth));
+                    if complete && !matches!(c, CExpr::Const(_)) {
+                        match tree(rules, c, scope, depth, budget) {
+                            Some(t) => children.push(t),
+                            None => complete = false,
+                        }
                     }
                 });
+                if !complete {
+                    return None;
+                }
             }
             if !children.is_empty() {
                 node.insert("children".into(), Json::Array(children));
             }
         }
     }
-    Json::Object(node)
+    Some(Json::Object(node))
 }
 
 /// The expression as text, with parentheses only where precedence needs them.
@@ -409,6 +466,34 @@ when = "buyer AND spend_30d >= 1000 AND days_since(last_seen) < 7"
         assert!(later
             .to_string()
             .contains(r#""expr":"days_since(last_seen) < 7","value":false"#));
+    }
+
+    #[test]
+    fn a_tree_over_its_node_budget_is_refused_not_built() {
+        // Each level reads the one below three times: 3^8 copies of the bottom at depth 8.
+        let mut text = String::from(
+            "[[tag]]\nname = \"n\"\nkind = \"count\"\nevent = \"*\"\n[[segment]]\nname = \"s0\"\nwhen = \"n > 0\"\n",
+        );
+        for i in 1..=8 {
+            let p = i - 1;
+            text.push_str(&format!(
+                "[[segment]]\nname = \"s{i}\"\nwhen = \"s{p} AND (s{p} OR s{p})\"\n"
+            ));
+        }
+        let rules = RuleSet::compile(&text, "rules.toml").unwrap();
+        let (state, now) = state_after(
+            &rules,
+            &[r#"{"event":"e","user_id":"u1","ts":1700000000000}"#],
+        );
+        let top = rules.segment_by_name("s8").unwrap();
+        let e = explain_bounded(&rules, top, "u1", &state, now, MAX_TREE_NODES).unwrap_err();
+        assert_eq!(e.max_nodes, MAX_TREE_NODES);
+        assert!(e.to_string().contains("\"s8\""), "{e}");
+        // Small ones are answered whole, within the same budget.
+        let s2 = rules.segment_by_name("s2").unwrap();
+        let small = explain_bounded(&rules, s2, "u1", &state, now, MAX_TREE_NODES).unwrap();
+        assert_eq!(small, explain(&rules, s2, "u1", &state, now));
+        assert_eq!(small["member"], true);
     }
 
     #[test]

@@ -126,6 +126,10 @@ pub struct SinkConfig {
     /// Consumption pauses while this many outbox entries await delivery.
     #[serde(default = "default_max_backlog")]
     pub max_backlog: u64,
+    /// A transition larger than this has its largest tag values cut to fit (bytes, or
+    /// "1MiB"): one oversized record can never block delivery.
+    #[serde(default = "default_max_message_bytes", deserialize_with = "size")]
+    pub max_message_bytes: u64,
 }
 
 impl Default for SinkConfig {
@@ -137,6 +141,7 @@ impl Default for SinkConfig {
             brokers: None,
             options: BTreeMap::new(),
             max_backlog: default_max_backlog(),
+            max_message_bytes: default_max_message_bytes(),
         }
     }
 }
@@ -185,14 +190,32 @@ impl Default for DeadLetterConfig {
 pub struct StateConfig {
     #[serde(default = "default_state_dir")]
     pub dir: PathBuf,
+    /// When commits are made durable against power loss.
+    #[serde(default)]
+    pub sync: SyncMode,
 }
 
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             dir: default_state_dir(),
+            sync: SyncMode::default(),
         }
     }
+}
+
+/// `state.sync`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// The write-ahead log is fsync'd once per committed batch (and per API write), and file
+    /// sinks `fdatasync` before their outbox entries are deleted: a machine crash loses
+    /// nothing that was delivered or answered.
+    #[default]
+    Batch,
+    /// No fsync: commits survive a process crash; a machine crash can roll state, offsets
+    /// and outbox back together to an earlier consistent point (and lose sink file lines).
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
@@ -209,10 +232,14 @@ pub enum ClockModeConfig {
 pub struct ClockConfig {
     #[serde(default)]
     pub mode: ClockModeConfig,
-    /// Wall mode: events further ahead of the clock are dead-lettered (`future_timestamp`).
-    /// Milliseconds, written as a duration: "90s", "5m", "1h", "1d" (or "500ms").
-    #[serde(default = "default_max_future", deserialize_with = "duration_ms")]
-    pub max_future: i64,
+    /// Events further ahead of the system clock are dead-lettered (`future_timestamp`), in
+    /// both clock modes. Milliseconds, written as a duration: "90s", "5m", "1h", "1d" (or
+    /// "500ms"); "off" (None) applies no limit.
+    #[serde(
+        default = "default_max_future",
+        deserialize_with = "duration_ms_or_off"
+    )]
+    pub max_future: Option<i64>,
 }
 
 impl Default for ClockConfig {
@@ -242,6 +269,16 @@ pub struct ApiConfig {
     /// such a configuration is refused at start).
     #[serde(default)]
     pub allow_anonymous: bool,
+    /// A `/v1` request not answered within this is answered 503 (a rules reload excepted);
+    /// "off" (None) sets no limit.
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration_ms_or_off"
+    )]
+    pub request_timeout: Option<i64>,
+    /// `/v1` requests served at once; more are answered 503 at once.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
 }
 
 impl Default for ApiConfig {
@@ -251,6 +288,8 @@ impl Default for ApiConfig {
             token_file: None,
             peers: Vec::new(),
             allow_anonymous: false,
+            request_timeout: default_request_timeout(),
+            max_in_flight: default_max_in_flight(),
         }
     }
 }
@@ -288,11 +327,20 @@ fn default_max_event_bytes() -> u64 {
 fn default_max_backlog() -> u64 {
     DEFAULT_MAX_BACKLOG
 }
+fn default_max_message_bytes() -> u64 {
+    tagstream_consumer::pipeline::DEFAULT_MAX_MESSAGE_BYTES as u64
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)
 }
-fn default_max_future() -> i64 {
-    DEFAULT_MAX_FUTURE_MS
+fn default_max_future() -> Option<i64> {
+    Some(DEFAULT_MAX_FUTURE_MS)
+}
+fn default_request_timeout() -> Option<i64> {
+    Some(30_000)
+}
+fn default_max_in_flight() -> usize {
+    64
 }
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default address")
@@ -374,11 +422,14 @@ fn socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> 
     })
 }
 
-fn duration_ms<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+fn duration_ms_or_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let text = Scalar::deserialize(d)?.text();
-    parse_duration_ms(&text).ok_or_else(|| {
+    if text.trim() == "off" {
+        return Ok(None);
+    }
+    parse_duration_ms(&text).map(Some).ok_or_else(|| {
         serde::de::Error::custom(format!(
-            "{text:?} is not a duration like \"90s\", \"5m\", \"1h\" or \"1d\""
+            "{text:?} is not a duration like \"90s\", \"5m\", \"1h\" or \"1d\", nor \"off\""
         ))
     })
 }
@@ -433,7 +484,36 @@ pub fn parse_size(text: &str) -> Option<u64> {
 pub fn load(path: &Path) -> Result<Config, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    parse(&text, path, std::env::vars())
+    parse(&text, path, env_overrides(std::env::vars_os())?)
+}
+
+/// The `TAGSTREAM__*` variables of an environment. Other variables are never decoded (a
+/// non-UTF-8 `LANG` or path is none of our business); one of ours that is not UTF-8 is an error
+/// naming it, since ignoring it would silently run with a setting the operator did not choose.
+fn env_overrides(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<Vec<(String, String)>, String> {
+    let mut ours = Vec::new();
+    for (name, value) in vars {
+        if !name.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        match (name.into_string(), value.into_string()) {
+            (Ok(name), Ok(value)) => ours.push((name, value)),
+            (Ok(name), Err(_)) => {
+                return Err(format!(
+                "environment variable {name} is not valid UTF-8; set it to UTF-8 text or unset it"
+            ))
+            }
+            (Err(name), _) => {
+                return Err(format!(
+                    "environment variable {} has a name that is not valid UTF-8; unset it",
+                    name.to_string_lossy()
+                ))
+            }
+        }
+    }
+    Ok(ours)
 }
 
 /// Everything but reading the file: `vars` are the environment variables to consider.
@@ -750,7 +830,13 @@ impl Config {
                 return err("dead_letter.brokers", "required when dead_letter.kind = \"kafka\" and neither the source nor the sink is Kafka");
             }
         }
-        if self.clock.max_future < 0 {
+        if self.api.max_in_flight == 0 {
+            return err("api.max_in_flight", "must be at least 1");
+        }
+        if self.api.request_timeout.is_some_and(|t| t <= 0) {
+            return err("api.request_timeout", "must be positive (or \"off\")");
+        }
+        if self.clock.max_future.is_some_and(|m| m < 0) {
             return err("clock.max_future", "must not be negative");
         }
         for peer in &self.api.peers {
@@ -802,8 +888,9 @@ mod tests {
             Some(PathBuf::from("/var/lib/tagstream/dead-letters.ndjson"))
         );
         assert_eq!(c.state.dir, PathBuf::from("/var/lib/tagstream"));
+        assert_eq!(c.state.sync, SyncMode::Batch);
         assert_eq!(c.clock.mode, ClockModeConfig::Wall);
-        assert_eq!(c.clock.max_future, 300_000);
+        assert_eq!(c.clock.max_future, Some(300_000));
         assert_eq!(c.api.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.api.token_file, None);
     }
@@ -884,6 +971,8 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         );
         let e = parse_with("rules = \"r\"\n[source\n", &[]).unwrap_err();
         assert!(e.starts_with("/etc/ts/tagstream.toml:2:"), "{e}");
+        let c = parse_with(&format!("{MINIMAL}[clock]\nmax_future = \"off\"\n"), &[]).unwrap();
+        assert_eq!(c.clock.max_future, None);
     }
 
     #[test]
@@ -958,7 +1047,7 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
         assert_eq!(c.sink.topic.as_deref(), Some("out"));
         assert_eq!(c.sink.max_backlog, 500);
         assert_eq!(c.clock.mode, ClockModeConfig::Event);
-        assert_eq!(c.clock.max_future, 90_000);
+        assert_eq!(c.clock.max_future, Some(90_000));
         assert_eq!(c.api.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.dead_letter.kind, DeadLetterKind::Kafka);
         assert_eq!(c.dead_letter.topic.as_deref(), Some("dlq"));
@@ -1020,6 +1109,34 @@ token_file = "/etc/tagstream/token"   # optional; TAGSTREAM_API_TOKEN also works
             let e = parse_with(&format!("{MINIMAL}[api]\npeers = [\"{bad}\"]\n"), &[]).unwrap_err();
             assert!(e.contains("api.peers"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn only_our_environment_variables_are_decoded() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let bad = || OsString::from_vec(vec![b'a', 0xff]);
+        let ok = env_overrides([
+            (OsString::from("LANG"), bad()),
+            (OsString::from_vec(b"X\xff".to_vec()), OsString::from("1")),
+            (
+                OsString::from("TAGSTREAM__STATE__DIR"),
+                OsString::from("/s"),
+            ),
+        ])
+        .unwrap();
+        assert_eq!(
+            ok,
+            [("TAGSTREAM__STATE__DIR".to_string(), "/s".to_string())]
+        );
+        let e = env_overrides([(OsString::from("TAGSTREAM__STATE__DIR"), bad())]).unwrap_err();
+        assert!(
+            e.contains("TAGSTREAM__STATE__DIR is not valid UTF-8"),
+            "{e}"
+        );
+        let e =
+            env_overrides([(OsString::from_vec(b"TAGSTREAM__\xff".to_vec()), bad())]).unwrap_err();
+        assert!(e.contains("TAGSTREAM__\u{fffd}"), "{e}");
     }
 
     #[test]

@@ -137,6 +137,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
         ClockModeConfig::Wall => ClockMode::Wall,
         ClockModeConfig::Event => ClockMode::Event,
     };
+    let durable = config.state.sync == config::SyncMode::Batch;
     let options = EngineOptions {
         clock,
         max_future_ms: config.clock.max_future,
@@ -147,6 +148,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
         // Rules changed since the last run (a new ConfigMap, a rolling restart): carry the
         // state over, exactly as `POST /v1/rules/reload` would.
         reload_on_open: true,
+        sync: durable,
         ..EngineOptions::default()
     };
     let mut engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
@@ -163,7 +165,9 @@ fn serve(config: &Config) -> Result<(), RunError> {
             )?,
             topic: config.sink.topic.clone().unwrap_or_default(),
         },
-        SinkKind::File => Route::Lines(LineSink::open(&path_text(&config.sink.path), false)?),
+        SinkKind::File => Route::Lines(
+            LineSink::open(&path_text(&config.sink.path), false)?.sync_on_flush(durable),
+        ),
         SinkKind::Stdout => Route::Lines(LineSink::open("-", false)?),
     };
     let dead_letters = match config.dead_letter.kind {
@@ -175,11 +179,14 @@ fn serve(config: &Config) -> Result<(), RunError> {
             )?,
             topic: config.dead_letter.topic.clone().unwrap_or_default(),
         },
-        DeadLetterKind::File => {
-            Route::Lines(LineSink::open(&path_text(&config.dead_letter.path), false)?)
-        }
+        DeadLetterKind::File => Route::Lines(
+            LineSink::open(&path_text(&config.dead_letter.path), false)?.sync_on_flush(durable),
+        ),
     };
-    let delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
+    let mut delivery = Delivery::new(&engine, transitions, dead_letters, metrics.clone())?;
+    delivery.set_max_message_bytes(
+        usize::try_from(config.sink.max_message_bytes).unwrap_or(usize::MAX),
+    );
     let engine = SharedEngine::new(engine);
 
     let control = Control::new();
@@ -193,6 +200,13 @@ fn serve(config: &Config) -> Result<(), RunError> {
             rules_path: config.rules.clone(),
             store: store.clone(),
             peers: api::peers::Peers::new(&config.api.peers),
+            limits: api::RequestLimits::new(
+                config.api.max_in_flight,
+                config
+                    .api
+                    .request_timeout
+                    .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+            ),
         },
     )
     .map_err(RunError::user)?;
@@ -226,6 +240,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
                 path,
                 follow: config.source.follow,
                 batch_size: 4096,
+                max_event_bytes: config.source.max_event_bytes as usize,
             };
             lines = Some(start_lines(&lc, store.clone(), control.clone(), tx)?);
         }

@@ -8,7 +8,7 @@ use roaring::RoaringBitmap;
 use serde_json::Value as Json;
 use tagstream_rules::engine::dump_line;
 use tagstream_rules::event::Millis;
-use tagstream_rules::explain::{dependencies, explain};
+use tagstream_rules::explain::{dependencies, explain_bounded, TooLarge, MAX_TREE_NODES};
 use tagstream_rules::state::UserState;
 use tagstream_state::bitmaps::PRESENT;
 use tagstream_state::{Cf, UserIds};
@@ -82,17 +82,22 @@ impl Engine {
     }
 
     /// Why `user` is in or out of `segment`; Ok(None) for an unknown user. An unknown segment
-    /// is a user error.
-    pub fn explain(&self, user: &str, segment: &str) -> Result<Option<Json>> {
+    /// is a user error; an explanation over [`MAX_TREE_NODES`] nodes is refused (the inner
+    /// error), never built.
+    pub fn explain(
+        &self,
+        user: &str,
+        segment: &str,
+    ) -> Result<Option<std::result::Result<Json, TooLarge>>> {
         let seg = self.rules.segment_by_name(segment).ok_or_else(|| {
             ConsumerError::User(format!(
                 "unknown segment {segment:?}; the segments are: {}",
                 self.segment_names().join(", ")
             ))
         })?;
-        Ok(self
-            .user(user)?
-            .map(|(state, now)| explain(&self.rules, seg, user, &state, now)))
+        Ok(self.user(user)?.map(|(state, now)| {
+            explain_bounded(&self.rules, seg, user, &state, now, MAX_TREE_NODES)
+        }))
     }
 
     /// Names of the segments in force, in file order.

@@ -5,6 +5,11 @@
 //! report (broker acknowledgement or final failure) is queued and collected by
 //! [`KafkaProducer::take_results`], so the caller deletes outbox entries only once the broker has
 //! them.
+//!
+//! An idempotent producer can hit a *fatal* error (the broker and the producer disagree on
+//! sequence numbers: `OUT_OF_ORDER_SEQUENCE_NUMBER`, `UNKNOWN_PRODUCER_ID`...), after which
+//! librdkafka fails every message forever. [`KafkaProducer::recreate`] replaces the client
+//! with a new one (a new producer id); the caller resends what was not acknowledged.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -57,7 +62,11 @@ impl ProducerContext for Context {
 
 /// A producer for one cluster.
 pub struct KafkaProducer {
-    producer: BaseProducer<Context>,
+    /// Replaced by [`KafkaProducer::recreate`]; used from the engine thread only, so the lock
+    /// is never contended.
+    producer: Mutex<BaseProducer<Context>>,
+    config: rdkafka::ClientConfig,
+    name: String,
     brokers: String,
 }
 
@@ -83,18 +92,48 @@ impl KafkaProducer {
             ("compression.type", "none"),
         ];
         let config = client_config(brokers, &defaults, options);
-        let context = Context {
-            name: name.to_string(),
-            results: Mutex::new(Vec::new()),
-            errors: Mutex::new(RateLimit::default()),
-        };
-        let producer = config
-            .create_with_context(context)
+        let producer = create(name, &config)
             .map_err(|e| format!("cannot create the {name} kafka producer for {brokers}: {e}"))?;
         Ok(KafkaProducer {
-            producer,
+            producer: Mutex::new(producer),
+            config,
+            name: name.to_string(),
             brokers: brokers.to_string(),
         })
+    }
+
+    fn current(&self) -> std::sync::MutexGuard<'_, BaseProducer<Context>> {
+        // Nothing is left half-changed by a panic while it is held.
+        self.producer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The fatal error this producer hit, if any: every later message fails until it is
+    /// recreated.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.current()
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// Replaces the client by a new one with the same configuration. Messages queued or in
+    /// flight in the old one are dropped, their outcomes never reported: the caller sends them
+    /// again.
+    pub fn recreate(&self) -> Result<(), String> {
+        let fresh = create(&self.name, &self.config).map_err(|e| {
+            format!(
+                "cannot recreate the {} kafka producer for {}: {e}",
+                self.name, self.brokers
+            )
+        })?;
+        // The old client is dropped here: it purges its queues (briefly, 500 ms at most).
+        drop(std::mem::replace(&mut *self.current(), fresh));
+        Ok(())
+    }
+
+    /// The name it logs under (`transitions`, `dead-letter`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// Queues a transition, keyed by user id.
@@ -108,7 +147,7 @@ impl KafkaProducer {
         let record = BaseRecord::with_opaque_to(topic, seq as usize)
             .key(user_id)
             .payload(json);
-        self.producer.send(record).map_err(|(e, _)| e)
+        self.current().send(record).map_err(|(e, _)| e)
     }
 
     /// Queues a dead letter: original key and bytes (the first 64 KiB for `too_large`, or when
@@ -175,18 +214,19 @@ impl KafkaProducer {
         if let Some(k) = key.as_deref() {
             record = record.key(k);
         }
-        self.producer.send(record).map_err(|(e, _)| e)
+        self.current().send(record).map_err(|(e, _)| e)
     }
 
     /// Serves delivery reports (non-blocking).
     pub fn poll(&self) {
-        self.producer.poll(Duration::ZERO);
+        self.current().poll(Duration::ZERO);
     }
 
     /// Delivery outcomes since the last call.
     pub fn take_results(&self) -> Vec<Delivered> {
-        self.poll();
-        self.producer
+        let producer = self.current();
+        producer.poll(Duration::ZERO);
+        producer
             .context()
             .results
             .lock()
@@ -196,17 +236,26 @@ impl KafkaProducer {
 
     /// Messages queued or in flight.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.current().in_flight_count()
     }
 
     /// Waits up to `timeout` for queued messages to be delivered.
     pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
+        let _ = self.current().flush(timeout);
     }
 
     pub fn brokers(&self) -> &str {
         &self.brokers
     }
+}
+
+fn create(name: &str, config: &rdkafka::ClientConfig) -> Result<BaseProducer<Context>, KafkaError> {
+    let context = Context {
+        name: name.to_string(),
+        results: Mutex::new(Vec::new()),
+        errors: Mutex::new(RateLimit::default()),
+    };
+    config.create_with_context(context)
 }
 
 /// Whether a delivery error means "this message can never be accepted as is".

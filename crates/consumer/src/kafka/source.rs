@@ -8,10 +8,15 @@
 //! - **Revocation** is synchronous: the callback hands a barrier to the engine thread and waits
 //!   until every batch handed over before it is committed, then commits those offsets to the
 //!   group and releases the partitions.
+//! - **Gaps**: a stored offset that retention has already deleted makes librdkafka reset the
+//!   partition to its earliest retained offset without telling. The first message after an
+//!   assignment is compared with the stored offset; above it, and with the stored offset below
+//!   the partition's log start (not a compacted record or a transaction marker), the events in
+//!   between were never applied: logged once and counted in `tagstream_input_gaps_total`.
 //! - **Backpressure**: when the pipeline asks for it, the assigned partitions are paused; the
 //!   thread keeps polling (group membership and rebalances go on) without fetching.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -53,6 +58,8 @@ struct Context {
     /// `auto.offset.reset` says latest: a partition without state starts at the end.
     latest_without_state: bool,
     assignment: Mutex<BTreeSet<Tp>>,
+    /// Partitions positioned at a stored offset whose first message has not arrived yet.
+    resumed_at: Mutex<HashMap<Tp, i64>>,
     rebalanced: AtomicBool,
     errors: Mutex<RateLimit>,
 }
@@ -154,6 +161,13 @@ impl Context {
                         let mut resume = std::collections::BTreeMap::new();
                         resume.insert((topic.clone(), *partition), o);
                         self.control.add_commits(&resume);
+                        if let Ok(mut r) = self.resumed_at.lock() {
+                            r.insert((topic.clone(), *partition), o);
+                        }
+                        // At 0 from the start, so that `increase()` sees a first gap.
+                        self.metrics
+                            .input_gaps
+                            .with_label_values(&[topic.as_str(), partition.to_string().as_str()]);
                     }
                     if let Err(e) = tpl.set_partition_offset(topic, *partition, offset) {
                         self.control
@@ -205,6 +219,11 @@ impl Context {
         if let Ok(mut a) = self.assignment.lock() {
             for p in &parts {
                 a.remove(p);
+            }
+        }
+        if let Ok(mut r) = self.resumed_at.lock() {
+            for p in &parts {
+                r.remove(p);
             }
         }
         self.rebalanced.store(true, Ordering::SeqCst);
@@ -261,6 +280,63 @@ fn commit_pending(consumer: &BaseConsumer<Context>, ctx: &Context) {
     }
 }
 
+/// Compares the first message of each partition resumed at a stored offset with that offset
+/// (see the module documentation).
+fn check_gaps(consumer: &BaseConsumer<Context>, ctx: &Context, messages: &[Message]) {
+    let Ok(mut resumed_at) = ctx.resumed_at.lock() else {
+        return;
+    };
+    if resumed_at.is_empty() {
+        return;
+    }
+    for m in messages {
+        let Origin::Kafka {
+            topic,
+            partition,
+            offset,
+            ..
+        } = &m.origin
+        else {
+            continue;
+        };
+        let Some(stored) = resumed_at.remove(&(topic.clone(), *partition)) else {
+            continue;
+        };
+        if *offset <= stored {
+            continue;
+        }
+        // Offsets also skip compacted-away records and transaction markers; only a stored
+        // offset below the log start means retained records were never read. Without an
+        // answer from the broker the jump itself is taken as the gap.
+        let low = consumer
+            .fetch_watermarks(topic, *partition, Duration::from_secs(5))
+            .ok()
+            .map(|(low, _)| low);
+        if low.is_some_and(|low| low <= stored) {
+            tracing::debug!(
+                topic,
+                partition,
+                stored,
+                offset,
+                "first offset after the stored one is higher, but the stored one is retained (compaction or transaction markers)"
+            );
+            continue;
+        }
+        tracing::warn!(
+            topic,
+            partition,
+            stored,
+            resumed = offset,
+            missed = offset - stored,
+            "input gap: the stored offset is no longer retained by the topic (retention deleted it while this partition was not consumed); the events in between were never applied"
+        );
+        ctx.metrics
+            .input_gaps
+            .with_label_values(&[topic.as_str(), partition.to_string().as_str()])
+            .inc();
+    }
+}
+
 /// A running Kafka source.
 pub struct KafkaSource {
     thread: Option<JoinHandle<()>>,
@@ -301,6 +377,7 @@ impl KafkaSource {
             metrics: metrics.clone(),
             latest_without_state,
             assignment: Mutex::new(BTreeSet::new()),
+            resumed_at: Mutex::new(HashMap::new()),
             rebalanced: AtomicBool::new(false),
             errors: Mutex::new(RateLimit::default()),
         };
@@ -394,6 +471,7 @@ fn poll_loop(
                             offset: m.offset(),
                             key: m.key().map(|k| k.to_vec()),
                         },
+                        fault: None,
                     });
                     timeout = Duration::ZERO;
                 }
@@ -406,6 +484,7 @@ fn poll_loop(
             }
         }
         if !messages.is_empty() {
+            check_gaps(&consumer, &ctx, &messages);
             metrics.messages_read.inc_by(messages.len() as u64);
             if ctx
                 .tx

@@ -8,6 +8,11 @@
 //! settle, and delivery restarts from the first failed entry after a backoff (500 ms doubling
 //! to 30 s). Entries after it that had already been delivered go out again: delivery is at
 //! least once, and transitions carry stable `event_id`s.
+//!
+//! A transition larger than the sink accepts (`sink.max_message_bytes`, or a smaller limit the
+//! broker answers with `MSG_SIZE_TOO_LARGE`) is cut to fit ([`fit_transition`]) rather than
+//! retried forever, which would stop the outbox and then, through the backlog bound, all
+//! consumption.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -21,7 +26,14 @@ use crate::file_sink::LineSink;
 use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::RateLimit;
 use crate::metrics::Metrics;
-use crate::outbox::OutboxEntry;
+use crate::outbox::{fit_transition, OutboxEntry};
+
+/// What a Kafka record carries besides its value and key (record and batch headers,
+/// timestamps), kept out of a transition's budget.
+const KAFKA_RECORD_OVERHEAD: usize = 512;
+
+/// Default `sink.max_message_bytes`: librdkafka's `message.max.bytes` default.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
 
 /// Where one kind of outbox entry goes.
 pub enum Route {
@@ -65,6 +77,13 @@ pub struct Delivery {
     backoff: Duration,
     /// Dead letters the broker refused at full size: resend truncated.
     truncate: BTreeSet<u64>,
+    /// The largest transition a sink takes (bytes).
+    max_message_bytes: usize,
+    /// Transitions refused as too large at a smaller size than `max_message_bytes`: the
+    /// budget of their next attempt (halved at each refusal).
+    shrink: BTreeMap<u64, usize>,
+    /// Oversized transitions already counted and logged (resends are not counted again).
+    oversized: BTreeSet<u64>,
     errors: RateLimit,
     max_in_flight: usize,
 }
@@ -141,9 +160,17 @@ impl Delivery {
             retry_at: Instant::now(),
             backoff: MIN_BACKOFF,
             truncate: BTreeSet::new(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            shrink: BTreeMap::new(),
+            oversized: BTreeSet::new(),
             errors: RateLimit::default(),
             max_in_flight: 50_000,
         })
+    }
+
+    /// Caps the size of a transition as delivered (`sink.max_message_bytes`).
+    pub fn set_max_message_bytes(&mut self, bytes: usize) {
+        self.max_message_bytes = bytes;
     }
 
     /// Entries not yet acknowledged.
@@ -159,6 +186,7 @@ impl Delivery {
     /// Collects acknowledgements, sends what is pending, flushes line sinks, and deletes the
     /// acknowledged prefix of the outbox. Never blocks on the network.
     pub fn pump(&mut self, engine: &Engine) -> Result<()> {
+        self.recover_fatal()?;
         self.collect();
         if let Some(from) = self.rewind {
             if self.in_flight.is_empty() && Instant::now() >= self.retry_at {
@@ -181,6 +209,8 @@ impl Delivery {
         if watermark > self.first_unacked {
             engine.acknowledge(watermark - 1)?;
             self.truncate = self.truncate.split_off(&watermark);
+            self.shrink = self.shrink.split_off(&watermark);
+            self.oversized = self.oversized.split_off(&watermark);
             self.first_unacked = watermark;
         }
         Ok(())
@@ -206,6 +236,37 @@ impl Delivery {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+
+    /// Replaces a producer that hit a fatal error (it would fail every message forever) and
+    /// resends every unacknowledged entry after the usual backoff. Duplicates are possible, as
+    /// after any failure: transitions carry stable `event_id`s.
+    fn recover_fatal(&mut self) -> Result<()> {
+        let mut recreated = false;
+        for p in &self.producers {
+            let Some(reason) = p.fatal_error() else {
+                continue;
+            };
+            self.metrics.sink_producer_fatal_errors.inc();
+            tracing::error!(
+                producer = p.name(),
+                retry_in_ms = self.backoff.as_millis() as u64,
+                "the {} kafka producer hit a fatal error ({reason}): replacing it and sending every unacknowledged outbox entry again",
+                p.name()
+            );
+            p.recreate().map_err(|e| {
+                crate::error::ConsumerError::io(e, std::io::Error::other("fatal producer error"))
+            })?;
+            recreated = true;
+        }
+        if recreated {
+            // The old clients' outcomes are gone with them.
+            self.in_flight.clear();
+            self.rewind = Some(self.first_unacked);
+            self.retry_at = Instant::now() + self.backoff;
+            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        }
+        Ok(())
     }
 
     fn collect(&mut self) {
@@ -243,6 +304,9 @@ impl Delivery {
             .inc();
         if dead_letter && is_too_large(e) {
             self.truncate.insert(seq);
+        }
+        if !dead_letter && is_too_large(e) {
+            self.shrink_budget(seq);
         }
         let first_failure = self.rewind.is_none();
         self.rewind = Some(self.rewind.map_or(seq, |r| r.min(seq)));
@@ -291,7 +355,73 @@ impl Delivery {
         Ok(())
     }
 
+    /// The next attempt of transition `seq` gets half its last budget.
+    fn shrink_budget(&mut self, seq: u64) {
+        let budget = self
+            .shrink
+            .get(&seq)
+            .copied()
+            .unwrap_or(self.max_message_bytes);
+        self.shrink.insert(seq, budget / 2);
+    }
+
+    /// The transition as it fits its sink's budget, or `None` when it cannot fit at all
+    /// (counted and logged, never retried).
+    fn fitted<'j>(
+        &mut self,
+        seq: u64,
+        user_id: &str,
+        json: &'j str,
+        kafka: bool,
+    ) -> Option<std::borrow::Cow<'j, str>> {
+        let mut budget = self
+            .shrink
+            .get(&seq)
+            .copied()
+            .unwrap_or(self.max_message_bytes);
+        if kafka {
+            budget = budget.saturating_sub(user_id.len() + KAFKA_RECORD_OVERHEAD);
+        }
+        let fitted = fit_transition(json, budget);
+        let action = match &fitted {
+            Some(std::borrow::Cow::Borrowed(_)) => return fitted,
+            Some(std::borrow::Cow::Owned(_)) => "truncated",
+            None => "dropped",
+        };
+        if !self.oversized.insert(seq) {
+            return fitted;
+        }
+        self.metrics
+            .sink_oversized_transitions
+            .with_label_values(&[action])
+            .inc();
+        let text = format!("a transition larger than the sink accepts was {action}");
+        if self.errors.allow(&text) {
+            tracing::warn!(
+                seq,
+                bytes = json.len(),
+                budget,
+                "{text} (tag values cut are listed in its truncated_tags; raise sink.max_message_bytes and the topic's max.message.bytes to keep them whole)"
+            );
+        }
+        fitted
+    }
+
     fn send(&mut self, seq: u64, entry: &OutboxEntry) -> Result<Sent, SendError> {
+        let kafka = matches!(
+            (entry, &self.transitions),
+            (OutboxEntry::Transition { .. }, Route::Kafka { .. })
+        );
+        let fitted = match entry {
+            OutboxEntry::Transition { user_id, json, .. } => {
+                match self.fitted(seq, user_id, json, kafka) {
+                    Some(fitted) => Some(fitted),
+                    // Skipped for good: consumers see the gap in the user's `seq`.
+                    None => return Ok(Sent::Done),
+                }
+            }
+            OutboxEntry::DeadLetter(_) => None,
+        };
         let (route, dead_letter, ingested_ms) = match entry {
             OutboxEntry::Transition { ingested_ms, .. } => {
                 (&mut self.transitions, false, *ingested_ms)
@@ -300,11 +430,12 @@ impl Delivery {
         };
         match route {
             Route::Kafka { producer, topic } => {
-                let result = match entry {
-                    OutboxEntry::Transition { user_id, json, .. } => {
+                let result = match (entry, &fitted) {
+                    (OutboxEntry::Transition { user_id, .. }, Some(json)) => {
                         producer.send_transition(seq, topic, user_id, json)
                     }
-                    OutboxEntry::DeadLetter(dl) => {
+                    (OutboxEntry::Transition { .. }, None) => return Ok(Sent::Done),
+                    (OutboxEntry::DeadLetter(dl), _) => {
                         producer.send_dead_letter(seq, topic, dl, self.truncate.contains(&seq))
                     }
                 };
@@ -325,15 +456,21 @@ impl Delivery {
                         self.truncate.insert(seq);
                         Ok(Sent::Full)
                     }
+                    Err(e) if !dead_letter && is_too_large(&e) => {
+                        // Over the producer's own message.max.bytes: send it again smaller.
+                        self.shrink_budget(seq);
+                        Ok(Sent::Full)
+                    }
                     Err(e) => Err(SendError::Kafka(e)),
                 }
             }
             Route::Lines(sink) => {
-                let line = match entry {
-                    OutboxEntry::Transition { json, .. } => {
-                        std::borrow::Cow::Borrowed(json.as_str())
+                let line = match (entry, fitted) {
+                    (_, Some(json)) => json,
+                    (OutboxEntry::DeadLetter(dl), None) => {
+                        std::borrow::Cow::Owned(dl.to_file_line())
                     }
-                    OutboxEntry::DeadLetter(dl) => std::borrow::Cow::Owned(dl.to_file_line()),
+                    (OutboxEntry::Transition { .. }, None) => return Ok(Sent::Done),
                 };
                 // File errors are not retried: they stop the service (exit 2) with the path.
                 sink.write_line(&line).map_err(SendError::Fatal)?;

@@ -1,5 +1,6 @@
 //! The HTTP API of `tagstream run` (SPEC §8), served with axum on `api.listen`.
 //!
+//! * `GET /ui` serves the web console ([`console`]), a client of `/v1`.
 //! * `/healthz`, `/readyz`, `/metrics` and `/v1/openapi.json` are open; everything else under
 //!   `/v1` needs `Authorization: Bearer <token>` when a token is configured (compared in
 //!   constant time). [`ROUTES`] lists every route; `openapi.json` beside this file describes
@@ -11,6 +12,7 @@
 //! * User ids are personal data: they are never logged above debug level and never used as
 //!   metric labels (requests are counted by route template).
 
+mod console;
 pub mod peers;
 mod routes;
 
@@ -49,6 +51,53 @@ pub struct ApiState {
     pub store: Arc<dyn tagstream_state::StateStore>,
     /// `api.peers`: with peers, `/v1` reads answer for the whole deployment.
     pub peers: Option<Arc<peers::Peers>>,
+    /// `api.max_in_flight` and `api.request_timeout`.
+    pub limits: RequestLimits,
+}
+
+/// Bounds on `/v1` requests: how many are served at once, and how long one may take.
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    in_flight: Arc<tokio::sync::Semaphore>,
+    max_in_flight: usize,
+    timeout: Option<std::time::Duration>,
+    /// Each cause of rejection is logged once (then counted only).
+    logged: Arc<[std::sync::atomic::AtomicBool; 2]>,
+}
+
+/// Why a `/v1` request was answered 503 without being served.
+#[derive(Debug, Clone, Copy)]
+enum Shed {
+    Overloaded = 0,
+    Timeout = 1,
+}
+
+impl RequestLimits {
+    pub fn new(max_in_flight: usize, timeout: Option<std::time::Duration>) -> RequestLimits {
+        RequestLimits {
+            in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            max_in_flight,
+            timeout,
+            logged: Arc::default(),
+        }
+    }
+
+    fn reject(&self, state: &ApiState, shed: Shed, message: String) -> Response {
+        let reason = shed as usize;
+        let name = tagstream_consumer::metrics::API_REJECTIONS[reason];
+        state.metrics.api_rejected.with_label_values(&[name]).inc();
+        if !self.logged[reason].swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                reason = name,
+                "{message} (logged once; tagstream_api_rejected_total counts them)"
+            );
+        }
+        let mut response = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    }
 }
 
 /// Counts one request to a peer (by its index, never its address or a user id).
@@ -161,7 +210,15 @@ where
 
 /// Reads the API token from `TAGSTREAM_API_TOKEN` or the first line of `api.token_file`.
 pub fn load_token(token_file: Option<&std::path::Path>) -> Result<Option<Arc<str>>, String> {
-    token_from(token_file, std::env::var(TOKEN_ENV).ok())
+    let env = match std::env::var(TOKEN_ENV) {
+        Ok(token) => Some(token),
+        Err(std::env::VarError::NotPresent) => None,
+        // Never read as "no token": that would open /v1.
+        Err(std::env::VarError::NotUnicode(_)) => {
+            return Err(format!("{TOKEN_ENV} is not valid UTF-8"))
+        }
+    };
+    token_from(token_file, env)
 }
 
 /// The environment variable that can hold the API token instead of `api.token_file`.
@@ -228,6 +285,38 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
     next.run(request).await
 }
 
+/// `/v1` load shedding: beyond `api.max_in_flight` requests at once, or past
+/// `api.request_timeout`, the answer is 503 at once instead of a queue that grows behind the
+/// engine lock. A timed-out request's work may still finish on the blocking pool; a rules
+/// reload is never cut (its answer says whether it was applied).
+async fn limit_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let limits = state.limits.clone();
+    let Ok(_permit) = limits.in_flight.clone().try_acquire_owned() else {
+        let message = format!(
+            "too many requests in flight (api.max_in_flight = {}); retry shortly",
+            limits.max_in_flight
+        );
+        return limits.reject(&state, Shed::Overloaded, message);
+    };
+    let reload = request
+        .extensions()
+        .get::<MatchedPath>()
+        .is_some_and(|p| p.as_str() == "/v1/rules/reload");
+    match limits.timeout.filter(|_| !reload) {
+        None => next.run(request).await,
+        Some(timeout) => match tokio::time::timeout(timeout, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => {
+                let message = format!(
+                    "the request was not answered within api.request_timeout ({} ms)",
+                    timeout.as_millis()
+                );
+                limits.reject(&state, Shed::Timeout, message)
+            }
+        },
+    }
+}
+
 async fn count_requests(State(state): State<ApiState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -278,6 +367,7 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/v1/segments/{name}/history", false),
     route("POST", "/v1/audiences", false),
     route("POST", "/v1/audiences/export", false),
+    route("GET", "/v1/rules", false),
     route("POST", "/v1/rules/reload", false),
 ];
 
@@ -302,6 +392,7 @@ fn handler(r: &Route) -> axum::routing::MethodRouter<ApiState> {
         ("GET", "/v1/segments/{name}/export") => get(routes::segment_export),
         ("POST", "/v1/audiences") => post(routes::audience),
         ("POST", "/v1/audiences/export") => post(routes::audience_export),
+        ("GET", "/v1/rules") => get(routes::get_rules),
         ("POST", "/v1/rules/reload") => post(routes::reload_rules),
         (method, path) => unreachable!("ROUTES lists {method} {path} but no handler serves it"),
     }
@@ -318,9 +409,15 @@ pub fn router(state: ApiState) -> axum::Router {
             protected = protected.route(r.path, handler(r));
         }
     }
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    // The token is checked first: a request without it takes no slot.
+    let protected = protected
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_requests,
+        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     open.merge(protected)
+        .merge(console::router())
         .fallback(|| async {
             ApiError::not_found("no such endpoint; GET /v1/openapi.json lists the API")
         })

@@ -153,7 +153,14 @@ pub async fn explain_user(
             return Err(unknown_segment(&segment, &engine.segment_names()));
         }
         match engine.explain(&id, &segment)? {
-            Some(e) => Ok(Json(e)),
+            Some(Ok(e)) => Ok(Json(e)),
+            Some(Err(too_large)) => {
+                tracing::debug!(%too_large, "explain refused");
+                Err(
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, too_large.to_string())
+                        .with("max_nodes", too_large.max_nodes.into()),
+                )
+            }
             None => Err(ApiError::not_found("unknown user")),
         }
     })
@@ -186,6 +193,20 @@ pub async fn list_tags(State(state): State<ApiState>) -> ApiResult {
             })
             .collect();
         Ok(Json(json!({ "tags": tags })))
+    })
+    .await
+}
+
+/// `GET /v1/rules`: the rules in force as the state stores them, for a reader (the console)
+/// that shows or edits them; with the zone their times are computed in.
+pub async fn get_rules(State(state): State<ApiState>) -> ApiResult {
+    with_engine(&state, |engine| {
+        let rules = engine.rules();
+        Ok(Json(json!({
+            "rules": engine.rules_source()?,
+            "fingerprint": rules.fingerprint,
+            "time_zone": rules.zone.name(),
+        })))
     })
     .await
 }
@@ -223,10 +244,12 @@ pub async fn list_segments(State(state): State<ApiState>, headers: HeaderMap) ->
             .segment_summaries()
             .into_iter()
             .map(|s| {
-                let emit = rules.segment_by_name(&s.name).is_none_or(|seg| seg.emit);
+                let segment = rules.segment_by_name(&s.name);
+                let emit = segment.is_none_or(|seg| seg.emit);
                 json!({
                     "name": s.name,
                     "description": s.description,
+                    "rule": segment.map_or("", |seg| seg.when.as_str()),
                     "emit": emit,
                     "size": s.size,
                     "warming_until": s.warming_until,

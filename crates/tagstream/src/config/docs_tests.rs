@@ -33,6 +33,7 @@ fn everything() -> Config {
             brokers: Some("k:9092".into()),
             options: options.clone(),
             max_backlog: 1,
+            max_message_bytes: 1,
         },
         dead_letter: DeadLetterConfig {
             kind: DeadLetterKind::Kafka,
@@ -43,16 +44,19 @@ fn everything() -> Config {
         },
         state: StateConfig {
             dir: PathBuf::from("s"),
+            sync: SyncMode::None,
         },
         clock: ClockConfig {
             mode: ClockModeConfig::Wall,
-            max_future: 1,
+            max_future: Some(1),
         },
         api: ApiConfig {
             listen: default_listen(),
             token_file: Some(PathBuf::from("token")),
             peers: vec!["tagstream-headless:8080".into()],
             allow_anonymous: true,
+            request_timeout: Some(1),
+            max_in_flight: 1,
         },
     }
 }
@@ -167,7 +171,7 @@ fn documented_environment_names_and_defaults_are_the_real_ones() {
                 let same = documented == actual
                     // sizes and durations are documented as written in a file
                     || (row.key == "source.max_event_bytes" && documented.as_str().and_then(parse_size) == actual.as_integer().map(|n| n as u64))
-                    || (row.key == "clock.max_future" && documented.as_str().and_then(parse_duration_ms) == actual.as_integer());
+                    || ((row.key == "clock.max_future" || row.key == "api.request_timeout") && documented.as_str().and_then(parse_duration_ms) == actual.as_integer());
                 assert!(
                     same,
                     "{}: documented default {text}, built-in {actual}",
