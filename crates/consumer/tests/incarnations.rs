@@ -49,6 +49,7 @@ fn process(engine: &mut Engine, lines: &[String]) -> Vec<serde_json::Value> {
                 source: "t".into(),
                 line: i as u64 + 1,
             },
+            fault: None,
         })
         .collect();
     engine.process(&records, &[]).unwrap();
