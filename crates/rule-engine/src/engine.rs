@@ -487,7 +487,7 @@ impl ChangeSearch<'_> {
         })
     }
 
-    fn differs_at(&self, scratch: &mut Vec<Value>, t: Millis) -> bool {
+    fn differs_at(&self, scratch: &mut [Value], t: Millis) -> bool {
         if self.info.moving.is_empty() {
             return signature_differs(self.rules, &self.info.probe, self.values, t, self.initial);
         }
@@ -499,7 +499,7 @@ impl ChangeSearch<'_> {
     /// split, earliest first, until an enclosure shows no change or the span is a few
     /// milliseconds, evaluated exactly. Out of budget, the first span not cleared is returned:
     /// nothing changes before it, so waking up there is early at worst.
-    fn first_change(&self, scratch: &mut Vec<Value>, from: Millis, to: Millis) -> Option<Millis> {
+    fn first_change(&self, scratch: &mut [Value], from: Millis, to: Millis) -> Option<Millis> {
         let mut stack = vec![(from, to)];
         let mut budget = CHANGING_BUDGET;
         while let Some((lo, hi)) = stack.pop() {
