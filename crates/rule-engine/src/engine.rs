@@ -287,7 +287,7 @@ fn next_candidate(
                 info,
                 initial,
             };
-            match search.first_change(&mut scratch, now + 1, to) {
+            match search.first_change(&mut scratch, now, now + 1, to) {
                 Some(t) => horizon = t,
                 // Nothing changes up to the look-ahead: wake up there and look again.
                 None if to < last => horizon = to + 1,
@@ -470,7 +470,68 @@ struct ChangeSearch<'a> {
     initial: &'a [i64],
 }
 
+/// The instants `x + k days`, `k` in `first..=last`, at which alone a probe whose time
+/// dependence goes through `days_since(x)` can change.
+#[derive(Clone, Copy)]
+struct DaySteps {
+    x: Millis,
+    first: i64,
+    last: i64,
+}
+
+impl DaySteps {
+    fn at(self, k: i64) -> Millis {
+        self.x.saturating_add(k.saturating_mul(DAY_MS))
+    }
+}
+
 impl ChangeSearch<'_> {
+    /// The day steps after `now` up to `to`, when the probe has them (None: search time).
+    fn day_steps(&self, now: Millis, to: Millis) -> Option<DaySteps> {
+        let arg = self.info.day_steps.as_ref()?;
+        let scope = Scope {
+            values: self.values,
+            now,
+            zone: &self.rules.zone,
+            event: None,
+        };
+        let Value::Ts(x) = arg.eval(&scope) else {
+            return None;
+        };
+        let first = now.checked_sub(x)?.div_euclid(DAY_MS) + 1;
+        let last = to.checked_sub(x)?.div_euclid(DAY_MS);
+        Some(DaySteps { x, first, last })
+    }
+
+    /// [`ChangeSearch::first_change`] over whole day steps: the outcome is constant between two
+    /// steps, so ranges of steps are enclosed and split, and single steps evaluated.
+    fn first_step_change(&self, scratch: &mut [Value], steps: DaySteps) -> Option<Millis> {
+        let mut stack = vec![(steps.first, steps.last)];
+        let mut budget = CHANGING_BUDGET;
+        while let Some((lo, hi)) = stack.pop() {
+            if lo > hi {
+                continue;
+            }
+            if lo == hi {
+                if self.differs_at(scratch, steps.at(lo)) {
+                    return Some(steps.at(lo));
+                }
+                continue;
+            }
+            if budget == 0 {
+                return Some(steps.at(lo));
+            }
+            budget -= 1;
+            if !self.may_change(steps.at(lo), steps.at(hi)) {
+                continue;
+            }
+            let mid = lo + (hi - lo) / 2;
+            stack.push((mid + 1, hi));
+            stack.push((lo, mid));
+        }
+        None
+    }
+
     /// Whether the outcome can differ from `initial` somewhere in `[lo, hi]`.
     fn may_change(&self, lo: Millis, hi: Millis) -> bool {
         let Probe::Changing(pairs) = &self.info.probe else {
@@ -499,7 +560,16 @@ impl ChangeSearch<'_> {
     /// split, earliest first, until an enclosure shows no change or the span is a few
     /// milliseconds, evaluated exactly. Out of budget, the first span not cleared is returned:
     /// nothing changes before it, so waking up there is early at worst.
-    fn first_change(&self, scratch: &mut [Value], from: Millis, to: Millis) -> Option<Millis> {
+    fn first_change(
+        &self,
+        scratch: &mut [Value],
+        now: Millis,
+        from: Millis,
+        to: Millis,
+    ) -> Option<Millis> {
+        if let Some(steps) = self.day_steps(now, to) {
+            return self.first_step_change(scratch, steps);
+        }
         let mut stack = vec![(from, to)];
         let mut budget = CHANGING_BUDGET;
         while let Some((lo, hi)) = stack.pop() {

@@ -12,8 +12,9 @@ pub(crate) struct Span<'a> {
     rules: &'a RuleSet,
     /// Node values at an instant of the span (exact for every node that is constant on it).
     values: &'a [Value],
-    /// Enclosures of the moving nodes, by node id (None: constant, read `values`).
-    moving: Vec<Option<Enc>>,
+    /// Enclosures of the moving nodes (a handful), by node id; every other node is constant
+    /// over the span and read from `values`.
+    moving: Vec<(usize, Enc)>,
     lo: Millis,
     hi: Millis,
 }
@@ -30,13 +31,13 @@ impl<'a> Span<'a> {
         let mut span = Span {
             rules,
             values,
-            moving: vec![None; values.len()],
+            moving: Vec::with_capacity(moving.len()),
             lo,
             hi,
         };
         for &id in moving {
             let e = span.node(id);
-            span.moving[id] = Some(e);
+            span.moving.push((id, e));
         }
         span
     }
@@ -154,9 +155,9 @@ impl<'a> Span<'a> {
     }
 
     pub(super) fn read(&self, id: usize) -> Enc {
-        match self.moving.get(id) {
-            Some(Some(e)) => e.clone(),
-            _ => Enc::Exact(self.values.get(id).cloned().unwrap_or(Value::Null)),
+        match self.moving.iter().find(|(m, _)| *m == id) {
+            Some((_, e)) => e.clone(),
+            None => Enc::Exact(self.values.get(id).cloned().unwrap_or(Value::Null)),
         }
     }
 

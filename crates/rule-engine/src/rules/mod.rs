@@ -168,7 +168,8 @@ pub struct ProbeInfo {
     /// that must be recomputed to evaluate it at another instant.
     pub moving: Vec<NodeId>,
     /// When all of the probe's time dependence goes through `days_since(x)` of a single `x`,
-    /// that `x`: the outcome can then only change at instants `x + k days`.
+    /// that `x`: the outcome can then only change at instants `x + k days` (searched by
+    /// bisection over `k`, or for a [`Probe::Changing`] by splitting ranges of `k`).
     pub day_steps: Option<CExpr>,
     /// For a single comparison `a <op> b` whose sides are sums of `now()`, constants and
     /// time-independent tags (`last_seen > now() - 7d`): the coefficient of `now()` in `a - b`.

@@ -132,9 +132,8 @@ pub(super) fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -
         }
     }
     moving.sort_unstable();
-    // Bisection over day steps needs a monotone outcome.
     let day_steps = match source {
-        TimeSource::Days(arg) if !matches!(probe, Probe::Changing(_)) => Some(arg),
+        TimeSource::Days(arg) => Some(arg),
         _ => None,
     };
     let linear = match &probe {
