@@ -37,9 +37,8 @@ fail() {
   printf 'check-deploy: FAILED: %s\n' "$*" >&2
   failures=$((failures + 1))
 }
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
+# shellcheck source=lib/apt.sh
+. scripts/lib/apt.sh
 
 # ---- tools ------------------------------------------------------------------------------------
 command -v "$PYTHON" >/dev/null || { echo "check-deploy: $PYTHON is required" >&2; exit 1; }
@@ -56,10 +55,7 @@ if ! "$PYTHON" -c 'import kubernetes_validate, yaml' 2>/dev/null; then
     || { echo "check-deploy: kubernetes-validate is still not importable by $PYTHON" >&2; exit 1; }
 fi
 if ! command -v promtool >/dev/null; then
-  say "installing promtool (Debian package prometheus)"
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-    prometheus >/dev/null
+  apt_install "promtool, for the alert rules' unit tests" prometheus
   command -v promtool >/dev/null \
     || { echo "check-deploy: promtool is still missing after installing prometheus" >&2; exit 1; }
 fi

@@ -14,16 +14,14 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=lib/libclang.sh
 . "$here/lib/libclang.sh"
+# shellcheck source=lib/apt.sh
+. "$here/lib/apt.sh"
 
 if [ "${1:-}" = "--detect" ]; then
   found="$(find_bindgen_libclang)" || { echo "no libclang that bindgen can load" >&2; exit 1; }
   echo "$found"
   exit 0
 fi
-
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
-}
 
 missing=()
 find_bindgen_libclang >/dev/null || missing+=(libclang-dev)
@@ -35,10 +33,7 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev)
 
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing build dependencies: ${missing[*]}" >&2
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-    "${missing[@]}" >/dev/null
+  apt_install "build dependencies" "${missing[@]}"
   find_bindgen_libclang >/dev/null \
     || { echo "libclang-dev was installed but bindgen's libclang is still not found" >&2; exit 1; }
 fi
@@ -49,19 +44,14 @@ command -v cargo >/dev/null || { echo "cargo is not installed: install Rust from
 # socat: the TLS test (tests/kafka_tls.rs) puts a TLS listener in front of Tansu (Tansu 0.6.0's
 # own --cert/--key options cannot be combined).
 if ! command -v socat >/dev/null; then
-  echo "installing socat (the TLS test's TLS listener)" >&2
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends socat >/dev/null
+  apt_install "the TLS test's TLS listener" socat
 fi
 
 # Chromium and chromedriver from Debian (crates/tagstream/tests/console.rs drives the web
 # console in a real browser through WebDriver). The two packages come from the same source
 # package, so their versions always match.
 if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  echo "installing test dependencies: chromium chromium-driver" >&2
-  as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-    chromium chromium-driver >/dev/null
+  apt_install "the console's browser test" chromium chromium-driver
 fi
 
 # Tansu, a Kafka-compatible broker (tests/kafka_static.rs needs static membership, which
