@@ -587,6 +587,21 @@ struct Run<'e> {
     extra: WriteBatch,
     /// Engine times of the transitions emitted.
     emitted_ts: Vec<Millis>,
+    /// The id dictionary as it was before the batch, restored if the batch is not committed.
+    ids_before: Option<UserIds>,
+}
+
+/// A batch that is dropped without a successful commit (a store error while reading, staging or
+/// committing, e.g. a full disk) leaves the engine's memory as it was before it: bitmaps and id
+/// assignments are rolled back; clocks, delete counts, the outbox sequence, timer floors and
+/// history are only adopted after the commit; cached users it took are re-read from the store.
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if let Some(ids) = self.ids_before.take() {
+            self.engine.ids = ids;
+            self.engine.bitmaps.rollback();
+        }
+    }
 }
 
 impl<'e> Run<'e> {
@@ -594,6 +609,8 @@ impl<'e> Run<'e> {
         let clocks = engine.clocks.clone();
         let deletes = engine.deletes.clone();
         let ingested_ms = (engine.wall_clock)();
+        let ids_before = Some(engine.ids.clone());
+        engine.bitmaps.savepoint();
         Run {
             engine,
             users: FxHashMap::default(),
@@ -609,6 +626,7 @@ impl<'e> Run<'e> {
             scanned: Default::default(),
             extra: WriteBatch::new(),
             emitted_ts: Vec::new(),
+            ids_before,
         }
     }
 
@@ -941,18 +959,15 @@ impl<'e> Run<'e> {
             &mut batch,
         );
         self.engine.bitmaps.flush_dirty(&mut batch);
+        let mut outbox_seq = self.engine.outbox_seq;
         for entry in &self.outbox {
-            batch.put(
-                Cf::Outbox,
-                outbox::key(self.engine.outbox_seq).to_vec(),
-                entry.encode(),
-            );
-            self.engine.outbox_seq += 1;
+            batch.put(Cf::Outbox, outbox::key(outbox_seq).to_vec(), entry.encode());
+            outbox_seq += 1;
         }
         batch.put(
             Cf::Meta,
             META_OUTBOX_SEQ,
-            tagstream_state::keys::u64_be(self.engine.outbox_seq).to_vec(),
+            tagstream_state::keys::u64_be(outbox_seq).to_vec(),
         );
         for p in &self.clock_changed {
             batch.put(
@@ -974,13 +989,21 @@ impl<'e> Run<'e> {
             batch.put(Cf::Offsets, k.clone(), v.clone());
         }
         batch.append(std::mem::take(&mut self.extra));
-        store.commit(batch)?;
-        if self.engine.options.sync {
-            store.sync()?;
+        if let Err(e) = store.commit(batch) {
             if let Some(m) = &self.engine.metrics {
-                m.state_syncs.inc();
+                m.state_commit_failures.inc();
             }
+            return Err(e.into());
         }
+        // Committed: from here on memory follows the store, whatever else fails.
+        self.ids_before = None;
+        self.engine.bitmaps.release();
+        self.engine.outbox_seq = outbox_seq;
+        let synced = if self.engine.options.sync {
+            store.sync().map_err(ConsumerError::from)
+        } else {
+            Ok(())
+        };
         if let Some(m) = &self.engine.metrics {
             let committed = (self.engine.wall_clock)();
             for ts in &self.emitted_ts {
@@ -1008,6 +1031,14 @@ impl<'e> Run<'e> {
         }
         self.engine.clocks = std::mem::take(&mut self.clocks);
         self.engine.deletes = std::mem::take(&mut self.deletes);
-        Ok(self.report)
+        // A failed fsync leaves the batch committed but perhaps not durable: the caller must
+        // not deliver or answer as if it were (the pipeline stops, the API answers 503).
+        synced?;
+        if self.engine.options.sync {
+            if let Some(m) = &self.engine.metrics {
+                m.state_syncs.inc();
+            }
+        }
+        Ok(std::mem::take(&mut self.report))
     }
 }

@@ -400,9 +400,8 @@ impl Engine {
                 })
             }
             Err(e) => {
+                // The failed batch rolled the bitmaps and ids back (see `Run`'s `Drop`).
                 self.rules = old;
-                // The in-memory bitmaps may hold staged changes: reload them from the store.
-                self.bitmaps = tagstream_state::SegmentBitmaps::load(self.store.as_ref())?;
                 Err(e)
             }
         }

@@ -171,6 +171,13 @@ impl From<ConsumerError> for ApiError {
     fn from(e: ConsumerError) -> ApiError {
         if e.is_user_error() {
             ApiError::bad_request(e.to_string())
+        } else if matches!(e, ConsumerError::Store(_)) {
+            // The write was rolled back (disk full, IO error): the request may be retried.
+            tracing::error!(error = %e, "api request failed: the state store refused the write");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("state store unavailable: {e}"),
+            )
         } else {
             tracing::error!(error = %e, "api request failed");
             ApiError::new(
