@@ -511,31 +511,12 @@ impl Engine {
     /// Reads up to `limit` outbox entries with sequence numbers `>= from`, in commit order (a
     /// sink with deliveries in flight reads on from where it stopped sending).
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
-        let rows = self
-            .store
-            .scan(Cf::Outbox, &outbox::key(from), None, limit)?;
-        rows.into_iter()
-            .map(|(k, v)| {
-                let seq = tagstream_state::keys::decode_u64_be(&k)
-                    .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
-                Ok((
-                    seq,
-                    OutboxEntry::decode(&v).map_err(ConsumerError::Corrupt)?,
-                ))
-            })
-            .collect()
+        outbox::read_from(self.store.as_ref(), from, limit)
     }
 
     /// Deletes delivered outbox entries (all with seq <= `upto`).
     pub fn acknowledge(&self, upto: u64) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.delete_range(
-            Cf::Outbox,
-            outbox::key(0).to_vec(),
-            outbox::key(upto + 1).to_vec(),
-        );
-        self.store.commit(batch)?;
-        Ok(())
+        outbox::acknowledge(self.store.as_ref(), upto)
     }
 
     /// The sequence number the next outbox entry will get. Entries are assigned consecutive
