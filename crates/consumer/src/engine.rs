@@ -62,6 +62,8 @@ pub struct EngineOptions {
     /// the API then answers survive power loss. Outbox acknowledgements are not synced: one
     /// lost to a power cut only means a redelivery.
     pub sync: bool,
+    /// A rules reload migrates this many users per commit: memory holds one chunk.
+    pub reload_chunk: usize,
 }
 
 impl Default for EngineOptions {
@@ -73,6 +75,7 @@ impl Default for EngineOptions {
             decode: DecodeOptions::default(),
             reload_on_open: false,
             sync: false,
+            reload_chunk: 10_000,
         }
     }
 }
@@ -153,6 +156,8 @@ const META_CLOCK: &[u8] = b"clock/";
 /// Per partition, how many users its deletes have erased (see [`UserState::incarnation`]).
 const META_DELETES: &[u8] = b"deletes/";
 const META_WARMING: &[u8] = b"warming";
+/// A rules reload not finished yet (see the `reload` module).
+const META_RELOADING: &[u8] = b"reloading";
 
 fn user_key(partition: u32, user: &str) -> Vec<u8> {
     prefixed(partition, user.as_bytes())
@@ -216,6 +221,9 @@ pub struct Engine {
     owned: Option<std::collections::BTreeSet<u32>>,
     /// A `future_timestamp` rejection was logged (once per process: each is dead-lettered).
     future_logged: bool,
+    /// A reload failed after committing some of its chunks: the state is partly on the new
+    /// rules, so nothing more is applied until a restart finishes the reload.
+    reload_unfinished: bool,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -254,12 +262,16 @@ fn system_millis() -> Millis {
 impl Engine {
     /// Opens the engine over a store. A store built with other rules is refused: rules changes
     /// go through reload, which re-evaluates stored users.
+    ///
+    /// A rules reload interrupted by a crash is finished first, so the state is entirely on the
+    /// rules that reload was applying before they are compared with `rules`.
     pub fn open(
         store: Arc<dyn StateStore>,
         rules: Arc<RuleSet>,
         rules_source: &str,
         options: EngineOptions,
     ) -> Result<Engine> {
+        reload::finish_pending(&store, &options)?;
         match store.get(Cf::Meta, META_RULES_HASH)? {
             Some(hash) if hash != rules.fingerprint.as_bytes() && options.reload_on_open => {
                 return reload::open_with_new_rules(store, rules, rules_source, options);
@@ -277,6 +289,15 @@ impl Engine {
                 store.commit(batch)?;
             }
         }
+        Self::open_current(store, rules, options)
+    }
+
+    /// Opens the engine over a store built with `rules` (checked by the caller).
+    fn open_current(
+        store: Arc<dyn StateStore>,
+        rules: Arc<RuleSet>,
+        options: EngineOptions,
+    ) -> Result<Engine> {
         let outbox_seq = match store.get(Cf::Meta, META_OUTBOX_SEQ)? {
             Some(v) => tagstream_state::keys::decode_u64_be(&v)
                 .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
@@ -308,6 +329,7 @@ impl Engine {
             metrics: None,
             owned: None,
             future_logged: false,
+            reload_unfinished: false,
         })
     }
 
@@ -363,6 +385,7 @@ impl Engine {
         records: &[Record<'_>],
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchReport> {
+        self.check_usable()?;
         let timers_per_batch = self.options.timers_per_batch;
         let span = tracing::info_span!(
             "batch",
@@ -398,9 +421,21 @@ impl Engine {
         Ok(report)
     }
 
+    /// Refuses to change state while a failed reload has left it partly on new rules.
+    fn check_usable(&self) -> Result<()> {
+        if self.reload_unfinished {
+            return Err(ConsumerError::io(
+                "a rules reload failed part-way",
+                std::io::Error::other("the state is partly migrated; restart to finish the reload"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Moves a partition's engine time forward to `t` (never backwards), firing due timers in
     /// bounded batches; each batch is committed. Returns what fired.
     pub fn advance(&mut self, partition: u32, t: Millis) -> Result<BatchReport> {
+        self.check_usable()?;
         let mut total = BatchReport::default();
         let timers_per_batch = self.options.timers_per_batch;
         loop {
@@ -425,6 +460,7 @@ impl Engine {
     /// Deletes a user (API `DELETE /v1/users/{id}`), emitting exits with cause `delete`.
     /// Returns false when the user is unknown.
     pub fn delete_user(&mut self, user: &str) -> Result<bool> {
+        self.check_usable()?;
         let Some(partition) = self.partition_of(user)? else {
             return Ok(false);
         };

@@ -1,9 +1,10 @@
 //! A commit the state store refuses (disk full, IO error) leaves the engine's memory exactly as
 //! it was before the batch: segment bitmaps, user states, the id dictionary, engine times,
 //! delete counts and the outbox sequence. Retrying the batch then gives what a run that never
-//! failed gives, byte for byte on disk.
+//! failed gives, byte for byte on disk. A rules reload interrupted between two of its chunks is
+//! finished by the next open, with the same result as an uninterrupted one.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tagstream_consumer::outbox::Origin;
@@ -33,10 +34,22 @@ when = "views >= 2 and orders = 0"
 
 const T: i64 = 1_732_000_000_000;
 
-/// A real RocksDB store whose next commit fails, as with a full disk, when armed.
+/// A real RocksDB store whose next commit fails, as with a full disk, when armed; or, with
+/// `fail_commit_in` = n > 0, the n-th commit from now.
 struct FailingStore {
     inner: RocksStore,
     fail_next_commit: AtomicBool,
+    fail_commit_in: AtomicUsize,
+}
+
+impl FailingStore {
+    fn open(dir: &std::path::Path) -> Arc<FailingStore> {
+        Arc::new(FailingStore {
+            inner: RocksStore::open(dir).unwrap(),
+            fail_next_commit: AtomicBool::new(false),
+            fail_commit_in: AtomicUsize::new(0),
+        })
+    }
 }
 
 impl StateStore for FailingStore {
@@ -65,7 +78,11 @@ impl StateStore for FailingStore {
         self.inner.for_each(cf, start, end, f)
     }
     fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
-        if self.fail_next_commit.swap(false, Ordering::SeqCst) {
+        let countdown = self
+            .fail_commit_in
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .unwrap_or(0);
+        if self.fail_next_commit.swap(false, Ordering::SeqCst) || countdown == 1 {
             return Err(StoreError::CreateDir {
                 path: self.inner.path().to_path_buf(),
                 source: std::io::Error::from_raw_os_error(28), // ENOSPC
@@ -89,8 +106,12 @@ fn fixed_clock() -> i64 {
 }
 
 fn open(store: Arc<dyn StateStore>) -> Engine {
-    let rules = Arc::new(RuleSet::compile(RULES, "rules").unwrap());
-    let mut engine = Engine::open(store, rules, RULES, EngineOptions::default()).unwrap();
+    open_with(store, RULES, EngineOptions::default())
+}
+
+fn open_with(store: Arc<dyn StateStore>, source: &str, options: EngineOptions) -> Engine {
+    let rules = Arc::new(RuleSet::compile(source, "rules").unwrap());
+    let mut engine = Engine::open(store, rules, source, options).unwrap();
     engine.set_wall_clock(fixed_clock);
     engine
 }
@@ -198,10 +219,7 @@ fn second_batch() -> Vec<String> {
 #[test]
 fn a_failed_commit_leaves_memory_as_before_and_a_retry_equals_a_clean_run() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let faulty = Arc::new(FailingStore {
-        inner: RocksStore::open(dirs.0.path()).unwrap(),
-        fail_next_commit: AtomicBool::new(false),
-    });
+    let faulty = FailingStore::open(dirs.0.path());
     let clean_store = Arc::new(RocksStore::open(dirs.1.path()).unwrap());
     let mut engine = open(faulty.clone());
     let mut clean = open(clean_store.clone());
@@ -242,10 +260,7 @@ fn a_failed_commit_leaves_memory_as_before_and_a_retry_equals_a_clean_run() {
 #[test]
 fn a_failed_api_delete_leaves_the_user_and_its_segments_in_place() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let faulty = Arc::new(FailingStore {
-        inner: RocksStore::open(dirs.0.path()).unwrap(),
-        fail_next_commit: AtomicBool::new(false),
-    });
+    let faulty = FailingStore::open(dirs.0.path());
     let clean_store = Arc::new(RocksStore::open(dirs.1.path()).unwrap());
     let mut engine = open(faulty.clone());
     let mut clean = open(clean_store.clone());
@@ -268,10 +283,7 @@ fn a_failed_api_delete_leaves_the_user_and_its_segments_in_place() {
 #[test]
 fn a_failed_reload_keeps_the_old_rules_bitmaps_and_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let faulty = Arc::new(FailingStore {
-        inner: RocksStore::open(dir.path()).unwrap(),
-        fail_next_commit: AtomicBool::new(false),
-    });
+    let faulty = FailingStore::open(dir.path());
     let mut engine = open(faulty.clone());
     engine.process(&records(&first_batch()), &[]).unwrap();
     let before = observe(&engine, &USERS);
@@ -284,4 +296,100 @@ fn a_failed_reload_keeps_the_old_rules_bitmaps_and_ids() {
     assert!(engine.reload(new_rules, &new_source).is_err());
     assert_eq!(observe(&engine, &USERS), before);
     assert_eq!(contents(faulty.as_ref()), on_disk);
+}
+
+/// The rules a reload switches to: `browser` is removed, `looker` is new, `buyer` stays.
+fn new_rules() -> String {
+    RULES.replace(
+        "name = \"browser\"\nwhen = \"views >= 2 and orders = 0\"",
+        "name = \"looker\"\nwhen = \"views >= 1\"",
+    )
+}
+
+#[test]
+fn a_reload_interrupted_between_chunks_is_finished_at_the_next_open() {
+    let users: Vec<String> = (0..20).map(|i| format!("u{i:02}")).collect();
+    let lines: Vec<String> = users
+        .iter()
+        .enumerate()
+        .flat_map(|(i, u)| {
+            let kind = if i % 3 == 0 { "purchase" } else { "view" };
+            [track(u, kind, i as i64), track(u, "view", 100 + i as i64)]
+        })
+        .collect();
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let new_source = new_rules();
+    assert_ne!(new_source, RULES);
+    let new = || Arc::new(RuleSet::compile(&new_source, "rules").unwrap());
+
+    // Uninterrupted, in one chunk.
+    let clean_dir = tempfile::tempdir().unwrap();
+    let clean_store = Arc::new(RocksStore::open(clean_dir.path()).unwrap());
+    let mut clean = open(clean_store.clone());
+    clean.process(&records(&lines), &[]).unwrap();
+    let report = clean.reload(new(), &new_source).unwrap();
+    assert!(report.report.transitions > 0);
+
+    // Three users per chunk (7 commits); the third commit fails, as a crash after two would.
+    let dir = tempfile::tempdir().unwrap();
+    let faulty = FailingStore::open(dir.path());
+    let chunked = EngineOptions {
+        reload_chunk: 3,
+        ..EngineOptions::default()
+    };
+    let mut engine = open_with(faulty.clone(), RULES, chunked.clone());
+    engine.process(&records(&lines), &[]).unwrap();
+    faulty.fail_commit_in.store(3, Ordering::SeqCst);
+    assert!(engine.reload(new(), &new_source).is_err());
+    // Part of the users are on the new rules: nothing more is applied before a restart.
+    let more = vec![track("u00", "view", 500)];
+    let refused = engine.process(&records(&more), &[]).unwrap_err();
+    assert!(refused.to_string().contains("restart"), "{refused}");
+    drop(engine);
+    assert!(faulty
+        .get(Cf::Meta, b"reloading")
+        .unwrap()
+        .is_some_and(|record| !record.is_empty()));
+
+    // The next open finishes the reload before comparing the rules it is given.
+    let reopened = open_with(faulty.clone(), &new_source, chunked);
+    assert_eq!(reopened.rules().fingerprint, clean.rules().fingerprint);
+    assert_eq!(observe(&reopened, &names), observe(&clean, &names));
+    assert_eq!(contents(faulty.as_ref()), contents(clean_store.as_ref()));
+    assert_eq!(faulty.get(Cf::Meta, b"reloading").unwrap(), None);
+}
+
+#[test]
+fn a_chunked_reload_equals_a_reload_in_one_commit() {
+    let lines: Vec<String> = (0..50)
+        .map(|i| {
+            let kind = if i % 4 == 0 { "purchase" } else { "view" };
+            track(&format!("u{:02}", i % 25), kind, i)
+        })
+        .collect();
+    let new_source = new_rules();
+    let mut stores = Vec::new();
+    let mut dirs = Vec::new();
+    for chunk in [1, 7, 10_000] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RocksStore::open(dir.path()).unwrap());
+        let options = EngineOptions {
+            reload_chunk: chunk,
+            ..EngineOptions::default()
+        };
+        let mut engine = open_with(store.clone(), RULES, options);
+        engine.process(&records(&lines), &[]).unwrap();
+        let report = engine
+            .reload(
+                Arc::new(RuleSet::compile(&new_source, "rules").unwrap()),
+                &new_source,
+            )
+            .unwrap();
+        assert_eq!(report.users, 25);
+        stores.push(store);
+        dirs.push(dir);
+    }
+    let one = contents(stores[2].as_ref());
+    assert_eq!(contents(stores[0].as_ref()), one);
+    assert_eq!(contents(stores[1].as_ref()), one);
 }
