@@ -101,6 +101,8 @@ pub struct Control {
     last_progress_ms: AtomicI64,
     /// `api.stall_after` in ms (0: stalls are not reported).
     stall_after_ms: AtomicI64,
+    /// The current stall was logged (once per stall; reset by progress).
+    stall_logged: AtomicBool,
 }
 
 impl Control {
@@ -161,6 +163,9 @@ impl Control {
     /// or has nothing pending.
     pub fn progressed(&self) {
         self.last_progress_ms.store(now_millis(), Ordering::SeqCst);
+        if self.stall_logged.swap(false, Ordering::Relaxed) {
+            tracing::info!("the pipeline makes progress again");
+        }
     }
 
     /// How long since the pipeline last made progress or had nothing pending (zero before it
@@ -178,11 +183,20 @@ impl Control {
         self.stall_after_ms.store(ms, Ordering::SeqCst);
     }
 
-    /// How long the pipeline has been stalled, when longer than the configured stall time.
+    /// How long the pipeline has been stalled, when longer than the configured stall time
+    /// (asked by `/healthz` and at each scrape, which log a stall once: the stalled thread
+    /// itself cannot).
     pub fn stalled(&self) -> Option<Duration> {
         let after = self.stall_after_ms.load(Ordering::SeqCst);
         let since = self.since_progress();
-        (after > 0 && since > Duration::from_millis(after as u64)).then_some(since)
+        let stalled = after > 0 && since > Duration::from_millis(after as u64);
+        if stalled && !self.stall_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                stalled_s = since.as_secs(),
+                "the pipeline has had work pending without progress for longer than api.stall_after (a blocked sink write, a stuck consumer, a sink that stays down): /healthz answers 503"
+            );
+        }
+        stalled.then_some(since)
     }
 
     fn failure(&self) -> Option<String> {

@@ -58,6 +58,7 @@ pub async fn metrics(State(state): State<ApiState>) -> Response {
         .metrics
         .pipeline_last_progress_seconds
         .set(state.control.since_progress().as_secs_f64());
+    state.control.stalled();
     (
         [(
             header::CONTENT_TYPE,
