@@ -62,6 +62,8 @@ pub struct EngineOptions {
     /// the API then answers survive power loss. Outbox acknowledgements are not synced: one
     /// lost to a power cut only means a redelivery.
     pub sync: bool,
+    /// A rules reload migrates this many users per commit: memory holds one chunk.
+    pub reload_chunk: usize,
 }
 
 impl Default for EngineOptions {
@@ -73,6 +75,7 @@ impl Default for EngineOptions {
             decode: DecodeOptions::default(),
             reload_on_open: false,
             sync: false,
+            reload_chunk: 10_000,
         }
     }
 }
@@ -153,6 +156,8 @@ const META_CLOCK: &[u8] = b"clock/";
 /// Per partition, how many users its deletes have erased (see [`UserState::incarnation`]).
 const META_DELETES: &[u8] = b"deletes/";
 const META_WARMING: &[u8] = b"warming";
+/// A rules reload not finished yet (see the `reload` module).
+const META_RELOADING: &[u8] = b"reloading";
 
 fn user_key(partition: u32, user: &str) -> Vec<u8> {
     prefixed(partition, user.as_bytes())
@@ -216,6 +221,9 @@ pub struct Engine {
     owned: Option<std::collections::BTreeSet<u32>>,
     /// A `future_timestamp` rejection was logged (once per process: each is dead-lettered).
     future_logged: bool,
+    /// A reload failed after committing some of its chunks: the state is partly on the new
+    /// rules, so nothing more is applied until a restart finishes the reload.
+    reload_unfinished: bool,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -254,12 +262,16 @@ fn system_millis() -> Millis {
 impl Engine {
     /// Opens the engine over a store. A store built with other rules is refused: rules changes
     /// go through reload, which re-evaluates stored users.
+    ///
+    /// A rules reload interrupted by a crash is finished first, so the state is entirely on the
+    /// rules that reload was applying before they are compared with `rules`.
     pub fn open(
         store: Arc<dyn StateStore>,
         rules: Arc<RuleSet>,
         rules_source: &str,
         options: EngineOptions,
     ) -> Result<Engine> {
+        reload::finish_pending(&store, &options)?;
         match store.get(Cf::Meta, META_RULES_HASH)? {
             Some(hash) if hash != rules.fingerprint.as_bytes() && options.reload_on_open => {
                 return reload::open_with_new_rules(store, rules, rules_source, options);
@@ -277,6 +289,15 @@ impl Engine {
                 store.commit(batch)?;
             }
         }
+        Self::open_current(store, rules, options)
+    }
+
+    /// Opens the engine over a store built with `rules` (checked by the caller).
+    fn open_current(
+        store: Arc<dyn StateStore>,
+        rules: Arc<RuleSet>,
+        options: EngineOptions,
+    ) -> Result<Engine> {
         let outbox_seq = match store.get(Cf::Meta, META_OUTBOX_SEQ)? {
             Some(v) => tagstream_state::keys::decode_u64_be(&v)
                 .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
@@ -308,6 +329,7 @@ impl Engine {
             metrics: None,
             owned: None,
             future_logged: false,
+            reload_unfinished: false,
         })
     }
 
@@ -363,6 +385,7 @@ impl Engine {
         records: &[Record<'_>],
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchReport> {
+        self.check_usable()?;
         let timers_per_batch = self.options.timers_per_batch;
         let span = tracing::info_span!(
             "batch",
@@ -398,9 +421,21 @@ impl Engine {
         Ok(report)
     }
 
+    /// Refuses to change state while a failed reload has left it partly on new rules.
+    fn check_usable(&self) -> Result<()> {
+        if self.reload_unfinished {
+            return Err(ConsumerError::io(
+                "a rules reload failed part-way",
+                std::io::Error::other("the state is partly migrated; restart to finish the reload"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Moves a partition's engine time forward to `t` (never backwards), firing due timers in
     /// bounded batches; each batch is committed. Returns what fired.
     pub fn advance(&mut self, partition: u32, t: Millis) -> Result<BatchReport> {
+        self.check_usable()?;
         let mut total = BatchReport::default();
         let timers_per_batch = self.options.timers_per_batch;
         loop {
@@ -425,6 +460,7 @@ impl Engine {
     /// Deletes a user (API `DELETE /v1/users/{id}`), emitting exits with cause `delete`.
     /// Returns false when the user is unknown.
     pub fn delete_user(&mut self, user: &str) -> Result<bool> {
+        self.check_usable()?;
         let Some(partition) = self.partition_of(user)? else {
             return Ok(false);
         };
@@ -511,31 +547,12 @@ impl Engine {
     /// Reads up to `limit` outbox entries with sequence numbers `>= from`, in commit order (a
     /// sink with deliveries in flight reads on from where it stopped sending).
     pub fn outbox_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, OutboxEntry)>> {
-        let rows = self
-            .store
-            .scan(Cf::Outbox, &outbox::key(from), None, limit)?;
-        rows.into_iter()
-            .map(|(k, v)| {
-                let seq = tagstream_state::keys::decode_u64_be(&k)
-                    .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
-                Ok((
-                    seq,
-                    OutboxEntry::decode(&v).map_err(ConsumerError::Corrupt)?,
-                ))
-            })
-            .collect()
+        outbox::read_from(self.store.as_ref(), from, limit)
     }
 
     /// Deletes delivered outbox entries (all with seq <= `upto`).
     pub fn acknowledge(&self, upto: u64) -> Result<()> {
-        let mut batch = WriteBatch::new();
-        batch.delete_range(
-            Cf::Outbox,
-            outbox::key(0).to_vec(),
-            outbox::key(upto + 1).to_vec(),
-        );
-        self.store.commit(batch)?;
-        Ok(())
+        outbox::acknowledge(self.store.as_ref(), upto)
     }
 
     /// The sequence number the next outbox entry will get. Entries are assigned consecutive
@@ -587,6 +604,21 @@ struct Run<'e> {
     extra: WriteBatch,
     /// Engine times of the transitions emitted.
     emitted_ts: Vec<Millis>,
+    /// The id dictionary as it was before the batch, restored if the batch is not committed.
+    ids_before: Option<UserIds>,
+}
+
+/// A batch that is dropped without a successful commit (a store error while reading, staging or
+/// committing, e.g. a full disk) leaves the engine's memory as it was before it: bitmaps and id
+/// assignments are rolled back; clocks, delete counts, the outbox sequence, timer floors and
+/// history are only adopted after the commit; cached users it took are re-read from the store.
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if let Some(ids) = self.ids_before.take() {
+            self.engine.ids = ids;
+            self.engine.bitmaps.rollback();
+        }
+    }
 }
 
 impl<'e> Run<'e> {
@@ -594,6 +626,8 @@ impl<'e> Run<'e> {
         let clocks = engine.clocks.clone();
         let deletes = engine.deletes.clone();
         let ingested_ms = (engine.wall_clock)();
+        let ids_before = Some(engine.ids.clone());
+        engine.bitmaps.savepoint();
         Run {
             engine,
             users: FxHashMap::default(),
@@ -609,6 +643,7 @@ impl<'e> Run<'e> {
             scanned: Default::default(),
             extra: WriteBatch::new(),
             emitted_ts: Vec::new(),
+            ids_before,
         }
     }
 
@@ -941,18 +976,15 @@ impl<'e> Run<'e> {
             &mut batch,
         );
         self.engine.bitmaps.flush_dirty(&mut batch);
+        let mut outbox_seq = self.engine.outbox_seq;
         for entry in &self.outbox {
-            batch.put(
-                Cf::Outbox,
-                outbox::key(self.engine.outbox_seq).to_vec(),
-                entry.encode(),
-            );
-            self.engine.outbox_seq += 1;
+            batch.put(Cf::Outbox, outbox::key(outbox_seq).to_vec(), entry.encode());
+            outbox_seq += 1;
         }
         batch.put(
             Cf::Meta,
             META_OUTBOX_SEQ,
-            tagstream_state::keys::u64_be(self.engine.outbox_seq).to_vec(),
+            tagstream_state::keys::u64_be(outbox_seq).to_vec(),
         );
         for p in &self.clock_changed {
             batch.put(
@@ -974,13 +1006,21 @@ impl<'e> Run<'e> {
             batch.put(Cf::Offsets, k.clone(), v.clone());
         }
         batch.append(std::mem::take(&mut self.extra));
-        store.commit(batch)?;
-        if self.engine.options.sync {
-            store.sync()?;
+        if let Err(e) = store.commit(batch) {
             if let Some(m) = &self.engine.metrics {
-                m.state_syncs.inc();
+                m.state_commit_failures.inc();
             }
+            return Err(e.into());
         }
+        // Committed: from here on memory follows the store, whatever else fails.
+        self.ids_before = None;
+        self.engine.bitmaps.release();
+        self.engine.outbox_seq = outbox_seq;
+        let synced = if self.engine.options.sync {
+            store.sync().map_err(ConsumerError::from)
+        } else {
+            Ok(())
+        };
         if let Some(m) = &self.engine.metrics {
             let committed = (self.engine.wall_clock)();
             for ts in &self.emitted_ts {
@@ -1008,6 +1048,14 @@ impl<'e> Run<'e> {
         }
         self.engine.clocks = std::mem::take(&mut self.clocks);
         self.engine.deletes = std::mem::take(&mut self.deletes);
-        Ok(self.report)
+        // A failed fsync leaves the batch committed but perhaps not durable: the caller must
+        // not deliver or answer as if it were (the pipeline stops, the API answers 503).
+        synced?;
+        if self.engine.options.sync {
+            if let Some(m) = &self.engine.metrics {
+                m.state_syncs.inc();
+            }
+        }
+        Ok(std::mem::take(&mut self.report))
     }
 }

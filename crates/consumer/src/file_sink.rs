@@ -16,7 +16,12 @@ pub trait SyncWrite: Write + Send {
 
 impl SyncWrite for File {
     fn sync(&mut self) -> std::io::Result<()> {
-        self.sync_data()
+        match self.sync_data() {
+            // EINVAL: a FIFO, socket or character device (`/dev/stdout`), which has no disk
+            // to sync to; what was written has been handed over, as with stdout.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+            other => other,
+        }
     }
 }
 

@@ -88,6 +88,12 @@ pub struct Metrics {
     pub rocksdb: RocksDbGauges,
     /// `tagstream_state_syncs_total`: write-ahead log fsyncs after a commit (`state.sync`).
     pub state_syncs: IntCounter,
+    /// `tagstream_state_commit_failures_total`: state store commits that failed (disk full, IO
+    /// error); the batch was rolled back in memory.
+    pub state_commit_failures: IntCounter,
+    /// `tagstream_pipeline_last_progress_seconds`: seconds since the pipeline last made progress
+    /// or had nothing to do, set at each scrape (see `Control::stalled_for`).
+    pub pipeline_last_progress_seconds: prometheus::Gauge,
     /// `tagstream_sink_oversized_transitions_total{action="truncated|dropped"}`: transitions
     /// larger than the sink accepts, cut to fit or (when even that cannot fit) skipped.
     pub sink_oversized_transitions: IntCounterVec,
@@ -192,6 +198,11 @@ impl Registrar {
 
     fn gauge(&mut self, name: &'static str, help: &str) -> IntGauge {
         let m = IntGauge::new(name, help).expect("valid metric");
+        self.add(name, "gauge", m)
+    }
+
+    fn float_gauge(&mut self, name: &'static str, help: &str) -> prometheus::Gauge {
+        let m = prometheus::Gauge::new(name, help).expect("valid metric");
         self.add(name, "gauge", m)
     }
 
@@ -412,6 +423,14 @@ impl Metrics {
             "tagstream_state_syncs_total",
             "fsyncs of the state store's write-ahead log after a commit (state.sync = batch).",
         );
+        let state_commit_failures = r.counter(
+            "tagstream_state_commit_failures_total",
+            "State store commits that failed (disk full, IO error); the batch was rolled back in memory.",
+        );
+        let pipeline_last_progress_seconds = r.float_gauge(
+            "tagstream_pipeline_last_progress_seconds",
+            "Seconds since the pipeline last committed a batch, delivered outbox entries or had nothing pending.",
+        );
         let sink_oversized_transitions = r.counter_vec(
             "tagstream_sink_oversized_transitions_total",
             "Transitions larger than the sink accepts: tag values truncated to fit, or dropped when even that cannot fit.",
@@ -492,6 +511,8 @@ impl Metrics {
             build_info,
             rocksdb,
             state_syncs,
+            state_commit_failures,
+            pipeline_last_progress_seconds,
             sink_oversized_transitions,
             input_gaps,
             sink_producer_fatal_errors,

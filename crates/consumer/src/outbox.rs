@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 use tagstream_state::keys::u64_be;
+use tagstream_state::{Cf, StateStore, WriteBatch};
+
+use crate::error::{ConsumerError, Result};
 
 /// Where a rejected message came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,36 @@ impl OutboxEntry {
 /// Outbox key: sequence number, so delivery follows commit order.
 pub fn key(seq: u64) -> [u8; 8] {
     u64_be(seq)
+}
+
+/// Reads up to `limit` entries with sequence numbers `>= from`, in commit order, from the
+/// store directly: delivery reads without the engine lock, so a blocked sink never blocks the
+/// engine (committed entries are immutable until acknowledged).
+pub fn read_from(
+    store: &dyn StateStore,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<(u64, OutboxEntry)>> {
+    let rows = store.scan(Cf::Outbox, &key(from), None, limit)?;
+    rows.into_iter()
+        .map(|(k, v)| {
+            let seq = tagstream_state::keys::decode_u64_be(&k)
+                .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?;
+            Ok((
+                seq,
+                OutboxEntry::decode(&v).map_err(ConsumerError::Corrupt)?,
+            ))
+        })
+        .collect()
+}
+
+/// Deletes delivered entries (all with seq <= `upto`). Safe beside engine commits, which only
+/// add entries above every delivered one.
+pub fn acknowledge(store: &dyn StateStore, upto: u64) -> Result<()> {
+    let mut batch = WriteBatch::new();
+    batch.delete_range(Cf::Outbox, key(0).to_vec(), key(upto + 1).to_vec());
+    store.commit(batch)?;
+    Ok(())
 }
 
 impl DeadLetter {

@@ -21,7 +21,7 @@ mod delivery;
 mod lines;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,6 +95,14 @@ pub struct Control {
     failure: Mutex<Option<String>>,
     /// Input partitions owned now (readiness: at least one).
     assigned: AtomicUsize,
+    /// Wall-clock ms when the pipeline last made progress or had nothing pending (0: not
+    /// started). Written by the engine thread, read by `/healthz` and `/metrics`, which keep
+    /// answering while that thread is blocked.
+    last_progress_ms: AtomicI64,
+    /// `api.stall_after` in ms (0: stalls are not reported).
+    stall_after_ms: AtomicI64,
+    /// The current stall was logged (once per stall; reset by progress).
+    stall_logged: AtomicBool,
 }
 
 impl Control {
@@ -149,6 +157,46 @@ impl Control {
     /// being open, which it is whenever the pipeline runs).
     pub fn ready(&self) -> bool {
         self.assigned.load(Ordering::SeqCst) > 0
+    }
+
+    /// Records that the pipeline made progress (a batch committed, outbox entries acknowledged)
+    /// or has nothing pending.
+    pub fn progressed(&self) {
+        self.last_progress_ms.store(now_millis(), Ordering::SeqCst);
+        if self.stall_logged.swap(false, Ordering::Relaxed) {
+            tracing::info!("the pipeline makes progress again");
+        }
+    }
+
+    /// How long since the pipeline last made progress or had nothing pending (zero before it
+    /// started).
+    pub fn since_progress(&self) -> Duration {
+        match self.last_progress_ms.load(Ordering::SeqCst) {
+            0 => Duration::ZERO,
+            last => Duration::from_millis(now_millis().saturating_sub(last).max(0) as u64),
+        }
+    }
+
+    /// Reports a stall once [`Control::since_progress`] exceeds `after` (None: never).
+    pub fn set_stall_after(&self, after: Option<Duration>) {
+        let ms = after.map_or(0, |d| d.as_millis().clamp(1, i64::MAX as u128) as i64);
+        self.stall_after_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// How long the pipeline has been stalled, when longer than the configured stall time
+    /// (asked by `/healthz` and at each scrape, which log a stall once: the stalled thread
+    /// itself cannot).
+    pub fn stalled(&self) -> Option<Duration> {
+        let after = self.stall_after_ms.load(Ordering::SeqCst);
+        let since = self.since_progress();
+        let stalled = after > 0 && since > Duration::from_millis(after as u64);
+        if stalled && !self.stall_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                stalled_s = since.as_secs(),
+                "the pipeline has had work pending without progress for longer than api.stall_after (a blocked sink write, a stuck consumer, a sink that stays down): /healthz answers 503"
+            );
+        }
+        stalled.then_some(since)
     }
 
     fn failure(&self) -> Option<String> {
@@ -263,6 +311,8 @@ struct Loop<'a> {
     /// Event mode: partitions whose clock moved, or that were assigned, since the last tick.
     touched: BTreeSet<u32>,
     paused: bool,
+    /// Some assigned partition had input lag at the last look at the watermarks.
+    lagging: bool,
     summary: Summary,
 }
 
@@ -287,8 +337,10 @@ pub fn run(
         next_offsets: HashMap::new(),
         touched: BTreeSet::new(),
         paused: false,
+        lagging: false,
         summary: Summary::default(),
     };
+    control.progressed();
     // Queries answer for assigned partitions only, and none is assigned yet.
     l.engine.lock().set_owned(Some(BTreeSet::new()));
     let result = l.main(&rx, shutdown);
@@ -306,11 +358,9 @@ pub fn run(
     }
     control.assigned.store(0, Ordering::SeqCst);
     metrics.ready.set(0);
-    {
-        let engine = l.engine.lock();
-        l.delivery.flush(&engine, options.flush_timeout)?;
-        engine.store().sync()?;
-    }
+    l.delivery.flush(&l.engine, options.flush_timeout)?;
+    let store = l.engine.lock().store().clone();
+    store.sync()?;
     l.gauges(true)?;
     Ok(l.summary)
 }
@@ -364,8 +414,12 @@ impl Loop<'_> {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
-            self.delivery.pump(&self.engine.lock())?;
-            self.backpressure();
+            let acknowledged = self.delivery.acknowledged();
+            self.delivery.pump(&self.engine)?;
+            let backlog = self.backpressure();
+            if self.delivery.acknowledged() > acknowledged || (backlog == 0 && !self.lagging) {
+                self.control.progressed();
+            }
             let now = Instant::now();
             if now >= next_tick {
                 next_tick = now + self.options.tick;
@@ -446,6 +500,7 @@ impl Loop<'_> {
         self.metrics.record_batch(&report);
         self.summary.report.merge(&report);
         self.control.add_commits(&offsets);
+        self.control.progressed();
         for r in &records {
             self.touched.insert(r.partition);
         }
@@ -503,7 +558,8 @@ impl Loop<'_> {
         Ok(())
     }
 
-    fn backpressure(&mut self) {
+    /// Pauses or resumes consumption by the outbox backlog, which it returns.
+    fn backpressure(&mut self) -> u64 {
         let backlog = self.delivery.backlog(&self.engine.lock());
         self.metrics.outbox_backlog.set(backlog as i64);
         let max = self.options.max_backlog.max(1);
@@ -517,10 +573,11 @@ impl Loop<'_> {
             tracing::info!(backlog, "outbox backlog drained: resuming consumption");
             self.paused = false;
         } else {
-            return;
+            return backlog;
         }
         self.control.set_pause(self.paused);
         self.metrics.consumer_paused.set(i64::from(self.paused));
+        backlog
     }
 
     fn gauges(&mut self, slow: bool) -> Result<()> {
@@ -537,6 +594,7 @@ impl Loop<'_> {
                 .set(engine.segment_size(&seg.name) as i64);
         }
         if let Ok(marks) = self.control.watermarks.lock() {
+            self.lagging = false;
             for tp in &self.assigned {
                 if let Some(&(lo, hi)) = marks.get(tp) {
                     let lag = match self.next_offsets.get(tp) {
@@ -546,6 +604,7 @@ impl Loop<'_> {
                     m.consumer_lag
                         .with_label_values(&[tp.0.as_str(), tp.1.to_string().as_str()])
                         .set(lag.max(0));
+                    self.lagging |= lag > 0;
                 }
             }
         }

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use tagstream_consumer::engine::SharedEngine;
 use tagstream_consumer::file_sink::{LineSink, SyncWrite};
 use tagstream_consumer::metrics::Metrics;
 use tagstream_consumer::outbox::Origin;
@@ -160,6 +161,7 @@ fn run(dir: &std::path::Path, sync: bool) -> (Vec<Step>, Metrics) {
         metrics.clone(),
     )
     .unwrap();
+    let shared = SharedEngine::new(engine);
     for batch in 0..2 {
         let lines = [
             format!(r#"{{"user_id":"u{batch}","event":"view","ts":{T}}}"#),
@@ -178,10 +180,10 @@ fn run(dir: &std::path::Path, sync: bool) -> (Vec<Step>, Metrics) {
                 fault: None,
             })
             .collect();
-        engine.process(&records, &[]).unwrap();
-        delivery.pump(&engine).unwrap();
+        shared.lock().process(&records, &[]).unwrap();
+        delivery.pump(&shared).unwrap();
     }
-    assert_eq!(delivery.backlog(&engine), 0);
+    assert_eq!(delivery.backlog(&shared.lock()), 0);
     let steps = log.lock().unwrap().clone();
     let transitions = std::fs::read_to_string(dir.join("transitions.ndjson")).unwrap();
     assert_eq!(transitions.lines().count(), 2, "{transitions}");

@@ -48,6 +48,26 @@ pub struct SegmentBitmaps {
     maps: BTreeMap<String, BTreeMap<u32, RoaringBitmap>>,
     /// (segment, partition) changed since the last flush.
     dirty: BTreeSet<(String, u32)>,
+    /// While a savepoint is open: how to undo each change made since, in order.
+    journal: Option<Journal>,
+}
+
+/// What [`SegmentBitmaps::rollback`] needs to put memory back as it was at
+/// [`SegmentBitmaps::savepoint`].
+#[derive(Debug)]
+struct Journal {
+    dirty: BTreeSet<(String, u32)>,
+    undo: Vec<Undo>,
+}
+
+#[derive(Debug)]
+enum Undo {
+    /// `id` was added to (segment, partition): remove it.
+    Added(String, u32, u32),
+    /// `id` was removed from (segment, partition): add it back.
+    Removed(String, u32, u32),
+    /// A whole bitmap was dropped from memory: restore it.
+    Dropped(String, u32, RoaringBitmap),
 }
 
 impl SegmentBitmaps {
@@ -122,6 +142,7 @@ impl SegmentBitmaps {
         let added = bitmap.insert(id);
         if added {
             self.mark_dirty(segment, partition);
+            self.journal_push(|| Undo::Added(segment.to_owned(), partition, id));
         }
         added
     }
@@ -143,6 +164,7 @@ impl SegmentBitmaps {
         }
         if removed {
             self.mark_dirty(segment, partition);
+            self.journal_push(|| Undo::Removed(segment.to_owned(), partition, id));
         }
         removed
     }
@@ -251,9 +273,14 @@ impl SegmentBitmaps {
     /// the segments that had members there.
     pub fn unload_partition(&mut self, partition: u32) -> Vec<String> {
         let mut held = Vec::new();
+        let journal = &mut self.journal;
         self.maps.retain(|segment, parts| {
-            if parts.remove(&partition).is_some() {
+            if let Some(bitmap) = parts.remove(&partition) {
                 held.push(segment.clone());
+                if let Some(j) = journal.as_mut() {
+                    j.undo
+                        .push(Undo::Dropped(segment.clone(), partition, bitmap));
+                }
             }
             !parts.is_empty()
         });
@@ -264,11 +291,15 @@ impl SegmentBitmaps {
     /// Forgets `segment` in every partition and stages the deletion of its bitmaps
     /// (e.g. the rules no longer define it).
     pub fn drop_segment(&mut self, segment: &str, batch: &mut WriteBatch) {
-        let mut partitions: BTreeSet<u32> = self
-            .maps
-            .remove(segment)
-            .map(|parts| parts.into_keys().collect())
-            .unwrap_or_default();
+        let dropped = self.maps.remove(segment).unwrap_or_default();
+        let mut partitions: BTreeSet<u32> = dropped.keys().copied().collect();
+        if let Some(j) = self.journal.as_mut() {
+            j.undo.extend(
+                dropped
+                    .into_iter()
+                    .map(|(p, bitmap)| Undo::Dropped(segment.to_owned(), p, bitmap)),
+            );
+        }
         self.dirty.retain(|(s, p)| {
             if s == segment {
                 partitions.insert(*p);
@@ -304,7 +335,89 @@ impl SegmentBitmaps {
         self.dirty.len()
     }
 
+    /// Starts recording changes so that [`SegmentBitmaps::rollback`] can undo them: call
+    /// before changing memory for a batch whose commit may fail. Replaces an open savepoint.
+    /// Costs one journal entry per change, not a copy of the bitmaps.
+    pub fn savepoint(&mut self) {
+        self.journal = Some(Journal {
+            dirty: self.dirty.clone(),
+            undo: Vec::new(),
+        });
+    }
+
+    /// Puts memory (bitmaps and dirty set) back as it was at the open savepoint and closes
+    /// it: the batch that made the changes was not committed. Without a savepoint, nothing.
+    pub fn rollback(&mut self) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        for undo in journal.undo.into_iter().rev() {
+            match undo {
+                Undo::Added(segment, p, id) => {
+                    self.remove(&segment, p, id);
+                }
+                Undo::Removed(segment, p, id) => {
+                    self.insert(&segment, p, id);
+                }
+                Undo::Dropped(segment, p, bitmap) => {
+                    self.maps.entry(segment).or_default().insert(p, bitmap);
+                }
+            }
+        }
+        self.dirty = journal.dirty;
+    }
+
+    /// Closes the open savepoint, keeping the changes (their batch was committed).
+    pub fn release(&mut self) {
+        self.journal = None;
+    }
+
+    fn journal_push(&mut self, undo: impl FnOnce() -> Undo) {
+        if let Some(j) = self.journal.as_mut() {
+            j.undo.push(undo());
+        }
+    }
+
     fn mark_dirty(&mut self, segment: &str, partition: u32) {
         self.dirty.insert((segment.to_owned(), partition));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(b: &SegmentBitmaps) -> (BTreeMap<String, BTreeMap<u32, RoaringBitmap>>, usize) {
+        (b.maps.clone(), b.dirty_len())
+    }
+
+    #[test]
+    fn rollback_restores_bitmaps_and_dirty_set_as_at_the_savepoint() {
+        let mut b = SegmentBitmaps::new();
+        b.insert("a", 0, 1);
+        b.insert("a", 1, 2);
+        b.insert("b", 0, 1);
+        b.flush_dirty(&mut WriteBatch::new());
+        b.insert("a", 0, 9);
+        let before = snapshot(&b);
+
+        b.savepoint();
+        b.insert("a", 0, 3);
+        b.remove("a", 1, 2);
+        b.remove_everywhere(0, 1);
+        b.mark_present(0, 3);
+        b.drop_segment("a", &mut WriteBatch::new());
+        b.unload_partition(0);
+        b.flush_dirty(&mut WriteBatch::new());
+        assert_ne!(snapshot(&b), before);
+        b.rollback();
+        assert_eq!(snapshot(&b), before);
+
+        // A released savepoint keeps the changes, and a later rollback does nothing.
+        b.savepoint();
+        b.insert("c", 2, 7);
+        b.release();
+        b.rollback();
+        assert!(b.contains("c", 2, 7));
     }
 }

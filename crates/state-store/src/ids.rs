@@ -51,7 +51,9 @@ fn decode_name(v: Vec<u8>) -> Result<String, StoreError> {
 /// therefore never leave an id that was handed out unrecorded. Readers (the HTTP API)
 /// use the associated functions [`UserIds::name_of`] / [`UserIds::names_of`] on the
 /// store directly.
-#[derive(Debug, Default)]
+/// Cloning is cheap between batches (nothing is pending once a batch is committed): the engine
+/// keeps a copy to restore when a commit fails.
+#[derive(Debug, Default, Clone)]
 pub struct UserIds {
     /// Assignments not yet known to be committed.
     pending: HashMap<String, u32>,

@@ -279,6 +279,13 @@ pub struct ApiConfig {
     /// `/v1` requests served at once; more are answered 503 at once.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// `/healthz` answers 503 once the pipeline has had work pending without progress for this
+    /// long (a blocked sink, a stuck consumer); "off" (None) never.
+    #[serde(
+        default = "default_stall_after",
+        deserialize_with = "duration_ms_or_off"
+    )]
+    pub stall_after: Option<i64>,
 }
 
 impl Default for ApiConfig {
@@ -290,6 +297,7 @@ impl Default for ApiConfig {
             allow_anonymous: false,
             request_timeout: default_request_timeout(),
             max_in_flight: default_max_in_flight(),
+            stall_after: default_stall_after(),
         }
     }
 }
@@ -338,6 +346,9 @@ fn default_max_future() -> Option<i64> {
 }
 fn default_request_timeout() -> Option<i64> {
     Some(30_000)
+}
+fn default_stall_after() -> Option<i64> {
+    Some(5 * 60_000)
 }
 fn default_max_in_flight() -> usize {
     64
@@ -835,6 +846,9 @@ impl Config {
         }
         if self.api.request_timeout.is_some_and(|t| t <= 0) {
             return err("api.request_timeout", "must be positive (or \"off\")");
+        }
+        if self.api.stall_after.is_some_and(|t| t <= 0) {
+            return err("api.stall_after", "must be positive (or \"off\")");
         }
         if self.clock.max_future.is_some_and(|m| m < 0) {
             return err("clock.max_future", "must not be negative");

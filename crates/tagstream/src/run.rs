@@ -190,6 +190,12 @@ fn serve(config: &Config) -> Result<(), RunError> {
     let engine = SharedEngine::new(engine);
 
     let control = Control::new();
+    control.set_stall_after(
+        config
+            .api
+            .stall_after
+            .map(|ms| Duration::from_millis(ms.unsigned_abs())),
+    );
     let server = ApiServer::start(
         &config.api.listen.to_string(),
         ApiState {

@@ -1,11 +1,18 @@
-//! Rules reload: swaps the rule set under live state in ONE atomic commit.
+//! Rules reload: swaps the rule set under live state, in chunks of bounded memory.
 //!
 //! Every stored user is first caught up under the old rules (timers due by its partition's
 //! engine time fire, cause `timer`), then carried over with [`Migration`] (membership changes
-//! emit cause `rules`), and its next timer recomputed. User states, the timer index, segment
-//! bitmaps (a removed segment's are dropped), the outbox entries, the new rules source and the
-//! warming record are written together: a crash leaves either the old rules with the old state
-//! or the new rules with the new state, never a mix.
+//! emit cause `rules`), and its next timer recomputed. Users are migrated in store key order,
+//! [`EngineOptions::reload_chunk`] at a time, each chunk in ONE atomic commit: its user states,
+//! timer index entries, segment bitmaps, outbox entries and a `reloading` record (the new rules
+//! and the first user key not yet migrated). The last chunk also stores the new rules and the
+//! warming record and removes the `reloading` record. Memory holds one chunk, not every user.
+//!
+//! The engine lock is held for the whole migration, so no batch sees a mix of layouts. A crash
+//! (or a failed commit) between chunks leaves a `reloading` record: the next
+//! [`Engine::open`] finishes the migration from where it stopped before anything else, so the
+//! state is never left half on the new rules. A failed commit mid-reload marks the engine
+//! unusable until that restart (every batch then fails: the pipeline stops with exit 2).
 //!
 //! A preview ([`Engine::preview`], `POST /v1/rules/reload?dry_run=true`, `tagstream check
 //! --preview`) runs the same carry-over ([`carry_user`]) over every stored user of the owned
@@ -24,7 +31,8 @@ use tagstream_state::keys::split_prefixed;
 use tagstream_state::{Cf, StateStore};
 
 use super::{
-    BatchReport, Engine, EngineOptions, Run, Slot, META_RULES, META_RULES_HASH, META_WARMING,
+    BatchReport, Engine, EngineOptions, Run, Slot, META_RELOADING, META_RULES, META_RULES_HASH,
+    META_WARMING,
 };
 use crate::error::{ConsumerError, Result};
 
@@ -173,6 +181,59 @@ pub struct ReloadReport {
     pub report: BatchReport,
     /// Tags that start empty with this reload: (tag name, since, until).
     pub warming: Vec<(String, Millis, Option<Millis>)>,
+}
+
+/// A reload whose chunks are not all committed (see the module documentation).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pending {
+    /// The new rules' source.
+    source: String,
+    /// The warming record the new rules take over with.
+    warming: Vec<WarmingEntry>,
+    /// The first user key not migrated yet.
+    resume: Vec<u8>,
+}
+
+/// Finishes a reload interrupted by a crash or a failed commit, if the store holds one: the
+/// remaining users are migrated to the rules it records, which then take over. Called by
+/// [`Engine::open`] before anything else reads the state.
+pub(super) fn finish_pending(store: &Arc<dyn StateStore>, options: &EngineOptions) -> Result<()> {
+    let Some(bytes) = store.get(Cf::Meta, META_RELOADING)? else {
+        return Ok(());
+    };
+    let pending: Pending = serde_json::from_slice(&bytes)
+        .map_err(|e| ConsumerError::Corrupt(format!("interrupted reload record: {e}")))?;
+    let stored = Engine::stored_rules(store.as_ref())?
+        .ok_or_else(|| ConsumerError::Corrupt("rules hash without rules source".into()))?;
+    let compile = |source: &str, what: &str| {
+        RuleSet::compile(source, what).map(Arc::new).map_err(|e| {
+            ConsumerError::User(format!(
+                "a rules reload was interrupted and cannot be finished: {what} no longer compile: {e}"
+            ))
+        })
+    };
+    let old = compile(&stored, "<rules stored in the state dir>")?;
+    let new = compile(&pending.source, "<rules of the interrupted reload>")?;
+    let mut engine = Engine::open_current(
+        store.clone(),
+        old.clone(),
+        EngineOptions {
+            reload_on_open: false,
+            ..options.clone()
+        },
+    )?;
+    tracing::warn!("the last rules reload was interrupted: migrating the remaining users to its rules before starting");
+    let migration = Migration::plan(&old, &new);
+    engine.rules = new;
+    let (report, users) = engine
+        .migrate_chunks(&old, &migration, pending, false)
+        .map_err(|(e, _)| e)?;
+    tracing::info!(
+        users,
+        transitions = report.transitions,
+        "finished the interrupted rules reload"
+    );
+    Ok(())
 }
 
 pub(super) fn load_warming(store: &dyn StateStore) -> Result<Vec<WarmingEntry>> {
@@ -350,6 +411,7 @@ impl Engine {
     /// Replaces the rules in force (validated by the caller: `rules` is compiled). Atomic: on
     /// error nothing is applied and the old rules stay in force.
     pub fn reload(&mut self, rules: Arc<RuleSet>, rules_source: &str) -> Result<ReloadReport> {
+        self.check_usable()?;
         if rules.fingerprint == self.rules.fingerprint {
             return Ok(ReloadReport::default());
         }
@@ -378,84 +440,120 @@ impl Engine {
         }
         // Cached states are in the old layout.
         self.cache.clear();
-        let mut rows = Vec::new();
-        self.store.for_each(Cf::Users, &[], None, &mut |k, v| {
-            rows.push((k.to_vec(), v.to_vec()));
-            true
-        })?;
-        let users = rows.len() as u64;
         self.rules = rules.clone();
-        let result = self.migrate_all(&old, &migration, rows, rules_source, &warming);
-        match result {
-            Ok(report) => {
-                self.warming = warming;
-                Ok(ReloadReport {
-                    changed: true,
-                    users,
-                    report,
-                    warming: new_warming
-                        .into_iter()
-                        .map(|w| (w.tag.to_string(), w.since, w.until))
-                        .collect(),
-                })
-            }
-            Err(e) => {
+        let pending = Pending {
+            source: rules_source.to_owned(),
+            warming,
+            resume: Vec::new(),
+        };
+        match self.migrate_chunks(&old, &migration, pending, true) {
+            Ok((report, users)) => Ok(ReloadReport {
+                changed: true,
+                users,
+                report,
+                warming: new_warming
+                    .into_iter()
+                    .map(|w| (w.tag.to_string(), w.since, w.until))
+                    .collect(),
+            }),
+            Err((e, false)) => {
+                // Nothing was committed (the failed batch rolled bitmaps and ids back).
                 self.rules = old;
-                // The in-memory bitmaps may hold staged changes: reload them from the store.
-                self.bitmaps = tagstream_state::SegmentBitmaps::load(self.store.as_ref())?;
+                Err(e)
+            }
+            Err((e, true)) => {
+                tracing::error!(error = %e, "a rules reload failed after some of its chunks were committed: stopping; the next start finishes it");
+                self.reload_unfinished = true;
                 Err(e)
             }
         }
     }
 
-    fn migrate_all(
+    /// Migrates the stored users from `pending.resume` on, a chunk per commit, to the rules in
+    /// force (already the new ones); `first`: this is the reload's first chunk (the removed
+    /// segments' bitmaps go with it). Returns what was emitted and the users visited, or the
+    /// error and whether some chunk was committed.
+    fn migrate_chunks(
         &mut self,
         old: &Arc<RuleSet>,
         migration: &Migration,
-        rows: Vec<(Vec<u8>, Vec<u8>)>,
-        rules_source: &str,
-        warming: &[WarmingEntry],
-    ) -> Result<BatchReport> {
+        mut pending: Pending,
+        first: bool,
+    ) -> std::result::Result<(BatchReport, u64), (ConsumerError, bool)> {
         let new = self.rules.clone();
-        let mut run = Run::new(self);
-        for &i in &migration.removed_segments {
-            run.engine
-                .bitmaps
-                .drop_segment(&old.segments[i].name, &mut run.extra);
+        let chunk = self.options.reload_chunk.max(1);
+        let mut committed = !first;
+        let mut total = BatchReport::default();
+        let mut users = 0u64;
+        loop {
+            let rows = self
+                .store
+                .scan(Cf::Users, &pending.resume, None, chunk)
+                .map_err(|e| (e.into(), committed))?;
+            let last = rows.len() < chunk;
+            users += rows.len() as u64;
+            if let Some((key, _)) = rows.last() {
+                pending.resume = key.clone();
+                pending.resume.push(0);
+            }
+            let mut run = Run::new(self);
+            if !committed {
+                for &i in &migration.removed_segments {
+                    run.engine
+                        .bitmaps
+                        .drop_segment(&old.segments[i].name, &mut run.extra);
+                }
+            }
+            for (key, bytes) in rows {
+                let (partition, user) = user_of_key(&key).map_err(|e| (e, committed))?;
+                let Some(now) = run.clocks.get(&partition).copied() else {
+                    continue;
+                };
+                let carried = carry_user(old, &new, migration, &user, &bytes, now)
+                    .map_err(|e| (e, committed))?;
+                run.report.timers_fired += carried.timers_fired;
+                run.emit(carried.caught_up, usize::MAX, 0);
+                run.emit(carried.migrated, usize::MAX, 0);
+                run.users.insert(
+                    (partition, user),
+                    Slot {
+                        state: Some(carried.next),
+                        id: None,
+                        stored_timer: carried.stored_timer,
+                        stored_members: carried.was,
+                        existed: true,
+                        dirty: true,
+                    },
+                );
+            }
+            if last {
+                run.extra.put(
+                    Cf::Meta,
+                    META_RULES_HASH,
+                    new.fingerprint.as_bytes().to_vec(),
+                );
+                run.extra
+                    .put(Cf::Meta, META_RULES, pending.source.as_bytes().to_vec());
+                run.extra.put(
+                    Cf::Meta,
+                    META_WARMING,
+                    serde_json::to_vec(&pending.warming).expect("warming record serialises"),
+                );
+                run.extra.delete(Cf::Meta, META_RELOADING);
+            } else {
+                run.extra.put(
+                    Cf::Meta,
+                    META_RELOADING,
+                    serde_json::to_vec(&pending).expect("reload record serialises"),
+                );
+            }
+            let report = run.commit(&[]).map_err(|e| (e, committed))?;
+            committed = true;
+            total.merge(&report);
+            if last {
+                self.warming = pending.warming;
+                return Ok((total, users));
+            }
         }
-        for (key, bytes) in rows {
-            let (partition, user) = user_of_key(&key)?;
-            let Some(now) = run.clocks.get(&partition).copied() else {
-                continue;
-            };
-            let carried = carry_user(old, &new, migration, &user, &bytes, now)?;
-            run.report.timers_fired += carried.timers_fired;
-            run.emit(carried.caught_up, usize::MAX, 0);
-            run.emit(carried.migrated, usize::MAX, 0);
-            run.users.insert(
-                (partition, user),
-                Slot {
-                    state: Some(carried.next),
-                    id: None,
-                    stored_timer: carried.stored_timer,
-                    stored_members: carried.was,
-                    existed: true,
-                    dirty: true,
-                },
-            );
-        }
-        run.extra.put(
-            Cf::Meta,
-            META_RULES_HASH,
-            new.fingerprint.as_bytes().to_vec(),
-        );
-        run.extra
-            .put(Cf::Meta, META_RULES, rules_source.as_bytes().to_vec());
-        run.extra.put(
-            Cf::Meta,
-            META_WARMING,
-            serde_json::to_vec(warming).expect("warming record serialises"),
-        );
-        run.commit(&[])
     }
 }

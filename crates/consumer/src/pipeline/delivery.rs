@@ -9,6 +9,11 @@
 //! to 30 s). Entries after it that had already been delivered go out again: delivery is at
 //! least once, and transitions carry stable `event_id`s.
 //!
+//! Delivery never holds the engine lock while it writes: it reads and trims the outbox in the
+//! store directly ([`crate::outbox::read_from`]), taking the lock only for an instant to learn
+//! the store and the next sequence number. A sink that blocks (a full pipe, a hung disk) thus
+//! stalls the pipeline thread but not the API, and `/healthz` reports the stall.
+//!
 //! A transition larger than the sink accepts (`sink.max_message_bytes`, or a smaller limit the
 //! broker answers with `MSG_SIZE_TOO_LARGE`) is cut to fit ([`fit_transition`]) rather than
 //! retried forever, which would stop the outbox and then, through the backlog bound, all
@@ -20,13 +25,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, SharedEngine};
 use crate::error::Result;
 use crate::file_sink::LineSink;
 use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::RateLimit;
 use crate::metrics::Metrics;
-use crate::outbox::{fit_transition, OutboxEntry};
+use crate::outbox::{self, fit_transition, OutboxEntry};
 
 /// What a Kafka record carries besides its value and key (record and batch headers,
 /// timestamps), kept out of a transition's budget.
@@ -184,8 +189,19 @@ impl Delivery {
     }
 
     /// Collects acknowledgements, sends what is pending, flushes line sinks, and deletes the
-    /// acknowledged prefix of the outbox. Never blocks on the network.
-    pub fn pump(&mut self, engine: &Engine) -> Result<()> {
+    /// acknowledged prefix of the outbox. Never blocks on the network; a line sink may block
+    /// (a full pipe), but never with the engine locked.
+    pub fn pump(&mut self, engine: &SharedEngine) -> Result<()> {
+        let store = engine.lock().store().clone();
+        self.pump_store(store.as_ref())
+    }
+
+    /// Entries acknowledged so far: every sequence number below this one.
+    pub fn acknowledged(&self) -> u64 {
+        self.first_unacked
+    }
+
+    fn pump_store(&mut self, store: &dyn tagstream_state::StateStore) -> Result<()> {
         self.recover_fatal()?;
         self.collect();
         if let Some(from) = self.rewind {
@@ -196,7 +212,7 @@ impl Delivery {
             }
         }
         if self.rewind.is_none() {
-            self.send_pending(engine)?;
+            self.send_pending(store)?;
         }
         self.flush_lines()?;
         let mut watermark = self.next_send;
@@ -207,7 +223,7 @@ impl Delivery {
             watermark = watermark.min(seq);
         }
         if watermark > self.first_unacked {
-            engine.acknowledge(watermark - 1)?;
+            outbox::acknowledge(store, watermark - 1)?;
             self.truncate = self.truncate.split_off(&watermark);
             self.shrink = self.shrink.split_off(&watermark);
             self.oversized = self.oversized.split_off(&watermark);
@@ -217,11 +233,11 @@ impl Delivery {
     }
 
     /// Delivers until the outbox is empty or `timeout` passes (shutdown).
-    pub fn flush(&mut self, engine: &Engine, timeout: Duration) -> Result<()> {
+    pub fn flush(&mut self, engine: &SharedEngine, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             self.pump(engine)?;
-            let backlog = self.backlog(engine);
+            let backlog = self.backlog(&engine.lock());
             if backlog == 0 {
                 return Ok(());
             }
@@ -324,10 +340,10 @@ impl Delivery {
         }
     }
 
-    fn send_pending(&mut self, engine: &Engine) -> Result<()> {
+    fn send_pending(&mut self, store: &dyn tagstream_state::StateStore) -> Result<()> {
         let mut budget = 20_000usize;
         while budget > 0 && self.in_flight.len() < self.max_in_flight {
-            let entries = engine.outbox_from(self.next_send, budget.min(2_000))?;
+            let entries = outbox::read_from(store, self.next_send, budget.min(2_000))?;
             if entries.is_empty() {
                 return Ok(());
             }

@@ -171,6 +171,18 @@ impl From<ConsumerError> for ApiError {
     fn from(e: ConsumerError) -> ApiError {
         if e.is_user_error() {
             ApiError::bad_request(e.to_string())
+        } else if matches!(e, ConsumerError::Store(_)) {
+            // The write was rolled back (disk full, IO error): the request may be retried. Logged
+            // once; tagstream_state_commit_failures_total counts them.
+            static LOGGED: std::sync::atomic::AtomicBool =
+                std::sync::atomic::AtomicBool::new(false);
+            if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(error = %e, "api request failed on a state store error (logged once)");
+            }
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("state store unavailable: {e}"),
+            )
         } else {
             tracing::error!(error = %e, "api request failed");
             ApiError::new(

@@ -21,8 +21,22 @@ use super::{status, with_engine, ApiError, ApiResult, ApiState};
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 10_000;
 
-pub async fn healthz() -> Json<Value> {
-    status("ok")
+/// 200 while the process serves and the pipeline moves; 503 once it has had work pending
+/// without progress for `api.stall_after` (answered without the engine lock, which a stalled
+/// pipeline may hold).
+pub async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.control.stalled() {
+        None => status("ok").into_response(),
+        Some(since) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "pipeline stalled: work pending without progress for {} s (api.stall_after)",
+                since.as_secs()
+            ),
+        )
+        .with("stalled_seconds", json!(since.as_secs()))
+        .into_response(),
+    }
 }
 
 pub async fn readyz(State(state): State<ApiState>) -> Response {
@@ -40,6 +54,11 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
 pub async fn metrics(State(state): State<ApiState>) -> Response {
     // RocksDB's own figures are read at scrape time: cheap in-memory properties.
     state.metrics.record_store_health(&state.store.health());
+    state
+        .metrics
+        .pipeline_last_progress_seconds
+        .set(state.control.since_progress().as_secs_f64());
+    state.control.stalled();
     (
         [(
             header::CONTENT_TYPE,

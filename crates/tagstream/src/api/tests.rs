@@ -153,3 +153,18 @@ fn the_token_comes_from_one_place_only() {
         .unwrap_err()
         .contains("is empty"));
 }
+
+#[test]
+fn a_store_write_error_answers_503_with_a_json_error() {
+    use axum::response::IntoResponse;
+    let refused =
+        tagstream_consumer::ConsumerError::Store(tagstream_state::StoreError::CreateDir {
+            path: "/state".into(),
+            source: std::io::Error::from_raw_os_error(28),
+        });
+    let response = super::ApiError::from(refused).into_response();
+    assert_eq!(
+        response.status(),
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    );
+}

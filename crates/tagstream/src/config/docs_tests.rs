@@ -57,6 +57,7 @@ fn everything() -> Config {
             allow_anonymous: true,
             request_timeout: Some(1),
             max_in_flight: 1,
+            stall_after: Some(1),
         },
     }
 }
@@ -171,7 +172,7 @@ fn documented_environment_names_and_defaults_are_the_real_ones() {
                 let same = documented == actual
                     // sizes and durations are documented as written in a file
                     || (row.key == "source.max_event_bytes" && documented.as_str().and_then(parse_size) == actual.as_integer().map(|n| n as u64))
-                    || ((row.key == "clock.max_future" || row.key == "api.request_timeout") && documented.as_str().and_then(parse_duration_ms) == actual.as_integer());
+                    || (["clock.max_future", "api.request_timeout", "api.stall_after"].contains(&row.key.as_str()) && documented.as_str().and_then(parse_duration_ms) == actual.as_integer());
                 assert!(
                     same,
                     "{}: documented default {text}, built-in {actual}",
