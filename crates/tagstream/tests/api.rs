@@ -46,18 +46,7 @@ impl Service {
             log,
             base: String::new(),
         };
-        let addr = service.wait_for("the api to listen", |s| {
-            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
-            let line = text.lines().find(|l| l.contains("api listening"))?;
-            let at = line.find("addr=")? + 5;
-            Some(
-                line[at..]
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        });
+        let addr = service.wait_for("the api to listen", |s| common::api_address(&s.log));
         service.base = format!("http://{addr}");
         service
     }
@@ -125,11 +114,7 @@ impl Service {
 
     fn stop(mut self) {
         let mut child = self.child.take().unwrap();
-        assert!(Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        common::sigterm(&child);
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "{}", self.log_text());
     }
@@ -145,29 +130,7 @@ impl Drop for Service {
 }
 
 fn setup(dir: &Path, events: usize) -> usize {
-    let out = Command::new(bin())
-        .args([
-            "gen",
-            "--users",
-            "300",
-            "--events",
-            &events.to_string(),
-            "--seed",
-            "11",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines = out.stdout.iter().filter(|b| **b == b'\n').count();
-    std::fs::write(dir.join("events.ndjson"), out.stdout).unwrap();
-    std::fs::write(dir.join("rules.toml"), rules_source()).unwrap();
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-    std::fs::write(
-        dir.join("tagstream.toml"),
-        "rules = \"rules.toml\"\n[source]\nkind = \"file\"\npath = \"events.ndjson\"\n[sink]\nkind = \"file\"\npath = \"out.ndjson\"\n[dead_letter]\nkind = \"file\"\npath = \"dlq.ndjson\"\n[state]\ndir = \"state\"\n[clock]\nmode = \"event\"\n[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"token\"\n",
-    )
-    .unwrap();
-    lines
+    common::write_file_service(dir, events, &rules_source(), TOKEN)
 }
 
 /// The dump, by user id.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{bin, fetch_metrics, metric_sum, repo_root, spawn_run};
+use common::{fetch_metrics, metric_sum, repo_root, spawn_run};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "console-token";
@@ -44,18 +44,7 @@ impl Service {
     fn start(dir: &Path) -> Service {
         let log = dir.join("log.txt");
         let child = spawn_run(&dir.join("tagstream.toml"), &log);
-        let addr = poll("the api to listen", || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let line = text.lines().find(|l| l.contains("api listening"))?;
-            let at = line.find("addr=")? + 5;
-            Some(
-                line[at..]
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        });
+        let addr = poll("the api to listen", || common::api_address(&log));
         Service {
             child,
             log,
@@ -342,21 +331,7 @@ fn rules_source() -> String {
 }
 
 fn setup(dir: &Path) -> usize {
-    let out = Command::new(bin())
-        .args(["gen", "--users", "300", "--events", "6000", "--seed", "11"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let lines = out.stdout.iter().filter(|b| **b == b'\n').count();
-    std::fs::write(dir.join("events.ndjson"), out.stdout).unwrap();
-    std::fs::write(dir.join("rules.toml"), rules_source()).unwrap();
-    std::fs::write(dir.join("token"), format!("{TOKEN}\n")).unwrap();
-    std::fs::write(
-        dir.join("tagstream.toml"),
-        "rules = \"rules.toml\"\n[source]\nkind = \"file\"\npath = \"events.ndjson\"\n[sink]\nkind = \"file\"\npath = \"out.ndjson\"\n[dead_letter]\nkind = \"file\"\npath = \"dlq.ndjson\"\n[state]\ndir = \"state\"\n[clock]\nmode = \"event\"\n[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"token\"\n",
-    )
-    .unwrap();
-    lines
+    common::write_file_service(dir, 6000, &rules_source(), TOKEN)
 }
 
 /// A live, read-only dump of the running service's state, by user id.

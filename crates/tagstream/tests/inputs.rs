@@ -229,18 +229,7 @@ impl Service {
             log,
             base: String::new(),
         };
-        let addr = service.wait_for("the api to listen", |s| {
-            let text = std::fs::read_to_string(&s.log).unwrap_or_default();
-            let line = text.lines().find(|l| l.contains("api listening"))?;
-            let at = line.find("addr=")? + 5;
-            Some(
-                line[at..]
-                    .split_whitespace()
-                    .next()?
-                    .trim_matches('"')
-                    .to_string(),
-            )
-        });
+        let addr = service.wait_for("the api to listen", |s| common::api_address(&s.log));
         service.base = format!("http://{addr}");
         service
     }
@@ -284,11 +273,7 @@ impl Service {
 
     fn stop(mut self) {
         let mut child = self.child.take().unwrap();
-        assert!(Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        common::sigterm(&child);
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "{}", tail(&self.log, 30));
     }

@@ -130,11 +130,7 @@ impl Instance {
 
     fn stop(&mut self) {
         let mut child = self.child.take().unwrap();
-        assert!(Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        common::sigterm(&child);
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(0), "{}", tail(&self.log, 30));
     }

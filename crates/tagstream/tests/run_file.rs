@@ -84,11 +84,7 @@ fn wait_for(what: &str, log: &Path, mut f: impl FnMut() -> bool) {
 }
 
 fn stop(mut child: Child, log: &Path) {
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {

@@ -91,18 +91,7 @@ fn a_blocked_sink_keeps_the_api_serving_and_healthz_reports_the_stall() {
     .unwrap();
     let log = d.join("log.txt");
     let mut child = spawn_run(&d.join("tagstream.toml"), &log);
-    let addr = wait_for("the api to listen", &log, || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let line = text.lines().find(|l| l.contains("api listening"))?;
-        let at = line.find("addr=")? + 5;
-        Some(
-            line[at..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
-    });
+    let addr = wait_for("the api to listen", &log, || common::api_address(&log));
     let base = format!("http://{addr}");
 
     let stalled = wait_for("/healthz to report the stall", &log, || {
@@ -150,11 +139,7 @@ fn a_blocked_sink_keeps_the_api_serving_and_healthz_reports_the_stall() {
     });
     assert_eq!(lines.load(Ordering::SeqCst), USERS);
 
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    common::sigterm(&child);
     let status = child.wait().unwrap();
     assert_eq!(
         status.code(),

@@ -47,6 +47,30 @@ pub fn tail(path: &Path, n: usize) -> String {
     )
 }
 
+/// The address `tagstream run` says its API listens on (`api listening addr=…` in its log),
+/// once it has said so.
+pub fn api_address(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let line = text.lines().find(|l| l.contains("api listening"))?;
+    let at = line.find("addr=")? + 5;
+    Some(
+        line[at..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// Asks a `tagstream run` (or any child) to shut down gracefully.
+pub fn sigterm(child: &std::process::Child) {
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
 /// FNV-1a over the key: the tests' own partitioner (messages go to explicit partitions).
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     let mut h: u32 = 0x811c9dc5;
@@ -133,4 +157,34 @@ pub fn compare_with_oracle(dir: &Path, name: &str, expected: &[u8], actual: &[u8
     );
     assert!(report.contains(" 0 differences"), "{report}");
     assert!(!expected.is_empty(), "the comparison must cover users");
+}
+
+/// Writes a `tagstream run` set-up into `dir` for the API tests: `events` generated events of
+/// 300 users (seed 11) in a file source, `rules`, the bearer token `token` in a token file,
+/// file sink and dead letters, event clock, the API on a free loopback port. Returns the
+/// number of events.
+pub fn write_file_service(dir: &Path, events: usize, rules: &str, token: &str) -> usize {
+    let out = Command::new(bin())
+        .args([
+            "gen",
+            "--users",
+            "300",
+            "--events",
+            &events.to_string(),
+            "--seed",
+            "11",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines = out.stdout.iter().filter(|b| **b == b'\n').count();
+    std::fs::write(dir.join("events.ndjson"), out.stdout).unwrap();
+    std::fs::write(dir.join("rules.toml"), rules).unwrap();
+    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+    std::fs::write(
+        dir.join("tagstream.toml"),
+        "rules = \"rules.toml\"\n[source]\nkind = \"file\"\npath = \"events.ndjson\"\n[sink]\nkind = \"file\"\npath = \"out.ndjson\"\n[dead_letter]\nkind = \"file\"\npath = \"dlq.ndjson\"\n[state]\ndir = \"state\"\n[clock]\nmode = \"event\"\n[api]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"token\"\n",
+    )
+    .unwrap();
+    lines
 }
