@@ -10,7 +10,10 @@ use std::sync::Arc;
 use tagstream_consumer::outbox::Origin;
 use tagstream_consumer::{Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
-use tagstream_state::{Cf, KeyValue, RocksStore, StateStore, StoreError, StoreHealth, WriteBatch};
+mod common;
+
+use common::{Hooked, Hooks};
+use tagstream_state::{Cf, RocksStore, StateStore, StoreError, WriteBatch};
 
 const RULES: &str = r#"
 [[tag]]
@@ -34,71 +37,37 @@ when = "views >= 2 and orders = 0"
 
 const T: i64 = 1_732_000_000_000;
 
-/// A real RocksDB store whose next commit fails, as with a full disk, when armed; or, with
-/// `fail_commit_in` = n > 0, the n-th commit from now.
-struct FailingStore {
-    inner: RocksStore,
+/// Fails the next commit, as with a full disk, when armed; or, with `fail_commit_in` = n > 0,
+/// the n-th commit from now.
+#[derive(Default)]
+struct FailNext {
     fail_next_commit: AtomicBool,
     fail_commit_in: AtomicUsize,
 }
 
-impl FailingStore {
-    fn open(dir: &std::path::Path) -> Arc<FailingStore> {
-        Arc::new(FailingStore {
-            inner: RocksStore::open(dir).unwrap(),
-            fail_next_commit: AtomicBool::new(false),
-            fail_commit_in: AtomicUsize::new(0),
-        })
-    }
-}
-
-impl StateStore for FailingStore {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(cf, key)
-    }
-    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(cf, keys)
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan(cf, start, end, limit)
-    }
-    fn for_each(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.for_each(cf, start, end, f)
-    }
-    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+impl Hooks for FailNext {
+    fn commit(&self, _batch: &WriteBatch) -> Result<(), StoreError> {
         let countdown = self
             .fail_commit_in
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .unwrap_or(0);
         if self.fail_next_commit.swap(false, Ordering::SeqCst) || countdown == 1 {
             return Err(StoreError::CreateDir {
-                path: self.inner.path().to_path_buf(),
+                path: "state".into(),
                 source: std::io::Error::from_raw_os_error(28), // ENOSPC
             });
         }
-        self.inner.commit(batch)
+        Ok(())
     }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.inner.sync()
-    }
-    fn approximate_size_bytes(&self) -> u64 {
-        self.inner.approximate_size_bytes()
-    }
-    fn health(&self) -> StoreHealth {
-        self.inner.health()
-    }
+}
+
+type FailingStore = Hooked<FailNext>;
+
+fn failing_store(dir: &std::path::Path) -> Arc<FailingStore> {
+    Arc::new(Hooked {
+        inner: RocksStore::open(dir).unwrap(),
+        hooks: FailNext::default(),
+    })
 }
 
 fn fixed_clock() -> i64 {
@@ -219,7 +188,7 @@ fn second_batch() -> Vec<String> {
 #[test]
 fn a_failed_commit_leaves_memory_as_before_and_a_retry_equals_a_clean_run() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let faulty = FailingStore::open(dirs.0.path());
+    let faulty = failing_store(dirs.0.path());
     let clean_store = Arc::new(RocksStore::open(dirs.1.path()).unwrap());
     let mut engine = open(faulty.clone());
     let mut clean = open(clean_store.clone());
@@ -232,7 +201,7 @@ fn a_failed_commit_leaves_memory_as_before_and_a_retry_equals_a_clean_run() {
 
     let second = second_batch();
     let positions = vec![(b"file/t".to_vec(), b"6".to_vec())];
-    faulty.fail_next_commit.store(true, Ordering::SeqCst);
+    faulty.hooks.fail_next_commit.store(true, Ordering::SeqCst);
     let err = engine.process(&records(&second), &positions).unwrap_err();
     assert!(err.to_string().contains("os error 28"), "{err}");
     assert_eq!(
@@ -260,7 +229,7 @@ fn a_failed_commit_leaves_memory_as_before_and_a_retry_equals_a_clean_run() {
 #[test]
 fn a_failed_api_delete_leaves_the_user_and_its_segments_in_place() {
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let faulty = FailingStore::open(dirs.0.path());
+    let faulty = failing_store(dirs.0.path());
     let clean_store = Arc::new(RocksStore::open(dirs.1.path()).unwrap());
     let mut engine = open(faulty.clone());
     let mut clean = open(clean_store.clone());
@@ -269,7 +238,7 @@ fn a_failed_api_delete_leaves_the_user_and_its_segments_in_place() {
     clean.process(&records(&first), &[]).unwrap();
     let before = observe(&engine, &USERS);
 
-    faulty.fail_next_commit.store(true, Ordering::SeqCst);
+    faulty.hooks.fail_next_commit.store(true, Ordering::SeqCst);
     assert!(engine.delete_user("a").is_err());
     assert_eq!(observe(&engine, &USERS), before);
 
@@ -283,7 +252,7 @@ fn a_failed_api_delete_leaves_the_user_and_its_segments_in_place() {
 #[test]
 fn a_failed_reload_keeps_the_old_rules_bitmaps_and_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let faulty = FailingStore::open(dir.path());
+    let faulty = failing_store(dir.path());
     let mut engine = open(faulty.clone());
     engine.process(&records(&first_batch()), &[]).unwrap();
     let before = observe(&engine, &USERS);
@@ -292,7 +261,7 @@ fn a_failed_reload_keeps_the_old_rules_bitmaps_and_ids() {
     // The new rules drop `browser` (its bitmaps are dropped in memory before the commit).
     let new_source = RULES.replace("name = \"browser\"", "name = \"looker\"");
     let new_rules = Arc::new(RuleSet::compile(&new_source, "rules").unwrap());
-    faulty.fail_next_commit.store(true, Ordering::SeqCst);
+    faulty.hooks.fail_next_commit.store(true, Ordering::SeqCst);
     assert!(engine.reload(new_rules, &new_source).is_err());
     assert_eq!(observe(&engine, &USERS), before);
     assert_eq!(contents(faulty.as_ref()), on_disk);
@@ -332,14 +301,14 @@ fn a_reload_interrupted_between_chunks_is_finished_at_the_next_open() {
 
     // Three users per chunk (7 commits); the third commit fails, as a crash after two would.
     let dir = tempfile::tempdir().unwrap();
-    let faulty = FailingStore::open(dir.path());
+    let faulty = failing_store(dir.path());
     let chunked = EngineOptions {
         reload_chunk: 3,
         ..EngineOptions::default()
     };
     let mut engine = open_with(faulty.clone(), RULES, chunked.clone());
     engine.process(&records(&lines), &[]).unwrap();
-    faulty.fail_commit_in.store(3, Ordering::SeqCst);
+    faulty.hooks.fail_commit_in.store(3, Ordering::SeqCst);
     assert!(engine.reload(new(), &new_source).is_err());
     // Part of the users are on the new rules: nothing more is applied before a restart.
     let more = vec![track("u00", "view", 500)];

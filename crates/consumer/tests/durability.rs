@@ -14,7 +14,10 @@ use tagstream_consumer::outbox::Origin;
 use tagstream_consumer::pipeline::{Delivery, Route};
 use tagstream_consumer::{Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
-use tagstream_state::{Cf, KeyValue, Op, RocksStore, StateStore, StoreError, WriteBatch};
+mod common;
+
+use common::{Hooked, Hooks};
+use tagstream_state::{Cf, Op, RocksStore, StoreError, WriteBatch};
 
 const RULES: &str = r#"
 [[tag]]
@@ -50,41 +53,13 @@ fn record(log: &Log, step: Step) {
     }
 }
 
-struct Recording {
-    inner: RocksStore,
+/// Records commits (adding or acknowledging outbox entries) and syncs of the state store.
+struct RecordSteps {
     log: Log,
 }
 
-impl StateStore for Recording {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.get(cf, key)
-    }
-
-    fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        self.inner.multi_get(cf, keys)
-    }
-
-    fn scan(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<KeyValue>, StoreError> {
-        self.inner.scan(cf, start, end, limit)
-    }
-
-    fn for_each(
-        &self,
-        cf: Cf,
-        start: &[u8],
-        end: Option<&[u8]>,
-        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        self.inner.for_each(cf, start, end, f)
-    }
-
-    fn commit(&self, batch: WriteBatch) -> Result<(), StoreError> {
+impl Hooks for RecordSteps {
+    fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let ops = batch.ops();
         if ops
             .iter()
@@ -94,16 +69,11 @@ impl StateStore for Recording {
         } else if ops.iter().any(|op| matches!(op, Op::Put(Cf::Outbox, ..))) {
             record(&self.log, Step::Commit);
         }
-        self.inner.commit(batch)
+        Ok(())
     }
 
-    fn sync(&self) -> Result<(), StoreError> {
+    fn sync(&self) {
         record(&self.log, Step::WalSync);
-        self.inner.sync()
-    }
-
-    fn approximate_size_bytes(&self) -> u64 {
-        self.inner.approximate_size_bytes()
     }
 }
 
@@ -134,9 +104,9 @@ impl SyncWrite for RecordingFile {
 /// returns the recorded steps and the metrics.
 fn run(dir: &std::path::Path, sync: bool) -> (Vec<Step>, Metrics) {
     let log: Log = Arc::default();
-    let store = Recording {
+    let store = Hooked {
         inner: RocksStore::open(&dir.join("state")).unwrap(),
-        log: log.clone(),
+        hooks: RecordSteps { log: log.clone() },
     };
     let rules = Arc::new(RuleSet::compile(RULES, "rules").unwrap());
     let options = EngineOptions {
