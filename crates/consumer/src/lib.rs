@@ -6,6 +6,7 @@
 //! are committed with the state they produced), transitions and dead letters are delivered at
 //! least once with stable ids, and a malformed message never stops the pipeline.
 pub mod audience;
+pub mod changelog;
 pub mod engine;
 pub mod error;
 pub mod file_sink;

@@ -150,6 +150,24 @@ impl KafkaProducer {
         self.current().send(record).map_err(|(e, _)| e)
     }
 
+    /// Queues a changelog record to an explicit partition (None: a tombstone).
+    pub fn send_changelog(
+        &self,
+        seq: u64,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize)
+            .partition(partition)
+            .key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        self.current().send(record).map_err(|(e, _)| e)
+    }
+
     /// Queues a dead letter: original key and bytes (the first 64 KiB for `too_large`, or when
     /// `truncate` is forced after the broker refused the full size) and `tagstream.*` headers.
     pub fn send_dead_letter(

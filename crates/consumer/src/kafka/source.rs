@@ -32,6 +32,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tagstream_state::{Cf, StateStore};
 
 use super::{client_config, decode_offset, log_client_error, log_line, offsets_key, RateLimit};
+use crate::changelog::{read_partition, ChangelogConfig};
 use crate::metrics::Metrics;
 use crate::outbox::Origin;
 use crate::pipeline::{Batch, Control, Message, SourceEvent};
@@ -46,6 +47,8 @@ pub struct KafkaSourceConfig {
     pub options: BTreeMap<String, String>,
     /// At most this many messages per batch.
     pub max_batch: usize,
+    /// The changelog partitions are restored from on assignment (None: no changelog).
+    pub changelog: Option<ChangelogConfig>,
 }
 
 type Tp = (String, i32);
@@ -62,6 +65,7 @@ struct Context {
     resumed_at: Mutex<HashMap<Tp, i64>>,
     rebalanced: AtomicBool,
     errors: Mutex<RateLimit>,
+    changelog: Option<ChangelogConfig>,
 }
 
 impl ClientContext for Context {
@@ -143,8 +147,39 @@ impl Context {
         }
     }
 
+    /// Hands each engine partition's changelog snapshot to the engine thread and waits until
+    /// it is applied, so that the stored offsets read next are the restored ones.
+    fn restore(&self, parts: &[Tp]) {
+        let Some(config) = &self.changelog else {
+            return;
+        };
+        let partitions: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
+        for p in partitions {
+            match read_partition(config, p) {
+                Ok(snapshot) => {
+                    let (done_tx, done_rx) = sync_channel(1);
+                    if self
+                        .tx
+                        .send(SourceEvent::Changelog {
+                            snapshot,
+                            done: done_tx,
+                        })
+                        .is_ok()
+                    {
+                        let _ = done_rx.recv();
+                    }
+                }
+                Err(e) => self.control.fail(format!(
+                    "reading partition {p} of the changelog {}: {e}",
+                    config.topic
+                )),
+            }
+        }
+    }
+
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let parts = Self::elements(tpl);
+        self.restore(&parts);
         for (topic, partition) in &parts {
             match self.start_offset(topic, *partition) {
                 Ok(offset) => {
@@ -380,6 +415,7 @@ impl KafkaSource {
             resumed_at: Mutex::new(HashMap::new()),
             rebalanced: AtomicBool::new(false),
             errors: Mutex::new(RateLimit::default()),
+            changelog: config.changelog.clone(),
         };
         let consumer: BaseConsumer<Context> =
             client_config(&config.brokers, &defaults, &config.options)
