@@ -288,7 +288,12 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String]) -> Result<()> {
         .map_err(|e| ConsumerError::io("starting the admin runtime", e))?;
     let results = runtime
         .block_on(admin.create_topics([&new], &AdminOptions::new()))
-        .map_err(|e| transient(format!("creating the changelog topic {}: {e}", config.topic)))?;
+        .map_err(|e| {
+            transient(format!(
+                "creating the changelog topic {}: {e}",
+                config.topic
+            ))
+        })?;
     for result in results {
         match result {
             Ok(_) => tracing::info!(
@@ -363,7 +368,9 @@ impl Publisher {
 
     /// Entries not yet acknowledged.
     pub fn backlog(&self, engine: &Engine) -> u64 {
-        engine.changelog_next_seq().saturating_sub(self.first_unacked)
+        engine
+            .changelog_next_seq()
+            .saturating_sub(self.first_unacked)
     }
 
     /// Collects acknowledgements, sends what is staged and deletes the acknowledged prefix.
@@ -416,7 +423,11 @@ impl Publisher {
             self.retry_at = Instant::now() + self.backoff;
             let text = format!("publishing to the changelog {} failed: {error}", self.topic);
             if self.errors.allow(&text) {
-                tracing::warn!(seq, retry_in_ms = self.backoff.as_millis() as u64, "{text}; retrying");
+                tracing::warn!(
+                    seq,
+                    retry_in_ms = self.backoff.as_millis() as u64,
+                    "{text}; retrying"
+                );
             }
             self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }

@@ -1019,8 +1019,13 @@ impl<'e> Run<'e> {
                     staged.partitions.extend(u32::try_from(p).ok());
                 }
             }
-            self.engine
-                .stage_changelog(staged, &self.clocks, &self.deletes, positions, &mut batch)?;
+            self.engine.stage_changelog(
+                staged,
+                &self.clocks,
+                &self.deletes,
+                positions,
+                &mut batch,
+            )?;
         }
         batch.append(std::mem::take(&mut self.extra));
         store.commit(batch)?;

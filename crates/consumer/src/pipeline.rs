@@ -438,7 +438,11 @@ impl Loop<'_> {
         let Some(publisher) = self.changelog.as_mut() else {
             return Ok(());
         };
-        let owned = self.assigned.iter().map(|(_, p)| *p as u32).collect::<BTreeSet<_>>();
+        let owned = self
+            .assigned
+            .iter()
+            .map(|(_, p)| *p as u32)
+            .collect::<BTreeSet<_>>();
         let released: Vec<u32> = revoked
             .iter()
             .map(|(_, p)| *p as u32)

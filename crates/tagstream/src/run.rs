@@ -199,8 +199,8 @@ fn serve(config: &Config) -> Result<(), RunError> {
     );
     let publisher = match &changelog {
         Some(c) => {
-            let producer = KafkaProducer::new("changelog", &c.brokers, &c.options)
-                .map_err(RunError::user)?;
+            let producer =
+                KafkaProducer::new("changelog", &c.brokers, &c.options).map_err(RunError::user)?;
             Some(Publisher::new(
                 &engine,
                 Arc::new(producer),

@@ -1316,7 +1316,14 @@ fn changelog_restores_a_lost_volume_without_replaying_history() {
     let restore_secs: f64 = log
         .lines()
         .filter(|l| l.contains("partition restored from the changelog"))
-        .filter_map(|l| l.split("seconds=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            l.split("seconds=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .sum();
     let users = dump_a.len() as f64;
     eprintln!(
