@@ -1240,8 +1240,7 @@ fn changelog_restores_a_lost_volume_without_replaying_history() {
     for p in 0..PARTITIONS {
         let last = records
             .iter()
-            .filter(|r| r.partition == p)
-            .last()
+            .rfind(|r| r.partition == p)
             .unwrap_or_else(|| panic!("changelog partition {p} is empty"));
         assert_eq!(last.key.as_deref(), Some(CHECKPOINT_KEY));
         let checkpoint: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
