@@ -129,8 +129,14 @@ pub struct ChangelogConfig {
 const STALL: Duration = Duration::from_secs(120);
 
 /// Reads partition `partition` of the changelog from its start to its end and keeps what its
-/// last checkpoint covers (see the module documentation).
-pub fn read_partition(config: &ChangelogConfig, partition: u32) -> Result<Snapshot, String> {
+/// last checkpoint covers (see the module documentation). While the partition cannot be reached
+/// (its leader is down) it keeps trying, until `stopping` says the service stops: the input
+/// partition is not consumed before its state is known.
+pub fn read_partition(
+    config: &ChangelogConfig,
+    partition: u32,
+    stopping: &dyn Fn() -> bool,
+) -> Result<Snapshot, String> {
     let started = Instant::now();
     let group = format!("{}-restore", config.topic);
     let consumer: BaseConsumer = client_config(
@@ -147,9 +153,24 @@ pub fn read_partition(config: &ChangelogConfig, partition: u32) -> Result<Snapsh
     .create()
     .map_err(|e| format!("cannot create the changelog reader: {e}"))?;
     let p = i32::try_from(partition).map_err(|_| format!("partition {partition} out of range"))?;
-    let (low, high) = consumer
-        .fetch_watermarks(&config.topic, p, Duration::from_secs(30))
-        .map_err(|e| format!("reading the end of {}/{p}: {e}", config.topic))?;
+    let mut errors = RateLimit::default();
+    let (low, high) = loop {
+        match consumer.fetch_watermarks(&config.topic, p, Duration::from_secs(10)) {
+            Ok(marks) => break marks,
+            Err(e) if stopping() => {
+                return Err(format!("reading the end of {}/{p}: {e}", config.topic))
+            }
+            Err(e) => {
+                if errors.allow("watermarks") {
+                    tracing::warn!(
+                        "cannot read the end of the changelog partition {}/{p} yet: {e}; the partition is not consumed until it is restored (retrying)",
+                        config.topic
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
     let mut snapshot = Snapshot {
         partition,
         ..Snapshot::default()
@@ -171,7 +192,7 @@ pub fn read_partition(config: &ChangelogConfig, partition: u32) -> Result<Snapsh
     while next < high {
         let message = match consumer.poll(Duration::from_millis(200)) {
             None => {
-                if last_progress.elapsed() > STALL {
+                if last_progress.elapsed() > STALL || stopping() {
                     return Err(format!(
                         "reading {}/{p} stalled at offset {next} of {high}",
                         config.topic
@@ -220,10 +241,11 @@ pub fn read_partition(config: &ChangelogConfig, partition: u32) -> Result<Snapsh
 fn partition_count(
     admin: &AdminClient<DefaultClientContext>,
     topic: &str,
+    timeout: Duration,
 ) -> Result<Option<usize>, String> {
     let metadata = admin
         .inner()
-        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .fetch_metadata(Some(topic), timeout)
         .map_err(|e| format!("reading the metadata of topic {topic}: {e}"))?;
     Ok(metadata
         .topics()
@@ -234,8 +256,9 @@ fn partition_count(
 
 /// Creates the changelog topic when missing (compacted, one partition per input partition), or
 /// checks that the existing one has as many partitions as the input. The input topics must
-/// exist: their partition count is the changelog's.
-pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String]) -> Result<()> {
+/// exist: their partition count is the changelog's. `ConsumerError::User` when the topics do
+/// not fit; any other error means the cluster could not be asked (within `timeout` per request).
+pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String], timeout: Duration) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(&config.brokers, &[], &config.options)
             .create()
@@ -246,7 +269,7 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String]) -> Result<()> {
         // A new input topic may take a moment to appear in the metadata.
         let deadline = Instant::now() + Duration::from_secs(30);
         let count = loop {
-            match partition_count(&admin, topic).map_err(transient)? {
+            match partition_count(&admin, topic, timeout).map_err(transient)? {
                 Some(n) => break n,
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
                 None => {
@@ -259,7 +282,7 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String]) -> Result<()> {
         };
         wanted = wanted.max(count);
     }
-    if let Some(have) = partition_count(&admin, &config.topic).map_err(transient)? {
+    if let Some(have) = partition_count(&admin, &config.topic, timeout).map_err(transient)? {
         if have != wanted {
             return Err(ConsumerError::User(format!(
                 "the changelog topic {} has {have} partitions but the input has {wanted}: partition p of the changelog holds input partition p, so they must be equal (recreate the changelog with {wanted} partitions, or name another one in state.changelog_topic)",
@@ -270,7 +293,7 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String]) -> Result<()> {
     }
     let brokers = admin
         .inner()
-        .fetch_metadata(None, Duration::from_secs(30))
+        .fetch_metadata(None, timeout)
         .map(|m| m.brokers().len())
         .unwrap_or(1);
     let replication = i32::try_from(brokers.clamp(1, 3)).unwrap_or(1);
@@ -286,8 +309,9 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String]) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| ConsumerError::io("starting the admin runtime", e))?;
+    let options = AdminOptions::new().request_timeout(Some(timeout));
     let results = runtime
-        .block_on(admin.create_topics([&new], &AdminOptions::new()))
+        .block_on(admin.create_topics([&new], &options))
         .map_err(|e| {
             transient(format!(
                 "creating the changelog topic {}: {e}",

@@ -134,8 +134,18 @@ fn serve(config: &Config) -> Result<(), RunError> {
         topic,
         options: producer_options(config, &BTreeMap::new()),
     });
+    // Topics that do not fit are a startup error; a cluster that cannot be reached yet is not
+    // (the service waits for it like for any broker): the source checks again before it joins.
+    let mut check_changelog = false;
     if let Some(c) = &changelog {
-        changelog::ensure_topic(c, &config.source.topics)?;
+        match changelog::ensure_topic(c, &config.source.topics, Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(e) if e.is_user_error() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("cannot check the changelog topic {} yet: {e}; checking again before joining the group", c.topic);
+                check_changelog = true;
+            }
+        }
     }
     let dir = &config.state.dir;
     std::fs::create_dir_all(dir)
@@ -248,6 +258,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
                 options: config.source.options.clone(),
                 max_batch: 4096,
                 changelog: changelog.clone(),
+                check_changelog,
             };
             kafka = Some(
                 KafkaSource::start(&source, store.clone(), control.clone(), tx, metrics.clone())

@@ -949,9 +949,15 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
     use rdkafka::mocking::MockCoordinator;
     let (_guard, dir) = workdir();
     let cluster = Cluster::new(3);
-    // The input and the group live on broker 1, the transitions topic on broker 3.
+    // The input, the changelog and the group live on broker 1, the transitions topic on
+    // broker 3.
+    cluster.mock.create_topic(CHANGELOG, PARTITIONS, 1).unwrap();
     for p in 0..PARTITIONS {
         cluster.mock.partition_leader(EVENTS, p, Some(1)).unwrap();
+        cluster
+            .mock
+            .partition_leader(CHANGELOG, p, Some(1))
+            .unwrap();
         cluster.mock.partition_leader(DLQ, p, Some(1)).unwrap();
         cluster
             .mock
@@ -1360,4 +1366,66 @@ fn a_changelog_with_another_partition_count_is_a_startup_error() {
         log.contains("has 2 partitions but the input has 4"),
         "{log}"
     );
+}
+
+/// A consistent copy of the state dir taken earlier is put back (a volume restored from a
+/// backup): the partitions are restored from the changelog, which is newer, and the service ends
+/// exactly where a replay of the whole stream does, reading only what came after the changelog's
+/// checkpoints.
+#[test]
+fn a_rolled_back_state_dir_is_restored_from_the_newer_changelog() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let all = keyed(&gen(200, 9_000, 43));
+    let third = all.len() / 3;
+    let (first, rest) = all.split_at(third);
+    let (second, last) = rest.split_at(third);
+    let expected = replay_per_partition(dir.as_path(), &all);
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+
+    cluster.produce(first);
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    service.stop(child);
+    let backup = dir.join("backup");
+    copy_dir(&service.state(), &backup);
+
+    cluster.produce(second);
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    service.stop(child);
+
+    std::fs::remove_dir_all(service.state()).unwrap();
+    copy_dir(&backup, &service.state());
+    cluster.produce(last);
+    let mut child = service.spawn();
+    let base = api_base(&service.log(), &mut child);
+    cluster.wait_consumed(&mut child, &service.log());
+    assert_transitions(&cluster, &expected.transitions);
+    let m = fetch_metrics(&base);
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+    assert_eq!(
+        metric_sum(&m, "tagstream_changelog_restores_total"),
+        f64::from(PARTITIONS),
+        "{}",
+        tail(&service.log(), 40)
+    );
+    assert_eq!(
+        metric_sum(&m, "tagstream_events_total") as usize,
+        last.len()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
