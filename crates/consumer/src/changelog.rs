@@ -243,9 +243,11 @@ fn partition_count(
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<usize>, String> {
+    // Every topic's metadata: asking for one topic by name makes brokers that auto-create
+    // topics create it, with their default partition count.
     let metadata = admin
         .inner()
-        .fetch_metadata(Some(topic), timeout)
+        .fetch_metadata(None, timeout)
         .map_err(|e| format!("reading the metadata of topic {topic}: {e}"))?;
     Ok(metadata
         .topics()

@@ -1429,3 +1429,56 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// Scale 1 → 2 → 1 mid-stream with the changelog: B joins and restores the partitions it is
+/// given (it has no state), then leaves; A gets them back with its own copy now stale and
+/// restores them from the changelog. A ends exactly where a replay of the stream does.
+#[test]
+fn scaling_out_and_back_in_restores_moved_partitions_from_the_changelog() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let all = keyed(&gen(300, 24_000, 47));
+    let third = all.len() / 3;
+    let (first, rest) = all.split_at(third);
+    let (second, last) = rest.split_at(third);
+    let expected = replay_per_partition(dir.as_path(), &all);
+    let mut a = Service::new(dir.as_path(), &cluster, "a", "");
+    let mut b = Service::new(dir.as_path(), &cluster, "b", "");
+    let restores = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("partition restored from the changelog")
+            .count()
+    };
+    let wait = |what: &str, log: &Path, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", tail(log, 40));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    cluster.produce(first);
+    let mut child_a = a.spawn();
+    cluster.wait_consumed(&mut child_a, &a.log());
+    let child_b = b.spawn();
+    let b_log = b.log();
+    wait("B restored nothing", &b_log, &|| restores(&b_log) > 0);
+    cluster.produce(second);
+    cluster.wait_consumed(&mut child_a, &a.log());
+    let moved = restores(&b_log);
+    b.stop(child_b);
+    let a_log = a.log();
+    wait("A never restored the partitions B had", &a_log, &|| {
+        restores(&a_log) >= moved
+    });
+    cluster.produce(last);
+    cluster.wait_consumed(&mut child_a, &a.log());
+    assert_transitions(&cluster, &expected.transitions);
+    a.stop(child_a);
+    assert_same_dump(&a.dump(), &expected.dump);
+    eprintln!(
+        "scale 1 → 2 → 1: B restored {moved} partitions, A restored {} on their return",
+        restores(&a.log())
+    );
+}
