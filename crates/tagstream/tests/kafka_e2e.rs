@@ -181,7 +181,9 @@ struct Cluster {
 impl Cluster {
     fn new(brokers: i32) -> Cluster {
         let mock = MockCluster::new(brokers).unwrap();
-        for t in [EVENTS, TRANSITIONS, DLQ] {
+        // The mock has no CreateTopics: the changelog topic tagstream would create is made here
+        // (creation is tested against Tansu, in kafka_static).
+        for t in [EVENTS, TRANSITIONS, DLQ, CHANGELOG] {
             mock.create_topic(t, PARTITIONS, 1).unwrap();
         }
         let servers = mock.bootstrap_servers();
@@ -951,7 +953,6 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
     let cluster = Cluster::new(3);
     // The input, the changelog and the group live on broker 1, the transitions topic on
     // broker 3.
-    cluster.mock.create_topic(CHANGELOG, PARTITIONS, 1).unwrap();
     for p in 0..PARTITIONS {
         cluster.mock.partition_leader(EVENTS, p, Some(1)).unwrap();
         cluster
@@ -1349,8 +1350,13 @@ fn changelog_restores_a_lost_volume_without_replaying_history() {
 fn a_changelog_with_another_partition_count_is_a_startup_error() {
     let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
-    cluster.mock.create_topic(CHANGELOG, 2, 1).unwrap();
+    cluster.mock.create_topic("two-partitions", 2, 1).unwrap();
     let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let text = std::fs::read_to_string(&service.config).unwrap().replace(
+        "dir = \"state\"",
+        "dir = \"state\"\nchangelog_topic = \"two-partitions\"",
+    );
+    std::fs::write(&service.config, text).unwrap();
     let mut child = service.spawn();
     let deadline = Instant::now() + DEADLINE;
     let status = loop {
