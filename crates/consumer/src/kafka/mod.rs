@@ -6,6 +6,7 @@
 //!   positioned at the offset stored in RocksDB (`Cf::Offsets`), never at the group's offset.
 //! - [`producer`]: an idempotent producer for transitions (keyed by user id) and dead letters
 //!   (original key and bytes, `tagstream.*` headers), reporting each delivery by outbox sequence.
+//!   It also publishes the [changelog](crate::changelog) records, by changelog sequence.
 //!
 //! Engine partitions are Kafka partition numbers. Several input topics therefore share engine
 //! partition `p`: they must be co-partitioned by user id (same partition count, same key and
