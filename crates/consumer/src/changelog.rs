@@ -110,7 +110,7 @@ pub struct Snapshot {
     /// Records read (all of the partition).
     pub records: u64,
     pub bytes: u64,
-    /// Records after the last checkpoint, left out.
+    /// Users whose records came after the last checkpoint (left out).
     pub ignored: u64,
     pub read_in: Duration,
 }
