@@ -113,6 +113,9 @@ pub struct Snapshot {
     /// Users whose records came after the last checkpoint (left out).
     pub ignored: u64,
     pub read_in: Duration,
+    /// False when only the end of the partition was read: its last record is a checkpoint
+    /// this store published and holds (`users` is then empty; nothing to restore).
+    pub complete: bool,
 }
 
 /// How the service reaches the changelog topic.
@@ -132,9 +135,14 @@ const STALL: Duration = Duration::from_secs(120);
 /// last checkpoint covers (see the module documentation). While the partition cannot be reached
 /// (its leader is down) it keeps trying, until `stopping` says the service stops: the input
 /// partition is not consumed before its state is known.
+///
+/// `known` is where this store's last acknowledged checkpoint of the partition sits (offset,
+/// serial), when the store is at least that recent: if that checkpoint is still the partition's
+/// last record, nobody wrote after it and nothing is read.
 pub fn read_partition(
     config: &ChangelogConfig,
     partition: u32,
+    known: Option<(i64, u64)>,
     stopping: &dyn Fn() -> bool,
 ) -> Result<Snapshot, String> {
     let started = Instant::now();
@@ -173,8 +181,24 @@ pub fn read_partition(
     };
     let mut snapshot = Snapshot {
         partition,
+        complete: true,
         ..Snapshot::default()
     };
+    if let Some((offset, serial)) = known.filter(|(offset, _)| high == offset + 1) {
+        snapshot.checkpoint = Some(Checkpoint {
+            serial,
+            ..Checkpoint::default()
+        });
+        snapshot.complete = false;
+        snapshot.read_in = started.elapsed();
+        tracing::debug!(
+            partition,
+            offset,
+            serial,
+            "the changelog ends with this store's checkpoint: not read"
+        );
+        return Ok(snapshot);
+    }
     if high <= low {
         snapshot.read_in = started.elapsed();
         return Ok(snapshot);
@@ -348,7 +372,10 @@ pub struct Publisher {
     /// Every entry below this is acknowledged (deleted).
     first_unacked: u64,
     next_send: u64,
-    in_flight: std::collections::BTreeSet<u64>,
+    /// Sent, not yet acknowledged: the checkpoints among them with their partition and serial.
+    in_flight: BTreeMap<u64, Option<(u32, u64)>>,
+    /// Offsets of checkpoints acknowledged since the last pump, by partition.
+    acked: BTreeMap<u32, (i64, u64)>,
     /// A send failed: restart from here once nothing is in flight and `retry_at` passes.
     rewind: Option<u64>,
     retry_at: Instant,
@@ -385,6 +412,7 @@ impl Publisher {
             first_unacked: first,
             next_send: first,
             in_flight: Default::default(),
+            acked: BTreeMap::new(),
             rewind: None,
             retry_at: Instant::now(),
             backoff: MIN_BACKOFF,
@@ -403,11 +431,14 @@ impl Publisher {
     /// Never blocks on the network.
     pub fn pump(&mut self, engine: &Engine) -> Result<()> {
         for (seq, result) in self.producer.take_results() {
-            if !self.in_flight.remove(&seq) {
+            let Some(checkpoint) = self.in_flight.remove(&seq) else {
                 continue;
-            }
+            };
             match result {
-                Ok(()) => {
+                Ok(offset) => {
+                    if let Some((p, serial)) = checkpoint {
+                        self.acked.insert(p, (offset, serial));
+                    }
                     self.metrics.changelog_records_published.inc();
                     if self.rewind.is_none() {
                         self.backoff = MIN_BACKOFF;
@@ -426,15 +457,15 @@ impl Publisher {
             self.send_pending(engine)?;
         }
         let mut watermark = self.next_send;
-        if let Some(&seq) = self.in_flight.first() {
+        if let Some((&seq, _)) = self.in_flight.first_key_value() {
             watermark = watermark.min(seq);
         }
         if let Some(seq) = self.rewind {
             watermark = watermark.min(seq);
         }
-        if watermark > self.first_unacked {
-            engine.acknowledge_changelog(watermark)?;
-            self.first_unacked = watermark;
+        if watermark > self.first_unacked || !self.acked.is_empty() {
+            engine.acknowledge_changelog(watermark, &std::mem::take(&mut self.acked))?;
+            self.first_unacked = self.first_unacked.max(watermark);
         }
         self.metrics
             .changelog_backlog
@@ -478,7 +509,12 @@ impl Publisher {
                     entry.value.as_deref(),
                 ) {
                     Ok(()) => {
-                        self.in_flight.insert(seq);
+                        let checkpoint = (entry.key == CHECKPOINT_KEY)
+                            .then(|| entry.value.as_deref().map(Checkpoint::decode))
+                            .flatten()
+                            .and_then(|c| c.ok())
+                            .map(|c| (entry.partition, c.serial));
+                        self.in_flight.insert(seq, checkpoint);
                         self.next_send = seq + 1;
                     }
                     Err(e) if is_queue_full(&e) => {

@@ -493,6 +493,7 @@ impl Loop<'_> {
                 partition = p,
                 serial = checkpoint.serial,
                 local_serial = local,
+                changelog_read = snapshot.complete,
                 "local state of the partition is as recent as the changelog: not restored"
             ),
             None if engine.has_partition_state(p)? => {

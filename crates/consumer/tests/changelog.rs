@@ -90,6 +90,7 @@ fn users(engine: &Engine) -> Vec<(String, Vec<u8>, i64)> {
 fn snapshot_of(engine: &Engine, p: u32) -> Snapshot {
     let mut snapshot = Snapshot {
         partition: p,
+        complete: true,
         ..Snapshot::default()
     };
     let mut unconfirmed = BTreeMap::new();

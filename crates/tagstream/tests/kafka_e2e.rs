@@ -1400,6 +1400,15 @@ fn a_rolled_back_state_dir_is_restored_from_the_newer_changelog() {
     let mut child = service.spawn();
     cluster.wait_consumed(&mut child, &service.log());
     service.stop(child);
+    // A restart on a current state dir does not read the changelog: it ends with the
+    // checkpoints this instance published.
+    let restart = std::fs::read_to_string(service.log()).unwrap();
+    assert_eq!(
+        restart.matches("changelog_read=false").count(),
+        PARTITIONS as usize,
+        "{}",
+        tail(&service.log(), 40)
+    );
 
     std::fs::remove_dir_all(service.state()).unwrap();
     copy_dir(&backup, &service.state());

@@ -17,6 +17,9 @@ use crate::kafka::{encode_offset, offsets_key, parse_offsets_key};
 pub(super) const META_CHANGELOG_SEQ: &[u8] = b"changelog_seq";
 /// Per partition, the serial of its last staged checkpoint.
 pub(super) const META_CHANGELOG_SERIAL: &[u8] = b"changelog_serial/";
+/// Per partition, the changelog offset and serial of its last checkpoint the broker
+/// acknowledged from here.
+const META_CHANGELOG_ACKED: &[u8] = b"changelog_acked/";
 
 /// Records of one commit to stage for the changelog.
 #[derive(Default)]
@@ -143,12 +146,58 @@ impl Engine {
             .collect()
     }
 
-    /// Deletes the published entries (sequence numbers below `below`).
-    pub fn acknowledge_changelog(&self, below: u64) -> Result<()> {
+    /// Deletes the published entries (sequence numbers below `below`) and records where the
+    /// acknowledged checkpoints landed: partition → (offset, serial).
+    pub fn acknowledge_changelog(
+        &self,
+        below: u64,
+        checkpoints: &BTreeMap<u32, (i64, u64)>,
+    ) -> Result<()> {
         let mut batch = WriteBatch::new();
         batch.delete_range(Cf::Changelog, u64_be(0).to_vec(), u64_be(below).to_vec());
+        for (p, (offset, serial)) in checkpoints {
+            let mut value = offset.to_be_bytes().to_vec();
+            value.extend_from_slice(&u64_be(*serial));
+            batch.put(
+                Cf::Meta,
+                partition_meta_key(META_CHANGELOG_ACKED, *p),
+                value,
+            );
+        }
         self.store.commit(batch)?;
         Ok(())
+    }
+
+    /// Where `partition`'s last checkpoint acknowledged from this store sits in the changelog
+    /// (offset, serial), when the store is at least that recent; None otherwise. Read from the
+    /// store directly: the source thread asks before it hands the partition to the engine.
+    pub fn changelog_position(
+        store: &dyn StateStore,
+        partition: u32,
+    ) -> Result<Option<(i64, u64)>> {
+        let Some(v) = store.get(
+            Cf::Meta,
+            &partition_meta_key(META_CHANGELOG_ACKED, partition),
+        )?
+        else {
+            return Ok(None);
+        };
+        let (offset, serial) = match (v.get(..8), v.get(8..)) {
+            (Some(o), Some(s)) => (o.try_into().map(i64::from_be_bytes).ok(), decode_u64_be(s)),
+            _ => (None, None),
+        };
+        let (Some(offset), Some(serial)) = (offset, serial) else {
+            return Err(ConsumerError::Corrupt("changelog position".into()));
+        };
+        let local = store
+            .get(
+                Cf::Meta,
+                &partition_meta_key(META_CHANGELOG_SERIAL, partition),
+            )?
+            .as_deref()
+            .and_then(decode_u64_be)
+            .unwrap_or(0);
+        Ok((local >= serial).then_some((offset, serial)))
     }
 
     /// Deletes the staged entries of `partitions` and returns how many there were. Their local
@@ -168,6 +217,7 @@ impl Engine {
         }
         for p in partitions {
             batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_SERIAL, *p));
+            batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, *p));
             self.serials.remove(p);
         }
         self.store.commit(batch)?;
@@ -227,6 +277,11 @@ impl Engine {
         let Some(checkpoint) = &snapshot.checkpoint else {
             return Ok(0);
         };
+        if !snapshot.complete {
+            return Err(ConsumerError::Corrupt(format!(
+                "partition {p}: a restore needs the whole changelog partition, not its end"
+            )));
+        }
         let store = self.store.clone();
         let mut batch = WriteBatch::new();
         // What the store holds for the partition goes, except the ids of users that stay.
@@ -291,6 +346,7 @@ impl Engine {
             partition_meta_key(META_CHANGELOG_SERIAL, p),
             u64_be(checkpoint.serial).to_vec(),
         );
+        batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p));
         for (k, _) in store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)? {
             if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(p)) {
                 batch.delete(Cf::Offsets, k);

@@ -27,8 +27,8 @@ use crate::outbox::{DeadLetter, Origin};
 /// Dead letters of oversized messages keep this many bytes (SPEC §2).
 pub const TRUNCATED_BYTES: usize = 64 * 1024;
 
-/// Delivery outcome of one outbox entry.
-pub type Delivered = (u64, Result<(), KafkaError>);
+/// Delivery outcome of one entry: its offset in the topic once acknowledged.
+pub type Delivered = (u64, Result<i64, KafkaError>);
 
 struct Context {
     name: String,
@@ -51,7 +51,7 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         let outcome = match result {
-            Ok(_) => Ok(()),
+            Ok(m) => Ok(rdkafka::Message::offset(m)),
             Err((e, _)) => Err(e.clone()),
         };
         if let Ok(mut r) = self.results.lock() {

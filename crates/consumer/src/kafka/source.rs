@@ -158,7 +158,16 @@ impl Context {
         };
         let partitions: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
         for p in partitions {
-            match read_partition(config, p, &|| self.control.stopping()) {
+            let known = match crate::engine::Engine::changelog_position(self.store.as_ref(), p) {
+                Ok(known) => known,
+                Err(e) => {
+                    self.control.fail(format!(
+                        "reading the changelog position of partition {p}: {e}"
+                    ));
+                    continue;
+                }
+            };
+            match read_partition(config, p, known, &|| self.control.stopping()) {
                 Ok(snapshot) => {
                     let (done_tx, done_rx) = sync_channel(1);
                     if self
