@@ -25,6 +25,7 @@ use crate::error::{ConsumerError, Result};
 use crate::metrics::Metrics;
 use crate::outbox::{self, DeadLetter, Origin, OutboxEntry};
 
+mod changelog;
 mod history;
 mod query;
 mod reload;
@@ -64,6 +65,9 @@ pub struct EngineOptions {
     pub sync: bool,
     /// A rules reload migrates this many users per commit: memory holds one chunk.
     pub reload_chunk: usize,
+    /// Stage every commit's state changes and a per-partition checkpoint for the Kafka
+    /// changelog (`Cf::Changelog`, see [`crate::changelog`]).
+    pub changelog: bool,
 }
 
 impl Default for EngineOptions {
@@ -76,6 +80,7 @@ impl Default for EngineOptions {
             reload_on_open: false,
             sync: false,
             reload_chunk: 10_000,
+            changelog: false,
         }
     }
 }
@@ -224,6 +229,10 @@ pub struct Engine {
     /// A reload failed after committing some of its chunks: the state is partly on the new
     /// rules, so nothing more is applied until a restart finishes the reload.
     reload_unfinished: bool,
+    /// Next `Cf::Changelog` sequence number.
+    changelog_seq: u64,
+    /// Per partition, the serial of its last checkpoint staged for the changelog.
+    serials: BTreeMap<u32, u64>,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -312,6 +321,17 @@ impl Engine {
         )?;
         let bitmaps = SegmentBitmaps::load(store.as_ref())?;
         let warming = reload::load_warming(store.as_ref())?;
+        let changelog_seq = match store.get(Cf::Meta, changelog::META_CHANGELOG_SEQ)? {
+            Some(v) => tagstream_state::keys::decode_u64_be(&v)
+                .ok_or_else(|| ConsumerError::Corrupt("changelog sequence".into()))?,
+            None => 0,
+        };
+        let serials = load_partition_meta(
+            store.as_ref(),
+            changelog::META_CHANGELOG_SERIAL,
+            "changelog serial",
+            tagstream_state::keys::decode_u64_be,
+        )?;
         Ok(Engine {
             store,
             rules,
@@ -330,6 +350,8 @@ impl Engine {
             owned: None,
             future_logged: false,
             reload_unfinished: false,
+            changelog_seq,
+            serials,
         })
     }
 
@@ -901,6 +923,11 @@ impl<'e> Run<'e> {
         let store = self.engine.store.clone();
         let rules = self.engine.rules.clone();
         let mut batch = WriteBatch::new();
+        let mut staged = self
+            .engine
+            .options
+            .changelog
+            .then(changelog::Staged::default);
         for ((partition, user), slot) in self.users.iter_mut() {
             if !slot.dirty {
                 continue;
@@ -925,7 +952,11 @@ impl<'e> Run<'e> {
             }
             match &slot.state {
                 Some(state) => {
-                    batch.put(Cf::Users, key, state.encode());
+                    let encoded = state.encode();
+                    if let Some(staged) = staged.as_mut() {
+                        staged.user(*partition, user, Some(encoded.clone()));
+                    }
+                    batch.put(Cf::Users, key, encoded);
                     let id = match slot.id {
                         Some(id) => id,
                         None => {
@@ -953,6 +984,9 @@ impl<'e> Run<'e> {
                     }
                 }
                 None => {
+                    if let Some(staged) = staged.as_mut() {
+                        staged.user(*partition, user, None);
+                    }
                     batch.delete(Cf::Users, key);
                     if slot.existed {
                         if let Some(id) = self.engine.ids.lookup(store.as_ref(), user)? {
@@ -1004,6 +1038,26 @@ impl<'e> Run<'e> {
         }
         for (k, v) in positions {
             batch.put(Cf::Offsets, k.clone(), v.clone());
+        }
+        if let Some(mut staged) = staged {
+            staged.partitions.extend(self.clock_changed.iter().copied());
+            for (p, n) in &self.deletes {
+                if self.engine.deletes.get(p) != Some(n) {
+                    staged.partitions.insert(*p);
+                }
+            }
+            for (k, _) in positions {
+                if let Some((_, p)) = crate::kafka::parse_offsets_key(k) {
+                    staged.partitions.extend(u32::try_from(p).ok());
+                }
+            }
+            self.engine.stage_changelog(
+                staged,
+                &self.clocks,
+                &self.deletes,
+                positions,
+                &mut batch,
+            )?;
         }
         batch.append(std::mem::take(&mut self.extra));
         if let Err(e) = store.commit(batch) {

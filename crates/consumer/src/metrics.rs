@@ -103,6 +103,16 @@ pub struct Metrics {
     /// `tagstream_sink_producer_fatal_errors_total`: Kafka producers replaced after a fatal
     /// (idempotence) error.
     pub sink_producer_fatal_errors: IntCounter,
+    /// `tagstream_changelog_records_published_total`: changelog records the broker acknowledged.
+    pub changelog_records_published: IntCounter,
+    /// `tagstream_changelog_backlog`: changelog records staged, not yet acknowledged.
+    pub changelog_backlog: IntGauge,
+    /// `tagstream_changelog_restores_total`: partitions restored from the changelog.
+    pub changelog_restores: IntCounter,
+    /// `tagstream_changelog_restore_records_total`: changelog records read by restores.
+    pub changelog_restore_records: IntCounter,
+    /// `tagstream_changelog_restore_seconds`: time to restore one partition.
+    pub changelog_restore_seconds: Histogram,
 }
 
 /// RocksDB health gauges (see [`Metrics::record_store_health`]).
@@ -448,6 +458,27 @@ impl Metrics {
             "tagstream_sink_producer_fatal_errors_total",
             "Kafka producers that hit a fatal error (idempotence: sequence or producer id lost) and were replaced.",
         );
+        let changelog_records_published = r.counter(
+            "tagstream_changelog_records_published_total",
+            "Changelog records (user states, tombstones, checkpoints) the broker acknowledged.",
+        );
+        let changelog_backlog = r.gauge(
+            "tagstream_changelog_backlog",
+            "Changelog records committed locally and not yet acknowledged by the broker.",
+        );
+        let changelog_restores = r.counter(
+            "tagstream_changelog_restores_total",
+            "Partitions whose state was restored from the changelog on assignment.",
+        );
+        let changelog_restore_records = r.counter(
+            "tagstream_changelog_restore_records_total",
+            "Changelog records read to restore partitions.",
+        );
+        let changelog_restore_seconds = r.histogram(
+            "tagstream_changelog_restore_seconds",
+            "Time to restore one partition from the changelog (read and apply).",
+            prometheus::exponential_buckets(0.01, 2.0, 16).expect("valid buckets"),
+        );
         r.process();
         let now_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -516,6 +547,11 @@ impl Metrics {
             sink_oversized_transitions,
             input_gaps,
             sink_producer_fatal_errors,
+            changelog_records_published,
+            changelog_backlog,
+            changelog_restores,
+            changelog_restore_records,
+            changelog_restore_seconds,
         }
     }
 

@@ -9,7 +9,16 @@
 //! 2. calls [`Engine::process`], which commits state, timers, outbox entries and the input
 //!    positions in one atomic write,
 //! 3. queues the stored offsets for an asynchronous commit to the consumer group (lag only),
-//! 4. pumps the outbox to the sinks ([`Delivery`]): entries are deleted once acknowledged.
+//! 4. pumps the outbox to the sinks ([`Delivery`]) and the staged changelog records to the
+//!    changelog topic ([`Publisher`]): entries are deleted once acknowledged.
+//!
+//! Partitions: on assignment the source hands over each partition's changelog snapshot
+//! ([`SourceEvent::Changelog`]) before it positions the partition; the loop restores the
+//! partition from it when the snapshot is newer than the local state. Messages of a partition
+//! not assigned (any more) are dropped: a batch polled before a revocation is never applied
+//! after it, so an instance that lost a partition writes nothing more for it. On revocation
+//! the changelog is published before the partition is released (what cannot be published in
+//! time is dropped: the new owner continues from the last published checkpoint).
 //!
 //! Around that: clock ticks (wall mode: every assigned partition's engine time follows the
 //! system clock, so timers fire without events; event mode: due timers left over by bounded
@@ -31,6 +40,7 @@ use tagstream_state::Cf;
 pub use delivery::{Delivery, Route, DEFAULT_MAX_MESSAGE_BYTES};
 pub use lines::{start_lines, LinesConfig};
 
+use crate::changelog::{Publisher, Snapshot};
 use crate::engine::{BatchReport, ClockMode, Record, SharedEngine, SourceFault};
 use crate::error::{ConsumerError, Result};
 use crate::kafka::{decode_offset, encode_offset, offsets_key};
@@ -79,6 +89,13 @@ pub enum SourceEvent {
     /// receives this; it then drops `done` to release the source.
     Revoked {
         partitions: Vec<(String, i32)>,
+        done: SyncSender<()>,
+    },
+    /// What the changelog holds for a partition being assigned, read before the partition is
+    /// positioned: the engine thread restores the partition from it when it is newer than the
+    /// local state, then drops `done` (the source then reads the partition's stored offsets).
+    Changelog {
+        snapshot: Snapshot,
         done: SyncSender<()>,
     },
 }
@@ -288,6 +305,8 @@ pub struct Summary {
     pub messages: u64,
     /// Messages dropped because their offset was already applied.
     pub skipped: u64,
+    /// Messages dropped because their partition was no longer assigned.
+    pub revoked: u64,
 }
 
 fn internal(message: String) -> ConsumerError {
@@ -314,15 +333,21 @@ struct Loop<'a> {
     /// Some assigned partition had input lag at the last look at the watermarks.
     lagging: bool,
     summary: Summary,
+    changelog: Option<Publisher>,
 }
+
+/// How long a revocation waits for the changelog of the revoked partitions to be published.
+const REVOKE_PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs until the source ends (after `shutdown` is triggered; a file or stdin source at its end
 /// keeps waiting) and returns what was done. Errors are internal failures: nothing further is committed.
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     engine: SharedEngine,
     rx: Receiver<SourceEvent>,
     control: Arc<Control>,
     delivery: Delivery,
+    changelog: Option<Publisher>,
     metrics: &Metrics,
     shutdown: &Shutdown,
     options: &PipelineOptions,
@@ -339,6 +364,7 @@ pub fn run(
         paused: false,
         lagging: false,
         summary: Summary::default(),
+        changelog,
     };
     control.progressed();
     // Queries answer for assigned partitions only, and none is assigned yet.
@@ -359,6 +385,14 @@ pub fn run(
     control.assigned.store(0, Ordering::SeqCst);
     metrics.ready.set(0);
     l.delivery.flush(&l.engine, options.flush_timeout)?;
+    if let Some(c) = l.changelog.as_mut() {
+        let engine = l.engine.lock();
+        if !c.flush(&engine, options.flush_timeout)? {
+            tracing::warn!(
+                "changelog not fully published at shutdown; the rest is published on the next start"
+            );
+        }
+    }
     let store = l.engine.lock().store().clone();
     store.sync()?;
     l.gauges(true)?;
@@ -406,9 +440,15 @@ impl Loop<'_> {
                     }
                     for p in &partitions {
                         self.assigned.remove(p);
+                        self.next_offsets.remove(p);
                         self.metrics.forget_partition(&p.0, p.1);
                     }
                     self.publish_assignment();
+                    self.release_changelog(&partitions)?;
+                    drop(done);
+                }
+                Ok(SourceEvent::Changelog { snapshot, done }) => {
+                    self.restore(snapshot)?;
                     drop(done);
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -416,6 +456,9 @@ impl Loop<'_> {
             }
             let acknowledged = self.delivery.acknowledged();
             self.delivery.pump(&self.engine)?;
+            if let Some(c) = self.changelog.as_mut() {
+                c.pump(&self.engine.lock())?;
+            }
             let backlog = self.backpressure();
             if self.delivery.acknowledged() > acknowledged || (backlog == 0 && !self.lagging) {
                 self.control.progressed();
@@ -443,6 +486,83 @@ impl Loop<'_> {
         self.metrics.ready.set(i64::from(!self.assigned.is_empty()));
     }
 
+    /// Publishes what is staged for the revoked partitions that no topic of this instance
+    /// still holds, then forgets what could not be published in time.
+    fn release_changelog(&mut self, revoked: &[(String, i32)]) -> Result<()> {
+        let Some(publisher) = self.changelog.as_mut() else {
+            return Ok(());
+        };
+        let owned = self
+            .assigned
+            .iter()
+            .map(|(_, p)| *p as u32)
+            .collect::<BTreeSet<_>>();
+        let released: Vec<u32> = revoked
+            .iter()
+            .map(|(_, p)| *p as u32)
+            .filter(|p| !owned.contains(p))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if released.is_empty() {
+            return Ok(());
+        }
+        let mut engine = self.engine.lock();
+        publisher.flush(&engine, REVOKE_PUBLISH_TIMEOUT)?;
+        publisher.drop_partitions(&mut engine, &released)
+    }
+
+    /// Restores a partition being assigned from its changelog snapshot when that is newer than
+    /// the local state; publishes the local state in full when the changelog has none of it.
+    fn restore(&mut self, snapshot: Snapshot) -> Result<()> {
+        let started = Instant::now();
+        let p = snapshot.partition;
+        let mut engine = self.engine.lock();
+        let local = engine.changelog_serial(p);
+        match &snapshot.checkpoint {
+            Some(checkpoint) if checkpoint.serial > local => {
+                let users = engine.restore_partition(&snapshot)?;
+                self.next_offsets
+                    .retain(|(_, q), _| u32::try_from(*q).ok() != Some(p));
+                let seconds = (snapshot.read_in + started.elapsed()).as_secs_f64();
+                self.metrics.changelog_restores.inc();
+                self.metrics
+                    .changelog_restore_records
+                    .inc_by(snapshot.records);
+                self.metrics.changelog_restore_seconds.observe(seconds);
+                tracing::info!(
+                    partition = p,
+                    records = snapshot.records,
+                    bytes = snapshot.bytes,
+                    users,
+                    ignored_after_checkpoint = snapshot.ignored,
+                    serial = checkpoint.serial,
+                    local_serial = local,
+                    offsets = ?checkpoint.offsets,
+                    seconds,
+                    "partition restored from the changelog"
+                );
+            }
+            Some(checkpoint) => tracing::info!(
+                partition = p,
+                serial = checkpoint.serial,
+                local_serial = local,
+                changelog_read = snapshot.complete,
+                "local state of the partition is as recent as the changelog: not restored"
+            ),
+            None if engine.has_partition_state(p)? => {
+                let users = engine.publish_partition(p)?;
+                tracing::info!(
+                    partition = p,
+                    users,
+                    "the changelog has no checkpoint of this partition: publishing its local state"
+                );
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     fn batch(&mut self, batch: Batch) -> Result<()> {
         let engine = self.engine.clone();
         let mut engine = engine.lock();
@@ -458,6 +578,11 @@ impl Loop<'_> {
             } = &m.origin
             {
                 let key = (topic.clone(), *partition);
+                if !self.assigned.contains(&key) {
+                    // Polled before the partition was revoked: its new owner applies it.
+                    self.summary.revoked += 1;
+                    continue;
+                }
                 let next = match self.next_offsets.get(&key) {
                     Some(n) => Some(*n),
                     None => engine

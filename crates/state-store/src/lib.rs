@@ -62,11 +62,13 @@ pub enum Cf {
     Ids,
     /// Serialized segment bitmaps (see [`SegmentBitmaps`]).
     Segments,
+    /// State changes awaiting publication to the Kafka changelog topic, in commit order.
+    Changelog,
 }
 
 impl Cf {
     /// Every column family, in a fixed order.
-    pub const ALL: [Cf; 7] = [
+    pub const ALL: [Cf; 8] = [
         Cf::Users,
         Cf::Timers,
         Cf::Outbox,
@@ -74,6 +76,7 @@ impl Cf {
         Cf::Meta,
         Cf::Ids,
         Cf::Segments,
+        Cf::Changelog,
     ];
 
     /// The column family's name on disk (stable: renaming it loses data).
@@ -86,6 +89,7 @@ impl Cf {
             Cf::Meta => "meta",
             Cf::Ids => "ids",
             Cf::Segments => "segments",
+            Cf::Changelog => "changelog",
         }
     }
 

@@ -246,7 +246,7 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
             table.set_data_block_hash_ratio(0.75);
             opts.set_write_buffer_size(32 * MIB);
         }
-        Cf::Timers | Cf::Outbox => {
+        Cf::Timers | Cf::Outbox | Cf::Changelog => {
             // Mark an SST for compaction when 50 of any 128 consecutive entries are
             // tombstones (or half of the file is).
             opts.add_compact_on_deletion_collector_factory(128, 50, 0.5);

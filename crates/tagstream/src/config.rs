@@ -193,6 +193,10 @@ pub struct StateConfig {
     /// When commits are made durable against power loss.
     #[serde(default)]
     pub sync: SyncMode,
+    /// The compacted Kafka topic that replicates the state (Kafka sources only). None:
+    /// `<source.group_id>-changelog`; `""`: no changelog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changelog_topic: Option<String>,
 }
 
 impl Default for StateConfig {
@@ -200,6 +204,23 @@ impl Default for StateConfig {
         StateConfig {
             dir: default_state_dir(),
             sync: SyncMode::default(),
+            changelog_topic: None,
+        }
+    }
+}
+
+impl Config {
+    /// The changelog topic in use: None without a Kafka source or with `changelog_topic = ""`.
+    pub fn changelog_topic(&self) -> Option<String> {
+        if self.source.kind != SourceKind::Kafka {
+            return None;
+        }
+        match &self.state.changelog_topic {
+            None => Some(tagstream_consumer::changelog::default_topic(
+                &self.source.group_id,
+            )),
+            Some(t) if t.trim().is_empty() => None,
+            Some(t) => Some(t.clone()),
         }
     }
 }

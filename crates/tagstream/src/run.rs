@@ -12,6 +12,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tagstream_consumer::changelog::{self, ChangelogConfig, Publisher};
 use tagstream_consumer::engine::{ClockMode, Engine, EngineOptions, SharedEngine};
 use tagstream_consumer::file_sink::LineSink;
 use tagstream_consumer::kafka::is_connection_option;
@@ -128,6 +129,24 @@ fn serve(config: &Config) -> Result<(), RunError> {
         .check_exposure(token.is_some())
         .map_err(RunError::user)?;
     let (rules, rules_source) = load_rules(&config.rules.to_string_lossy())?;
+    let changelog = config.changelog_topic().map(|topic| ChangelogConfig {
+        brokers: config.source.brokers.clone().unwrap_or_default(),
+        topic,
+        options: producer_options(config, &BTreeMap::new()),
+    });
+    // Topics that do not fit are a startup error; a cluster that cannot be reached yet is not
+    // (the service waits for it like for any broker): the source checks again before it joins.
+    let mut check_changelog = false;
+    if let Some(c) = &changelog {
+        match changelog::ensure_topic(c, &config.source.topics, Duration::from_secs(10)) {
+            Ok(()) => {}
+            Err(e) if e.is_user_error() => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!("cannot check the changelog topic {} yet: {e}; checking again before joining the group", c.topic);
+                check_changelog = true;
+            }
+        }
+    }
     let dir = &config.state.dir;
     std::fs::create_dir_all(dir)
         .map_err(|e| RunError::user(format!("cannot create state dir {}: {e}", dir.display())))?;
@@ -149,6 +168,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
         // state over, exactly as `POST /v1/rules/reload` would.
         reload_on_open: true,
         sync: durable,
+        changelog: changelog.is_some(),
         ..EngineOptions::default()
     };
     let mut engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
@@ -187,6 +207,19 @@ fn serve(config: &Config) -> Result<(), RunError> {
     delivery.set_max_message_bytes(
         usize::try_from(config.sink.max_message_bytes).unwrap_or(usize::MAX),
     );
+    let publisher = match &changelog {
+        Some(c) => {
+            let producer =
+                KafkaProducer::new("changelog", &c.brokers, &c.options).map_err(RunError::user)?;
+            Some(Publisher::new(
+                &engine,
+                Arc::new(producer),
+                c.topic.clone(),
+                metrics.clone(),
+            )?)
+        }
+        None => None,
+    };
     let engine = SharedEngine::new(engine);
 
     let control = Control::new();
@@ -230,6 +263,8 @@ fn serve(config: &Config) -> Result<(), RunError> {
                 group_id: config.source.group_id.clone(),
                 options: config.source.options.clone(),
                 max_batch: 4096,
+                changelog: changelog.clone(),
+                check_changelog,
             };
             kafka = Some(
                 KafkaSource::start(&source, store.clone(), control.clone(), tx, metrics.clone())
@@ -258,7 +293,9 @@ fn serve(config: &Config) -> Result<(), RunError> {
         flush_timeout: Duration::from_secs(30),
     };
     tracing::info!(state_dir = %dir.display(), clock = ?clock, "tagstream running");
-    let summary = pipeline::run(engine, rx, control, delivery, &metrics, &shutdown, &popts);
+    let summary = pipeline::run(
+        engine, rx, control, delivery, publisher, &metrics, &shutdown, &popts,
+    );
     server.stop();
     let summary = summary?;
     if let Some(mut k) = kafka {

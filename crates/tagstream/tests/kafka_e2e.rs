@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{bin, dump, partition_of, tail, user_of};
+use common::{bin, dump, fetch_metrics, metric_sum, partition_of, tail, user_of};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -181,7 +181,9 @@ struct Cluster {
 impl Cluster {
     fn new(brokers: i32) -> Cluster {
         let mock = MockCluster::new(brokers).unwrap();
-        for t in [EVENTS, TRANSITIONS, DLQ] {
+        // The mock has no CreateTopics: the changelog topic tagstream would create is made here
+        // (creation is tested against Tansu, in kafka_static).
+        for t in [EVENTS, TRANSITIONS, DLQ, CHANGELOG] {
             mock.create_topic(t, PARTITIONS, 1).unwrap();
         }
         let servers = mock.bootstrap_servers();
@@ -949,9 +951,14 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
     use rdkafka::mocking::MockCoordinator;
     let (_guard, dir) = workdir();
     let cluster = Cluster::new(3);
-    // The input and the group live on broker 1, the transitions topic on broker 3.
+    // The input, the changelog and the group live on broker 1, the transitions topic on
+    // broker 3.
     for p in 0..PARTITIONS {
         cluster.mock.partition_leader(EVENTS, p, Some(1)).unwrap();
+        cluster
+            .mock
+            .partition_leader(CHANGELOG, p, Some(1))
+            .unwrap();
         cluster.mock.partition_leader(DLQ, p, Some(1)).unwrap();
         cluster
             .mock
@@ -1025,10 +1032,15 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
     let mut a = Service::new(dir.as_path(), &cluster, "a", "");
     let mut b = Service::new(dir.as_path(), &cluster, "b", "");
     for (s, id) in [(&a, "a"), (&b, "b")] {
-        let text = std::fs::read_to_string(&s.config).unwrap().replace(
-            "[sink]",
-            &format!("\"group.instance.id\" = \"{id}\"\n[sink]"),
-        );
+        // Without a changelog (revision 1): a partition without local state is rebuilt from
+        // the input (`changelog_restores_a_lost_volume_...` covers the changelog).
+        let text = std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace(
+                "[sink]",
+                &format!("\"group.instance.id\" = \"{id}\"\n[sink]"),
+            )
+            .replace("dir = \"state\"", "dir = \"state\"\nchangelog_topic = \"\"");
         std::fs::write(&s.config, text).unwrap();
     }
     // B starts alone and commits group offsets; then A joins and is handed partitions that have
@@ -1174,4 +1186,314 @@ fn throughput() {
     let secs = finished.duration_since(first.unwrap()).as_secs_f64();
     eprintln!("throughput: {} events in {secs:.2}s = {:.0} events/s (after the first commit; group join excluded)", total - first_done, (total - first_done) as f64 / secs);
     service.stop(child);
+}
+
+/// The changelog topic of [`GROUP`] (the default name).
+const CHANGELOG: &str = "ts-e2e-changelog";
+/// The key of a changelog checkpoint record.
+const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";
+
+/// The API address a service logged, once it listens.
+fn api_base(log: &Path, child: &mut Proc) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(addr) = text
+            .lines()
+            .find(|l| l.contains("api listening"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+        {
+            return format!("http://{}", addr.trim_matches('"'));
+        }
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the api never listened:\n{}",
+            tail(log, 40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Instance A consumes the first half and stops; its volume is lost; the same service starts
+/// with an empty state dir (instance B) while the second half is produced. B restores every
+/// partition from the changelog: it applies only the second half, emits no transition again,
+/// and ends exactly where a replay of the whole stream does. Records written to the changelog
+/// after the last checkpoint (by hand here: a batch cut short) do not reach the restored state.
+#[test]
+fn changelog_restores_a_lost_volume_without_replaying_history() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let all = keyed(&gen(300, 20_000, 41));
+    let (first, second) = all.split_at(all.len() / 2);
+    let expected = replay_per_partition(dir.as_path(), &all);
+    cluster.produce(first);
+
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let started = Instant::now();
+    let mut a = service.spawn();
+    cluster.wait_consumed(&mut a, &service.log());
+    let rebuild_secs = started.elapsed().as_secs_f64();
+    service.stop(a);
+    let dump_a = service.dump();
+
+    // Every partition of the changelog ends with a checkpoint naming the input offsets.
+    let hi = cluster.high_watermarks(EVENTS);
+    let records = cluster.read_all(CHANGELOG);
+    let changelog_bytes: usize = records
+        .iter()
+        .map(|r| r.payload.len() + r.key.as_ref().map_or(0, Vec::len))
+        .sum();
+    for p in 0..PARTITIONS {
+        let last = records
+            .iter()
+            .rfind(|r| r.partition == p)
+            .unwrap_or_else(|| panic!("changelog partition {p} is empty"));
+        assert_eq!(last.key.as_deref(), Some(CHECKPOINT_KEY));
+        let checkpoint: serde_json::Value = serde_json::from_slice(&last.payload).unwrap();
+        assert_eq!(
+            checkpoint["offsets"][EVENTS], hi[p as usize],
+            "checkpoint of partition {p}: {checkpoint}"
+        );
+    }
+
+    // A batch cut short: a tombstone of a live user and a state of a user that never existed,
+    // after the last checkpoint.
+    let victim = user_of(&dump_a[0]);
+    let p = partition_of(victim.as_bytes(), PARTITIONS);
+    let some_state = records
+        .iter()
+        .find(|r| r.partition == p && r.key.as_deref() != Some(CHECKPOINT_KEY))
+        .map(|r| r.payload.clone())
+        .unwrap();
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &cluster.servers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to(CHANGELOG)
+                .partition(p)
+                .key(victim.as_bytes()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to(CHANGELOG)
+                .partition(p)
+                .key(b"zz-ghost".as_slice())
+                .payload(some_state.as_slice()),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    // The volume is lost.
+    std::fs::remove_dir_all(service.state()).unwrap();
+    cluster.produce(second);
+    let mut b = service.spawn();
+    let base = api_base(&service.log(), &mut b);
+    cluster.wait_consumed(&mut b, &service.log());
+    let raw = assert_transitions(&cluster, &expected.transitions);
+    let m = fetch_metrics(&base);
+    service.stop(b);
+    assert_same_dump(&service.dump(), &expected.dump);
+    assert_eq!(
+        raw,
+        expected.transitions.len(),
+        "a restore emits no transition: every transition was sent once"
+    );
+    assert_eq!(
+        metric_sum(&m, "tagstream_events_total") as usize,
+        second.len(),
+        "B read only the events after A's checkpoint"
+    );
+    assert_eq!(
+        metric_sum(&m, "tagstream_changelog_restores_total"),
+        f64::from(PARTITIONS)
+    );
+    let restored_records = metric_sum(&m, "tagstream_changelog_restore_records_total");
+    assert!(restored_records >= (records.len() + 2) as f64);
+    assert!(metric_sum(&m, "tagstream_changelog_records_published_total") > 0.0);
+
+    // Restore rate against the rebuild A did of the same state from the input history.
+    let log = std::fs::read_to_string(service.log()).unwrap();
+    let restore_secs: f64 = log
+        .lines()
+        .filter(|l| l.contains("partition restored from the changelog"))
+        .filter_map(|l| {
+            l.split("seconds=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .sum();
+    let users = dump_a.len() as f64;
+    eprintln!(
+        "restore: {} records ({:.2} MB, {users} users) in {restore_secs:.3}s = {:.0} users/s, {:.1} MB/s; rebuild from the input: {} events in {rebuild_secs:.2}s = {:.0} users/s; restore is {:.0}x faster",
+        records.len(),
+        changelog_bytes as f64 / 1e6,
+        users / restore_secs.max(1e-6),
+        changelog_bytes as f64 / 1e6 / restore_secs.max(1e-6),
+        first.len(),
+        users / rebuild_secs,
+        rebuild_secs / restore_secs.max(1e-6)
+    );
+}
+
+/// A changelog topic whose partition count differs from the input's is a startup error naming
+/// both counts.
+#[test]
+fn a_changelog_with_another_partition_count_is_a_startup_error() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    cluster.mock.create_topic("two-partitions", 2, 1).unwrap();
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let text = std::fs::read_to_string(&service.config).unwrap().replace(
+        "dir = \"state\"",
+        "dir = \"state\"\nchangelog_topic = \"two-partitions\"",
+    );
+    std::fs::write(&service.config, text).unwrap();
+    let mut child = service.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "tagstream kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = std::fs::read_to_string(service.log()).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("has 2 partitions but the input has 4"),
+        "{log}"
+    );
+}
+
+/// A consistent copy of the state dir taken earlier is put back (a volume restored from a
+/// backup): the partitions are restored from the changelog, which is newer, and the service ends
+/// exactly where a replay of the whole stream does, reading only what came after the changelog's
+/// checkpoints.
+#[test]
+fn a_rolled_back_state_dir_is_restored_from_the_newer_changelog() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let all = keyed(&gen(200, 9_000, 43));
+    let third = all.len() / 3;
+    let (first, rest) = all.split_at(third);
+    let (second, last) = rest.split_at(third);
+    let expected = replay_per_partition(dir.as_path(), &all);
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+
+    cluster.produce(first);
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    service.stop(child);
+    let backup = dir.join("backup");
+    copy_dir(&service.state(), &backup);
+
+    cluster.produce(second);
+    let mut child = service.spawn();
+    cluster.wait_consumed(&mut child, &service.log());
+    service.stop(child);
+    // A restart on a current state dir does not read the changelog: it ends with the
+    // checkpoints this instance published.
+    let restart = std::fs::read_to_string(service.log()).unwrap();
+    assert_eq!(
+        restart.matches("changelog_read=false").count(),
+        PARTITIONS as usize,
+        "{}",
+        tail(&service.log(), 40)
+    );
+
+    std::fs::remove_dir_all(service.state()).unwrap();
+    copy_dir(&backup, &service.state());
+    cluster.produce(last);
+    let mut child = service.spawn();
+    let base = api_base(&service.log(), &mut child);
+    cluster.wait_consumed(&mut child, &service.log());
+    assert_transitions(&cluster, &expected.transitions);
+    let m = fetch_metrics(&base);
+    service.stop(child);
+    assert_same_dump(&service.dump(), &expected.dump);
+    assert_eq!(
+        metric_sum(&m, "tagstream_changelog_restores_total"),
+        f64::from(PARTITIONS),
+        "{}",
+        tail(&service.log(), 40)
+    );
+    assert_eq!(
+        metric_sum(&m, "tagstream_events_total") as usize,
+        last.len()
+    );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Scale 1 → 2 → 1 mid-stream with the changelog: B joins and restores the partitions it is
+/// given (it has no state), then leaves; A gets them back with its own copy now stale and
+/// restores them from the changelog. A ends exactly where a replay of the stream does.
+#[test]
+fn scaling_out_and_back_in_restores_moved_partitions_from_the_changelog() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let all = keyed(&gen(300, 24_000, 47));
+    let third = all.len() / 3;
+    let (first, rest) = all.split_at(third);
+    let (second, last) = rest.split_at(third);
+    let expected = replay_per_partition(dir.as_path(), &all);
+    let mut a = Service::new(dir.as_path(), &cluster, "a", "");
+    let mut b = Service::new(dir.as_path(), &cluster, "b", "");
+    let restores = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("partition restored from the changelog")
+            .count()
+    };
+    let wait = |what: &str, log: &Path, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + DEADLINE;
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}:\n{}", tail(log, 40));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    cluster.produce(first);
+    let mut child_a = a.spawn();
+    cluster.wait_consumed(&mut child_a, &a.log());
+    let child_b = b.spawn();
+    let b_log = b.log();
+    wait("B restored nothing", &b_log, &|| restores(&b_log) > 0);
+    cluster.produce(second);
+    cluster.wait_consumed(&mut child_a, &a.log());
+    let moved = restores(&b_log);
+    b.stop(child_b);
+    let a_log = a.log();
+    wait("A never restored the partitions B had", &a_log, &|| {
+        restores(&a_log) >= moved
+    });
+    cluster.produce(last);
+    cluster.wait_consumed(&mut child_a, &a.log());
+    assert_transitions(&cluster, &expected.transitions);
+    a.stop(child_a);
+    assert_same_dump(&a.dump(), &expected.dump);
+    eprintln!(
+        "scale 1 → 2 → 1: B restored {moved} partitions, A restored {} on their return",
+        restores(&a.log())
+    );
 }

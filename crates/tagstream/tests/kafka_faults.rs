@@ -44,7 +44,8 @@ struct Cluster {
 impl Cluster {
     fn new() -> Cluster {
         let mock = MockCluster::new(1).unwrap();
-        for t in [EVENTS, TRANSITIONS] {
+        // The mock has no CreateTopics: the changelog topic tagstream would create is made here.
+        for t in [EVENTS, TRANSITIONS, "ts-faults-changelog"] {
             mock.create_topic(t, 1, 1).unwrap();
         }
         let servers = mock.bootstrap_servers();

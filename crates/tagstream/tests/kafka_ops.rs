@@ -63,7 +63,8 @@ struct Cluster {
 impl Cluster {
     fn new(brokers: i32) -> Cluster {
         let mock = MockCluster::new(brokers).unwrap();
-        for t in [EVENTS, TRANSITIONS, DLQ] {
+        // The mock has no CreateTopics: the changelog topic tagstream would create is made here.
+        for t in [EVENTS, TRANSITIONS, DLQ, "ts-wall-changelog"] {
             mock.create_topic(t, PARTITIONS, 1).unwrap();
         }
         let servers = mock.bootstrap_servers();

@@ -586,6 +586,29 @@ fn a_static_member_restarted_within_the_session_timeout_gets_its_partitions_back
     let mut transitions = a.transitions();
     transitions.extend(b.transitions());
     assert_eq!(transitions, expected_transitions);
+    // The changelog topic did not exist: the first instance created it with the input's
+    // partition count (the mock cluster of the other tests has no CreateTopics).
+    let created: String = [&a, &b]
+        .iter()
+        .flat_map(|i| (1..=i.runs).map(move |n| i.dir.join(format!("run-{n}.log"))))
+        .map(|log| std::fs::read_to_string(log).unwrap_or_default())
+        .collect();
+    assert!(
+        created.contains("changelog topic created") && created.contains("partitions=4"),
+        "{}",
+        context(&a, &b)
+    );
+    let admin: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &tansu.servers)
+        .create()
+        .unwrap();
+    let metadata = rdkafka::consumer::Consumer::fetch_metadata(
+        &admin,
+        Some(&format!("{GROUP}-changelog")),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    assert_eq!(metadata.topics()[0].partitions().len(), PARTITIONS as usize);
     eprintln!(
         "{} events, {} users, {} transitions; a held {held_a:?} across its restart, b {held_b:?}",
         all.len(),

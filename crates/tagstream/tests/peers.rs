@@ -287,7 +287,8 @@ fn members_of(dump: &BTreeMap<String, Value>, segment: &str) -> BTreeSet<String>
 fn every_instance_answers_for_the_whole_deployment() {
     let dir = tempfile::tempdir().unwrap();
     let mock = MockCluster::new(1).unwrap();
-    for t in [EVENTS, "transitions", "dlq"] {
+    // The mock has no CreateTopics: the changelog topic tagstream would create is made here.
+    for t in [EVENTS, "transitions", "dlq", "ts-peers-changelog"] {
         mock.create_topic(t, PARTITIONS, 1).unwrap();
     }
     let servers = mock.bootstrap_servers();

@@ -6,6 +6,7 @@
 //!   positioned at the offset stored in RocksDB (`Cf::Offsets`), never at the group's offset.
 //! - [`producer`]: an idempotent producer for transitions (keyed by user id) and dead letters
 //!   (original key and bytes, `tagstream.*` headers), reporting each delivery by outbox sequence.
+//!   It also publishes the [changelog](crate::changelog) records, by changelog sequence.
 //!
 //! Engine partitions are Kafka partition numbers. Several input topics therefore share engine
 //! partition `p`: they must be co-partitioned by user id (same partition count, same key and
@@ -24,6 +25,13 @@ use rdkafka::ClientConfig;
 /// `Cf::Offsets` key of a Kafka partition: `kafka/<topic>/<partition>`.
 pub fn offsets_key(topic: &str, partition: i32) -> Vec<u8> {
     format!("kafka/{topic}/{partition}").into_bytes()
+}
+
+/// The (topic, partition) of an [`offsets_key`]; None for any other key.
+pub fn parse_offsets_key(key: &[u8]) -> Option<(String, i32)> {
+    let rest = std::str::from_utf8(key.strip_prefix(b"kafka/")?).ok()?;
+    let (topic, partition) = rest.rsplit_once('/')?;
+    Some((topic.to_string(), partition.parse().ok()?))
 }
 
 /// `Cf::Offsets` value: the next offset to apply, 8 bytes big-endian.
@@ -146,6 +154,11 @@ mod tests {
         assert_eq!(offsets_key("events", 3), b"kafka/events/3".to_vec());
         assert_eq!(decode_offset(&encode_offset(42)), Some(42));
         assert_eq!(decode_offset(b"xx"), None);
+        assert_eq!(
+            parse_offsets_key(&offsets_key("a/b", 7)),
+            Some(("a/b".to_string(), 7))
+        );
+        assert_eq!(parse_offsets_key(b"file/x"), None);
     }
 
     #[test]

@@ -27,8 +27,8 @@ use crate::outbox::{DeadLetter, Origin};
 /// Dead letters of oversized messages keep this many bytes (SPEC §2).
 pub const TRUNCATED_BYTES: usize = 64 * 1024;
 
-/// Delivery outcome of one outbox entry.
-pub type Delivered = (u64, Result<(), KafkaError>);
+/// Delivery outcome of one entry: its offset in the topic once acknowledged.
+pub type Delivered = (u64, Result<i64, KafkaError>);
 
 struct Context {
     name: String,
@@ -51,7 +51,7 @@ impl ProducerContext for Context {
 
     fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
         let outcome = match result {
-            Ok(_) => Ok(()),
+            Ok(m) => Ok(rdkafka::Message::offset(m)),
             Err((e, _)) => Err(e.clone()),
         };
         if let Ok(mut r) = self.results.lock() {
@@ -147,6 +147,24 @@ impl KafkaProducer {
         let record = BaseRecord::with_opaque_to(topic, seq as usize)
             .key(user_id)
             .payload(json);
+        self.current().send(record).map_err(|(e, _)| e)
+    }
+
+    /// Queues a changelog record to an explicit partition (None: a tombstone).
+    pub fn send_changelog(
+        &self,
+        seq: u64,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), KafkaError> {
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, seq as usize)
+            .partition(partition)
+            .key(key);
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
         self.current().send(record).map_err(|(e, _)| e)
     }
 

@@ -32,6 +32,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tagstream_state::{Cf, StateStore};
 
 use super::{client_config, decode_offset, log_client_error, log_line, offsets_key, RateLimit};
+use crate::changelog::{ensure_topic, read_partition, ChangelogConfig};
 use crate::metrics::Metrics;
 use crate::outbox::Origin;
 use crate::pipeline::{Batch, Control, Message, SourceEvent};
@@ -46,6 +47,11 @@ pub struct KafkaSourceConfig {
     pub options: BTreeMap<String, String>,
     /// At most this many messages per batch.
     pub max_batch: usize,
+    /// The changelog partitions are restored from on assignment (None: no changelog).
+    pub changelog: Option<ChangelogConfig>,
+    /// The changelog topic could not be checked at startup (the cluster was unreachable):
+    /// check (and create) it before joining the group.
+    pub check_changelog: bool,
 }
 
 type Tp = (String, i32);
@@ -62,6 +68,7 @@ struct Context {
     resumed_at: Mutex<HashMap<Tp, i64>>,
     rebalanced: AtomicBool,
     errors: Mutex<RateLimit>,
+    changelog: Option<ChangelogConfig>,
 }
 
 impl ClientContext for Context {
@@ -143,8 +150,48 @@ impl Context {
         }
     }
 
+    /// Hands each engine partition's changelog snapshot to the engine thread and waits until
+    /// it is applied, so that the stored offsets read next are the restored ones.
+    fn restore(&self, parts: &[Tp]) {
+        let Some(config) = &self.changelog else {
+            return;
+        };
+        let partitions: BTreeSet<u32> = parts.iter().map(|(_, p)| *p as u32).collect();
+        for p in partitions {
+            let known = match crate::engine::Engine::changelog_position(self.store.as_ref(), p) {
+                Ok(known) => known,
+                Err(e) => {
+                    self.control.fail(format!(
+                        "reading the changelog position of partition {p}: {e}"
+                    ));
+                    continue;
+                }
+            };
+            match read_partition(config, p, known, &|| self.control.stopping()) {
+                Ok(snapshot) => {
+                    let (done_tx, done_rx) = sync_channel(1);
+                    if self
+                        .tx
+                        .send(SourceEvent::Changelog {
+                            snapshot,
+                            done: done_tx,
+                        })
+                        .is_ok()
+                    {
+                        let _ = done_rx.recv();
+                    }
+                }
+                Err(e) => self.control.fail(format!(
+                    "reading partition {p} of the changelog {}: {e}",
+                    config.topic
+                )),
+            }
+        }
+    }
+
     fn assign(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let parts = Self::elements(tpl);
+        self.restore(&parts);
         for (topic, partition) in &parts {
             match self.start_offset(topic, *partition) {
                 Ok(offset) => {
@@ -380,6 +427,7 @@ impl KafkaSource {
             resumed_at: Mutex::new(HashMap::new()),
             rebalanced: AtomicBool::new(false),
             errors: Mutex::new(RateLimit::default()),
+            changelog: config.changelog.clone(),
         };
         let consumer: BaseConsumer<Context> =
             client_config(&config.brokers, &defaults, &config.options)
@@ -391,14 +439,27 @@ impl KafkaSource {
                     )
                 })?;
         let topics: Vec<&str> = config.topics.iter().map(|s| s.as_str()).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+        let deferred = match (&config.changelog, config.check_changelog) {
+            (Some(c), true) => Some((c.clone(), config.topics.clone())),
+            _ => {
+                consumer
+                    .subscribe(&topics)
+                    .map_err(|e| format!("cannot subscribe to {topics:?}: {e}"))?;
+                None
+            }
+        };
         tracing::info!(brokers = %config.brokers, topics = ?config.topics, group = %config.group_id, "kafka source started");
         let max_batch = config.max_batch.max(1);
         let thread = std::thread::Builder::new()
             .name("kafka-source".into())
-            .spawn(move || poll_loop(consumer, control, metrics, max_batch))
+            .spawn(move || {
+                if let Some((changelog, topics)) = deferred {
+                    if !check_then_subscribe(&consumer, &control, &changelog, &topics) {
+                        return;
+                    }
+                }
+                poll_loop(consumer, control, metrics, max_batch)
+            })
             .map_err(|e| format!("cannot start the kafka source thread: {e}"))?;
         Ok(KafkaSource {
             thread: Some(thread),
@@ -411,6 +472,45 @@ impl KafkaSource {
             let _ = t.join();
         }
     }
+}
+
+/// Checks (or creates) the changelog topic until the cluster answers, then subscribes. Polls in
+/// between, so that the client reports why the cluster cannot be reached. False when the
+/// service stops or the topics do not fit (reported as a failure).
+fn check_then_subscribe(
+    consumer: &BaseConsumer<Context>,
+    control: &Control,
+    changelog: &ChangelogConfig,
+    topics: &[String],
+) -> bool {
+    let mut errors = RateLimit::default();
+    loop {
+        if control.stopping() {
+            return false;
+        }
+        match ensure_topic(changelog, topics, Duration::from_secs(5)) {
+            Ok(()) => break,
+            Err(e) if e.is_user_error() => {
+                control.fail(e.to_string());
+                return false;
+            }
+            Err(e) => {
+                if errors.allow("changelog") {
+                    tracing::warn!(
+                        "kafka consumer: checking the changelog topic {}: {e} (retrying)",
+                        changelog.topic
+                    );
+                }
+                let _ = consumer.poll(Duration::from_millis(500));
+            }
+        }
+    }
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    if let Err(e) = consumer.subscribe(&names) {
+        control.fail(format!("cannot subscribe to {names:?}: {e}"));
+        return false;
+    }
+    true
 }
 
 const MAX_BATCH_BYTES: usize = 16 << 20;

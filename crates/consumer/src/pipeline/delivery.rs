@@ -292,7 +292,7 @@ impl Delivery {
                     continue;
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(_) => {
                         if flight.ingested_ms > 0 {
                             self.metrics.event_to_transition_seconds.observe(
                                 (now_millis() - flight.ingested_ms).max(0) as f64 / 1000.0,

@@ -45,6 +45,7 @@ fn everything() -> Config {
         state: StateConfig {
             dir: PathBuf::from("s"),
             sync: SyncMode::None,
+            changelog_topic: Some("c".into()),
         },
         clock: ClockConfig {
             mode: ClockModeConfig::Wall,

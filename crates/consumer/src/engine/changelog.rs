@@ -1,0 +1,383 @@
+//! The engine's side of the Kafka changelog (see [`crate::changelog`]): staging each commit's
+//! records in `Cf::Changelog`, reading and acknowledging them for the publisher, and replacing
+//! a partition's state by a changelog snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tagstream_rules::state::UserState;
+use tagstream_state::keys::{decode_u64_be, i64_ordered, u64_be};
+use tagstream_state::{Cf, StateStore, WriteBatch};
+
+use super::{partition_meta_key, timer_key, user_key, Engine, META_CLOCK, META_DELETES};
+use crate::changelog::{Checkpoint, Pending, Snapshot, CHECKPOINT_KEY};
+use crate::error::{ConsumerError, Result};
+use crate::kafka::{encode_offset, offsets_key, parse_offsets_key};
+
+/// Next `Cf::Changelog` sequence number.
+pub(super) const META_CHANGELOG_SEQ: &[u8] = b"changelog_seq";
+/// Per partition, the serial of its last staged checkpoint.
+pub(super) const META_CHANGELOG_SERIAL: &[u8] = b"changelog_serial/";
+/// Per partition, the changelog offset and serial of its last checkpoint the broker
+/// acknowledged from here.
+const META_CHANGELOG_ACKED: &[u8] = b"changelog_acked/";
+
+/// Records of one commit to stage for the changelog.
+#[derive(Default)]
+pub(super) struct Staged {
+    pub(super) records: Vec<Pending>,
+    pub(super) partitions: BTreeSet<u32>,
+}
+
+impl Staged {
+    pub(super) fn user(&mut self, partition: u32, user: &str, state: Option<Vec<u8>>) {
+        self.partitions.insert(partition);
+        self.records.push(Pending {
+            partition,
+            key: user.as_bytes().to_vec(),
+            value: state,
+        });
+    }
+}
+
+/// The stored input offsets of `partition`, by topic, with `positions` (this commit's) on top.
+fn offsets_of(
+    store: &dyn StateStore,
+    partition: u32,
+    positions: &[(Vec<u8>, Vec<u8>)],
+) -> Result<BTreeMap<String, i64>> {
+    let mut out = BTreeMap::new();
+    let stored = store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)?;
+    for (k, v) in stored.iter().chain(positions) {
+        if let Some((topic, p)) = parse_offsets_key(k) {
+            if u32::try_from(p).ok() == Some(partition) {
+                if let Some(next) = crate::kafka::decode_offset(v) {
+                    out.insert(topic, next);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Engine {
+    /// Stages `staged` and a checkpoint of each partition it touched into `batch`: `clocks`
+    /// and `deletes` are the partitions' values once the batch is committed.
+    pub(super) fn stage_changelog(
+        &mut self,
+        staged: Staged,
+        clocks: &BTreeMap<u32, i64>,
+        deletes: &BTreeMap<u32, u64>,
+        positions: &[(Vec<u8>, Vec<u8>)],
+        batch: &mut WriteBatch,
+    ) -> Result<()> {
+        let Staged {
+            mut records,
+            partitions,
+        } = staged;
+        for p in partitions {
+            let serial = self.serials.get(&p).copied().unwrap_or(0) + 1;
+            self.serials.insert(p, serial);
+            batch.put(
+                Cf::Meta,
+                partition_meta_key(META_CHANGELOG_SERIAL, p),
+                u64_be(serial).to_vec(),
+            );
+            let checkpoint = Checkpoint {
+                serial,
+                offsets: offsets_of(self.store.as_ref(), p, positions)?,
+                clock: clocks.get(&p).copied(),
+                deletes: deletes.get(&p).copied().unwrap_or(0),
+            };
+            records.push(Pending {
+                partition: p,
+                key: CHECKPOINT_KEY.to_vec(),
+                value: Some(checkpoint.encode()),
+            });
+        }
+        for record in records {
+            batch.put(
+                Cf::Changelog,
+                u64_be(self.changelog_seq).to_vec(),
+                record.encode(),
+            );
+            self.changelog_seq += 1;
+        }
+        batch.put(
+            Cf::Meta,
+            META_CHANGELOG_SEQ,
+            u64_be(self.changelog_seq).to_vec(),
+        );
+        Ok(())
+    }
+
+    /// Whether commits stage changelog records.
+    pub fn changelog_enabled(&self) -> bool {
+        self.options.changelog
+    }
+
+    /// The serial of `partition`'s last checkpoint staged here (0: none).
+    pub fn changelog_serial(&self, partition: u32) -> u64 {
+        self.serials.get(&partition).copied().unwrap_or(0)
+    }
+
+    /// The first staged entry's sequence number (the next one when nothing is staged).
+    pub fn changelog_first(&self) -> Result<u64> {
+        Ok(self
+            .changelog_from(0, 1)?
+            .first()
+            .map_or(self.changelog_seq, |(seq, _)| *seq))
+    }
+
+    /// The sequence number the next staged entry will get.
+    pub fn changelog_next_seq(&self) -> u64 {
+        self.changelog_seq
+    }
+
+    /// Up to `limit` staged entries from sequence number `from` on, in order.
+    pub fn changelog_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Pending)>> {
+        self.store
+            .scan(Cf::Changelog, &u64_be(from), None, limit)?
+            .into_iter()
+            .map(|(k, v)| {
+                let seq = decode_u64_be(&k)
+                    .ok_or_else(|| ConsumerError::Corrupt("changelog key".into()))?;
+                Ok((seq, Pending::decode(&v).map_err(ConsumerError::Corrupt)?))
+            })
+            .collect()
+    }
+
+    /// Deletes the published entries (sequence numbers below `below`) and records where the
+    /// acknowledged checkpoints landed: partition → (offset, serial).
+    pub fn acknowledge_changelog(
+        &self,
+        below: u64,
+        checkpoints: &BTreeMap<u32, (i64, u64)>,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete_range(Cf::Changelog, u64_be(0).to_vec(), u64_be(below).to_vec());
+        for (p, (offset, serial)) in checkpoints {
+            let mut value = offset.to_be_bytes().to_vec();
+            value.extend_from_slice(&u64_be(*serial));
+            batch.put(
+                Cf::Meta,
+                partition_meta_key(META_CHANGELOG_ACKED, *p),
+                value,
+            );
+        }
+        self.store.commit(batch)?;
+        Ok(())
+    }
+
+    /// Where `partition`'s last checkpoint acknowledged from this store sits in the changelog
+    /// (offset, serial), when the store is at least that recent; None otherwise. Read from the
+    /// store directly: the source thread asks before it hands the partition to the engine.
+    pub fn changelog_position(
+        store: &dyn StateStore,
+        partition: u32,
+    ) -> Result<Option<(i64, u64)>> {
+        let Some(v) = store.get(
+            Cf::Meta,
+            &partition_meta_key(META_CHANGELOG_ACKED, partition),
+        )?
+        else {
+            return Ok(None);
+        };
+        let (offset, serial) = match (v.get(..8), v.get(8..)) {
+            (Some(o), Some(s)) => (o.try_into().map(i64::from_be_bytes).ok(), decode_u64_be(s)),
+            _ => (None, None),
+        };
+        let (Some(offset), Some(serial)) = (offset, serial) else {
+            return Err(ConsumerError::Corrupt("changelog position".into()));
+        };
+        let local = store
+            .get(
+                Cf::Meta,
+                &partition_meta_key(META_CHANGELOG_SERIAL, partition),
+            )?
+            .as_deref()
+            .and_then(decode_u64_be)
+            .unwrap_or(0);
+        Ok((local >= serial).then_some((offset, serial)))
+    }
+
+    /// Deletes the staged entries of `partitions` and returns how many there were. Their local
+    /// state is then ahead of the changelog: its serial is reset, so that the partition is
+    /// restored from the changelog (or published in full) when it is assigned here again.
+    pub fn drop_changelog_entries(&mut self, partitions: &[u32]) -> Result<u64> {
+        let mut batch = WriteBatch::new();
+        let mut dropped = 0;
+        for (seq, entry) in self.changelog_from(0, usize::MAX)? {
+            if partitions.contains(&entry.partition) {
+                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+                dropped += 1;
+            }
+        }
+        if dropped == 0 {
+            return Ok(0);
+        }
+        for p in partitions {
+            batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_SERIAL, *p));
+            batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, *p));
+            self.serials.remove(p);
+        }
+        self.store.commit(batch)?;
+        Ok(dropped)
+    }
+
+    /// Whether this store holds any state of `partition`.
+    pub fn has_partition_state(&self, partition: u32) -> Result<bool> {
+        if self.clocks.contains_key(&partition) {
+            return Ok(true);
+        }
+        let (start, end) = tagstream_state::keys::partition_range(partition);
+        Ok(!self
+            .store
+            .scan(Cf::Users, &start, end.as_deref(), 1)?
+            .is_empty())
+    }
+
+    /// The users stored for `partition`: (user id, encoded state).
+    fn partition_users(&self, partition: u32) -> Result<Vec<(String, Vec<u8>)>> {
+        let (start, end) = tagstream_state::keys::partition_range(partition);
+        self.store
+            .scan(Cf::Users, &start, end.as_deref(), usize::MAX)?
+            .into_iter()
+            .map(|(k, v)| {
+                let user = std::str::from_utf8(&k[4..])
+                    .map_err(|_| ConsumerError::Corrupt(format!("user key {k:?}")))?;
+                Ok((user.to_string(), v))
+            })
+            .collect()
+    }
+
+    /// Stages every user of `partition` and a checkpoint (the changelog has never seen this
+    /// partition, but this store has state for it). Returns the number of users.
+    pub fn publish_partition(&mut self, partition: u32) -> Result<u64> {
+        let mut staged = Staged::default();
+        staged.partitions.insert(partition);
+        let users = self.partition_users(partition)?;
+        let n = users.len() as u64;
+        for (user, state) in users {
+            staged.user(partition, &user, Some(state));
+        }
+        let clocks = self.clocks.clone();
+        let deletes = self.deletes.clone();
+        let mut batch = WriteBatch::new();
+        self.stage_changelog(staged, &clocks, &deletes, &[], &mut batch)?;
+        self.store.commit(batch)?;
+        Ok(n)
+    }
+
+    /// Replaces the state of `snapshot.partition` by the snapshot, in one atomic write: users,
+    /// timers, the id dictionary, segment bitmaps, engine time, delete count, input offsets
+    /// and changelog serial. Local entries still staged for the partition are dropped (they
+    /// are older than the snapshot). Emits no transition. Returns the number of users.
+    pub fn restore_partition(&mut self, snapshot: &Snapshot) -> Result<u64> {
+        let p = snapshot.partition;
+        let Some(checkpoint) = &snapshot.checkpoint else {
+            return Ok(0);
+        };
+        if !snapshot.complete {
+            return Err(ConsumerError::Corrupt(format!(
+                "partition {p}: a restore needs the whole changelog partition, not its end"
+            )));
+        }
+        let store = self.store.clone();
+        let mut batch = WriteBatch::new();
+        // What the store holds for the partition goes, except the ids of users that stay.
+        for (user, bytes) in self.partition_users(p)? {
+            batch.delete(Cf::Users, user_key(p, &user));
+            if let Ok(state) = UserState::decode(&bytes) {
+                if let Some(t) = state.next_timer {
+                    batch.delete(Cf::Timers, timer_key(p, t, &user));
+                }
+            }
+            if !snapshot.users.contains_key(&user) {
+                if let Some(id) = self.ids.lookup(store.as_ref(), &user)? {
+                    self.ids.forget(&user, id, &mut batch);
+                }
+            }
+        }
+        let (start, end) = tagstream_state::keys::partition_range(p);
+        for (key, _) in store.scan(Cf::Timers, &start, end.as_deref(), usize::MAX)? {
+            batch.delete(Cf::Timers, key);
+        }
+        self.bitmaps.drop_partition(p, &mut batch);
+        let rules = self.rules.clone();
+        for (user, bytes) in &snapshot.users {
+            let state = UserState::decode(bytes).map_err(|e| {
+                ConsumerError::Corrupt(format!("changelog state of user {user}: {e}"))
+            })?;
+            if state.segments.len() != rules.segments.len() {
+                return Err(ConsumerError::User(format!(
+                    "the changelog state of partition {p} was built with other rules ({} segments, these rules have {}): run with the rules of the previous owner, then reload",
+                    state.segments.len(),
+                    rules.segments.len()
+                )));
+            }
+            batch.put(Cf::Users, user_key(p, user), bytes.clone());
+            if let Some(t) = state.next_timer {
+                batch.put(Cf::Timers, timer_key(p, t, user), Vec::new());
+            }
+            let id = self.ids.get_or_assign(store.as_ref(), user, &mut batch)?;
+            self.bitmaps.mark_present(p, id);
+            for (i, seg) in rules.segments.iter().enumerate() {
+                if state.segments[i].member {
+                    self.bitmaps.insert(&seg.name, p, id);
+                }
+            }
+        }
+        self.bitmaps.flush_dirty(&mut batch);
+        match checkpoint.clock {
+            Some(t) => batch.put(
+                Cf::Meta,
+                partition_meta_key(META_CLOCK, p),
+                i64_ordered(t).to_vec(),
+            ),
+            None => batch.delete(Cf::Meta, partition_meta_key(META_CLOCK, p)),
+        }
+        batch.put(
+            Cf::Meta,
+            partition_meta_key(META_DELETES, p),
+            u64_be(checkpoint.deletes).to_vec(),
+        );
+        batch.put(
+            Cf::Meta,
+            partition_meta_key(META_CHANGELOG_SERIAL, p),
+            u64_be(checkpoint.serial).to_vec(),
+        );
+        batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p));
+        for (k, _) in store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)? {
+            if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(p)) {
+                batch.delete(Cf::Offsets, k);
+            }
+        }
+        let partition = i32::try_from(p).unwrap_or(i32::MAX);
+        for (topic, next) in &checkpoint.offsets {
+            batch.put(
+                Cf::Offsets,
+                offsets_key(topic, partition),
+                encode_offset(*next),
+            );
+        }
+        for (seq, entry) in self.changelog_from(0, usize::MAX)? {
+            if entry.partition == p {
+                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+            }
+        }
+        store.commit(batch)?;
+        if self.options.sync {
+            store.sync()?;
+        }
+        self.ids.committed();
+        match checkpoint.clock {
+            Some(t) => self.clocks.insert(p, t),
+            None => self.clocks.remove(&p),
+        };
+        self.deletes.insert(p, checkpoint.deletes);
+        self.serials.insert(p, checkpoint.serial);
+        self.cache.retain(|(q, _), _| *q != p);
+        self.timer_floor.remove(&p);
+        Ok(snapshot.users.len() as u64)
+    }
+}

@@ -1,0 +1,257 @@
+//! The changelog without a broker: what a commit stages restores, in another store, exactly
+//! the state it came from; and the pipeline loop drops messages of partitions it does not own
+//! (a batch polled before a revocation is never applied after it).
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use tagstream_consumer::changelog::{Checkpoint, Snapshot, CHECKPOINT_KEY};
+use tagstream_consumer::engine::SharedEngine;
+use tagstream_consumer::file_sink::LineSink;
+use tagstream_consumer::kafka::{encode_offset, offsets_key};
+use tagstream_consumer::metrics::Metrics;
+use tagstream_consumer::outbox::Origin;
+use tagstream_consumer::pipeline::{
+    self, Batch, Control, Delivery, Message, PipelineOptions, Route, Shutdown, SourceEvent,
+};
+use tagstream_consumer::{ClockMode, Engine, EngineOptions, Record};
+use tagstream_rules::rules::RuleSet;
+use tagstream_state::{RocksStore, StateStore};
+
+const RULES: &str = r#"
+[[tag]]
+name = "views"
+kind = "count"
+event = "view"
+window = "1d"
+
+[[segment]]
+name = "viewers"
+when = "views >= 2"
+"#;
+
+const T: i64 = 1_732_000_000_000;
+
+fn engine(dir: &std::path::Path, changelog: bool) -> Engine {
+    let store: Arc<dyn StateStore> = Arc::new(RocksStore::open(dir).unwrap());
+    let rules = Arc::new(RuleSet::compile(RULES, "rules").unwrap());
+    let options = EngineOptions {
+        changelog,
+        ..EngineOptions::default()
+    };
+    Engine::open(store, rules, RULES, options).unwrap()
+}
+
+fn view(user: &str, ts: i64) -> String {
+    format!(r#"{{"user_id":"{user}","event":"view","ts":{ts}}}"#)
+}
+
+fn delete(user: &str, ts: i64) -> String {
+    format!(r#"{{"type":"delete","user_id":"{user}","ts":{ts}}}"#)
+}
+
+/// Applies `lines` to partition `p` as Kafka messages from `offset` on.
+fn apply(engine: &mut Engine, p: u32, offset: i64, lines: &[String]) {
+    let records: Vec<Record<'_>> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| Record {
+            partition: p,
+            bytes: l.as_bytes(),
+            origin: Origin::Kafka {
+                topic: "events".into(),
+                partition: p as i32,
+                offset: offset + i as i64,
+                key: None,
+            },
+            fault: None,
+        })
+        .collect();
+    let next = offset + lines.len() as i64;
+    let positions = [(offsets_key("events", p as i32), encode_offset(next))];
+    engine.process(&records, &positions).unwrap();
+}
+
+/// Every user as (id, state bytes) with the partition's engine time.
+fn users(engine: &Engine) -> Vec<(String, Vec<u8>, i64)> {
+    let mut out = Vec::new();
+    engine
+        .for_each_user(&mut |u, s, now| {
+            out.push((u.to_string(), s.encode(), now));
+            Ok(())
+        })
+        .unwrap();
+    out
+}
+
+/// Reads the staged records of `p` as a restore reads the topic: records count once a
+/// checkpoint follows them.
+fn snapshot_of(engine: &Engine, p: u32) -> Snapshot {
+    let mut snapshot = Snapshot {
+        partition: p,
+        complete: true,
+        ..Snapshot::default()
+    };
+    let mut unconfirmed = BTreeMap::new();
+    for (_, entry) in engine.changelog_from(0, usize::MAX).unwrap() {
+        if entry.partition != p {
+            continue;
+        }
+        snapshot.records += 1;
+        if entry.key == CHECKPOINT_KEY {
+            snapshot.checkpoint = Some(Checkpoint::decode(&entry.value.unwrap()).unwrap());
+            for (user, state) in std::mem::take(&mut unconfirmed) {
+                match state {
+                    Some(s) => snapshot.users.insert(user, s),
+                    None => snapshot.users.remove(&user),
+                };
+            }
+        } else {
+            unconfirmed.insert(String::from_utf8(entry.key).unwrap(), entry.value);
+        }
+    }
+    snapshot
+}
+
+#[test]
+fn staged_changelog_restores_the_exact_state_ids_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = engine(&dir.path().join("a"), true);
+    apply(
+        &mut a,
+        0,
+        0,
+        &[view("u1", T), view("u1", T + 1), view("u2", T + 2)],
+    );
+    apply(&mut a, 1, 0, &[view("v1", T), view("v1", T + 5)]);
+    apply(&mut a, 0, 3, &[delete("u2", T + 3), view("u3", T + 4)]);
+    // Timers fire later: u1 leaves `viewers` a day after its views.
+    a.advance(0, T + 2 * 86_400_000).unwrap();
+
+    let mut b = engine(&dir.path().join("b"), true);
+    for p in [0, 1] {
+        let snapshot = snapshot_of(&a, p);
+        let checkpoint = snapshot.checkpoint.clone().unwrap();
+        assert_eq!(checkpoint.serial, a.changelog_serial(p));
+        assert_eq!(checkpoint.clock, a.clock(p));
+        b.restore_partition(&snapshot).unwrap();
+    }
+    assert_eq!(users(&b), users(&a));
+    assert_eq!(b.segment_size("viewers"), a.segment_size("viewers"));
+    assert_eq!(b.segment_size("viewers"), 1, "v1 is still a viewer");
+    assert_eq!(b.timers_pending().unwrap(), a.timers_pending().unwrap());
+    assert!(b.outbox(10).unwrap().is_empty(), "a restore emits nothing");
+    for p in [0, 1] {
+        assert_eq!(b.changelog_serial(p), a.changelog_serial(p));
+        let key = offsets_key("events", p as i32);
+        assert_eq!(
+            b.store().get(tagstream_state::Cf::Offsets, &key).unwrap(),
+            a.store().get(tagstream_state::Cf::Offsets, &key).unwrap()
+        );
+    }
+
+    // Both continue identically: the restored engine times, timers and delete counts are A's.
+    apply(&mut a, 1, 2, &[view("v2", T + 6), view("v2", T + 7)]);
+    apply(&mut b, 1, 2, &[view("v2", T + 6), view("v2", T + 7)]);
+    a.advance(1, T + 3 * 86_400_000).unwrap();
+    b.advance(1, T + 3 * 86_400_000).unwrap();
+    assert_eq!(users(&b), users(&a));
+    let transitions = |e: &Engine| -> Vec<String> {
+        let all = e.outbox(1_000).unwrap();
+        let mut out: Vec<String> = all
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                tagstream_consumer::outbox::OutboxEntry::Transition { json, .. } => Some(json),
+                _ => None,
+            })
+            .collect();
+        out.retain(|j| j.contains("\"v2\"") || j.contains("\"v1\""));
+        out
+    };
+    let from_a = transitions(&a);
+    assert_eq!(
+        transitions(&b),
+        from_a[from_a.len() - transitions(&b).len()..].to_vec()
+    );
+}
+
+#[test]
+fn the_pipeline_drops_messages_of_partitions_it_does_not_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = SharedEngine::new(engine(&dir.path().join("state"), false));
+    let metrics = Metrics::new();
+    let delivery = {
+        let e = engine.lock();
+        Delivery::new(
+            &e,
+            Route::Lines(LineSink::open(dir.path().join("out").to_str().unwrap(), false).unwrap()),
+            Route::Lines(LineSink::open(dir.path().join("dlq").to_str().unwrap(), false).unwrap()),
+            metrics.clone(),
+        )
+        .unwrap()
+    };
+    let message = |p: i32, offset: i64, user: &str| Message {
+        partition: p as u32,
+        bytes: view(user, T + offset).into_bytes(),
+        origin: Origin::Kafka {
+            topic: "events".into(),
+            partition: p,
+            offset,
+            key: None,
+        },
+        fault: None,
+    };
+    let (tx, rx) = sync_channel(16);
+    let (done_tx, done_rx) = sync_channel(1);
+    tx.send(SourceEvent::Assigned(vec![
+        ("events".into(), 0),
+        ("events".into(), 1),
+    ]))
+    .unwrap();
+    tx.send(SourceEvent::Batch(Batch::new(
+        vec![message(0, 0, "a"), message(1, 0, "b")],
+        Vec::new(),
+    )))
+    .unwrap();
+    tx.send(SourceEvent::Revoked {
+        partitions: vec![("events".into(), 1)],
+        done: done_tx,
+    })
+    .unwrap();
+    // Polled before the revocation, handed over after it.
+    tx.send(SourceEvent::Batch(Batch::new(
+        vec![message(0, 1, "a"), message(1, 1, "zombie")],
+        Vec::new(),
+    )))
+    .unwrap();
+    // Never assigned here.
+    tx.send(SourceEvent::Batch(Batch::new(
+        vec![message(2, 0, "stranger")],
+        Vec::new(),
+    )))
+    .unwrap();
+    drop(tx);
+    let options = PipelineOptions {
+        clock: ClockMode::Event,
+        ..PipelineOptions::default()
+    };
+    let summary = pipeline::run(
+        engine.clone(),
+        rx,
+        Control::new(),
+        delivery,
+        None,
+        &metrics,
+        &Shutdown::new(),
+        &options,
+    )
+    .unwrap();
+    assert!(done_rx.recv().is_err(), "the revocation was released");
+    assert_eq!(summary.revoked, 2);
+    assert_eq!(summary.report.applied, 3);
+    let mut e = engine.lock();
+    e.set_owned(None);
+    let names: Vec<String> = users(&e).into_iter().map(|(u, _, _)| u).collect();
+    assert_eq!(names, ["a", "b"]);
+}
