@@ -149,6 +149,8 @@ struct Slot {
 const META_RULES: &[u8] = b"rules";
 const META_RULES_HASH: &[u8] = b"rules_hash";
 const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
+/// Acknowledgements of fewer entries delete them one by one ([`Engine::acknowledge`]).
+const ACK_POINT_DELETES: u64 = 4096;
 const META_CLOCK: &[u8] = b"clock/";
 /// Per partition, how many users its deletes have erased (see [`UserState::incarnation`]).
 const META_DELETES: &[u8] = b"deletes/";
@@ -198,6 +200,8 @@ pub struct Engine {
     ids: UserIds,
     bitmaps: SegmentBitmaps,
     outbox_seq: u64,
+    /// No outbox entry below this sequence number is left (acknowledgements delete from here).
+    outbox_floor: std::sync::atomic::AtomicU64,
     wall_clock: fn() -> Millis,
     /// Per partition, no timer key below this instant is left: scans start here instead of
     /// walking the tombstones of every timer already fired.
@@ -282,6 +286,11 @@ impl Engine {
                 .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
             None => 0,
         };
+        let outbox_floor = match store.scan(Cf::Outbox, &outbox::key(0), None, 1)?.first() {
+            Some((k, _)) => tagstream_state::keys::decode_u64_be(k)
+                .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?,
+            None => outbox_seq,
+        };
         let clocks = load_partition_meta(store.as_ref(), META_CLOCK, "clock", decode_i64_ordered)?;
         let deletes = load_partition_meta(
             store.as_ref(),
@@ -300,6 +309,7 @@ impl Engine {
             ids: UserIds::new(),
             bitmaps,
             outbox_seq,
+            outbox_floor: outbox_floor.into(),
             wall_clock: system_millis,
             timer_floor: BTreeMap::new(),
             history: history::Sampler::default(),
@@ -527,14 +537,32 @@ impl Engine {
     }
 
     /// Deletes delivered outbox entries (all with seq <= `upto`).
+    ///
+    /// A small acknowledgement deletes its entries one by one: a range tombstone per
+    /// acknowledgement (one per delivery round in `run`) piles up in the memtable, and every
+    /// outbox read re-fragments all of them, so reads slowed down with uptime (seconds of
+    /// delivery latency after minutes). Point tombstones sit below the next read's start key and
+    /// cost it nothing. A large one (a replay's file sink) stays one range.
     pub fn acknowledge(&self, upto: u64) -> Result<()> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let from = self.outbox_floor.load(Relaxed);
+        if upto < from {
+            return Ok(());
+        }
         let mut batch = WriteBatch::new();
-        batch.delete_range(
-            Cf::Outbox,
-            outbox::key(0).to_vec(),
-            outbox::key(upto + 1).to_vec(),
-        );
+        if upto - from < ACK_POINT_DELETES {
+            for seq in from..=upto {
+                batch.delete(Cf::Outbox, outbox::key(seq).to_vec());
+            }
+        } else {
+            batch.delete_range(
+                Cf::Outbox,
+                outbox::key(from).to_vec(),
+                outbox::key(upto + 1).to_vec(),
+            );
+        }
         self.store.commit(batch)?;
+        self.outbox_floor.store(upto + 1, Relaxed);
         Ok(())
     }
 

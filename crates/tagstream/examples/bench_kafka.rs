@@ -302,7 +302,10 @@ listen = "127.0.0.1:{port}"
             .args(["run", "--config"])
             .arg(&path)
             .current_dir(&dir)
-            .env("TAGSTREAM_LOG", "info")
+            .env(
+                "TAGSTREAM_LOG",
+                std::env::var("TAGSTREAM_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("TAGSTREAM_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -464,6 +467,24 @@ fn throughput(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     Ok(())
 }
 
+/// Records when the broker acknowledged each latency event (by its index).
+#[derive(Default)]
+struct Acks(Mutex<HashMap<usize, i64>>);
+
+impl rdkafka::ClientContext for Acks {}
+
+impl rdkafka::producer::ProducerContext for Acks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &rdkafka::producer::DeliveryResult<'_>, i: usize) {
+        if result.is_ok() {
+            if let Ok(mut a) = self.0.lock() {
+                a.insert(i, now_ms());
+            }
+        }
+    }
+}
+
 struct Received {
     user: String,
     read_ms: i64,
@@ -532,10 +553,15 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     };
 
     // One second of warm-up (connections, first metadata) at the same rate, not counted.
-    let p = producer(servers, "0", "none")?;
+    let p: BaseProducer<Acks> = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        // librdkafka's default: one request per event overwhelms Tansu's produce path.
+        .set("linger.ms", "5")
+        .create_with_context(Acks::default())
+        .map_err(|e| format!("producer: {e}"))?;
     let warmup = args.rate;
     let total = warmup + args.rate * args.seconds;
-    let mut produced: HashMap<String, i64> = HashMap::with_capacity(total as usize);
+    let mut produced: HashMap<String, (usize, i64)> = HashMap::with_capacity(total as usize);
     let cpu0 = svc.cpu_seconds();
     let start = Instant::now();
     let mut measured_from = start;
@@ -553,9 +579,17 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
             r#"{{"type":"track","event":"purchase","user_id":"{user}","ts":{ts},"properties":{{"amount":150}}}}"#
         );
         let partition = (i % LATENCY_PARTITIONS as u64) as i32;
-        send(&p, topic, partition, user.as_bytes(), event.as_bytes());
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, i as usize)
+            .partition(partition)
+            .key(user.as_bytes())
+            .payload(event.as_bytes());
+        while let Err((_, r)) = p.send(record) {
+            p.poll(Duration::from_millis(5));
+            record = r;
+        }
+        p.poll(Duration::ZERO);
         if i >= warmup {
-            produced.insert(user, ts);
+            produced.insert(user, (i as usize, ts));
         }
     }
     let produce_s = measured_from.elapsed().as_secs_f64();
@@ -574,14 +608,20 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     let received = received.lock().map_err(|e| e.to_string())?;
     let mut e2e = Vec::new();
     let mut ingest = Vec::new();
+    let mut append = Vec::new();
+    let acks = p.context().0.lock().map_err(|e| e.to_string())?;
     for r in received.iter() {
-        if let Some(&sent) = produced.get(&r.user) {
+        if let Some(&(i, sent)) = produced.get(&r.user) {
+            if let Some(acked) = acks.get(&i) {
+                append.push(acked - sent);
+            }
             e2e.push(r.read_ms - sent);
             ingest.push(r.engine_ms - sent);
         }
     }
     e2e.sort_unstable();
     ingest.sort_unstable();
+    append.sort_unstable();
     let q = |v: &[i64], q: f64| -> String {
         if v.is_empty() {
             return "-".into();
@@ -590,7 +630,7 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         format!("{}", v[i])
     };
     println!(
-        "| {} | latency, wall clock, {} partitions, {:.0} ev/s for {}s | {}/{} transitions | e2e ms p50 {} p99 {} max {} | ingest ms p50 {} p99 {} | run CPU {:.0}% of a core |",
+        "| {} | latency, wall clock, {} partitions, {:.0} ev/s for {}s | {}/{} transitions | e2e ms p50 {} p99 {} max {} | ingest ms p50 {} p99 {} | produce ack ms p50 {} p99 {} | run CPU {:.0}% of a core |",
         args.broker,
         LATENCY_PARTITIONS,
         produced.len() as f64 / produce_s,
@@ -602,6 +642,8 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         q(&e2e, 1.0),
         q(&ingest, 0.5),
         q(&ingest, 0.99),
+        q(&append, 0.5),
+        q(&append, 0.99),
         cpu * 100.0
     );
     Ok(())
