@@ -11,6 +11,7 @@
 #   scripts/bench-kafka.sh                       100k events (bench15 rules), 2,000 ev/s for 20 s
 #   BENCH_BROKERS=tansu BENCH_RATE=5000 scripts/bench-kafka.sh
 #   BENCH_SET="source.fetch.wait.max.ms=500" scripts/bench-kafka.sh   (extra librdkafka options)
+#   BENCH_TAGSTREAM=/path/to/other/tagstream scripts/bench-kafka.sh    (compare two builds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tagstream-target}"
@@ -23,7 +24,7 @@ BROKERS="${BENCH_BROKERS:-mock tansu}"
 WORK="${BENCH_DIR:-$PWD/target/bench-kafka}"
 
 cargo build -q -p tagstream --bin tagstream --example bench_kafka
-BIN="$CARGO_TARGET_DIR/debug/tagstream"
+BIN="${BENCH_TAGSTREAM:-$CARGO_TARGET_DIR/debug/tagstream}"
 BENCH="$CARGO_TARGET_DIR/debug/examples/bench_kafka"
 mkdir -p "$WORK"
 INPUT="$WORK/events-$USERS-$EVENTS.ndjson"

@@ -197,6 +197,14 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Res<
     Ok(())
 }
 
+/// The 1-minute load average: these machines are shared, and a loaded one shows in the tails.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -328,10 +336,10 @@ listen = "127.0.0.1:{port}"
 
     /// Sum of `tagstream_events_total` over its outcomes.
     fn events(&self) -> f64 {
-        let Ok(text) = ureq::get(&format!("{}/metrics", self.base))
-            .call()
-            .and_then(|r| Ok(r.into_string()?))
-        else {
+        let Ok(response) = ureq::get(&format!("{}/metrics", self.base)).call() else {
+            return 0.0;
+        };
+        let Ok(text) = response.into_string() else {
             return 0.0;
         };
         text.lines()
@@ -459,10 +467,11 @@ fn throughput(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     let cpu = (svc.cpu_seconds() - cpu0) / run_s;
     let (replay, run) = (n as f64 / replay_s, applied as f64 / run_s);
     println!(
-        "| {} | throughput, 1 partition, event clock, {n} events | replay {replay:.0} ev/s | run {run:.0} ev/s | run/replay {:.2} | run CPU {:.0}% of a core |",
+        "| {} | throughput, 1 partition, event clock, {n} events | replay {replay:.0} ev/s | run {run:.0} ev/s | run/replay {:.2} | run CPU {:.0}% of a core | load {} |",
         args.broker,
         run / replay,
-        cpu * 100.0
+        cpu * 100.0,
+        load()
     );
     Ok(())
 }
@@ -630,7 +639,7 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         format!("{}", v[i])
     };
     println!(
-        "| {} | latency, wall clock, {} partitions, {:.0} ev/s for {}s | {}/{} transitions | e2e ms p50 {} p99 {} max {} | ingest ms p50 {} p99 {} | produce ack ms p50 {} p99 {} | run CPU {:.0}% of a core |",
+        "| {} | latency, wall clock, {} partitions, {:.0} ev/s for {}s | {}/{} transitions | e2e ms p50 {} p99 {} max {} | ingest ms p50 {} p99 {} | produce ack ms p50 {} p99 {} | run CPU {:.0}% of a core | load {} |",
         args.broker,
         LATENCY_PARTITIONS,
         produced.len() as f64 / produce_s,
@@ -644,7 +653,8 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         q(&ingest, 0.99),
         q(&append, 0.5),
         q(&append, 0.99),
-        cpu * 100.0
+        cpu * 100.0,
+        load()
     );
     Ok(())
 }
