@@ -21,6 +21,7 @@ RULES="${BENCH_RULES:-bench15}"
 RATE="${BENCH_RATE:-2000}"
 SECONDS_="${BENCH_SECONDS:-20}"
 BROKERS="${BENCH_BROKERS:-mock tansu}"
+LINGER="${BENCH_LINGER_MS:-5}"   # the latency producer's linger.ms
 WORK="${BENCH_DIR:-$PWD/target/bench-kafka}"
 
 cargo build -q -p tagstream --bin tagstream --example bench_kafka
@@ -40,6 +41,6 @@ echo "| broker | measurement | | | | |"
 echo "|---|---|---|---|---|---|"
 for broker in $BROKERS; do
   "$BENCH" --tagstream "$BIN" --broker "$broker" --input "$INPUT" \
-    --rules "config/rules/$RULES.toml" --rate "$RATE" --seconds "$SECONDS_" \
+    --rules "config/rules/$RULES.toml" --rate "$RATE" --seconds "$SECONDS_" --linger-ms "$LINGER" \
     --work "$WORK/$broker" ${sets[@]+"${sets[@]}"}
 done

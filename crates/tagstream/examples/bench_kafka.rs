@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! bench_kafka --tagstream BIN --broker mock|tansu --input events.ndjson --rules bench15.toml
-//!             [--rate 2000] [--seconds 20] [--work DIR] [--set key=value]...
+//!             [--rate 2000] [--seconds 20] [--linger-ms 5] [--work DIR] [--set key=value]...
 //! ```
 //! `--set` adds `[source.options]` / `[sink.options]` entries (`source.fetch.wait.max.ms=100`),
 //! to compare librdkafka settings. Prints one row per measurement. Not a test: nothing is
@@ -50,6 +50,8 @@ struct Args {
     work: PathBuf,
     sets: Vec<(String, String, String)>,
     skip_throughput: bool,
+    /// `linger.ms` of the latency producer.
+    linger_ms: u64,
 }
 
 fn parse_args() -> Res<Args> {
@@ -63,6 +65,7 @@ fn parse_args() -> Res<Args> {
         work: std::env::temp_dir().join("tagstream-bench-kafka"),
         sets: Vec::new(),
         skip_throughput: false,
+        linger_ms: 5,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,6 +82,7 @@ fn parse_args() -> Res<Args> {
             "--rules" => a.rules = value.into(),
             "--rate" => a.rate = num(&value)?.max(1),
             "--seconds" => a.seconds = num(&value)?.max(1),
+            "--linger-ms" => a.linger_ms = num(&value)?,
             "--work" => a.work = value.into(),
             "--set" => {
                 let (key, v) = value
@@ -564,8 +568,9 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     // One second of warm-up (connections, first metadata) at the same rate, not counted.
     let p: BaseProducer<Acks> = ClientConfig::new()
         .set("bootstrap.servers", servers)
-        // librdkafka's default: one request per event overwhelms Tansu's produce path.
-        .set("linger.ms", "5")
+        // librdkafka's default is 5: at 0, one request per event overwhelms Tansu's produce
+        // path (its acknowledgements then lag by seconds).
+        .set("linger.ms", args.linger_ms.to_string())
         .create_with_context(Acks::default())
         .map_err(|e| format!("producer: {e}"))?;
     let warmup = args.rate;
