@@ -538,11 +538,12 @@ impl Engine {
 
     /// Deletes delivered outbox entries (all with seq <= `upto`).
     ///
-    /// A small acknowledgement deletes its entries one by one: a range tombstone per
-    /// acknowledgement (one per delivery round in `run`) piles up in the memtable, and every
-    /// outbox read re-fragments all of them, so reads slowed down with uptime (seconds of
-    /// delivery latency after minutes). Point tombstones sit below the next read's start key and
-    /// cost it nothing. A large one (a replay's file sink) stays one range.
+    /// A small acknowledgement deletes its entries one by one: range tombstones (one per
+    /// delivery round in `run`) pile up in the memtable until it is flushed, and every outbox
+    /// read fragments all of them — 25 ms a read after 2,000 rounds, against 0.6 µs with point
+    /// deletes (state-store's `examples/outbox_acks.rs`). Point tombstones sit below the next
+    /// read's start key and cost it nothing. A large one (a replay's file sink) stays one range,
+    /// starting where the previous acknowledgement ended so that ranges never overlap.
     pub fn acknowledge(&self, upto: u64) -> Result<()> {
         use std::sync::atomic::Ordering::Relaxed;
         let from = self.outbox_floor.load(Relaxed);
