@@ -4,6 +4,7 @@
 #   make test         the whole test suite (Rust + the Python oracle's self-tests + deploy checks)
 #   make check-deploy deploy/ manifests, alert rules and dashboard (scripts/check-deploy.sh)
 #   make bench        replay throughput as ratios against a parse-only floor (scripts/bench.sh)
+#   make bench-kafka  `run` from Kafka vs replay, and end-to-end latency (scripts/bench-kafka.sh)
 #
 # The C/C++ dependencies (RocksDB, librdkafka) take many minutes to build cold, so builds share
 # one target directory outside the checkout.
@@ -12,7 +13,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug/tagstream
 QS := $(CURDIR)/target/quickstart
 
-.PHONY: deps test-deps build quickstart test lint bench check-deploy
+.PHONY: deps test-deps build quickstart test lint bench bench-kafka check-deploy
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -49,6 +50,11 @@ check-deploy:
 # Replay throughput against a parse-only floor measured in the same run (docs/performance.md).
 bench: deps
 	./scripts/bench.sh
+
+# `tagstream run` against the mock cluster and Tansu: throughput vs replay, end-to-end latency
+# at 2,000 events/s (docs/performance.md). Tansu comes with the test dependencies.
+bench-kafka: test-deps
+	./scripts/bench-kafka.sh
 
 lint: deps
 	cargo fmt --all -- --check

@@ -157,6 +157,7 @@ struct Slot {
 const META_RULES: &[u8] = b"rules";
 const META_RULES_HASH: &[u8] = b"rules_hash";
 const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
+/// Acknowledgements of fewer entries delete them one by one ([`Engine::acknowledge`]).
 const META_CLOCK: &[u8] = b"clock/";
 /// Per partition, how many users its deletes have erased (see [`UserState::incarnation`]).
 const META_DELETES: &[u8] = b"deletes/";
@@ -208,6 +209,8 @@ pub struct Engine {
     ids: UserIds,
     bitmaps: SegmentBitmaps,
     outbox_seq: u64,
+    /// No outbox entry below this sequence number is left (acknowledgements delete from here).
+    outbox_floor: std::sync::atomic::AtomicU64,
     wall_clock: fn() -> Millis,
     /// Per partition, no timer key below this instant is left: scans start here instead of
     /// walking the tombstones of every timer already fired.
@@ -312,6 +315,11 @@ impl Engine {
                 .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
             None => 0,
         };
+        let outbox_floor = match store.scan(Cf::Outbox, &outbox::key(0), None, 1)?.first() {
+            Some((k, _)) => tagstream_state::keys::decode_u64_be(k)
+                .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?,
+            None => outbox_seq,
+        };
         let clocks = load_partition_meta(store.as_ref(), META_CLOCK, "clock", decode_i64_ordered)?;
         let deletes = load_partition_meta(
             store.as_ref(),
@@ -341,6 +349,7 @@ impl Engine {
             ids: UserIds::new(),
             bitmaps,
             outbox_seq,
+            outbox_floor: outbox_floor.into(),
             wall_clock: system_millis,
             timer_floor: BTreeMap::new(),
             history: history::Sampler::default(),
@@ -572,9 +581,16 @@ impl Engine {
         outbox::read_from(self.store.as_ref(), from, limit)
     }
 
-    /// Deletes delivered outbox entries (all with seq <= `upto`).
+    /// Deletes delivered outbox entries (all with seq <= `upto`; see [`outbox::acknowledge`]).
     pub fn acknowledge(&self, upto: u64) -> Result<()> {
-        outbox::acknowledge(self.store.as_ref(), upto)
+        use std::sync::atomic::Ordering::Relaxed;
+        let from = self.outbox_floor.load(Relaxed);
+        if upto < from {
+            return Ok(());
+        }
+        outbox::acknowledge(self.store.as_ref(), from, upto)?;
+        self.outbox_floor.store(upto + 1, Relaxed);
+        Ok(())
     }
 
     /// The sequence number the next outbox entry will get. Entries are assigned consecutive

@@ -79,11 +79,30 @@ pub fn read_from(
         .collect()
 }
 
-/// Deletes delivered entries (all with seq <= `upto`). Safe beside engine commits, which only
-/// add entries above every delivered one.
-pub fn acknowledge(store: &dyn StateStore, upto: u64) -> Result<()> {
+/// Acknowledgements of fewer entries than this delete them one by one.
+const ACK_POINT_DELETES: u64 = 4096;
+
+/// Deletes delivered entries `from..=upto` (every entry below `from` is gone already). Safe
+/// beside engine commits, which only add entries above every delivered one.
+///
+/// A small acknowledgement deletes its entries one by one: range tombstones (one per delivery
+/// round in `run`) pile up in the memtable until it is flushed, and every outbox read fragments
+/// all of them — 25 ms a read after 2,000 rounds, against 0.6 µs with point deletes
+/// (state-store's `examples/outbox_acks.rs`). Point tombstones sit below the next read's start
+/// key and cost it nothing. A large one (a replay's file sink) stays one range, starting where
+/// the previous acknowledgement ended so that ranges never overlap.
+pub fn acknowledge(store: &dyn StateStore, from: u64, upto: u64) -> Result<()> {
+    if upto < from {
+        return Ok(());
+    }
     let mut batch = WriteBatch::new();
-    batch.delete_range(Cf::Outbox, key(0).to_vec(), key(upto + 1).to_vec());
+    if upto - from < ACK_POINT_DELETES {
+        for seq in from..=upto {
+            batch.delete(Cf::Outbox, key(seq).to_vec());
+        }
+    } else {
+        batch.delete_range(Cf::Outbox, key(from).to_vec(), key(upto + 1).to_vec());
+    }
     store.commit(batch)?;
     Ok(())
 }

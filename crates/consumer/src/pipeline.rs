@@ -77,6 +77,37 @@ impl Batch {
             received: Instant::now(),
         }
     }
+
+    /// Appends a later batch: its messages after these, its positions after these (a later
+    /// position of the same input overwrites an earlier one in the commit).
+    fn absorb(&mut self, later: Batch) {
+        self.messages.extend(later.messages);
+        self.positions.extend(later.positions);
+        self.received = self.received.min(later.received);
+    }
+}
+
+/// At most this many messages are merged into one engine batch by [`coalesce`].
+const MAX_COALESCED: usize = 16_384;
+
+/// Merges the batches queued behind `batch` into it, in order, stopping at the first event that
+/// is not a batch (returned, to be handled next, after the merged batch is committed).
+///
+/// Sources hand over a batch as soon as a poll finds nothing more, so that a lone event is
+/// applied at once. While the engine thread is busy (a commit, an fsync with `state.sync =
+/// "batch"`), such small batches queue up; committing them one by one would pay the per-commit
+/// cost (and an fsync) for each, and the last would wait for all of them. Merged, they cost one
+/// commit. Batch boundaries do not change results: the engine applies messages in order either
+/// way.
+fn coalesce(mut batch: Batch, rx: &Receiver<SourceEvent>) -> (Batch, Option<SourceEvent>) {
+    while batch.messages.len() < MAX_COALESCED {
+        match rx.try_recv() {
+            Ok(SourceEvent::Batch(later)) => batch.absorb(later),
+            Ok(other) => return (batch, Some(other)),
+            Err(_) => break,
+        }
+    }
+    (batch, None)
 }
 
 /// What a source hands to the engine thread.
@@ -404,6 +435,8 @@ impl Loop<'_> {
         let mut stopping = false;
         let mut next_tick = Instant::now();
         let mut next_slow = Instant::now();
+        // An event received while coalescing batches, handled before anything else.
+        let mut deferred: Option<SourceEvent> = None;
         loop {
             if let Some(message) = self.control.failure() {
                 return Err(internal(message));
@@ -419,8 +452,16 @@ impl Loop<'_> {
                 Duration::from_millis(100)
             };
             let wait = idle.min(next_tick.saturating_duration_since(Instant::now()));
-            match rx.recv_timeout(wait) {
-                Ok(SourceEvent::Batch(batch)) => self.batch(batch)?,
+            let received = match deferred.take() {
+                Some(event) => Ok(event),
+                None => rx.recv_timeout(wait),
+            };
+            match received {
+                Ok(SourceEvent::Batch(batch)) => {
+                    let (batch, next) = coalesce(batch, rx);
+                    deferred = next;
+                    self.batch(batch)?;
+                }
                 Ok(SourceEvent::Assigned(parts)) => {
                     tracing::info!(partitions = ?parts, "partitions assigned");
                     // Event mode: timers that became due in a partition's last batch fire at the
@@ -739,5 +780,75 @@ impl Loop<'_> {
                 .set(engine.store().approximate_size_bytes() as i64);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+
+    fn batch(lines: &[&str], position: &str) -> SourceEvent {
+        let messages = lines
+            .iter()
+            .map(|l| Message {
+                partition: 0,
+                bytes: l.as_bytes().to_vec(),
+                origin: Origin::Line {
+                    source: "test".into(),
+                    line: 0,
+                },
+                fault: None,
+            })
+            .collect();
+        SourceEvent::Batch(Batch::new(
+            messages,
+            vec![(b"pos".to_vec(), position.as_bytes().to_vec())],
+        ))
+    }
+
+    fn texts(b: &Batch) -> Vec<String> {
+        b.messages
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.bytes).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn queued_batches_merge_in_order_up_to_the_next_control_event() {
+        let (tx, rx) = sync_channel(8);
+        tx.send(batch(&["b1", "b2"], "2")).unwrap();
+        tx.send(batch(&["c1"], "3")).unwrap();
+        tx.send(SourceEvent::Assigned(vec![("events".into(), 1)]))
+            .unwrap();
+        tx.send(batch(&["d1"], "4")).unwrap();
+        let SourceEvent::Batch(first) = batch(&["a1"], "1") else {
+            unreachable!()
+        };
+        let (merged, next) = coalesce(first, &rx);
+        assert_eq!(texts(&merged), ["a1", "b1", "b2", "c1"]);
+        // Later positions come last, so they win in the commit.
+        let positions: Vec<&[u8]> = merged.positions.iter().map(|(_, v)| &v[..]).collect();
+        assert_eq!(positions, [b"1", b"2", b"3"]);
+        // The assignment is handed back, and the batch after it is left for later.
+        assert!(
+            matches!(next, Some(SourceEvent::Assigned(ref p)) if p == &[("events".to_string(), 1)])
+        );
+        let Ok(SourceEvent::Batch(rest)) = rx.try_recv() else {
+            panic!("the batch after the assignment must stay queued")
+        };
+        assert_eq!(texts(&rest), ["d1"]);
+    }
+
+    #[test]
+    fn a_lone_batch_is_handed_back_unchanged() {
+        let (_tx, rx) = sync_channel::<SourceEvent>(1);
+        let SourceEvent::Batch(only) = batch(&["x"], "1") else {
+            unreachable!()
+        };
+        let (merged, next) = coalesce(only, &rx);
+        assert_eq!(texts(&merged), ["x"]);
+        assert!(next.is_none());
     }
 }

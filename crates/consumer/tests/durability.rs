@@ -61,10 +61,12 @@ struct RecordSteps {
 impl Hooks for RecordSteps {
     fn commit(&self, batch: &WriteBatch) -> Result<(), StoreError> {
         let ops = batch.ops();
-        if ops
-            .iter()
-            .any(|op| matches!(op, Op::DeleteRange(Cf::Outbox, ..)))
-        {
+        if ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::DeleteRange(Cf::Outbox, ..) | Op::Delete(Cf::Outbox, ..)
+            )
+        }) {
             record(&self.log, Step::Ack);
         } else if ops.iter().any(|op| matches!(op, Op::Put(Cf::Outbox, ..))) {
             record(&self.log, Step::Commit);

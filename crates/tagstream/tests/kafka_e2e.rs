@@ -1148,6 +1148,52 @@ fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
     assert!(cluster.read_all(DLQ).is_empty());
 }
 
+/// A source hands over what a poll found without waiting for a full batch (`max_batch` is
+/// 4096): events produced one at a time, each only after the previous one's transition came
+/// back from the sink topic, are each applied and delivered on their own. A source that waited
+/// for more input would never deliver the first.
+#[test]
+fn a_lone_event_is_applied_and_delivered_without_waiting_for_a_full_batch() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let mut service = Service::new(&dir, &cluster, "lone", "");
+    let child = service.spawn();
+    let base = 1_732_060_800_000i64;
+    for i in 0..3 {
+        let user = format!("lone-{i}");
+        let event = format!(
+            r#"{{"type":"track","event":"purchase","user_id":"{user}","ts":{},"properties":{{"amount":150}}}}"#,
+            base + i * 60_000
+        );
+        cluster.produce(&[Msg {
+            partition: partition_of(user.as_bytes(), PARTITIONS),
+            key: Some(user.clone().into_bytes()),
+            payload: Some(event.into_bytes()),
+        }]);
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let entered = cluster.read_all(TRANSITIONS).iter().any(|r| {
+                let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+                v["user_id"] == user.as_str()
+                    && v["type"] == "segment_enter"
+                    && v["segment"] == "spender_7d"
+            });
+            if entered {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "event {i} alone was not applied and delivered:\n{}",
+                tail(&service.log(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    service.stop(child);
+    let users: Vec<String> = service.dump().iter().map(|l| user_of(l)).collect();
+    assert_eq!(users, ["lone-0", "lone-1", "lone-2"]);
+}
+
 /// Consumed events/s end to end (decode, rules, RocksDB commit, transitions produced and
 /// acknowledged): `cargo test -p tagstream --test kafka_e2e throughput -- --ignored --nocapture`.
 #[test]

@@ -223,7 +223,7 @@ impl Delivery {
             watermark = watermark.min(seq);
         }
         if watermark > self.first_unacked {
-            outbox::acknowledge(store, watermark - 1)?;
+            outbox::acknowledge(store, self.first_unacked, watermark - 1)?;
             self.truncate = self.truncate.split_off(&watermark);
             self.shrink = self.shrink.split_off(&watermark);
             self.oversized = self.oversized.split_off(&watermark);
