@@ -1055,6 +1055,9 @@ impl<'e> Run<'e> {
         for (k, v) in positions {
             batch.put(Cf::Offsets, k.clone(), v.clone());
         }
+        // The changelog sequence and serials are staged in memory; a batch that does not commit
+        // puts them back.
+        let changelog_before = (self.engine.changelog_seq, self.engine.serials.clone());
         if let Some(mut staged) = staged {
             staged.partitions.extend(self.clock_changed.iter().copied());
             for (p, n) in &self.deletes {
@@ -1067,16 +1070,20 @@ impl<'e> Run<'e> {
                     staged.partitions.extend(u32::try_from(p).ok());
                 }
             }
-            self.engine.stage_changelog(
+            if let Err(e) = self.engine.stage_changelog(
                 staged,
                 &self.clocks,
                 &self.deletes,
                 positions,
                 &mut batch,
-            )?;
+            ) {
+                (self.engine.changelog_seq, self.engine.serials) = changelog_before;
+                return Err(e);
+            }
         }
         batch.append(std::mem::take(&mut self.extra));
         if let Err(e) = store.commit(batch) {
+            (self.engine.changelog_seq, self.engine.serials) = changelog_before;
             if let Some(m) = &self.engine.metrics {
                 m.state_commit_failures.inc();
             }
