@@ -52,6 +52,16 @@ pub enum StoreError {
         source: rocksdb::Error,
     },
 
+    /// A write to a column family that a read-only open found missing (a state dir written by
+    /// an older version, opened read-only, has none of the newer column families).
+    #[error("column family `{cf}` does not exist in state dir {path} (opened read-only); open it read-write once with this version to create it")]
+    MissingColumnFamily {
+        /// The state directory.
+        path: PathBuf,
+        /// The column family.
+        cf: &'static str,
+    },
+
     /// An atomic commit failed; none of its operations were applied.
     #[error("committing a batch of {ops} operations to state dir {path}: {source}")]
     Commit {

@@ -102,13 +102,22 @@ impl RocksStore {
         db_opts.set_max_log_file_size(16 * MIB);
 
         let cache = Cache::new_lru_cache(options.block_cache_bytes);
+        let existing = DBWithThreadMode::<SingleThreaded>::list_cf(&db_opts, dir).ok();
+        // A read-only open cannot create the column families an older version did not have:
+        // those read as empty (see `handle`).
         let mut descriptors: Vec<ColumnFamilyDescriptor> = Cf::ALL
             .iter()
+            .filter(|cf| {
+                !options.read_only
+                    || existing
+                        .as_ref()
+                        .is_none_or(|names| names.iter().any(|n| n == cf.name()))
+            })
             .map(|&cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(cf, &cache)))
             .collect();
         // Column families written by a newer version must be opened too, or RocksDB
         // refuses the directory; they keep default options. (Fails on a new directory.)
-        if let Ok(existing) = DBWithThreadMode::<SingleThreaded>::list_cf(&db_opts, dir) {
+        if let Some(existing) = existing {
             for name in existing {
                 let known = name == DEFAULT_COLUMN_FAMILY_NAME
                     || Cf::ALL.iter().any(|cf| cf.name() == name);
@@ -156,12 +165,10 @@ impl RocksStore {
         &self.path
     }
 
-    fn handle(&self, cf: Cf) -> &ColumnFamily {
-        // Every `Cf` is in the descriptors passed to open, which fails unless it opens
-        // them all; a missing handle is a bug, not an IO condition.
-        self.db
-            .cf_handle(cf.name())
-            .expect("every column family is created at open")
+    /// The column family's handle: always there, except in a directory written by an older
+    /// version and opened read-only, where a missing column family reads as empty.
+    fn handle(&self, cf: Cf) -> Option<&ColumnFamily> {
+        self.db.cf_handle(cf.name())
     }
 
     fn read_err(&self, cf: Cf) -> impl FnOnce(rocksdb::Error) -> StoreError + '_ {
@@ -190,7 +197,10 @@ impl RocksStore {
             read_opts.set_iterate_upper_bound(end);
         }
         read_opts.fill_cache(fill_cache);
-        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf), read_opts);
+        let Some(handle) = self.handle(cf) else {
+            return Ok(());
+        };
+        let mut it = self.db.raw_iterator_cf_opt(handle, read_opts);
         it.seek(start);
         while let Some((k, v)) = it.item() {
             if !f(k, v) {
@@ -262,14 +272,18 @@ fn cf_options(cf: Cf, cache: &Cache) -> Options {
 
 impl StateStore for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db
-            .get_cf(self.handle(cf), key)
-            .map_err(self.read_err(cf))
+        let Some(handle) = self.handle(cf) else {
+            return Ok(None);
+        };
+        self.db.get_cf(handle, key).map_err(self.read_err(cf))
     }
 
     fn multi_get(&self, cf: Cf, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let Some(handle) = self.handle(cf) else {
+            return Ok(vec![None; keys.len()]);
+        };
         self.db
-            .batched_multi_get_cf(self.handle(cf), keys.iter(), false)
+            .batched_multi_get_cf(handle, keys.iter(), false)
             .into_iter()
             .map(|r| r.map(|v| v.map(|v| v.to_vec())).map_err(self.read_err(cf)))
             .collect()
@@ -320,12 +334,21 @@ impl StateStore for RocksStore {
         }
         let mut wb = rocksdb::WriteBatch::default();
         for op in staged {
+            let cf = match &op {
+                Op::Put(cf, ..) | Op::Delete(cf, _) | Op::DeleteRange(cf, ..) => *cf,
+            };
+            let handle = self
+                .handle(cf)
+                .ok_or_else(|| StoreError::MissingColumnFamily {
+                    path: self.path.clone(),
+                    cf: cf.name(),
+                })?;
             match op {
-                Op::Put(cf, k, v) => wb.put_cf(self.handle(cf), k, v),
-                Op::Delete(cf, k) => wb.delete_cf(self.handle(cf), k),
+                Op::Put(_, k, v) => wb.put_cf(handle, k, v),
+                Op::Delete(_, k) => wb.delete_cf(handle, k),
                 // RocksDB rejects an inverted range; ours is an empty one.
                 Op::DeleteRange(_, start, end) if start >= end => {}
-                Op::DeleteRange(cf, start, end) => wb.delete_range_cf(self.handle(cf), start, end),
+                Op::DeleteRange(_, start, end) => wb.delete_range_cf(handle, start, end),
             }
         }
         self.db
@@ -346,10 +369,8 @@ impl StateStore for RocksStore {
 
     fn approximate_size_bytes(&self) -> u64 {
         let prop = |cf: Cf, name: &PropName| {
-            self.db
-                .property_int_value_cf(self.handle(cf), name)
-                .ok()
-                .flatten()
+            self.handle(cf)
+                .and_then(|h| self.db.property_int_value_cf(h, name).ok().flatten())
                 .unwrap_or(0)
         };
         Cf::ALL
@@ -373,21 +394,21 @@ impl RocksStore {
         let cf_sum = |name: &PropName| {
             Cf::ALL.iter().try_fold(0u64, |sum, &cf| {
                 let v = self
-                    .db
-                    .property_int_value_cf(self.handle(cf), name)
-                    .ok()
-                    .flatten()?;
+                    .handle(cf)
+                    .and_then(|h| self.db.property_int_value_cf(h, name).ok().flatten())
+                    .unwrap_or(0);
                 Some(sum + v)
             })
         };
         crate::StoreHealth {
             // One cache is shared by our column families, so any of their handles reports
             // all of it (the default column family has a cache of its own).
-            block_cache_usage_bytes: self
-                .db
-                .property_int_value_cf(self.handle(Cf::ALL[0]), properties::BLOCK_CACHE_USAGE)
-                .ok()
-                .flatten(),
+            block_cache_usage_bytes: self.handle(Cf::ALL[0]).and_then(|h| {
+                self.db
+                    .property_int_value_cf(h, properties::BLOCK_CACHE_USAGE)
+                    .ok()
+                    .flatten()
+            }),
             pending_compaction_bytes: cf_sum(properties::ESTIMATE_PENDING_COMPACTION_BYTES),
             write_stopped: db_prop(properties::IS_WRITE_STOPPED).map(|v| v != 0),
             delayed_write_rate: db_prop(properties::ACTUAL_DELAYED_WRITE_RATE),
