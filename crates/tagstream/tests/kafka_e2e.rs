@@ -209,17 +209,7 @@ impl Cluster {
             if let Some(p) = &m.payload {
                 record = record.payload(p.as_slice());
             }
-            let mut record = record;
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
+            common::send_retrying(&producer, record);
         }
         producer.flush(Duration::from_secs(60)).unwrap();
     }
@@ -445,30 +435,7 @@ listen = "127.0.0.1:0"
     }
 
     fn stop(&self, mut child: Proc) {
-        let pid = child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tagstream did not stop after SIGTERM:\n{}",
-                tail(&self.log(), 40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit status after SIGTERM:\n{}",
-            tail(&self.log(), 40)
-        );
+        common::stop_gracefully(&mut child, DEADLINE, &self.log());
     }
 
     fn dump(&self) -> Vec<String> {

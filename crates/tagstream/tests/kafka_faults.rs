@@ -62,19 +62,10 @@ impl Cluster {
             .create()
             .unwrap();
         for p in payloads {
-            let mut record = BaseRecord::<[u8], [u8]>::to(EVENTS)
+            let record = BaseRecord::<[u8], [u8]>::to(EVENTS)
                 .partition(0)
                 .payload(p.as_bytes());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
+            common::send_retrying(&producer, record);
         }
         producer.flush(Duration::from_secs(60)).unwrap();
     }
@@ -148,7 +139,8 @@ struct Service {
 impl Service {
     /// Writes the rules and a configuration reading `events` of `cluster`, with the state in
     /// `dir/state`; `sink` and `extra` complete it.
-    fn new(dir: &Path, cluster: &Cluster, sink: &str, extra: &str) -> Service {
+    /// `state` goes into the `[state]` table (e.g. `changelog_topic = ""`).
+    fn new(dir: &Path, cluster: &Cluster, sink: &str, state: &str) -> Service {
         std::fs::write(dir.join("rules.toml"), RULES).unwrap();
         let config = dir.join("tagstream.toml");
         let text = format!(
@@ -171,11 +163,12 @@ kind = "file"
 path = "dlq.ndjson"
 [state]
 dir = "state"
+{state}
 [clock]
 mode = "event"
 [api]
 listen = "127.0.0.1:0"
-{extra}"#,
+"#,
             servers = cluster.servers
         );
         std::fs::write(&config, text).unwrap();
@@ -249,30 +242,7 @@ listen = "127.0.0.1:0"
     }
 
     fn stop(&self, mut child: Proc) {
-        let pid = child.0.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tagstream did not stop after SIGTERM:\n{}",
-                tail(&self.log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit status after SIGTERM:\n{}",
-            tail(&self.log, 40)
-        );
+        common::stop_gracefully(&mut child.0, DEADLINE, &self.log);
     }
 }
 
@@ -405,7 +375,8 @@ fn an_input_offset_that_retention_deleted_is_detected_logged_and_counted() {
 fn a_producer_fatal_error_replaces_the_producer_and_delivery_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = Cluster::new();
-    let service = Service::new(dir.path(), &cluster, KAFKA_SINK, "");
+    // Without a changelog, tagstream's first produce request is the sink's.
+    let service = Service::new(dir.path(), &cluster, KAFKA_SINK, "changelog_topic = \"\"");
     cluster.produce(&[profile("u1", "a", T), profile("u2", "b", T + 1)], "none");
     // The next produce request — tagstream's first — fails as if the broker had lost the
     // producer's sequence: librdkafka raises a fatal error and fails every later message.

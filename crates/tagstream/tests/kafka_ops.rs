@@ -82,20 +82,11 @@ impl Cluster {
             .create()
             .unwrap();
         for m in messages {
-            let mut record = BaseRecord::<[u8], [u8]>::to(EVENTS)
+            let record = BaseRecord::<[u8], [u8]>::to(EVENTS)
                 .partition(m.partition)
                 .key(m.key.as_slice())
                 .payload(m.payload.as_slice());
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        producer.poll(Duration::from_millis(10));
-                        record = r;
-                    }
-                }
-            }
-            producer.poll(Duration::ZERO);
+            common::send_retrying(&producer, record);
         }
         producer.flush(Duration::from_secs(60)).unwrap();
     }
@@ -154,30 +145,7 @@ impl Service {
     }
 
     fn stop(&self, mut child: Proc) {
-        let pid = child.0.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = child.0.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "tagstream did not stop after SIGTERM:\n{}",
-                tail(&self.log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert_eq!(
-            status.code(),
-            Some(0),
-            "exit status after SIGTERM:\n{}",
-            tail(&self.log, 40)
-        );
+        common::stop_gracefully(&mut child.0, DEADLINE, &self.log);
     }
 }
 

@@ -218,20 +218,11 @@ fn produce(servers: &str, lines: &[(i32, String)]) {
         .unwrap();
     for (p, l) in lines {
         let key = user_of(l);
-        let mut record = BaseRecord::<str, str>::to(EVENTS)
+        let record = BaseRecord::<str, str>::to(EVENTS)
             .partition(*p)
             .key(key.as_str())
             .payload(l.as_str());
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    producer.poll(Duration::from_millis(10));
-                    record = r;
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
+        common::send_retrying(&producer, record);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
 }

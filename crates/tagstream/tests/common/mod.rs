@@ -71,6 +71,50 @@ pub fn sigterm(child: &std::process::Child) {
         .success());
 }
 
+/// Stops a `tagstream run` with SIGTERM and checks that it exits 0 within `within` (a graceful
+/// shutdown); `log` is shown when it does not.
+pub fn stop_gracefully(child: &mut std::process::Child, within: std::time::Duration, log: &Path) {
+    sigterm(child);
+    let deadline = std::time::Instant::now() + within;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tagstream did not stop within {within:?} of SIGTERM:\n{}",
+            tail(log, 40)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM:\n{}",
+        tail(log, 40)
+    );
+}
+
+/// Sends `record`, waiting for room in the producer's queue when it is full.
+pub fn send_retrying<'a, K, P>(
+    producer: &rdkafka::producer::BaseProducer,
+    mut record: rdkafka::producer::BaseRecord<'a, K, P>,
+) where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                producer.poll(std::time::Duration::from_millis(10));
+                record = r;
+            }
+        }
+    }
+    producer.poll(std::time::Duration::ZERO);
+}
+
 /// FNV-1a over the key: the tests' own partitioner (messages go to explicit partitions).
 pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
     let mut h: u32 = 0x811c9dc5;
