@@ -3,7 +3,7 @@
 //! time — once at the end of the stream and again after `--advance-to` 60 days later.
 
 mod common;
-use common::{compare_with_oracle, repo_root};
+use common::{compare_with_oracle, repo_root, run_oracle};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -21,38 +21,15 @@ fn tagstream(args: &[&str]) -> std::process::Output {
 }
 
 fn oracle(rules: &Path, input: &Path, now: Option<i64>) -> Vec<u8> {
-    let script = repo_root().join("tests/oracle/oracle.py");
-    let mut cmd = Command::new("python3");
-    cmd.arg(script)
-        .arg("--rules")
-        .arg(rules)
-        .arg("--input")
-        .arg(input);
-    if let Some(now) = now {
-        cmd.arg("--now").arg(now.to_string());
-    }
-    let out = cmd
-        .output()
-        .expect("python3 is needed for the differential test");
-    assert!(
-        out.status.success(),
-        "oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let args: Vec<String> = now
+        .map(|n| vec!["--now".into(), n.to_string()])
+        .unwrap_or_default();
+    run_oracle(rules, input, &args).0
 }
 
 fn last_engine_time(rules: &Path, input: &Path) -> i64 {
     // The event clock is the largest applied event time; the oracle reports it with --stats.
-    let out = Command::new("python3")
-        .arg(repo_root().join("tests/oracle/oracle.py"))
-        .args(["--stats", "--rules"])
-        .arg(rules)
-        .arg("--input")
-        .arg(input)
-        .output()
-        .unwrap();
-    let stats = String::from_utf8_lossy(&out.stderr);
+    let (_, stats) = run_oracle(rules, input, &[]);
     let clock = stats
         .split(|c: char| !c.is_ascii_digit() && c != '-')
         .filter_map(|w| w.parse::<i64>().ok())

@@ -7,7 +7,7 @@
 //! end of the stream and again after `--advance-to` 60 days later.
 
 mod common;
-use common::{compare_with_oracle, repo_root};
+use common::{compare_with_oracle, repo_root, run_oracle};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,29 +31,11 @@ fn tagstream(args: &[&str]) -> Vec<u8> {
 
 /// The oracle's dump, and its `--stats` line.
 fn oracle(rules: &Path, input: &Path, format: &str, now: Option<i64>) -> (Vec<u8>, String) {
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo_root().join("tests/oracle/oracle.py"))
-        .arg("--stats")
-        .arg("--rules")
-        .arg(rules)
-        .arg("--input")
-        .arg(input)
-        .args(["--format", format]);
+    let mut args = vec!["--format".to_string(), format.to_string()];
     if let Some(now) = now {
-        cmd.arg("--now").arg(now.to_string());
+        args.extend(["--now".to_string(), now.to_string()]);
     }
-    let out = cmd
-        .output()
-        .expect("python3 is needed for the differential test");
-    assert!(
-        out.status.success(),
-        "oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_oracle(rules, input, &args)
 }
 
 /// `key=<integer>` from the oracle's stats line.

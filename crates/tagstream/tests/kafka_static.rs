@@ -34,20 +34,8 @@ const GROUP: &str = "ts-static";
 const SESSION_TIMEOUT_MS: u64 = 30_000;
 const DEADLINE: Duration = Duration::from_secs(120);
 
-/// Polls `f` until it returns a value; panics after [`DEADLINE`] with `what` and `context()`.
-fn wait_for<T>(what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {DEADLINE:?} waiting for {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(what: &str, context: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    common::wait_for(what, DEADLINE, context, f)
 }
 
 /// The `tansu` binary: on PATH or in Cargo's bin directory.

@@ -13,7 +13,7 @@ mod common;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{fetch_metrics, metric_sum, spawn_run, tail};
 use rdkafka::config::ClientConfig;
@@ -35,19 +35,8 @@ name = "viewers"
 when = "views >= 1"
 "#;
 
-fn wait_for<T>(what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_for<T>(what: &str, context: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    common::wait_for(what, DEADLINE, context, f)
 }
 
 /// A program on PATH or in Cargo's bin directory.

@@ -232,3 +232,49 @@ pub fn write_file_service(dir: &Path, events: usize, rules: &str, token: &str) -
     .unwrap();
     lines
 }
+
+/// Runs the independent oracle (`tests/oracle/oracle.py --stats`) on `input` with `rules` and
+/// any further arguments (`--format`, `--now`); returns its dump and its stats line.
+pub fn run_oracle(rules: &Path, input: &Path, args: &[String]) -> (Vec<u8>, String) {
+    let out = Command::new("python3")
+        .arg(repo_root().join("tests/oracle/oracle.py"))
+        .arg("--stats")
+        .arg("--rules")
+        .arg(rules)
+        .arg("--input")
+        .arg(input)
+        .args(args)
+        .output()
+        .expect("python3 is needed for the differential tests");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` every 100 ms until it returns a value; panics after `within` with `what` and
+/// `context()`.
+pub fn wait_for<T>(
+    what: &str,
+    within: std::time::Duration,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}\n{}",
+            context()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
