@@ -416,40 +416,30 @@ impl Engine {
         records: &[Record<'_>],
         positions: &[(Vec<u8>, Vec<u8>)],
     ) -> Result<BatchReport> {
+        let mut batch = self.begin()?;
+        batch.apply(records)?;
+        batch.commit(positions)
+    }
+
+    /// Starts a batch that can take its records in several chunks and is committed once:
+    /// `replay` reads a file in chunks and commits far fewer times than it reads, because each
+    /// commit writes every user the batch touched (a user seen in ten chunks is written once).
+    pub fn begin(&mut self) -> Result<Batch<'_>> {
         self.check_usable()?;
-        let timers_per_batch = self.options.timers_per_batch;
         let span = tracing::info_span!(
             "batch",
-            records = records.len(),
+            records = tracing::field::Empty,
             partitions = tracing::field::Empty,
             applied = tracing::field::Empty,
             timers_fired = tracing::field::Empty,
         );
-        let _entered = span.enter();
-        let started = std::time::Instant::now();
-        let mut run = Run::new(self);
-        for record in records {
-            run.record(record)?;
-        }
-        let applied_in = started.elapsed();
-        let partitions: Vec<u32> = run.touched_partitions.iter().copied().collect();
-        span.record("partitions", tracing::field::debug(&partitions));
-        for p in partitions {
-            run.fire_due(p, timers_per_batch)?;
-        }
-        let fired_in = started.elapsed() - applied_in;
-        let users = run.users.len();
-        let report = run.commit(positions)?;
-        span.record("applied", report.applied);
-        span.record("timers_fired", report.timers_fired);
-        tracing::debug!(
-            users,
-            apply_ms = applied_in.as_millis() as u64,
-            timers_ms = fired_in.as_millis() as u64,
-            commit_ms = (started.elapsed() - applied_in - fired_in).as_millis() as u64,
-            "batch committed"
-        );
-        Ok(report)
+        Ok(Batch {
+            run: Run::new(self),
+            span,
+            records: 0,
+            started: std::time::Instant::now(),
+            applying: std::time::Duration::ZERO,
+        })
     }
 
     /// Refuses to change state while a failed reload has left it partly on new rules.
@@ -644,6 +634,77 @@ struct Run<'e> {
     emitted_ts: Vec<Millis>,
     /// The id dictionary as it was before the batch, restored if the batch is not committed.
     ids_before: Option<UserIds>,
+}
+
+/// A batch open for records (see [`Engine::begin`]); dropping it uncommitted leaves the engine
+/// as it was (see [`Run`]'s `Drop`).
+pub struct Batch<'e> {
+    run: Run<'e>,
+    /// One span per batch (partitions, events, timers fired), so a slow batch can be found.
+    span: tracing::Span,
+    records: usize,
+    started: std::time::Instant,
+    applying: std::time::Duration,
+}
+
+impl Batch<'_> {
+    /// Applies records in order, as if they followed the ones applied before in this batch.
+    pub fn apply(&mut self, records: &[Record<'_>]) -> Result<()> {
+        let started = std::time::Instant::now();
+        let _entered = self.span.enter();
+        for record in records {
+            self.run.record(record)?;
+        }
+        self.records += records.len();
+        self.applying += started.elapsed();
+        Ok(())
+    }
+
+    /// Records applied so far.
+    pub fn records(&self) -> usize {
+        self.records
+    }
+
+    /// Users the batch holds (each is written at commit).
+    pub fn users(&self) -> usize {
+        self.run.users.len()
+    }
+
+    /// Fires the timers due in the partitions the batch touched and commits everything
+    /// atomically together with `positions`.
+    pub fn commit(self, positions: &[(Vec<u8>, Vec<u8>)]) -> Result<BatchReport> {
+        let Batch {
+            mut run,
+            span,
+            records,
+            started,
+            applying,
+        } = self;
+        let _entered = span.enter();
+        span.record("records", records);
+        let timers_per_batch = run.engine.options.timers_per_batch;
+        let partitions: Vec<u32> = run.touched_partitions.iter().copied().collect();
+        span.record("partitions", tracing::field::debug(&partitions));
+        let firing = std::time::Instant::now();
+        for p in partitions {
+            run.fire_due(p, timers_per_batch)?;
+        }
+        let fired_in = firing.elapsed();
+        let users = run.users.len();
+        let committing = std::time::Instant::now();
+        let report = run.commit(positions)?;
+        span.record("applied", report.applied);
+        span.record("timers_fired", report.timers_fired);
+        tracing::debug!(
+            users,
+            apply_ms = applying.as_millis() as u64,
+            timers_ms = fired_in.as_millis() as u64,
+            commit_ms = committing.elapsed().as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "batch committed"
+        );
+        Ok(report)
+    }
 }
 
 /// A batch that is dropped without a successful commit (a store error while reading, staging or

@@ -18,6 +18,14 @@ use crate::outbox::Origin;
 /// Replay is single-partition: every user lives in partition 0.
 const PARTITION: u32 = 0;
 
+/// Lines read and applied at a time; a batch (`--batch-size` events) takes several chunks, so
+/// memory holds one chunk of input, not a whole batch.
+const READ_CHUNK: usize = 65_536;
+
+/// A batch is committed early once it holds this many users: with one event per user, a
+/// million-event batch would otherwise keep a million user states in memory.
+const MAX_BATCH_USERS: usize = 262_144;
+
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {
     pub rules: String,
@@ -95,35 +103,47 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
 
     let mut summary = ReplaySummary::default();
-    let mut lines: Vec<ReadLine> = Vec::with_capacity(opts.batch_size);
-    loop {
-        lines.clear();
-        while lines.len() < opts.batch_size {
-            match input.next(false)? {
-                Some(line) => lines.push(line),
-                None => break,
+    let mut lines: Vec<ReadLine> = Vec::with_capacity(READ_CHUNK.min(opts.batch_size));
+    let mut at_end = false;
+    while !at_end {
+        // One committed batch: chunks of lines until `batch_size` events, or until the batch
+        // holds so many users that their states would crowd memory (one event each).
+        let mut batch = engine.begin()?;
+        while batch.records() < opts.batch_size && batch.users() < MAX_BATCH_USERS {
+            lines.clear();
+            let want = READ_CHUNK.min(opts.batch_size - batch.records());
+            while lines.len() < want {
+                match input.next(false)? {
+                    Some(line) => lines.push(line),
+                    None => break,
+                }
             }
+            if lines.is_empty() {
+                at_end = true;
+                break;
+            }
+            let records: Vec<Record<'_>> = lines
+                .iter()
+                .map(|line| Record {
+                    partition: PARTITION,
+                    bytes: &line.bytes,
+                    origin: Origin::Line {
+                        source: opts.input.clone(),
+                        line: line.number,
+                    },
+                    fault: line.fault.clone(),
+                })
+                .collect();
+            batch.apply(&records)?;
         }
-        if lines.is_empty() {
+        if batch.records() == 0 {
             break;
         }
-        let records: Vec<Record<'_>> = lines
-            .iter()
-            .map(|line| Record {
-                partition: PARTITION,
-                bytes: &line.bytes,
-                origin: Origin::Line {
-                    source: opts.input.clone(),
-                    line: line.number,
-                },
-                fault: line.fault.clone(),
-            })
-            .collect();
         let positions = match input.position() {
             Some(v) => vec![(pos_key.clone(), v)],
             None => vec![],
         };
-        let report = engine.process(&records, &positions)?;
+        let report = batch.commit(&positions)?;
         summary.report.merge(&report);
         summary.lines = input.line();
         drain_outbox(&engine, &mut out, Some(&mut dlq))?;

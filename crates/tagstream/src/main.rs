@@ -89,8 +89,9 @@ enum Command {
         /// epoch milliseconds or RFC 3339, e.g. `--advance-to 2025-01-01T00:00:00Z`.
         #[arg(long, value_name = "INSTANT")]
         advance_to: Option<String>,
-        /// Events per committed batch (more: fewer state writes, more memory), e.g. `--batch-size 16384`.
-        #[arg(long, value_name = "N", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(1..))]
+        /// Events per committed batch (more: fewer state writes, more memory; a batch also ends
+        /// once it holds 262,144 users), e.g. `--batch-size 16384`.
+        #[arg(long, value_name = "N", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(1..))]
         batch_size: u32,
     },
     /// Print the state of every user (NDJSON, sorted by user id).
