@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tagstream_rules::engine as core;
 use tagstream_rules::event::{
-    decode_message, DecodeOptions, Decoded, Event, EventBody, Millis, Reason,
+    decode_message_keeping, DecodeOptions, Decoded, Event, EventBody, Millis, Reason,
 };
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
@@ -824,7 +824,9 @@ impl<'e> Run<'e> {
                 return Ok(());
             }
         }
-        let event = match decode_message(record.bytes, &self.engine.options.decode) {
+        let decode = &self.engine.options.decode;
+        let keep = &self.engine.rules.track_properties;
+        let event = match decode_message_keeping(record.bytes, decode, keep) {
             Ok(Decoded::Event(e)) => e,
             // Neither applied nor dead-lettered, and engine time does not move.
             Ok(Decoded::Skipped(_)) => {

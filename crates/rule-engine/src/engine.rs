@@ -11,7 +11,7 @@ use crate::cexpr::{CExpr, EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
 use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
 use crate::state::{Pending, UserState};
-use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS, MINUTE_MS};
+use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS};
 use crate::transition::{Cause, Transition};
 use crate::value::{Scalar, Value};
 
@@ -597,29 +597,12 @@ impl ChangeSearch<'_> {
     }
 }
 
-/// The first bucket boundary after `t` among the window units the segments read: no windowed
-/// aggregate can lose a bucket before it.
-fn next_boundary(rules: &RuleSet, t: Millis) -> Millis {
-    let at = BucketsAt::new(&rules.zone, t);
-    let zone = &rules.zone;
-    rules
-        .window_units
-        .iter()
-        .map(|unit| match unit {
-            Unit::Day => zone.day_start(at.day + 1),
-            Unit::Hour => zone.sub_day_bucket_start(at.hour + 1, HOUR_MS),
-            Unit::Minute => zone.sub_day_bucket_start(at.minute + 1, MINUTE_MS),
-        })
-        .filter(|b| *b > t)
-        .min()
-        .unwrap_or(FAR_FUTURE)
-}
-
 /// A lower bound on the first instant after `since` at which any segment may change with no
-/// new event, cheap to compute: the next bucket boundary of any window, and the closed-form
+/// new event, cheap to compute: the first instant a windowed aggregate loses a non-empty
+/// bucket (`state` is the user's state at `since`: no event came since), and the closed-form
 /// change of every probe. Probes without a closed form give no bound (`since + 1`).
-fn quiet_until(rules: &RuleSet, values: &[Value], since: Millis) -> Millis {
-    let mut quiet = next_boundary(rules, since);
+fn quiet_until(rules: &RuleSet, state: &UserState, values: &[Value], since: Millis) -> Millis {
+    let mut quiet = next_window_drop(rules, state, since).unwrap_or(FAR_FUTURE);
     for info in &rules.probes {
         match linear_flip(rules, info, values, since) {
             Flip::Never => {}
@@ -781,7 +764,7 @@ pub fn catch_up(
         // `now()` comparison flips: a cheap bound proves nothing can have changed.
         let quiet = *p
             .quiet_until
-            .get_or_insert_with(|| quiet_until(rules, &p.values, p.since));
+            .get_or_insert_with(|| quiet_until(rules, state, &p.values, p.since));
         if now < quiet {
             state.pending = Some(p);
             return fired;

@@ -121,14 +121,75 @@ pub fn decode_message(raw: &[u8], opts: &DecodeOptions) -> Result<Decoded, Rejec
             ),
         ));
     }
+    decode_with(raw, opts, None)
+}
+
+/// Property keys of track events that a rule set reads (`RuleSet::track_properties`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrackProperties {
+    keys: Vec<Box<str>>,
+}
+
+impl TrackProperties {
+    pub fn new<I: IntoIterator<Item = S>, S: AsRef<str>>(keys: I) -> TrackProperties {
+        let mut keys: Vec<Box<str>> = keys.into_iter().map(|k| k.as_ref().into()).collect();
+        keys.sort();
+        keys.dedup();
+        TrackProperties { keys }
+    }
+
+    fn keeps(&self, key: &str) -> bool {
+        self.keys.iter().any(|k| &**k == key)
+    }
+}
+
+/// [`decode_message`] for a consumer that reads only the properties `keep` names of track
+/// events (the engine: the rules read nothing else of them). The other properties of a track
+/// event are parsed and checked as JSON exactly as [`decode_message`] does, but not built into
+/// values, which is most of the cost of decoding. Profile properties are all kept (they are
+/// stored), so a message that does not decode to a track event is decoded again in full: the
+/// result, rejections included, is always what [`decode_message`] gives, up to the dropped keys.
+pub fn decode_message_keeping(
+    raw: &[u8],
+    opts: &DecodeOptions,
+    keep: &TrackProperties,
+) -> Result<Decoded, Rejection> {
+    if raw.len() > opts.max_event_bytes {
+        return decode_message(raw, opts);
+    }
+    match decode_with(raw, opts, Some(keep)) {
+        decoded @ Ok(Decoded::Event(Event {
+            body: super::EventBody::Track { .. },
+            ..
+        })) => decoded,
+        _ => decode_message(raw, opts),
+    }
+}
+
+fn decode_with(
+    raw: &[u8],
+    opts: &DecodeOptions,
+    keep: Option<&TrackProperties>,
+) -> Result<Decoded, Rejection> {
+    let filter = |properties: usize| keep.map(|k| (properties, k));
     match opts.format {
-        Format::Native => {
-            super::native::decode(parse_object(raw, super::native::KEYS)?).map(Decoded::Event)
-        }
-        Format::Segment => {
-            super::segment::decode(parse_object(raw, super::segment::KEYS)?).map(Decoded::Event)
-        }
-        Format::Sensors => super::sensors::decode(parse_object(raw, super::sensors::KEYS)?),
+        Format::Native => super::native::decode(parse_object(
+            raw,
+            super::native::KEYS,
+            filter(super::native::PROPERTIES),
+        )?)
+        .map(Decoded::Event),
+        Format::Segment => super::segment::decode(parse_object(
+            raw,
+            super::segment::KEYS,
+            filter(super::segment::PROPERTIES),
+        )?)
+        .map(Decoded::Event),
+        Format::Sensors => super::sensors::decode(parse_object(
+            raw,
+            super::sensors::KEYS,
+            filter(super::sensors::PROPERTIES),
+        )?),
     }
 }
 
@@ -175,7 +236,11 @@ impl Fields {
 }
 
 /// Steps 2 and 3 of the check order: bytes → the fields named by `keys` of a top-level object.
-fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
+fn parse_object(
+    raw: &[u8],
+    keys: &[&str],
+    filter: Option<(usize, &TrackProperties)>,
+) -> Result<Fields, Rejection> {
     let text = std::str::from_utf8(raw).map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,
@@ -201,6 +266,7 @@ fn parse_object(raw: &[u8], keys: &[&str]) -> Result<Fields, Rejection> {
     let mut fields = Fields::default();
     let top = TopSeed {
         keys,
+        filter,
         fields: &mut fields,
     }
     .deserialize(&mut de)
@@ -223,6 +289,8 @@ enum Top {
 
 struct TopSeed<'k> {
     keys: &'k [&'k str],
+    /// The field whose object keeps only these keys (see [`decode_message_keeping`]).
+    filter: Option<(usize, &'k TrackProperties)>,
     fields: &'k mut Fields,
 }
 
@@ -244,7 +312,14 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
         while let Some(slot) = map.next_key_seed(KeySeed { keys: self.keys })? {
             match slot {
-                Slot::Field(i) => self.fields.values[i] = Some(map.next_value::<Json>()?),
+                Slot::Field(i) => {
+                    self.fields.values[i] = Some(match self.filter {
+                        Some((field, keep)) if field == i => {
+                            map.next_value_seed(KeepSeed { keep })?
+                        }
+                        _ => map.next_value::<Json>()?,
+                    })
+                }
                 Slot::Nested(i, inner) => {
                     // a field given twice keeps its last value, also when the last one lacks
                     // the inner field
@@ -321,10 +396,13 @@ impl<'de, 'k> Visitor<'de> for KeySeed<'k> {
 
     fn visit_str<E>(self, key: &str) -> Result<Slot<'k>, E> {
         for (i, k) in self.keys.iter().enumerate() {
-            match k.split_once('.') {
-                None if *k == key => return Ok(Slot::Field(i)),
-                Some((outer, inner)) if outer == key => return Ok(Slot::Nested(i, inner)),
-                _ => {}
+            // (a key with a dot names a nested field, never a top-level key spelled that way)
+            if *k == key && !key.contains('.') {
+                return Ok(Slot::Field(i));
+            }
+            // `outer.inner`, without searching every key for a dot
+            if let Some(inner) = k.strip_prefix(key).and_then(|rest| rest.strip_prefix('.')) {
+                return Ok(Slot::Nested(i, inner));
             }
         }
         Ok(Slot::Ignored)
@@ -394,6 +472,154 @@ impl<'de> Visitor<'de> for PickSeed<'_> {
     }
 }
 
+/// A value as [`Json`], except that an object keeps only the keys of a [`TrackProperties`]: the
+/// values of the others are checked by [`Skip`] and dropped.
+struct KeepSeed<'k> {
+    keep: &'k TrackProperties,
+}
+
+impl<'de> DeserializeSeed<'de> for KeepSeed<'_> {
+    type Value = Json;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Json, D::Error> {
+        de.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeepSeed<'_> {
+    type Value = Json;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json, A::Error> {
+        let mut kept = Properties::new();
+        while let Some(key) = map.next_key_seed(KeptKey { keep: self.keep })? {
+            match key {
+                Some(key) => {
+                    kept.insert(key, map.next_value::<Json>()?);
+                }
+                None => {
+                    map.next_value::<Skip>()?;
+                }
+            }
+        }
+        Ok(Json::Object(kept))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<Json>()? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Null)
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Json, E> {
+        Ok(Json::Bool(b))
+    }
+
+    fn visit_i64<E>(self, n: i64) -> Result<Json, E> {
+        Ok(Json::from(n))
+    }
+
+    fn visit_u64<E>(self, n: u64) -> Result<Json, E> {
+        Ok(Json::from(n))
+    }
+
+    fn visit_f64<E>(self, x: f64) -> Result<Json, E> {
+        Ok(serde_json::Number::from_f64(x).map_or(Json::Null, Json::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Json, E> {
+        Ok(Json::String(s.to_owned()))
+    }
+}
+
+/// A property key: `Some(key)` when it is kept.
+struct KeptKey<'k> {
+    keep: &'k TrackProperties,
+}
+
+impl<'de> DeserializeSeed<'de> for KeptKey<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Option<String>, D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeptKey<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<String>, E> {
+        Ok(self.keep.keeps(key).then(|| key.to_owned()))
+    }
+}
+
+/// Any JSON value, parsed with the checks [`Json`] applies (numbers in range, valid escapes)
+/// and dropped without allocating.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Skip, D::Error> {
+        de.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_key::<Skip>()?.is_some() {
+            map.next_value::<Skip>()?;
+        }
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+}
+
 /// Whether an object key is the one wanted.
 struct IsKey<'k> {
     key: &'k str,
@@ -424,6 +650,11 @@ impl<'de> Visitor<'de> for IsKey<'_> {
 /// Brackets are counted without checking that they match: syntax errors are left to the
 /// parser, which then never recurses deeper than the depth counted here.
 fn check_depth(bytes: &[u8]) -> Result<(), Rejection> {
+    // Nesting needs an opening bracket per level: most messages have too few to go deep, and
+    // counting them is much cheaper than the scan below.
+    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= MAX_DEPTH {
+        return Ok(());
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut i = 0;
@@ -1140,5 +1371,113 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn keeping_only_read_properties_gives_the_full_decode_up_to_the_dropped_keys() {
+        let keep = TrackProperties::new(["amount", "$os"]);
+        let cases = [
+            // track: other properties dropped, read ones kept as they are
+            (
+                Format::Native,
+                r#"{"user_id":"u","event":"buy","ts":1,"properties":{"amount":9.5,"sku":{"a":[1,"x"]},"$os":"iOS"}}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"properties":{"note":"\u00e9\"","amount":1},"user_id":"u","event":"buy","ts":1}"#,
+            ),
+            // profile (properties after the type or before it): everything is kept
+            (
+                Format::Native,
+                r#"{"user_id":"u","type":"profile","ts":1,"properties":{"city":"X","amount":2}}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"properties":{"city":"X"},"user_id":"u","ts":1,"type":"profile"}"#,
+            ),
+            (
+                Format::Sensors,
+                r#"{"type":"profile_set","distinct_id":"u","time":1,"properties":{"city":"X","$is_login_id":true}}"#,
+            ),
+            (
+                Format::Sensors,
+                r#"{"type":"track","event":"buy","distinct_id":"u","time":1,"properties":{"$os":"iOS","x":1}}"#,
+            ),
+            (
+                Format::Segment,
+                r#"{"type":"page","userId":"u","timestamp":1,"name":"Home","properties":{"url":"/","amount":3}}"#,
+            ),
+            // rejections are the full decode's, also for problems inside a dropped value
+            (
+                Format::Native,
+                r#"{"user_id":"u","event":"buy","ts":1,"properties":{"big":1e400}}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"user_id":"u","event":"buy","ts":1,"properties":{"s":"\ud800"}}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"user_id":"u","event":"buy","ts":1,"properties":{"x":[1,}}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"user_id":"u","event":"buy","ts":1,"properties":[1]}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"user_id":"u","event":"buy","ts":1,"properties":"x"}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"user_id":"u","type":"profile_increment","ts":1,"properties":{"n":"x"}}"#,
+            ),
+            (
+                Format::Native,
+                r#"{"event":"buy","ts":1,"properties":{"amount":1}}"#,
+            ),
+        ];
+        for (format, raw) in cases {
+            let opts = DecodeOptions {
+                format,
+                ..DecodeOptions::default()
+            };
+            let full = decode_message(raw.as_bytes(), &opts);
+            let kept = decode_message_keeping(raw.as_bytes(), &opts, &keep);
+            match (&full, &kept) {
+                (
+                    Ok(Decoded::Event(Event {
+                        body: EventBody::Track { properties, .. },
+                        ..
+                    })),
+                    Ok(Decoded::Event(Event {
+                        body:
+                            EventBody::Track {
+                                properties: got, ..
+                            },
+                        ..
+                    })),
+                ) => {
+                    // every key the rules read is there with its value (a format may add
+                    // others, like a Segment page's `name`)
+                    let read = |p: &Properties| {
+                        let mut p = p.clone();
+                        p.retain(|k, _| keep.keeps(k));
+                        p
+                    };
+                    assert_eq!(read(got), read(properties), "{raw}");
+                    assert!(got.len() <= properties.len(), "{raw}");
+                    let strip = |d: &Result<Decoded, Rejection>| match d {
+                        Ok(Decoded::Event(e)) => Event {
+                            body: EventBody::Delete,
+                            ..e.clone()
+                        },
+                        _ => unreachable!(),
+                    };
+                    assert_eq!(strip(&full), strip(&kept), "{raw}");
+                }
+                _ => assert_eq!(full, kept, "{raw}"),
+            }
+        }
     }
 }

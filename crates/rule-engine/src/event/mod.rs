@@ -13,7 +13,10 @@ mod native;
 mod segment;
 mod sensors;
 
-pub use decode::{decode, decode_message, DecodeOptions, Format, DEFAULT_MAX_EVENT_BYTES};
+pub use decode::{
+    decode, decode_message, decode_message_keeping, DecodeOptions, Format, TrackProperties,
+    DEFAULT_MAX_EVENT_BYTES,
+};
 
 /// Epoch milliseconds (UTC).
 pub type Millis = i64;

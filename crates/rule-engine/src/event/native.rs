@@ -20,7 +20,7 @@ const TYPE: usize = 0;
 const USER_ID: usize = 1;
 const EVENT: usize = 2;
 const TS: usize = 3;
-const PROPERTIES: usize = 4;
+pub(super) const PROPERTIES: usize = 4;
 const EVENT_ID: usize = 5;
 
 const TYPES: &str = "track, profile, delete";

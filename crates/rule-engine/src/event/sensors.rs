@@ -46,7 +46,7 @@ const TYPE: usize = 0;
 const DISTINCT_ID: usize = 1;
 const EVENT: usize = 2;
 const TIME: usize = 3;
-const PROPERTIES: usize = 4;
+pub(super) const PROPERTIES: usize = 4;
 const TRACK_ID: usize = 5;
 const ORIGINAL_ID: usize = 6;
 

@@ -57,6 +57,10 @@ pub struct RuleSet {
     pub reads_now: Vec<bool>,
     /// Hash of the rules source, stored with state so a state dir is not read with other rules.
     pub fingerprint: String,
+    /// The properties of track events these rules read: aggregated properties and those `where`
+    /// filters name. The engine decodes only these (see
+    /// [`crate::event::decode_message_keeping`]).
+    pub track_properties: crate::event::TrackProperties,
 }
 
 #[derive(Debug)]
@@ -200,6 +204,24 @@ pub enum Probe {
     Changing(Vec<(CExpr, CExpr)>),
     /// The local hour or day bucket of a timestamp that moves with `now`.
     LocalBucket { arg: CExpr, unit: Unit },
+}
+
+/// The properties of track events that `aggregates` read (see [`RuleSet::track_properties`]).
+fn track_properties(aggregates: &[Aggregate]) -> crate::event::TrackProperties {
+    fn props(e: &CExpr, out: &mut Vec<Arc<str>>) {
+        if let CExpr::Prop(key) = e {
+            out.push(key.clone());
+        }
+        e.for_each_child(&mut |c| props(c, out));
+    }
+    let mut keys = Vec::new();
+    for agg in aggregates {
+        keys.extend(agg.property.clone());
+        if let Some(filter) = &agg.filter {
+            props(filter, &mut keys);
+        }
+    }
+    crate::event::TrackProperties::new(keys)
 }
 
 impl RuleSet {

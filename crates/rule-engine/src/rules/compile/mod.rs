@@ -465,6 +465,7 @@ impl<'s> Compiler<'s> {
             })
             .collect();
         let fingerprint = hex::encode(Sha256::digest(source.as_bytes()));
+        let track_properties = super::track_properties(&aggregates);
         Some(RuleSet {
             zone,
             dedup_window_ms,
@@ -482,6 +483,7 @@ impl<'s> Compiler<'s> {
             window_units,
             windowed_for_segments,
             fingerprint,
+            track_properties,
         })
     }
 }
