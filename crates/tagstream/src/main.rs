@@ -10,6 +10,12 @@ mod run;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the engine frees user states in bursts (a batch's
+/// working set, the user cache), which glibc's allocator answers with long free-list
+/// consolidation (`malloc_consolidate`, `unlink_chunk`: 13% of a 1M-user replay).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{ArgGroup, Parser, Subcommand, ValueEnum};
 use tagstream_consumer::replay::{dump, replay, ReplayOptions};
 use tagstream_consumer::ConsumerError;
