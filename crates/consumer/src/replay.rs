@@ -24,7 +24,7 @@ const READ_CHUNK: usize = 65_536;
 
 /// A batch is committed early once it holds this many users: with one event per user, a
 /// million-event batch would otherwise keep a million user states in memory.
-const MAX_BATCH_USERS: usize = 262_144;
+const MAX_BATCH_USERS: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct ReplayOptions {

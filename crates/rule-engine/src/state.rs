@@ -120,7 +120,8 @@ pub enum AggState {
     Max(Buckets<f64>),
     Avg(Buckets<(f64, u64)>),
     Distinct(Buckets<BTreeSet<Scalar>>),
-    Top(TopState),
+    /// Boxed: its merge caches would otherwise make every accumulator of every user as large.
+    Top(Box<TopState>),
     /// (event time, value of the property on that event; Null when it lacked it)
     First(Option<(Millis, Scalar)>),
     Last(Option<(Millis, Scalar)>),
@@ -137,7 +138,7 @@ impl AggState {
             AggKind::Max => AggState::Max(Buckets::default()),
             AggKind::Avg => AggState::Avg(Buckets::default()),
             AggKind::Distinct => AggState::Distinct(Buckets::default()),
-            AggKind::Top => AggState::Top(TopState::default()),
+            AggKind::Top => AggState::Top(Box::default()),
             AggKind::First => AggState::First(None),
             AggKind::Last => AggState::Last(None),
             AggKind::FirstTime => AggState::FirstTime(None),
@@ -489,5 +490,20 @@ impl UserState {
             )),
             None => Err("empty user state".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    /// Every user holds one accumulator per aggregate tag: their size is the engine's memory.
+    #[test]
+    fn accumulators_stay_small() {
+        assert!(
+            std::mem::size_of::<AggState>() <= 40,
+            "{}",
+            std::mem::size_of::<AggState>()
+        );
     }
 }

@@ -223,7 +223,6 @@ fn is_lock_error(e: &rocksdb::Error) -> bool {
         || msg.contains("/LOCK:")
 }
 
-/// Per-column-family options.
 /// The column family and key an operation writes (a range: its start).
 fn op_key(op: &Op) -> (Cf, &[u8]) {
     match op {
@@ -231,6 +230,7 @@ fn op_key(op: &Op) -> (Cf, &[u8]) {
     }
 }
 
+/// Per-column-family options.
 fn cf_options(cf: Cf, cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
