@@ -33,7 +33,9 @@ import re
 import sys
 import time
 import tomllib
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 DAY_MS = 86_400_000
 UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
@@ -248,13 +250,11 @@ def as_type(sql: str, have: str, want: str) -> str | None:
 
 class Compiler:
     """Translates a parsed expression to (SQL, type). `names(name)` gives a tag's or
-    segment's column and type; in `where` filters, `event` and `properties.*` read the event."""
+    segment's column and type; in `where` filters (given `prop`, which names the column of a
+    property), `event` and `properties.*` read the event."""
 
-    def __init__(self, names, zone: str, where: bool):
-        self.names, self.zone, self.where = names, zone, where
-
-    def local_ms(self, sql):
-        return f"epoch_ms(timezone({sql_str(self.zone)}, epoch_ms({sql})::TIMESTAMPTZ))"
+    def __init__(self, names, prop=None):
+        self.names, self.prop, self.where = names, prop, prop is not None
 
     def bool_(self, e):
         s, t = self.c(e)
@@ -274,7 +274,7 @@ class Compiler:
         if op == "event" and self.where:
             return ("name", "str")
         if op == "prop" and self.where:
-            return (f"nullif_json(json_extract(props, {json_path(e[1])}))", "dyn")
+            return (f"nullif_json({self.prop(e[1])})", "dyn")
         if op in ("and", "or"):
             return (f"({self.bool_(e[1])} {op.upper()} {self.bool_(e[2])})", "bool")
         if op == "not":
@@ -364,7 +364,7 @@ class Compiler:
                 return ("NULL", "null")
             if fn == "days_since":
                 return (f"floor(({NOW} - {s}) / {DAY_MS})::DOUBLE", "num")
-            local = self.local_ms(s)
+            local = f"local_ms({s})"
             if fn == "hour_of_day":
                 return (f"floor(({local} % {DAY_MS} + {DAY_MS}) % {DAY_MS} / 3600000)::DOUBLE", "num")
             return (f"((floor({local} / {DAY_MS})::BIGINT + 3) % 7 + 7) % 7 + 1.0", "num")
@@ -443,6 +443,7 @@ class Translation:
             if implicit not in self.tags:
                 self.tags[implicit] = {"name": implicit, "kind": kind, "event": "*",
                                        "_implicit": True}
+        self.props: list[str] = []
         self.types: dict[str, str] = {}
         self.units: set[str] = set()
         self.agg_cols: list[str] = []
@@ -459,7 +460,7 @@ class Translation:
             raise Unsupported(f"cycle through {name}")
         self.state[name] = "busy"
         if name in self.segments:
-            comp = Compiler(self.resolve, self.zone, where=False)
+            comp = Compiler(self.resolve)
             when = comp.bool_(Parser(self.segments[name]["when"]).parse())
             self.derived.append((name, f"coalesce({when}, FALSE)"))
             self.types[name] = "bool"
@@ -469,6 +470,12 @@ class Translation:
             raise Unsupported(f"unknown name {name!r}")
         return (f'"{name}"', self.types[name])
 
+    def prop_col(self, key: str) -> str:
+        """The column of `live` holding property `key` as extracted (JSON null kept)."""
+        if key not in self.props:
+            self.props.append(key)
+        return f"p_{self.props.index(key)}"
+
     def event_filter(self, t):
         ev = t.get("event", "*")
         names = [ev] if isinstance(ev, str) else list(ev)
@@ -477,7 +484,7 @@ class Translation:
             cond.append(f"name IN ({', '.join(sql_str(n) for n in names)})")
         if "where" in t:
             comp = Compiler(lambda n: (_ for _ in ()).throw(Unsupported(f"tag {n} in where")),
-                            self.zone, where=True)
+                            self.prop_col)
             cond.append(comp.bool_(Parser(t["where"]).parse()))
         if "window" in t:
             unit, n = window_of(t["window"])
@@ -491,7 +498,7 @@ class Translation:
         if kind in AGG_KINDS:
             cond = self.event_filter(t)
             prop = t.get("property")
-            v = f"nullif_json(json_extract(props, {json_path(prop)}))" if prop else None
+            v = f"nullif_json({self.prop_col(prop)})" if prop else None
             numv = f"(CASE WHEN json_type({v}) IN {NUMERIC_JSON} THEN {v}::DOUBLE END)" if v else None
             if kind == "count":
                 self.agg_cols.append(f"count(*) FILTER (WHERE {cond}) AS {col}")
@@ -530,12 +537,13 @@ class Translation:
             self.top_ctes.append((name, f"SELECT uid, {pick} AS {col} FROM ({per_value}) GROUP BY uid"))
             return "dyn"
         if kind == "profile":
-            key = json_path(t.get("property", t.get("attribute", name)))
+            # the column holds JSON null for an explicit null (a value) and NULL when absent
+            key = self.prop_col(t.get("property", t.get("attribute", name)))
             self.agg_cols.append(
-                f"nullif_json(arg_max(json_extract(props, {key}), (ts, arrival)) FILTER "
-                f"(WHERE kind = 'p' AND json_extract(props, {key}) IS NOT NULL)) AS {col}")
+                f"nullif_json(arg_max({key}, (ts, arrival)) FILTER "
+                f"(WHERE kind = 'p' AND {key} IS NOT NULL)) AS {col}")
             return "dyn"
-        comp = Compiler(self.resolve, self.zone, where=False)
+        comp = Compiler(self.resolve)
         if kind == "expr":
             s, ty = comp.c(Parser(t["expr"]).parse())
             self.derived.append((name, s))
@@ -609,77 +617,140 @@ class Translation:
 RFC3339 = r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})"
 
 
+def zone_offsets(zone: str, lo: int, hi: int) -> list[tuple[int, int]]:
+    """[(from_ms, utc_offset_ms)] covering [lo, hi), each offset change found to the
+    millisecond (zone rules change at most a few times a year; probes 6 hours apart)."""
+    tz = ZoneInfo(zone)
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+    def offset(ms):
+        return (epoch + timedelta(milliseconds=ms)).astimezone(tz).utcoffset() // timedelta(
+            milliseconds=1)
+
+    out = [(lo, offset(lo))]
+    step = 6 * 3_600_000
+    at = lo
+    while at < hi:
+        nxt = min(at + step, hi)
+        if offset(nxt) != out[-1][1]:
+            a, b = at, nxt  # offset(a) is the current one, offset(b) the next
+            while b - a > 1:
+                mid = (a + b) // 2
+                a, b = (mid, b) if offset(mid) == out[-1][1] else (a, mid)
+            out.append((b, offset(b)))
+        at = nxt
+    return out
+
+
+def local_ms_macro(zone: str, lo: int, hi: int) -> str:
+    """`local_ms(t)`: t plus the zone's UTC offset at t. Over the span of the data (with 800
+    days either side) the offsets come from a table of the zone's changes, which costs one
+    comparison per change; outside it, DuckDB's ICU conversion."""
+    if zone == "UTC":
+        return "CREATE OR REPLACE MACRO local_ms(t) AS t"
+    lo, hi = lo - 800 * DAY_MS, hi + 800 * DAY_MS
+    spans = zone_offsets(zone, lo, hi)
+    offset = str(spans[-1][1])
+    if len(spans) > 1:
+        whens = "".join(f" WHEN t < {nxt} THEN {off}" for (_, off), (nxt, _) in zip(spans, spans[1:]))
+        offset = f"CASE{whens} ELSE {offset} END"
+    return (f"CREATE OR REPLACE MACRO local_ms(t) AS CASE WHEN t < {lo} OR t >= {hi} THEN "
+            f"epoch_ms(timezone({sql_str(zone)}, epoch_ms(t)::TIMESTAMPTZ)) "
+            f"ELSE t + {offset} END")
+
+
 def load_events(con, path: str, tr: Translation) -> dict:
-    """Decodes the file into `events`, then replays what depends on arrival order as window
-    functions: the event clock before each line (for dedup), the user's incarnation (applied
-    deletes so far) and the previous copy of the same event id. Returns the final engine time
-    and counts."""
+    """Decodes the file into `events`, then settles what depends on arrival order (dedup and
+    deletes) and creates the table `live` of the events that count. Returns the final engine
+    time and counts."""
+    # A table created in one statement keeps file order (insertion order is preserved), so
+    # its rowid is the arrival order. Lines SPEC §2 would dead-letter stay, with valid false.
+    # Every property the rules read is extracted here, in one pass over each line's JSON.
+    paths = ", ".join(json_path(k) for k in tr.props)
+    prop_cols = "".join(f", ps[{i + 1}] AS p_{i}" for i in range(len(tr.props)))
+    extract = f", json_extract(properties, [{paths}]) AS ps" if tr.props else ""
     con.execute(f"""
-        CREATE TABLE raw AS SELECT * FROM read_json({sql_str(path)}, format = 'newline_delimited',
-            columns = {{'user_id': 'VARCHAR', 'type': 'VARCHAR', 'event': 'VARCHAR', 'ts': 'JSON',
-                        'properties': 'JSON', 'event_id': 'VARCHAR'}}, ignore_errors = true)""")
-    # rowid of a table created in one statement with insertion order preserved is file order
-    con.execute(f"""
-        CREATE TABLE events AS SELECT * FROM (
-          SELECT rowid AS arrival, user_id AS uid,
+        CREATE TABLE events AS
+        SELECT * EXCLUDE (ps){prop_cols}, uid IS NOT NULL AND uid <> '' AND strlen(uid) <= 256 AND ts IS NOT NULL
+            AND kind IS NOT NULL AND (kind <> 't' OR coalesce(name, '') <> '') AS valid
+        FROM (
+          SELECT user_id AS uid,
             CASE coalesce(type, 'track') WHEN 'track' THEN 't' WHEN 'profile' THEN 'p'
               WHEN 'delete' THEN 'd' END AS kind,
             event AS name,
             CASE WHEN json_type(ts) IN ('BIGINT', 'UBIGINT') THEN ts::BIGINT
               WHEN json_type(ts) = 'VARCHAR' AND regexp_full_match(ts->>'$', {sql_str(RFC3339)})
               THEN epoch_us((ts->>'$')::TIMESTAMPTZ) // 1000 END AS ts,
-            properties AS props, nullif(event_id, '') AS eid
-          FROM raw)
-        WHERE uid IS NOT NULL AND uid <> '' AND strlen(uid) <= 256 AND ts IS NOT NULL
-          AND kind IS NOT NULL AND (kind <> 't' OR coalesce(name, '') <> '')""")
+            nullif(event_id, '') AS eid{extract}
+          FROM read_json({sql_str(path)}, format = 'newline_delimited', ignore_errors = true,
+            columns = {{'user_id': 'VARCHAR', 'type': 'VARCHAR', 'event': 'VARCHAR', 'ts': 'JSON',
+                        'properties': 'JSON', 'event_id': 'VARCHAR'}}))""")
+    # Only a line whose (user, id) occurs more than once can be a duplicate, and only a delete
+    # ends an incarnation: the arrival-order replay runs over those few lines ("cand"), with
+    # the event clock before each (the running maximum of earlier times) joined in. Repeats
+    # are found by a hash of (user, id): a collision only adds a line to replay exactly.
     w = tr.dedup_ms
-    seen_dup = f"(eid IS NOT NULL AND {w} > 0 AND prev_ts >= clock_before - {w})"
-    local = "ts" if tr.zone == "UTC" else \
-        f"epoch_ms(timezone({sql_str(tr.zone)}, epoch_ms(ts)::TIMESTAMPTZ))"
-    buckets = {
-        "d": f"floor(local_ms / {DAY_MS})::BIGINT AS b_d",
-        "h": "floor((ts + ((local_ms - ts) % 3600000 + 3600000) % 3600000) / 3600000)::BIGINT AS b_h",
-        "m": "floor((ts + ((local_ms - ts) % 60000 + 60000) % 60000) / 60000)::BIGINT AS b_m",
-    }
-    bucket_cols = "".join(f", {buckets[u]}" for u in sorted(tr.units))
+    seen = f"(eid IS NOT NULL AND {w} > 0 AND prev_ts >= clock_before - {w})"
     con.execute(f"""
-        CREATE TABLE applied AS
-        WITH clocked AS (
-          SELECT *, max(ts) OVER (ORDER BY arrival ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-            AS clock_before FROM events),
+        CREATE TABLE cand AS
+        WITH e AS (SELECT rowid AS arrival, uid, kind, ts, eid, hash(uid, eid) AS h
+                   FROM events WHERE valid),
+        repeated AS (SELECT h FROM e WHERE eid IS NOT NULL GROUP BY h HAVING count(*) > 1),
+        c AS (SELECT * EXCLUDE (h) FROM e SEMI JOIN repeated USING (h)
+              UNION SELECT * EXCLUDE (h) FROM e WHERE kind = 'd'),
+        clock AS (
+          SELECT arrival, max(ts) OVER (ORDER BY arrival ROWS BETWEEN UNBOUNDED PRECEDING
+            AND 1 PRECEDING) AS clock_before FROM e),
         copies AS (
-          SELECT *, lag(ts) OVER w AS prev_ts, lag(kind) OVER w AS prev_kind FROM clocked
-          WINDOW w AS (PARTITION BY uid, eid ORDER BY arrival)),
+          SELECT *, lag(ts) OVER w AS prev_ts, lag(kind) OVER w AS prev_kind
+          FROM c JOIN clock USING (arrival) WINDOW w AS (PARTITION BY uid, eid ORDER BY arrival)),
         deletes AS (
-          SELECT *, (kind = 'd' AND NOT coalesce({seen_dup}, FALSE)) AS del_applied,
+          SELECT * EXCLUDE (prev_ts), (kind = 'd' AND NOT coalesce({seen}, FALSE)) AS del_applied,
             (eid IS NOT NULL AND prev_ts IS NOT NULL AND (prev_ts <> ts OR prev_kind <> kind))
               AS irregular
           FROM copies),
         incarnations AS (
-          SELECT * EXCLUDE (prev_ts),
-            sum(del_applied::INT) OVER (PARTITION BY uid ORDER BY arrival ROWS UNBOUNDED PRECEDING)
-              AS inc,
-            sum(del_applied::INT) OVER (PARTITION BY uid) AS final_inc
+          SELECT *, sum(del_applied::INT) OVER (PARTITION BY uid ORDER BY arrival
+            ROWS UNBOUNDED PRECEDING) AS inc
           FROM deletes),
         dedup AS (
           SELECT *, lag(ts) OVER (PARTITION BY uid, inc, eid ORDER BY arrival) AS prev_ts
           FROM incarnations)
-        SELECT arrival, uid, kind, name, ts, props, irregular,
-          CASE WHEN kind = 'd' THEN NOT del_applied ELSE coalesce({seen_dup}, FALSE) END AS dup,
-          inc = final_inc AND kind <> 'd' AS current, {local} AS local_ms{bucket_cols}
+        SELECT arrival, uid, kind, irregular, del_applied,
+          CASE WHEN kind = 'd' THEN NOT del_applied ELSE coalesce({seen}, FALSE) END AS dup
         FROM dedup""")
-    con.execute("CREATE VIEW live AS SELECT * FROM applied WHERE current AND NOT dup")
-    lines, valid, dups, irregular, now = con.execute(
-        "SELECT (SELECT count(*) FROM raw), count(*), count(*) FILTER (WHERE dup), "
-        "count(*) FILTER (WHERE irregular), max(ts) FILTER (WHERE NOT dup) FROM applied").fetchone()
+    lines, valid, dups, irregular, now, lo = con.execute("""
+        SELECT count(*), count(*) FILTER (WHERE valid),
+          (SELECT count(*) FILTER (WHERE dup) FROM cand),
+          (SELECT count(*) FILTER (WHERE irregular) FROM cand),
+          max(ts) FILTER (WHERE valid AND rowid NOT IN (SELECT arrival FROM cand WHERE dup)),
+          min(ts) FILTER (WHERE valid)
+        FROM events""").fetchone()
+    con.execute(local_ms_macro(tr.zone, lo or 0, (now or 0) + 1))
+    buckets = {
+        "d": f"floor(local_ms(ts) / {DAY_MS})::BIGINT AS b_d",
+        "h": "floor((ts + ((local_ms(ts) - ts) % 3600000 + 3600000) % 3600000) / 3600000)::BIGINT AS b_h",
+        "m": "floor((ts + ((local_ms(ts) - ts) % 60000 + 60000) % 60000) / 60000)::BIGINT AS b_m",
+    }
+    bucket_cols = "".join(f", {buckets[u]}" for u in sorted(tr.units))
+    prop_cols = "".join(f", p_{i}" for i in range(len(tr.props)))
+    # live: the applied (not duplicate) track and profile lines after the user's last applied
+    # delete. A view: the users query reads it once per `top` tag plus once, and the joins
+    # below cost less than writing a million rows.
+    con.execute(f"""
+        CREATE VIEW live AS
+        WITH dups AS (SELECT arrival FROM cand WHERE dup),
+        last_delete AS (SELECT uid, max(arrival) AS at FROM cand WHERE del_applied GROUP BY uid),
+        e AS (SELECT rowid AS arrival, * FROM events WHERE valid AND kind <> 'd')
+        SELECT e.arrival, e.uid, kind, name, ts{bucket_cols}{prop_cols}
+        FROM e LEFT JOIN last_delete USING (uid) ANTI JOIN dups USING (arrival)
+        WHERE last_delete.at IS NULL OR e.arrival > last_delete.at""")
     return {"lines": lines, "dead_letter": lines - valid, "duplicate": dups,
             "irregular_ids": irregular, "now": now}
 
 
-def now_buckets(con, tr: Translation, now: int) -> dict[str, int]:
-    local = con.execute(
-        f"SELECT epoch_ms(timezone({sql_str(tr.zone)}, epoch_ms({now}::BIGINT)::TIMESTAMPTZ))"
-    ).fetchone()[0]
+def now_buckets(con, now: int) -> dict[str, int]:
+    local = con.execute(f"SELECT local_ms({now}::BIGINT)").fetchone()[0]
     off = local - now
     return {"d": local // DAY_MS, "h": (now + off % 3_600_000) // 3_600_000,
             "m": (now + off % 60_000) // 60_000}
@@ -755,7 +826,7 @@ def main(argv=None) -> int:
     sql = tr.users_sql()
     if stats["now"] is not None:
         sql = sql.replace(NOW, str(stats["now"]))
-        for unit, b in now_buckets(con, tr, stats["now"]).items():
+        for unit, b in now_buckets(con, stats["now"]).items():
             sql = sql.replace(f"{NOW_B}{unit}", str(b))
     rows = con.execute(sql).fetchall()
     seconds = time.perf_counter() - start
