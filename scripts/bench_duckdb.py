@@ -381,26 +381,30 @@ class Compiler:
         if fn == "round":
             d = num(1) if len(cs) > 1 else "0.0"
             return (f"round_half_away({num(0)}, {d})", "num")
-        if fn == "ln":
-            return (f"(CASE WHEN {num(0)} > 0 THEN ln({num(0)}) END)", "num")
+        if fn == "ln":  # NULL for x <= 0
+            return (f"ln(nullif(greatest({num(0)}, 0.0), 0.0))", "num")
         if fn == "exp":
             return (f"finite_or_null(exp({num(0)}))", "num")
         if fn == "sigmoid":
-            x = num(0)
-            return (f"(CASE WHEN {x} >= 0 THEN 1.0 / (1.0 + exp(-{x})) "
-                    f"ELSE exp({x}) / (1.0 + exp({x})) END)", "num")
+            return (f"sigmoid({num(0)})", "num")
         raise Unsupported(f"function {fn}() here")
 
 
+# Macros are expanded where they are used: those that read an argument more than once bind
+# it once through a lambda, or nested calls (churn_risk in ecommerce.toml) would grow the
+# expression exponentially (nullif too is rewritten to a CASE that repeats its argument).
 MACROS = """
 CREATE OR REPLACE MACRO nullif_json(j) AS CASE WHEN json_type(j) = 'NULL' THEN NULL ELSE j END;
-CREATE OR REPLACE MACRO finite_or_null(x) AS CASE WHEN isfinite(x) THEN x END;
-CREATE OR REPLACE MACRO round_half_away(x, d) AS CASE
-    WHEN d IS NULL OR d <> trunc(d) OR x IS NULL THEN NULL
-    WHEN NOT isfinite(x * pow(10.0, d)) THEN finite_or_null(x)
-    ELSE finite_or_null(sign(x * pow(10.0, d))
-        * (floor(abs(x * pow(10.0, d))) + (abs(x * pow(10.0, d)) - floor(abs(x * pow(10.0, d))) >= 0.5)::INT)
-        / pow(10.0, d)) END;
+CREATE OR REPLACE MACRO finite_or_null(x) AS
+    list_transform([x::DOUBLE], lambda v: CASE WHEN isfinite(v) THEN v END)[1];
+CREATE OR REPLACE MACRO round_half_away(x, d) AS list_transform(
+    [{'x': x::DOUBLE, 'd': d::DOUBLE, 'm': pow(10.0, d)}],
+    lambda a: CASE WHEN a.d IS NULL OR a.d <> trunc(a.d) OR a.x IS NULL THEN NULL
+        WHEN NOT isfinite(a.x * a.m) THEN finite_or_null(a.x)
+        ELSE finite_or_null(list_transform([a.x * a.m], lambda s:
+            sign(s) * (floor(abs(s)) + (abs(s) - floor(abs(s)) >= 0.5)::INT))[1] / a.m) END)[1];
+CREATE OR REPLACE MACRO sigmoid(x) AS list_transform([x::DOUBLE], lambda v:
+    CASE WHEN v >= 0 THEN 1.0 / (1.0 + exp(-v)) ELSE exp(v) / (1.0 + exp(v)) END)[1];
 """
 # ---------------------------------------------------------------------------------------------
 # Rules -> SQL
