@@ -808,6 +808,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="write the result as `tagstream dump` lines")
     ap.add_argument("--compare", metavar="DUMP", help="compare with a `tagstream dump` output")
     ap.add_argument("--threads", type=int, help="DuckDB threads (default: DuckDB's, every core)")
+    ap.add_argument("--quiet", action="store_true", help="no summary line on stderr")
     args = ap.parse_args(argv)
     try:
         import duckdb
@@ -836,9 +837,10 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
 
     events = stats["lines"]
-    print(f"bench_duckdb: {events} events, {len(rows)} users, now={stats['now']}, "
-          f"{stats['duplicate']} duplicates, {stats['dead_letter']} dropped lines: "
-          f"{seconds:.3f} s, {events / seconds:,.0f} events/s", file=sys.stderr)
+    if not args.quiet:
+        print(f"bench_duckdb: {events} events, {len(rows)} users, now={stats['now']}, "
+              f"{stats['duplicate']} duplicates, {stats['dead_letter']} dropped lines: "
+              f"{seconds:.3f} s, {events / seconds:,.0f} events/s", file=sys.stderr)
     if stats["irregular_ids"]:
         print(f"bench_duckdb: warning: {stats['irregular_ids']} lines reuse an event id with "
               "another time or type; dedup here assumes retries repeat the event",
