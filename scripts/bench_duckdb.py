@@ -355,8 +355,11 @@ class Compiler:
             return (NOW, "ts")
         if fn == "coalesce":
             types = {t for _, t in cs} - {"null"}
-            if len(types) > 1:
-                raise Unsupported("coalesce over mixed types")
+            if len(types) > 1:  # the first non-NULL argument whatever its type: dynamic
+                if "list" in types:
+                    raise Unsupported("coalesce mixing lists and other values")
+                args = [s if t in ("dyn", "null") else f"to_json({s})" for s, t in cs]
+                return (f"coalesce({', '.join(args)})", "dyn")
             return (f"coalesce({', '.join(s for s, _ in cs)})", types.pop() if types else "null")
         if fn in ("days_since", "hour_of_day", "day_of_week"):
             s, t = cs[0]
@@ -563,18 +566,20 @@ class Translation:
             self.derived.append((name, f"CASE {whens} END"))
             return "str"
         if kind == "case":
-            parts, types = [], set()
+            whens, values = [], []
             for case in t["cases"]:
-                w = comp.bool_(Parser(case["when"]).parse())
-                val, ty = self.case_value(comp, case, "value")
-                parts.append(f"WHEN {w} THEN {val}")
-                types.add(ty)
-            val, ty = self.case_value(comp, t, "else")
-            types.add(ty)
-            types.discard("null")
-            if len(types) > 1:
-                raise Unsupported(f"case {name} with values of several types")
-            self.derived.append((name, f"CASE {' '.join(parts)} ELSE {val} END"))
+                whens.append(comp.bool_(Parser(case["when"]).parse()))
+                values.append(self.case_value(comp, case, "value"))
+            values.append(self.case_value(comp, t, "else"))
+            types = {ty for _, ty in values} - {"null"}
+            if len(types) > 1:  # values of several types: the tag is dynamic (JSON)
+                if "list" in types:
+                    raise Unsupported(f"case {name} mixing lists and other values")
+                values = [(v if ty in ("dyn", "null") else f"to_json({v})", "dyn")
+                          for v, ty in values]
+                types = {"dyn"}
+            arms = " ".join(f"WHEN {w} THEN {v}" for w, (v, _) in zip(whens, values))
+            self.derived.append((name, f"CASE {arms} ELSE {values[-1][0]} END"))
             return types.pop() if types else "null"
         if kind == "nearest":
             feats = []
