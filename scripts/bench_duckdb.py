@@ -9,9 +9,10 @@ It is the "batch SQL computation of the same tags" of SPEC §10: the rules file 
 to one SQL pipeline (decode, event clock, dedup, deletes, bucketed windows, aggregates, then
 the derived tags and segments as expressions; the translation is in bench_duckdb_sql.py), so
 the same TOML drives tagstream and this.
-Prints `events/s` of the measured part (reading the file and computing every user's result,
-from `import duckdb` done to the last result row fetched) on stderr and as the last stdout line
-`duckdb_seconds=<s> events=<n>`. `--out` writes the result as `tagstream dump` lines;
+Prints `events/s` of the measured part on stderr and as the last stdout line
+`duckdb_seconds=<s> events=<n>`: from the DuckDB connection (Python started, duckdb imported,
+rules translated) to the last result row fetched, so reading the file and computing every
+user's result; `make bench` times the whole process instead. `--out` writes the result as `tagstream dump` lines;
 `--compare` reports the users whose tags or segments differ from a dump (tests/oracle/compare.py
 rules: numbers within 1e-9 relative) and exits 1 on any difference.
 
@@ -217,7 +218,8 @@ def compare_with(dump_path: str, ours: dict) -> int:
 
     theirs, dup = compare.load(dump_path)
     compared, diffs = compare.compare(theirs, ours)
-    differing = {d.split(" ", 2)[1] for d in diffs}
+    # each difference reads `user <JSON id> ...`
+    differing = {json.JSONDecoder().raw_decode(d, len("user "))[0] for d in diffs}
     for d in diffs[:compare.MAX_SHOWN]:
         print(d)
     print(f"{compared} users compared, {len(differing)} users differ ({len(diffs)} differences)"
@@ -252,12 +254,12 @@ def main(argv=None) -> int:
         con.execute(f"SET threads = {args.threads}")
     con.execute(MACROS)
     stats = load_events(con, args.input, tr)
-    sql = tr.users_sql()
-    if stats["now"] is not None:
-        sql = sql.replace(NOW, str(stats["now"]))
+    rows = []
+    if stats["now"] is not None:  # else no event was applied: no user
+        sql = tr.users_sql().replace(NOW, str(stats["now"]))
         for unit, b in now_buckets(con, stats["now"]).items():
             sql = sql.replace(f"{NOW_B}{unit}", str(b))
-    rows = con.execute(sql).fetchall()
+        rows = con.execute(sql).fetchall()
     seconds = time.perf_counter() - start
 
     events = stats["lines"]
