@@ -280,7 +280,7 @@ def main(argv=None) -> int:
         print(f"bench_duckdb: warning: {stats['irregular_ids']} lines reuse an event id with "
               "another time or type; dedup here assumes retries repeat the event",
               file=sys.stderr)
-    ours = to_dump(rows, tr)
+    ours = to_dump(rows, tr) if args.out or args.compare else {}
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             for o in ours.values():
