@@ -9,12 +9,14 @@ It is the "batch SQL computation of the same tags" of SPEC §10: the rules file 
 to one SQL pipeline (decode, event clock, dedup, deletes, bucketed windows, aggregates, then
 the derived tags and segments as expressions; the translation is in bench_duckdb_sql.py), so
 the same TOML drives tagstream and this.
+
 Prints `events/s` of the measured part on stderr and as the last stdout line
 `duckdb_seconds=<s> events=<n>`: from the DuckDB connection (Python started, duckdb imported,
 rules translated) to the last result row fetched, so reading the file and computing every
-user's result; `make bench` times the whole process instead. `--out` writes the result as `tagstream dump` lines;
-`--compare` reports the users whose tags or segments differ from a dump (tests/oracle/compare.py
-rules: numbers within 1e-9 relative) and exits 1 on any difference.
+user's result; `make bench` times the whole process instead. `--out` writes the result as
+`tagstream dump` lines; `--compare` reports the users whose tags or segments differ from a
+dump (tests/oracle/compare.py rules: numbers within 1e-9 relative) and exits 1 on any
+difference.
 
 What the SQL models (docs/performance.md): the native format as `tagstream gen` writes it
 (track, profile and delete events; epoch-ms or RFC 3339 times); lines that are not objects or
@@ -83,7 +85,8 @@ def local_ms_macro(zone: str, lo: int, hi: int) -> str:
     spans = zone_offsets(zone, lo, hi)
     offset = str(spans[-1][1])
     if len(spans) > 1:
-        whens = "".join(f" WHEN t < {nxt} THEN {off}" for (_, off), (nxt, _) in zip(spans, spans[1:]))
+        whens = "".join(f" WHEN t < {nxt} THEN {off}"
+                        for (_, off), (nxt, _) in zip(spans, spans[1:]))
         offset = f"CASE{whens} ELSE {offset} END"
     return (f"CREATE OR REPLACE MACRO local_ms(t) AS CASE WHEN t < {lo} OR t >= {hi} THEN "
             f"epoch_ms(timezone({sql_str(zone)}, epoch_ms(t)::TIMESTAMPTZ)) "
@@ -102,7 +105,8 @@ def load_events(con, path: str, tr: Translation) -> dict:
     extract = f", json_extract(properties, [{paths}]) AS ps" if tr.props else ""
     con.execute(f"""
         CREATE TABLE events AS
-        SELECT * EXCLUDE (ps){prop_cols}, uid IS NOT NULL AND uid <> '' AND strlen(uid) <= 256 AND ts IS NOT NULL
+        SELECT *{" EXCLUDE (ps)" if tr.props else ""}{prop_cols},
+          uid IS NOT NULL AND uid <> '' AND strlen(uid) <= 256 AND ts IS NOT NULL
             AND kind IS NOT NULL AND (kind <> 't' OR coalesce(name, '') <> '') AS valid
         FROM (
           SELECT user_id AS uid,
@@ -167,7 +171,8 @@ def load_events(con, path: str, tr: Translation) -> dict:
     con.execute(local_ms_macro(tr.zone, lo or 0, (now or 0) + 1))
     buckets = {
         "d": f"floor(local_ms(ts) / {DAY_MS})::BIGINT AS b_d",
-        "h": "floor((ts + ((local_ms(ts) - ts) % 3600000 + 3600000) % 3600000) / 3600000)::BIGINT AS b_h",
+        "h": "floor((ts + ((local_ms(ts) - ts) % 3600000 + 3600000) % 3600000) / 3600000)::BIGINT"
+             " AS b_h",
         "m": "floor((ts + ((local_ms(ts) - ts) % 60000 + 60000) % 60000) / 60000)::BIGINT AS b_m",
     }
     bucket_cols = "".join(f", {buckets[u]}" for u in sorted(tr.units))

@@ -3,7 +3,7 @@
 The expression language of docs/rules.md is parsed here and translated with its types: number
 (DOUBLE), string, bool, timestamp and duration (BIGINT ms), and dynamic values (JSON: event
 properties, profile attributes, `first`/`last`, `top`), which compare as NULL with another type
-(SPEC §4). Aggregate tags become FILTERed aggregates of one GROUP BY over the table `live`
+(SPEC §4). Aggregate tags become FILTERed aggregates of one GROUP BY over the view `live`
 (`top`: a GROUP BY per value), derived tags and segments expressions evaluated in dependency
 order. What is not translated raises `Unsupported`, naming it.
 """
@@ -53,7 +53,8 @@ TOKEN = re.compile(r"""
   | (?P<dur>\d+[smhdw](?![A-Za-z0-9_]))
   | (?P<num>(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)
   | (?P<str>'(?:[^']|'')*')
-  | (?P<prop>[Pp][Rr][Oo][Pp][Ee][Rr][Tt][Ii][Ee][Ss]\.(?:'(?:[^']|'')+'|"[^"]+"|`[^`]+`|[A-Za-z0-9_$]+(?:\.[A-Za-z0-9_$]+)*))
+  | (?P<prop>(?i:properties)\.
+        (?:'(?:[^']|'')+'|"[^"]+"|`[^`]+`|[A-Za-z0-9_$]+(?:\.[A-Za-z0-9_$]+)*))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<op><=|>=|<>|!=|[=<>+\-*/%(),])
 """, re.VERBOSE)
@@ -346,7 +347,8 @@ class Compiler:
                 return (f"floor(({NOW} - {s}) / {DAY_MS})::DOUBLE", "num")
             local = f"local_ms({s})"
             if fn == "hour_of_day":
-                return (f"floor(({local} % {DAY_MS} + {DAY_MS}) % {DAY_MS} / 3600000)::DOUBLE", "num")
+                hour = f"floor(({local} % {DAY_MS} + {DAY_MS}) % {DAY_MS} / 3600000)::DOUBLE"
+                return (hour, "num")
             return (f"((floor({local} / {DAY_MS})::BIGINT + 3) % 7 + 7) % 7 + 1.0", "num")
         if fn == "abs":
             s, t = cs[0]
@@ -416,8 +418,8 @@ def value_key_sql(v: str) -> str:
 
 
 class Translation:
-    """The SQL for one rules file: `users` (one row per present user: user_id, every tag in
-    definition order, every segment) from the table `live` of surviving events."""
+    """The SQL for one rules file: one row per present user (user_id, every tag in definition
+    order, every segment) from the view `live` of surviving events."""
 
     def __init__(self, rules: dict):
         self.zone = rules.get("time_zone", "UTC")
@@ -428,6 +430,7 @@ class Translation:
             if implicit not in self.tags:
                 self.tags[implicit] = {"name": implicit, "kind": kind, "event": "*",
                                        "_implicit": True}
+        self.numbers = {n: i for i, n in enumerate(list(self.tags) + list(self.segments))}
         self.props: list[str] = []
         self.types: dict[str, str] = {}
         self.units: set[str] = set()
@@ -440,7 +443,7 @@ class Translation:
 
     def resolve(self, name):
         if name in self.types:
-            return (f'"{name}"', self.types[name])
+            return (self.col(name), self.types[name])
         if self.state.get(name) == "busy":
             raise Unsupported(f"cycle through {name}")
         self.state[name] = "busy"
@@ -453,7 +456,12 @@ class Translation:
             self.types[name] = self.tag(self.tags[name])
         else:
             raise Unsupported(f"unknown name {name!r}")
-        return (f'"{name}"', self.types[name])
+        return (self.col(name), self.types[name])
+
+    def col(self, name: str) -> str:
+        """The SQL column of a tag or segment: numbered, since names are case-sensitive and
+        DuckDB's identifiers are not."""
+        return f"n_{self.numbers[name]}"
 
     def prop_col(self, key: str) -> str:
         """The column of `live` holding property `key` as extracted (JSON null kept)."""
@@ -479,12 +487,12 @@ class Translation:
 
     def tag(self, t):
         kind, name = t["kind"], t["name"]
-        col = f'"{name}"'
+        col = self.col(name)
         if kind in AGG_KINDS:
             cond = self.event_filter(t)
             prop = t.get("property")
             v = f"nullif_json({self.prop_col(prop)})" if prop else None
-            numv = f"(CASE WHEN json_type({v}) IN {NUMERIC_JSON} THEN {v}::DOUBLE END)" if v else None
+            numv = as_type(v, "dyn", "num") if v else None
             if kind == "count":
                 self.agg_cols.append(f"count(*) FILTER (WHERE {cond}) AS {col}")
                 return "num"
@@ -495,7 +503,8 @@ class Translation:
             if kind in ("first", "last"):
                 f = "arg_min" if kind == "first" else "arg_max"
                 self.agg_cols.append(
-                    f"{f}(coalesce({v}, 'null'::JSON), (ts, arrival)) FILTER (WHERE {cond}) AS {col}")
+                    f"{f}(coalesce({v}, 'null'::JSON), (ts, arrival)) FILTER (WHERE {cond}) "
+                    f"AS {col}")
                 return "dyn"
             if kind == "sum":
                 self.agg_cols.append(f"coalesce(fsum({numv}) FILTER (WHERE {cond}), 0.0) AS {col}")
@@ -505,11 +514,13 @@ class Translation:
                 return "num"
             if kind == "avg":
                 self.agg_cols.append(
-                    f"(fsum({numv}) FILTER (WHERE {cond}) / count({numv}) FILTER (WHERE {cond})) AS {col}")
+                    f"(fsum({numv}) FILTER (WHERE {cond}) / count({numv}) FILTER (WHERE {cond})) "
+                    f"AS {col}")
                 return "num"
             if kind == "distinct":
                 self.agg_cols.append(
-                    f"count(DISTINCT {value_key_sql(v)}) FILTER (WHERE {cond} AND {v} IS NOT NULL) AS {col}")
+                    f"count(DISTINCT {value_key_sql(v)}) FILTER (WHERE {cond} AND {v} IS NOT NULL) "
+                    f"AS {col}")
                 return "num"
             # top: counts per value, then the most frequent, ties to the smallest value; the
             # value printed is the first seen (arrival order) of those equal to it
@@ -519,7 +530,8 @@ class Translation:
                          f"FROM live WHERE {cond}) WHERE v IS NOT NULL GROUP BY ALL")
             pick = ("arg_min(rep, {'n': -n, 'k': key})" if k == 1
                     else f"to_json(list(rep ORDER BY n DESC, key)[1:{k}])")
-            self.top_ctes.append((name, f"SELECT uid, {pick} AS {col} FROM ({per_value}) GROUP BY uid"))
+            self.top_ctes.append(
+                (name, f"SELECT uid, {pick} AS {col} FROM ({per_value}) GROUP BY uid"))
             return "dyn"
         if kind == "profile":
             # the column holds JSON null for an explicit null (a value) and NULL when absent
@@ -535,7 +547,8 @@ class Translation:
             return ty
         if kind == "tier":
             s, ty = comp.c(Parser(t["of"]).parse())
-            s = as_type(s, ty, "num") if ty in ("dyn", "num", "null") else s if ty == "dur" else None
+            # a duration counts as its milliseconds
+            s = s if ty == "dur" else as_type(s, ty, "num")
             if s is None:
                 raise Unsupported(f"tier {name} of a non-number")
             tiers = sorted(enumerate(t["tiers"]), key=lambda it: (-it[1]["min"], it[0]))
@@ -570,7 +583,8 @@ class Translation:
             cands = ", ".join(
                 "{'d': " + " + ".join(f"pow({f} - {float(c)!r}, 2)" for f, c in zip(feats, vec))
                 + f", 'n': {sql_str(cn)}}}" for cn, vec in t["centroids"].items())
-            self.derived.append((name, f"CASE WHEN {any_null} THEN NULL ELSE list_min([{cands}]).n END"))
+            self.derived.append(
+                (name, f"CASE WHEN {any_null} THEN NULL ELSE list_min([{cands}]).n END"))
             return "str"
         raise Unsupported(f"tag kind {kind}")
 
@@ -590,11 +604,12 @@ class Translation:
 
     def users_sql(self) -> str:
         ctes = [f"agg AS (SELECT uid, {', '.join(self.agg_cols)} FROM live GROUP BY uid)"]
-        ctes += [f'"top_{n}" AS ({sql})' for n, sql in self.top_ctes]
-        joined = "agg" + "".join(f' LEFT JOIN "top_{n}" USING (uid)' for n, _ in self.top_ctes)
+        ctes += [f"top_{self.col(n)} AS ({sql})" for n, sql in self.top_ctes]
+        joined = "agg" + "".join(
+            f" LEFT JOIN top_{self.col(n)} USING (uid)" for n, _ in self.top_ctes)
         ctes.append(f"d0 AS (SELECT * FROM {joined})")
         for i, (n, sql) in enumerate(self.derived, 1):
-            ctes.append(f'd{i} AS (SELECT *, {sql} AS "{n}" FROM d{i - 1})')
+            ctes.append(f"d{i} AS (SELECT *, {sql} AS {self.col(n)} FROM d{i - 1})")
         cols = [n for n, t in self.tags.items() if not t.get("_implicit")] + list(self.segments)
-        return ("WITH " + ",\n".join(ctes) + f"\nSELECT uid, {', '.join(f'{chr(34)}{c}{chr(34)}' for c in cols)} "
-                f"FROM d{len(self.derived)} ORDER BY uid")
+        return ("WITH " + ",\n".join(ctes) + "\nSELECT uid, " + ", ".join(map(self.col, cols))
+                + f" FROM d{len(self.derived)} ORDER BY uid")

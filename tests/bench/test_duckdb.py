@@ -94,7 +94,8 @@ class AgainstTagstream(unittest.TestCase):
         p = run(BIN, "replay", "--rules", rules, "--input", self.events, "--state-dir", state,
                 "--out", os.devnull, "--dlq", os.devnull)
         self.assertEqual(p.returncode, 0, p.stderr)
-        rows = [json.loads(line) for line in run(BIN, "dump", "--state-dir", state).stdout.splitlines()]
+        rows = run(BIN, "dump", "--state-dir", state).stdout.splitlines()
+        rows = [json.loads(line) for line in rows]
         rows[0]["tags"]["spend_30d"] += 0.01
         rows[1]["segments"] = ["made_up"]
         dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -139,6 +140,11 @@ dedup_window = "1d"
 name = "buys"
 kind = "count"
 event = "buy"
+
+[[tag]]
+name = "BUYS"
+kind = "count"
+event = "view"
 
 [[tag]]
 name = "views_3h"
