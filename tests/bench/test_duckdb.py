@@ -10,7 +10,7 @@
 * `AgainstOracle`: a hand-written input and rules file reaching the corners the generator does
   not (retries past the dedup window, retried and unknown-user deletes, explicit null profile
   values, ties, value order across types, hour and minute windows across a daylight-saving
-  change, every derived kind and function), checked against tests/oracle/oracle.py.
+  change, every derived kind, most functions), checked against tests/oracle/oracle.py.
 
 Everything is skipped when the duckdb Python package is not importable.
 """
