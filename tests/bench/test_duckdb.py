@@ -60,8 +60,8 @@ class AgainstTagstream(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def check(self, name):
-        rules = ROOT / "config" / "rules" / f"{name}.toml"
+    def check(self, name, rules=None):
+        rules = rules or ROOT / "config" / "rules" / f"{name}.toml"
         state, dump = self.dir / f"state-{name}", self.dir / f"dump-{name}.ndjson"
         p = run(BIN, "replay", "--rules", rules, "--input", self.events, "--state-dir", state,
                 "--out", os.devnull, "--dlq", os.devnull)
@@ -87,6 +87,13 @@ class AgainstTagstream(unittest.TestCase):
 
     def test_ecommerce(self):
         self.check("ecommerce")
+
+    def test_the_corner_rules_in_europe_berlin(self):
+        # RULES below: hour and minute windows, dedup_window 1d and every derived kind; the
+        # generated 30 days hold Berlin's change back to winter time (2024-10-27)
+        rules = self.dir / "corners.toml"
+        rules.write_text(RULES)
+        self.check("corners", rules)
 
     def test_a_difference_is_reported(self):
         rules = ROOT / "config" / "rules" / "minimal.toml"
