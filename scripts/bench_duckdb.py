@@ -39,8 +39,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from bench_duckdb_sql import (DAY_MS, MACROS, NOW, NOW_B, Translation, Unsupported, json_path,
-                              load_rules, sql_str)
+from bench_duckdb_sql import (DAY_MS, MACROS, NOW, NOW_B, Translation, Unsupported, as_type,
+                              json_path, load_rules, sql_str, value_key_sql)
 
 # ---------------------------------------------------------------------------------------------
 # Events -> the table `live` (the events that survive dedup and deletes, with bucket indexes)
@@ -102,6 +102,10 @@ def load_events(con, path: str, tr: Translation) -> dict:
     # Every property the rules read is extracted here, in one pass over each line's JSON.
     paths = ", ".join(json_path(k) for k in tr.props)
     prop_cols = "".join(f", ps[{i + 1}] AS p_{i}" for i in range(len(tr.props)))
+    for pcol, want in sorted(tr.typed):  # a property read as a type, parsed once here
+        raw = f"ps[{int(pcol[2:]) + 1}]"
+        value = value_key_sql(raw) if want == "key" else as_type(raw, "dyn", want)
+        prop_cols += f", {value} AS {pcol}_{want}"
     extract = f", json_extract(properties, [{paths}]) AS ps" if tr.props else ""
     con.execute(f"""
         CREATE TABLE events AS
@@ -177,6 +181,7 @@ def load_events(con, path: str, tr: Translation) -> dict:
     }
     bucket_cols = "".join(f", {buckets[u]}" for u in sorted(tr.units))
     prop_cols = "".join(f", p_{i}" for i in range(len(tr.props)))
+    prop_cols += "".join(f", {pcol}_{want}" for pcol, want in sorted(tr.typed))
     # live: the applied (not duplicate) track and profile lines after the user's last applied
     # delete. A view: the users query reads it once per `top` tag plus once, and the joins
     # below cost less than writing a million rows.

@@ -211,12 +211,20 @@ class Parser:
         raise Unsupported(f"unexpected {val!r}")
 
 
-def as_type(sql: str, have: str, want: str) -> str | None:
-    """`sql` of type `have` read as `want`: a dynamic (JSON) value of another type is NULL."""
+PROPERTY = re.compile(r"nullif_json\((p_\d+)\)")
+
+
+def as_type(sql: str, have: str, want: str, typed: set | None = None) -> str | None:
+    """`sql` of type `have` read as `want`: a dynamic (JSON) value of another type is NULL.
+    An event property read as a type is a column computed once per line while decoding
+    (`<column>_<want>`, added to `typed`), not JSON parsed again at every use."""
     if have == want or have == "null":
         return sql
     if have != "dyn":
         return None
+    if typed is not None and want in ("num", "str", "bool") and (m := PROPERTY.fullmatch(sql)):
+        typed.add((m.group(1), want))
+        return f"{m.group(1)}_{want}"
     if want == "num":
         return f"(CASE WHEN json_type({sql}) IN {NUMERIC_JSON} THEN {sql}::DOUBLE END)"
     if want == "str":
@@ -231,14 +239,15 @@ class Compiler:
     segment's column and type; in `where` filters (given `prop`, which names the column of a
     property), `event` and `properties.*` read the event."""
 
-    def __init__(self, names, prop=None):
+    def __init__(self, names, prop=None, typed=None):
         self.names, self.prop, self.where = names, prop, prop is not None
+        self.typed = typed
 
     def bool_(self, e):
         s, t = self.c(e)
         if t == "null":
             return "NULL::BOOLEAN"
-        s2 = as_type(s, t, "bool")
+        s2 = as_type(s, t, "bool", self.typed)
         if s2 is None:
             raise Unsupported(f"not a condition: {e}")
         return s2
@@ -274,7 +283,7 @@ class Compiler:
             return (f"({s} IS {'NOT ' if e[2] else ''}NULL)", "bool")
         if op == "neg":
             s, t = self.c(e[1])
-            s = as_type(s, t, "num") if t == "dyn" else s
+            s = as_type(s, t, "num", self.typed) if t == "dyn" else s
             if t in ("num", "dur", "dyn"):
                 return (f"(-{s})", "dur" if t == "dur" else "num")
             return ("NULL", "null")
@@ -291,9 +300,9 @@ class Compiler:
         if ta == "dyn" and tb == "dyn":
             raise Unsupported("comparing two dynamic values")
         if ta == "dyn":
-            sa, ta = as_type(sa, "dyn", tb), tb
+            sa, ta = as_type(sa, "dyn", tb, self.typed), tb
         elif tb == "dyn":
-            sb, tb = as_type(sb, "dyn", ta), ta
+            sb, tb = as_type(sb, "dyn", ta, self.typed), ta
         if ta != tb or sa is None or sb is None or ta == "list":
             return "NULL::BOOLEAN"
         return f"({sa} {op} {sb})"
@@ -301,9 +310,9 @@ class Compiler:
     def arith(self, op, a, b):
         (sa, ta), (sb, tb) = a, b
         if ta == "dyn":
-            sa, ta = as_type(sa, "dyn", "num"), "num"
+            sa, ta = as_type(sa, "dyn", "num", self.typed), "num"
         if tb == "dyn":
-            sb, tb = as_type(sb, "dyn", "num"), "num"
+            sb, tb = as_type(sb, "dyn", "num", self.typed), "num"
         result = {
             ("+", "num", "num"): "num", ("-", "num", "num"): "num", ("*", "num", "num"): "num",
             ("/", "num", "num"): "num", ("%", "num", "num"): "num",
@@ -432,6 +441,8 @@ class Translation:
                                        "_implicit": True}
         self.numbers = {n: i for i, n in enumerate(list(self.tags) + list(self.segments))}
         self.props: list[str] = []
+        # (property column, type) pairs the SQL reads: computed while decoding (load_events)
+        self.typed: set[tuple[str, str]] = set()
         self.types: dict[str, str] = {}
         self.units: set[str] = set()
         self.agg_cols: list[str] = []
@@ -477,7 +488,7 @@ class Translation:
             cond.append(f"name IN ({', '.join(sql_str(n) for n in names)})")
         if "where" in t:
             comp = Compiler(lambda n: (_ for _ in ()).throw(Unsupported(f"tag {n} in where")),
-                            self.prop_col)
+                            self.prop_col, self.typed)
             cond.append(comp.bool_(Parser(t["where"]).parse()))
         if "window" in t:
             unit, n = window_of(t["window"])
@@ -491,8 +502,12 @@ class Translation:
         if kind in AGG_KINDS:
             cond = self.event_filter(t)
             prop = t.get("property")
-            v = f"nullif_json({self.prop_col(prop)})" if prop else None
-            numv = as_type(v, "dyn", "num") if v else None
+            pcol = self.prop_col(prop) if prop else None
+            v = f"nullif_json({pcol})" if prop else None
+            if kind in ("sum", "min", "max", "avg"):
+                numv = as_type(v, "dyn", "num", self.typed)
+            elif kind in ("distinct", "top"):
+                self.typed.add((pcol, "key"))  # the value order key (value_key_sql)
             if kind == "count":
                 self.agg_cols.append(f"count(*) FILTER (WHERE {cond}) AS {col}")
                 return "num"
@@ -519,15 +534,15 @@ class Translation:
                 return "num"
             if kind == "distinct":
                 self.agg_cols.append(
-                    f"count(DISTINCT {value_key_sql(v)}) FILTER (WHERE {cond} AND {v} IS NOT NULL) "
+                    f"count(DISTINCT {pcol}_key) FILTER (WHERE {cond} AND {v} IS NOT NULL) "
                     f"AS {col}")
                 return "num"
             # top: counts per value, then the most frequent, ties to the smallest value; the
             # value printed is the first seen (arrival order) of those equal to it
             k = int(t.get("k", 1))
-            per_value = (f"SELECT uid, {value_key_sql('v')} AS key, count(*) AS n, "
-                         f"arg_min(v, arrival) AS rep FROM (SELECT uid, arrival, {v} AS v "
-                         f"FROM live WHERE {cond}) WHERE v IS NOT NULL GROUP BY ALL")
+            per_value = (f"SELECT uid, key, count(*) AS n, arg_min(v, arrival) AS rep "
+                         f"FROM (SELECT uid, arrival, {v} AS v, {pcol}_key AS key FROM live "
+                         f"WHERE {cond}) WHERE v IS NOT NULL GROUP BY ALL")
             pick = ("arg_min(rep, {'n': -n, 'k': key})" if k == 1
                     else f"to_json(list(rep ORDER BY n DESC, key)[1:{k}])")
             self.top_ctes.append(
