@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import tomllib
@@ -101,7 +102,9 @@ def load_events(con, path: str, tr: Translation) -> dict:
     # its rowid is the arrival order. Lines SPEC §2 would dead-letter stay, with valid false.
     # Every property the rules read is extracted here, in one pass over each line's JSON.
     paths = ", ".join(json_path(k) for k in tr.props)
-    prop_cols = "".join(f", ps[{i + 1}] AS p_{i}" for i in range(len(tr.props)))
+    # the JSON itself only where the SQL reads it (profiles, first/last, top's printed value)
+    raw_cols = sorted(set(re.findall(r"\bp_\d+\b", tr.users_sql())), key=lambda c: int(c[2:]))
+    prop_cols = "".join(f", ps[{int(c[2:]) + 1}] AS {c}" for c in raw_cols)
     for pcol, want in sorted(tr.typed):  # a property read as a type, parsed once here
         raw = f"ps[{int(pcol[2:]) + 1}]"
         value = value_key_sql(raw) if want == "key" else as_type(raw, "dyn", want)
@@ -180,7 +183,7 @@ def load_events(con, path: str, tr: Translation) -> dict:
         "m": "floor((ts + ((local_ms(ts) - ts) % 60000 + 60000) % 60000) / 60000)::BIGINT AS b_m",
     }
     bucket_cols = "".join(f", {buckets[u]}" for u in sorted(tr.units))
-    prop_cols = "".join(f", p_{i}" for i in range(len(tr.props)))
+    prop_cols = "".join(f", {c}" for c in raw_cols)
     prop_cols += "".join(f", {pcol}_{want}" for pcol, want in sorted(tr.typed))
     # live: the applied (not duplicate) track and profile lines after the user's last applied
     # delete. A view: the users query reads it once per `top` tag plus once, and the joins
