@@ -42,6 +42,7 @@ test: test-deps
 	cargo test --workspace
 	python3 -m unittest discover -s tests/oracle
 	python3 -m unittest discover -s tests/sdk
+	python3 -m unittest discover -s tests/bench
 	./scripts/check-deploy.sh
 
 check-deploy:
