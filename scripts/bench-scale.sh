@@ -18,8 +18,13 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tagstream-target}"
 USERS_LIST="${SCALE_USERS:-100000 1000000 10000000}"
 RULES="${SCALE_RULES:-config/rules/bench15.toml}"
 WORK="${BENCH_DIR:-$PWD/target/bench}/scale"
-cargo build -q -p tagstream --bin tagstream
-BIN="$CARGO_TARGET_DIR/debug/tagstream"
+# SCALE_TAGSTREAM measures another build (e.g. a copy of an earlier binary).
+if [ -n "${SCALE_TAGSTREAM:-}" ]; then
+  BIN="$SCALE_TAGSTREAM"
+else
+  cargo build -q -p tagstream --bin tagstream
+  BIN="$CARGO_TARGET_DIR/debug/tagstream"
+fi
 mkdir -p "$WORK"
 
 T0=1727740800000           # 2024-10-01T00:00:00Z
