@@ -5,6 +5,11 @@
 //!    rebuilt from scratch from the same applied events.
 //! 2. Time-driven changes are exact: at random instants between events, membership implied by
 //!    the emitted transitions equals a from-scratch evaluation at that instant.
+//!
+//! Both over fixed rule sets that cover every shape, and over random rule sets (random tag
+//! kinds, windows, filters and segment conditions), so that every shortcut of the fast path
+//! (dirty propagation, quiet bounds, closed-form flips, window-drop candidates, decoding only
+//! the properties the rules read) is checked against the naive model on rules nobody chose.
 
 mod sim;
 
@@ -297,8 +302,156 @@ fn check(rules: &str, steps: &[Step], extra_hours: i64) -> Result<(), TestCaseEr
     Ok(())
 }
 
+/// A random aggregate tag `name` (TOML) and how segments may compare it.
+fn aggregate_tag() -> impl Strategy<Value = (String, Operand)> {
+    let windows = prop_oneof![
+        Just(None),
+        Just(Some("90m")),
+        Just(Some("5h")),
+        Just(Some("1d")),
+        Just(Some("2d")),
+        Just(Some("3d")),
+    ];
+    let events = prop_oneof![
+        Just("\"purchase\""),
+        Just("\"view\""),
+        Just("\"*\""),
+        Just("[\"view\", \"purchase\"]")
+    ];
+    let filters = prop_oneof![
+        3 => Just(None),
+        1 => Just(Some("properties.cat = 'a'")),
+        1 => Just(Some("properties.cat <> 'c' AND properties.amount > 20")),
+    ];
+    (0u8..9, events, windows, filters).prop_map(|(kind, event, window, filter)| {
+        let (kind, property, operand) = match kind {
+            0 => ("count", None, Operand::Number(0.0, 4.0)),
+            1 => ("sum", Some("amount"), Operand::Number(0.0, 150.0)),
+            2 => ("max", Some("amount"), Operand::Number(0.0, 80.0)),
+            3 => ("min", Some("amount"), Operand::Number(0.0, 80.0)),
+            4 => ("avg", Some("amount"), Operand::Number(0.0, 80.0)),
+            5 => ("distinct", Some("cat"), Operand::Number(0.0, 3.0)),
+            6 => ("top", Some("cat"), Operand::Text),
+            7 => ("last_time", None, Operand::Time),
+            _ => ("first_time", None, Operand::Time),
+        };
+        let mut toml = format!("kind = \"{kind}\"\nevent = {event}\n");
+        if let Some(p) = property {
+            toml += &format!("property = \"{p}\"\n");
+        }
+        // first/last times take no window
+        if let (Some(w), Operand::Number(..) | Operand::Text) = (window, &operand) {
+            toml += &format!("window = \"{w}\"\n");
+        }
+        if let Some(f) = filter {
+            toml += &format!("where = \"{f}\"\n");
+        }
+        (toml, operand)
+    })
+}
+
+/// What a tag's value can be compared with.
+#[derive(Debug, Clone)]
+enum Operand {
+    /// A number, compared with thresholds in this range.
+    Number(f64, f64),
+    /// A category (`top`).
+    Text,
+    /// An instant (first/last times): compared with `now()` minus a duration.
+    Time,
+}
+
+/// One comparison over tag `t{i}`, picked by `pick` among the tags.
+fn comparison(tags: &[Operand], pick: usize, knob: u32) -> String {
+    let i = pick % tags.len();
+    match &tags[i] {
+        Operand::Number(lo, hi) => {
+            let c = lo + (hi - lo) * f64::from(knob % 7) / 6.0;
+            let op = [">=", "<", ">", "<=", "="][(knob / 7 % 5) as usize];
+            match knob % 11 {
+                0 => format!("t{i} IS NULL"),
+                1 => format!("coalesce(t{i}, 0) {op} {c}"),
+                _ => format!("t{i} {op} {c}"),
+            }
+        }
+        Operand::Text => {
+            let v = ["a", "b", "c"][(knob % 3) as usize];
+            if knob % 5 == 0 {
+                format!("t{i} <> '{v}'")
+            } else {
+                format!("t{i} = '{v}'")
+            }
+        }
+        Operand::Time => {
+            let hours = 1 + knob % 60;
+            match knob % 4 {
+                0 => format!("t{i} < now() - {hours}h"),
+                1 => format!("days_since(t{i}) >= {}", knob % 3),
+                _ => format!("t{i} > now() - {hours}h"),
+            }
+        }
+    }
+}
+
+/// A random rules file: 2–5 aggregate tags, sometimes a lifecycle `case` and a `tier`, and 1–3
+/// segments of one to three comparisons joined by AND / OR / AND NOT.
+fn random_rules() -> impl Strategy<Value = String> {
+    (
+        prop::collection::vec(aggregate_tag(), 2..6),
+        prop_oneof![Just("UTC"), Just("America/New_York"), Just("Asia/Shanghai")],
+        any::<bool>(),
+        prop::collection::vec(
+            prop::collection::vec((any::<usize>(), any::<u32>(), 0u8..3), 1..4),
+            1..4,
+        ),
+    )
+        .prop_map(|(aggs, zone, derived, segments)| {
+            let mut toml = format!("time_zone = \"{zone}\"\ndedup_window = \"0d\"\n");
+            let mut operands = Vec::new();
+            for (i, (tag, operand)) in aggs.into_iter().enumerate() {
+                toml += &format!("[[tag]]\nname = \"t{i}\"\n{tag}");
+                operands.push(operand);
+            }
+            if derived {
+                let n = operands.len();
+                toml += &format!(
+                    "[[tag]]\nname = \"t{n}\"\nkind = \"case\"\ncases = [\n  {{ when = \"first_seen > now() - 1d\", value = \"a\" }},\n  {{ when = \"last_seen > now() - 2d\", value = \"b\" }},\n]\nelse = \"c\"\n"
+                );
+                operands.push(Operand::Text);
+                if let Some(j) = operands.iter().position(|o| matches!(o, Operand::Number(..))) {
+                    let n = operands.len();
+                    toml += &format!("[[tag]]\nname = \"t{n}\"\nkind = \"tier\"\nof = \"t{j}\"\ntiers = [{{ label = \"a\", min = 0 }}, {{ label = \"b\", min = 2 }}, {{ label = \"c\", min = 40 }}]\n");
+                    operands.push(Operand::Text);
+                }
+            }
+            for (s, terms) in segments.iter().enumerate() {
+                let mut when = String::new();
+                for (k, (pick, knob, join)) in terms.iter().enumerate() {
+                    if k > 0 {
+                        when += [" AND ", " OR ", " AND NOT "][*join as usize];
+                    }
+                    when += &format!("({})", comparison(&operands, *pick, *knob));
+                }
+                toml += &format!("[[segment]]\nname = \"s{s}\"\nwhen = \"{when}\"\n");
+            }
+            toml
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_rules_match_the_naive_model(
+        rules in random_rules(),
+        steps in prop::collection::vec(step(), 1..40),
+        extra_hours in 0i64..200,
+    ) {
+        if let Err(e) = tagstream_rules::rules::RuleSet::compile(&rules, "random.toml") {
+            panic!("the generator wrote rules that do not compile: {e}\n{rules}");
+        }
+        check(&rules, &steps, extra_hours)?;
+    }
 
     #[test]
     fn incremental_equals_from_scratch(steps in prop::collection::vec(step(), 1..60), extra_hours in 0i64..200) {

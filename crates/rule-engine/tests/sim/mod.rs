@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tagstream_rules::engine;
-use tagstream_rules::event::{decode, DecodeOptions, EventBody, Format, Millis};
+use tagstream_rules::event::{
+    decode_message_keeping, DecodeOptions, Decoded, EventBody, Format, Millis,
+};
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
 use tagstream_rules::transition::Transition;
@@ -51,7 +53,12 @@ impl Sim {
             format,
             ..DecodeOptions::default()
         };
-        let event = decode(json.as_bytes(), &opts).unwrap_or_else(|r| panic!("{json}: {r:?}"));
+        // The engine's decoding: only the track properties the rules read are kept.
+        let event =
+            match decode_message_keeping(json.as_bytes(), &opts, &self.rules.track_properties) {
+                Ok(Decoded::Event(event)) => event,
+                other => panic!("{json}: {other:?}"),
+            };
         if engine::is_duplicate(
             &self.rules,
             self.users.get(&event.user_id),
