@@ -429,6 +429,8 @@ impl Engine {
         let span = tracing::info_span!(
             "batch",
             records = tracing::field::Empty,
+            first = tracing::field::Empty,
+            last = tracing::field::Empty,
             partitions = tracing::field::Empty,
             applied = tracing::field::Empty,
             timers_fired = tracing::field::Empty,
@@ -652,6 +654,15 @@ impl Batch<'_> {
     pub fn apply(&mut self, records: &[Record<'_>]) -> Result<()> {
         let started = std::time::Instant::now();
         let _entered = self.span.enter();
+        if let (Some(first), Some(last)) = (records.first(), records.last()) {
+            // where the batch starts and ends in its input, so a slow batch can be found
+            if self.records == 0 {
+                self.span
+                    .record("first", tracing::field::display(&first.origin));
+            }
+            self.span
+                .record("last", tracing::field::display(&last.origin));
+        }
         for record in records {
             self.run.record(record)?;
         }

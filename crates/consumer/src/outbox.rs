@@ -21,6 +21,21 @@ pub enum Origin {
     },
 }
 
+impl std::fmt::Display for Origin {
+    /// Where a message was read: `path:line` or `topic/partition@offset`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Line { source, line } => write!(f, "{source}:{line}"),
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } => write!(f, "{topic}/{partition}@{offset}"),
+        }
+    }
+}
+
 /// A message that could not be accepted, with its original bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {

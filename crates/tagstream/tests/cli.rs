@@ -674,3 +674,52 @@ fn check_preview_shows_what_a_reload_would_do_reading_the_state_only() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no tagstream state"));
 }
+
+/// Each committed batch logs one span naming where it starts and ends in its input, so a slow
+/// batch can be found; `--batch-size` cuts batches at that many events.
+#[test]
+fn each_batch_logs_where_it_starts_and_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.toml", RULES);
+    let events =
+        String::from_utf8(ok(&["gen", "--users", "20", "--events", "2500", "--seed", "5"]).stdout)
+            .unwrap();
+    let input = write(dir.path(), "events.ndjson", &events);
+    let out = Command::new(env!("CARGO_BIN_EXE_tagstream"))
+        .env("TAGSTREAM_LOG", "tagstream_consumer=debug")
+        .env_remove("TAGSTREAM_LOG_FORMAT")
+        .args([
+            "replay",
+            "--rules",
+            rules.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("state").to_str().unwrap(),
+            "--out",
+            dir.path().join("t.ndjson").to_str().unwrap(),
+            "--batch-size",
+            "1000",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let log = String::from_utf8_lossy(&out.stderr);
+    let path = input.to_str().unwrap();
+    let spans: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("batch committed") && l.contains("batch{first="))
+        .collect();
+    for (i, (first, last)) in [(1, 1000), (1001, 2000), (2001, 2500)].iter().enumerate() {
+        let span = spans
+            .get(i)
+            .unwrap_or_else(|| panic!("batch {i} not logged:\n{log}"));
+        assert!(
+            span.contains(&format!(
+                "first={path}:{first} last={path}:{last} records={}",
+                last - first + 1
+            )),
+            "{span}"
+        );
+    }
+}
