@@ -12,7 +12,9 @@
 //! Guarantees: decoding and rule compilation never panic on user input; evaluation at engine
 //! time `t` depends only on the events applied and `t`, so the incremental state always equals a
 //! from-scratch batch computation at the same engine time (SPEC §3).
-pub mod cexpr;
+/// Compiled expressions live next to the parser they are compiled from; `crate::cexpr` stays
+/// their path.
+pub use expr::cexpr;
 pub(crate) mod enclose;
 pub mod engine;
 pub mod event;

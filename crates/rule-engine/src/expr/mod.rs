@@ -1,6 +1,7 @@
 //! The expression language: syntax tree, parser, and (in `compile`/`eval`) typing and evaluation.
 
 pub mod ast;
+pub mod cexpr;
 mod lexer;
 mod parser;
 
