@@ -26,7 +26,9 @@ WORK="${BENCH_DIR:-$PWD/target/bench}"
 DUCKDB_THREADS="${BENCH_DUCKDB_THREADS:-1}"
 
 cargo build -q -p tagstream --bin tagstream --example parse_floor
-BIN="$CARGO_TARGET_DIR/debug/tagstream"
+# BENCH_TAGSTREAM replays with another build (e.g. a copy of an earlier binary, for a before/after
+# table); the floor and the workload stay the same.
+BIN="${BENCH_TAGSTREAM:-$CARGO_TARGET_DIR/debug/tagstream}"
 FLOOR="$CARGO_TARGET_DIR/debug/examples/parse_floor"
 mkdir -p "$WORK"
 INPUT="$WORK/events-$USERS-$EVENTS.ndjson"
