@@ -5,6 +5,7 @@
 #   make check-deploy deploy/ manifests, alert rules and dashboard (scripts/check-deploy.sh)
 #   make bench        replay throughput as ratios against a parse-only floor (scripts/bench.sh)
 #   make bench-kafka  `run` from Kafka vs replay, and end-to-end latency (scripts/bench-kafka.sh)
+#   make bench-scale  replay and a mass timer roll at 100k, 1M and 10M users (scripts/bench-scale.sh)
 #
 # The C/C++ dependencies (RocksDB, librdkafka) take many minutes to build cold, so builds share
 # one target directory outside the checkout.
@@ -13,7 +14,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug/tagstream
 QS := $(CURDIR)/target/quickstart
 
-.PHONY: deps test-deps build quickstart test lint bench bench-kafka check-deploy
+.PHONY: deps test-deps build quickstart test lint bench bench-kafka bench-scale check-deploy
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -51,6 +52,11 @@ check-deploy:
 # Replay throughput against a parse-only floor measured in the same run (docs/performance.md).
 bench: deps
 	./scripts/bench.sh
+
+# Events/s, timers/s, peak RSS and bytes per user from 100k to 10M users (docs/performance.md).
+# SCALE_USERS="100000 1000000" for a shorter run; 10M users take about half an hour here.
+bench-scale: deps
+	./scripts/bench-scale.sh
 
 # `tagstream run` against the mock cluster and Tansu: throughput vs replay, end-to-end latency
 # at 2,000 events/s (docs/performance.md). Tansu comes with the test dependencies.
