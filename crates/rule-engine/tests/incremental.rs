@@ -376,7 +376,7 @@ fn comparison(tags: &[Operand], pick: usize, knob: u32) -> String {
         }
         Operand::Text => {
             let v = ["a", "b", "c"][(knob % 3) as usize];
-            if knob % 5 == 0 {
+            if knob.is_multiple_of(5) {
                 format!("t{i} <> '{v}'")
             } else {
                 format!("t{i} = '{v}'")
