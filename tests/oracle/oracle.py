@@ -318,6 +318,25 @@ def tokenize(src):
             j = m.end()
             if word.lower() == "properties" and j < n and src[j] == ".":
                 k = j + 1
+                if k < n and src[k] == "'":
+                    # a single-quoted key (docs/rules.md): '' is a quote inside it
+                    key, e = [], k + 1
+                    while True:
+                        if e >= n:
+                            raise ExprError(f"unterminated quoted property name at column {k + 1}")
+                        if src[e] == "'":
+                            if e + 1 < n and src[e + 1] == "'":
+                                key.append("'")
+                                e += 2
+                                continue
+                            break
+                        key.append(src[e])
+                        e += 1
+                    if not key:
+                        raise ExprError(f"empty quoted property name at column {k + 1}")
+                    toks.append(("prop", "".join(key), i))
+                    i = e + 1
+                    continue
                 if k < n and src[k] in "\"`":
                     q = src[k]
                     end = src.find(q, k + 1)

@@ -381,6 +381,14 @@ class NullLogic(unittest.TestCase):
                              lines, extra)
         self.assertEqual(got, [None, True, None, 1, False, True])
 
+    def test_single_quoted_property_names(self):
+        # docs/rules.md: any key, quoted; '' is a quote inside it
+        extra = ('[[tag]]\nname = "ios"\nkind = "count"\nevent = "e"\n'
+                 'where = "properties.\'$os\' = \'iOS\' AND properties.\'it\'\'s\' = 1"\n')
+        lines = [ev("u", "e", T0, {"$os": "iOS", "it's": 1}), ev("u", "e", T0, {"$os": "iOS"}),
+                 ev("u", "e", T0, {"os": "iOS", "it's": 1})]
+        self.assertEqual(self.expr_tags(["ios"], lines, extra), [1])
+
     def test_segments_are_never_null(self):
         rules = """
 [[tag]]
