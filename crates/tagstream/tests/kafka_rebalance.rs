@@ -295,3 +295,31 @@ fn a_refused_group_commit_is_retried_until_the_group_offsets_reach_the_end() {
     cluster.wait_consumed(&mut child, &service.log());
     service.stop(child);
 }
+
+/// Engine partition p holds partition p of every input topic, which only the range assignor
+/// keeps on one instance: a sticky assignor with several input topics is a startup error.
+#[test]
+fn cooperative_sticky_with_several_input_topics_is_a_startup_error() {
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let mut service = Service::new(
+        &dir,
+        &cluster,
+        "svc",
+        "\"partition.assignment.strategy\" = \"cooperative-sticky\"",
+        "changelog_topic = \"\"",
+    );
+    let text = std::fs::read_to_string(&service.config)
+        .unwrap()
+        .replace("topics = [\"events\"]", "topics = [\"events\", \"dlq\"]");
+    std::fs::write(&service.config, text).unwrap();
+    let mut child = service.spawn();
+    let status = wait_for(
+        "tagstream to exit",
+        || tail(&service.log(), 20),
+        || child.try_wait().unwrap(),
+    );
+    let log = std::fs::read_to_string(service.log()).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("only \"range\" guarantees"), "{log}");
+}

@@ -465,6 +465,20 @@ impl KafkaSource {
             // makes idle fetches more frequent.
             ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS),
         ];
+        // Engine partition p holds partition p of every input topic: only the range assignor
+        // keeps them on one instance (the sticky and round-robin ones spread them).
+        if config.topics.len() > 1 {
+            if let Some(strategy) = config.options.get("partition.assignment.strategy") {
+                if strategy.trim() != "range" {
+                    return Err(format!(
+                        "partition.assignment.strategy = {strategy:?} with several input topics ({}): \
+                         partition p of every topic must be consumed by the same instance, which \
+                         only \"range\" guarantees; use one topic, or \"range\"",
+                        config.topics.join(", ")
+                    ));
+                }
+            }
+        }
         let latest_without_state = matches!(
             config.options.get("auto.offset.reset").map(|s| s.as_str()),
             Some("latest" | "largest" | "end")
