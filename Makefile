@@ -6,6 +6,7 @@
 #   make bench        replay throughput as ratios against a parse-only floor (scripts/bench.sh)
 #   make bench-kafka  `run` from Kafka vs replay, and end-to-end latency (scripts/bench-kafka.sh)
 #   make bench-scale  replay and a mass timer roll at 100k, 1M and 10M users (scripts/bench-scale.sh)
+#   make bench-restore  restoring a lost volume from the changelog vs rebuilding it
 #
 # The C/C++ dependencies (RocksDB, librdkafka) take many minutes to build cold, so builds share
 # one target directory outside the checkout.
@@ -14,7 +15,7 @@ export CARGO_TARGET_DIR
 BIN := $(CARGO_TARGET_DIR)/debug/tagstream
 QS := $(CURDIR)/target/quickstart
 
-.PHONY: deps test-deps build quickstart test lint bench bench-kafka bench-scale check-deploy
+.PHONY: deps test-deps build quickstart test lint bench bench-kafka bench-scale bench-restore check-deploy
 
 deps:
 	@./scripts/ensure-deps.sh
@@ -62,6 +63,14 @@ bench-scale: deps
 # at 2,000 events/s (docs/performance.md). Tansu comes with the test dependencies.
 bench-kafka: test-deps
 	./scripts/bench-kafka.sh
+
+# Restoring a lost volume from the changelog against rebuilding it from the input, 50k users on
+# the mock cluster (docs/changelog.md "Measured"). BENCH_USERS / BENCH_EVENTS change the size.
+bench-restore: deps
+	cargo build -q -p tagstream --bin tagstream --example bench_restore
+	"$(CARGO_TARGET_DIR)/debug/examples/bench_restore" \
+	  --tagstream "$(CARGO_TARGET_DIR)/debug/tagstream" \
+	  --users "$${BENCH_USERS:-50000}" --events "$${BENCH_EVENTS:-300000}"
 
 lint: deps
 	cargo fmt --all -- --check

@@ -27,6 +27,7 @@ use crate::outbox::{self, DeadLetter, Origin, OutboxEntry};
 
 mod changelog;
 mod history;
+mod ownership;
 mod query;
 mod reload;
 

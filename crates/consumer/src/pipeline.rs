@@ -467,6 +467,9 @@ impl Loop<'_> {
                     // Event mode: timers that became due in a partition's last batch fire at the
                     // next tick; after a restart that tick must still come, events or not.
                     self.touched.extend(parts.iter().map(|(_, p)| *p as u32));
+                    self.engine
+                        .lock()
+                        .mark_assigned(&parts.iter().map(|(_, p)| *p as u32).collect())?;
                     self.assigned.extend(parts);
                     self.publish_assignment();
                 }
@@ -486,6 +489,16 @@ impl Loop<'_> {
                     }
                     self.publish_assignment();
                     self.release_changelog(&partitions)?;
+                    // A shutdown's revocation is no loss: the instance expects them back.
+                    if !self.control.stopping() {
+                        let owned = self.partitions();
+                        let released = partitions
+                            .iter()
+                            .map(|(_, p)| *p as u32)
+                            .filter(|p| !owned.contains(p))
+                            .collect();
+                        self.engine.lock().mark_released(&released)?;
+                    }
                     drop(done);
                 }
                 Ok(SourceEvent::Changelog { snapshot, done }) => {

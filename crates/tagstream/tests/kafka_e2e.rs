@@ -999,13 +999,14 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
     let mut a = Service::new(dir.as_path(), &cluster, "a", "");
     let mut b = Service::new(dir.as_path(), &cluster, "b", "");
     for (s, id) in [(&a, "a"), (&b, "b")] {
-        // Without a changelog (revision 1): a partition without local state is rebuilt from
+        // With the assignor the Kubernetes ConfigMap ships (incremental rebalances) and static
+        // membership, as the StatefulSet runs it. Without a changelog (revision 1): a partition without local state is rebuilt from
         // the input (`changelog_restores_a_lost_volume_...` covers the changelog).
         let text = std::fs::read_to_string(&s.config)
             .unwrap()
             .replace(
                 "[sink]",
-                &format!("\"group.instance.id\" = \"{id}\"\n[sink]"),
+                &format!("\"group.instance.id\" = \"{id}\"\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n[sink]"),
             )
             .replace("dir = \"state\"", "dir = \"state\"\nchangelog_topic = \"\"");
         std::fs::write(&s.config, text).unwrap();

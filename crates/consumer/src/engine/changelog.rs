@@ -19,7 +19,7 @@ pub(super) const META_CHANGELOG_SEQ: &[u8] = b"changelog_seq";
 pub(super) const META_CHANGELOG_SERIAL: &[u8] = b"changelog_serial/";
 /// Per partition, the changelog offset and serial of its last checkpoint the broker
 /// acknowledged from here.
-const META_CHANGELOG_ACKED: &[u8] = b"changelog_acked/";
+pub(super) const META_CHANGELOG_ACKED: &[u8] = b"changelog_acked/";
 
 /// Records of one commit to stage for the changelog.
 #[derive(Default)]

@@ -415,6 +415,8 @@ impl Engine {
         if rules.fingerprint == self.rules.fingerprint {
             return Ok(ReloadReport::default());
         }
+        // Only the partitions owned here are carried over (see the `ownership` module).
+        self.drop_not_owned()?;
         let old = self.rules.clone();
         let migration = Migration::plan(&old, &rules);
         let at = self.clocks.values().copied().max().unwrap_or(Millis::MIN);

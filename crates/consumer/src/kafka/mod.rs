@@ -11,7 +11,10 @@
 //! Engine partitions are Kafka partition numbers. Several input topics therefore share engine
 //! partition `p`: they must be co-partitioned by user id (same partition count, same key and
 //! partitioner), and the assignment strategy must keep partition `p` of every topic on one
-//! instance — the default `range` assignor does.
+//! instance — the default `range` assignor does; with several topics any other strategy is
+//! refused at start. With one topic, `cooperative-sticky` works: the rebalance callbacks use
+//! incremental assign/unassign and handle the partitions they are given, not the whole
+//! assignment.
 
 pub mod producer;
 pub mod source;

@@ -68,6 +68,8 @@ struct Context {
     resumed_at: Mutex<HashMap<Tp, i64>>,
     rebalanced: AtomicBool,
     errors: Mutex<RateLimit>,
+    /// The last offset committed (or tried) per assigned partition.
+    last_commits: Mutex<BTreeMap<Tp, i64>>,
     changelog: Option<ChangelogConfig>,
 }
 
@@ -231,6 +233,15 @@ impl Context {
         if let Err(e) = result {
             tracing::error!("assigning partitions failed: {e}");
         }
+        // librdkafka keeps a partition's pause flag across its revocation: one paused for
+        // backpressure when it was taken away would stay paused forever when it comes back,
+        // since the poll loop only resumes the partitions assigned when backpressure ends. The
+        // loop pauses the whole assignment again (`rebalanced`) if it still wants to.
+        if tpl.count() > 0 {
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!("resuming newly assigned partitions failed: {e}");
+            }
+        }
         self.metrics.rebalances.with_label_values(&["assign"]).inc();
         if let Ok(mut a) = self.assignment.lock() {
             a.extend(parts.iter().cloned());
@@ -254,7 +265,18 @@ impl Context {
         {
             let _ = done_rx.recv();
         }
-        commit_pending(consumer, self);
+        // Where each partition's applied range ends: the new owner starts there (tests check
+        // that no two owners apply a partition's offsets at once).
+        for (topic, partition) in &parts {
+            let next = self
+                .store
+                .get(Cf::Offsets, &offsets_key(topic, *partition))
+                .ok()
+                .flatten()
+                .and_then(|v| decode_offset(&v));
+            tracing::info!(topic, partition, next_offset = ?next, "partition released");
+        }
+        commit_pending(consumer, self, false);
         let result = match consumer.rebalance_protocol() {
             RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
             _ => consumer.unassign(),
@@ -291,7 +313,12 @@ impl ConsumerContext for Context {
                 tracing::error!(
                     "consumer group rebalance error: {other:?}; releasing the assignment"
                 );
-                let _ = consumer.unassign();
+                // Under a cooperative protocol a plain unassign is an error (the assignment
+                // would stay as it was).
+                let _ = match consumer.rebalance_protocol() {
+                    RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+                    _ => consumer.unassign(),
+                };
             }
         }
     }
@@ -305,17 +332,36 @@ impl ConsumerContext for Context {
     }
 }
 
-/// Commits the offsets the engine thread stored since the last call (assigned partitions only).
-fn commit_pending(consumer: &BaseConsumer<Context>, ctx: &Context) {
+/// Commits the offsets the engine thread stored since the last call (assigned partitions only);
+/// with `again`, the last offset of every assigned partition as well.
+///
+/// The outcome of an asynchronous commit never reaches the application (librdkafka only logs a
+/// refused one), and under a cooperative protocol a partition kept through a rebalance is never
+/// assigned again (an assignment re-commits the stored offset). An offset refused mid-rebalance
+/// would then stay behind for good once the partition is idle, and lag tools would report
+/// phantom lag: hence the periodic commit `again`.
+fn commit_pending(consumer: &BaseConsumer<Context>, ctx: &Context, again: bool) {
     let pending = ctx.control.take_commits();
-    if pending.is_empty() {
+    if pending.is_empty() && !again {
         return;
     }
     let assigned = ctx.assignment.lock().map(|a| a.clone()).unwrap_or_default();
+    let Ok(mut last) = ctx.last_commits.lock() else {
+        return;
+    };
+    last.retain(|tp, _| assigned.contains(tp));
     let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), next) in pending {
-        if assigned.contains(&(topic.clone(), partition)) {
-            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(next));
+    for (tp, next) in pending {
+        if assigned.contains(&tp) {
+            let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next));
+            last.insert(tp, next);
+        }
+    }
+    if again {
+        for ((topic, partition), next) in last.iter() {
+            if tpl.find_partition(topic, *partition).is_none() {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+            }
         }
     }
     if tpl.count() > 0 {
@@ -419,6 +465,20 @@ impl KafkaSource {
             // makes idle fetches more frequent.
             ("fetch.wait.max.ms", FETCH_WAIT_MAX_MS),
         ];
+        // Engine partition p holds partition p of every input topic: only the range assignor
+        // keeps them on one instance (the sticky and round-robin ones spread them).
+        if config.topics.len() > 1 {
+            if let Some(strategy) = config.options.get("partition.assignment.strategy") {
+                if strategy.trim() != "range" {
+                    return Err(format!(
+                        "partition.assignment.strategy = {strategy:?} with several input topics ({}): \
+                         partition p of every topic must be consumed by the same instance, which \
+                         only \"range\" guarantees; use one topic, or \"range\"",
+                        config.topics.join(", ")
+                    ));
+                }
+            }
+        }
         let latest_without_state = matches!(
             config.options.get("auto.offset.reset").map(|s| s.as_str()),
             Some("latest" | "largest" | "end")
@@ -433,6 +493,7 @@ impl KafkaSource {
             resumed_at: Mutex::new(HashMap::new()),
             rebalanced: AtomicBool::new(false),
             errors: Mutex::new(RateLimit::default()),
+            last_commits: Mutex::new(BTreeMap::new()),
             changelog: config.changelog.clone(),
         };
         let consumer: BaseConsumer<Context> =
@@ -528,6 +589,10 @@ pub const FETCH_WAIT_MAX_MS: &str = "10";
 /// at once).
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How often every assigned partition's last offset is committed again, whether or not it
+/// moved (see [`commit_pending`]): one small request per interval when idle.
+const RECOMMIT_INTERVAL: Duration = Duration::from_secs(10);
+
 fn poll_loop(
     consumer: BaseConsumer<Context>,
     control: Arc<Control>,
@@ -538,12 +603,17 @@ fn poll_loop(
     let mut paused = false;
     let mut errors = RateLimit::default();
     let mut last_commit = Instant::now();
+    let mut last_full_commit = Instant::now();
     while !control.stopping() {
         // Group offsets only feed lag tools: a commit per poll round (hundreds a second at low
         // rates) would be a coordinator request per round for nothing.
         if last_commit.elapsed() >= COMMIT_INTERVAL {
-            commit_pending(&consumer, &ctx);
+            let again = last_full_commit.elapsed() >= RECOMMIT_INTERVAL;
+            commit_pending(&consumer, &ctx, again);
             last_commit = Instant::now();
+            if again {
+                last_full_commit = last_commit;
+            }
         }
         let want = control.pause_wanted();
         if ctx.rebalanced.swap(false, Ordering::SeqCst) && want {
@@ -614,7 +684,7 @@ fn poll_loop(
             }
         }
     }
-    commit_pending(&consumer, &ctx);
+    commit_pending(&consumer, &ctx, false);
     tracing::info!("leaving the consumer group");
     // Dropping the consumer closes it: the revocation callback runs (the engine thread finishes
     // its batches), final offsets are committed, and the group is left.

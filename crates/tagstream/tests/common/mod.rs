@@ -2,6 +2,8 @@
 //! Prometheus scrapes. (Each test binary uses a different subset.)
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use std::path::Path;
 use std::process::Command;
 
