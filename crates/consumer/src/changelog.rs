@@ -51,6 +51,41 @@ use crate::metrics::Metrics;
 /// The key of a checkpoint record: 0xFF never starts a UTF-8 string, so no user id collides.
 pub const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";
 
+/// The key prefix of an undelivered transition's record: `\xfe` (never the start of a UTF-8
+/// user id) followed by the transition's `event_id`. Its value is an encoded [`Undelivered`]; a
+/// tombstone says the transition reached the sink.
+pub const TRANSITION_KEY_PREFIX: &[u8] = b"\xfetransition/";
+
+/// The changelog key of the transition with this `event_id`.
+pub fn transition_key(event_id: &str) -> Vec<u8> {
+    let mut key = TRANSITION_KEY_PREFIX.to_vec();
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+/// A transition committed in a partition and not yet known to be delivered, as the changelog
+/// carries it so that a later owner delivers it under its original id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undelivered {
+    /// The serial of the checkpoint that first covered it, then its place in that commit: the
+    /// order in which a later owner delivers the transitions it restores.
+    pub serial: u64,
+    pub index: u32,
+    pub user_id: String,
+    /// The sink's JSON text, `event_id` included, exactly as first committed.
+    pub json: String,
+}
+
+impl Undelivered {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Undelivered, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("corrupt changelog transition: {e}"))
+    }
+}
+
 /// `state.changelog_topic` when it is not set.
 pub fn default_topic(group_id: &str) -> String {
     format!("{group_id}-changelog")
@@ -105,12 +140,15 @@ pub struct Snapshot {
     pub partition: u32,
     /// Encoded states of the users present at the checkpoint.
     pub users: BTreeMap<String, Vec<u8>>,
+    /// The transitions committed up to the checkpoint and not known to be delivered, by
+    /// changelog key (encoded [`Undelivered`]).
+    pub transitions: BTreeMap<Vec<u8>, Vec<u8>>,
     /// None: the partition has never been checkpointed.
     pub checkpoint: Option<Checkpoint>,
     /// Records read (all of the partition).
     pub records: u64,
     pub bytes: u64,
-    /// Users whose records came after the last checkpoint (left out).
+    /// Records (users, transitions) written after the last checkpoint (left out).
     pub ignored: u64,
     pub read_in: Duration,
     /// False when only the end of the partition was read: its last record is a checkpoint
@@ -211,6 +249,7 @@ pub fn read_partition(
         .map_err(|e| format!("reading {}/{p}: {e}", config.topic))?;
     // Changes since the last checkpoint: applied to `users` only when a checkpoint follows.
     let mut unconfirmed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut unconfirmed_transitions: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut last_progress = Instant::now();
     let mut next = low;
     while next < high {
@@ -245,6 +284,16 @@ pub fn read_partition(
                     None => snapshot.users.remove(&user),
                 };
             }
+            for (key, record) in std::mem::take(&mut unconfirmed_transitions) {
+                match record {
+                    Some(r) => snapshot.transitions.insert(key, r),
+                    None => snapshot.transitions.remove(&key),
+                };
+            }
+            continue;
+        }
+        if key.starts_with(TRANSITION_KEY_PREFIX) {
+            unconfirmed_transitions.insert(key.to_vec(), value.map(<[u8]>::to_vec));
             continue;
         }
         let Ok(user) = std::str::from_utf8(key) else {
@@ -256,7 +305,7 @@ pub fn read_partition(
         };
         unconfirmed.insert(user.to_string(), value.map(<[u8]>::to_vec));
     }
-    snapshot.ignored = unconfirmed.len() as u64;
+    snapshot.ignored = (unconfirmed.len() + unconfirmed_transitions.len()) as u64;
     snapshot.read_in = started.elapsed();
     Ok(snapshot)
 }
