@@ -469,6 +469,18 @@ impl Publisher {
         })
     }
 
+    /// Every staged entry below this sequence number is published (or was dropped with its
+    /// partition).
+    pub fn published_below(&self) -> u64 {
+        self.first_unacked
+    }
+
+    /// Whether records are in flight: the loop then pumps often, since the outbox waits for
+    /// their acknowledgement.
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// Entries not yet acknowledged.
     pub fn backlog(&self, engine: &Engine) -> u64 {
         engine

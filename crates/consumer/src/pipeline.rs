@@ -415,13 +415,24 @@ pub fn run(
     }
     control.assigned.store(0, Ordering::SeqCst);
     metrics.ready.set(0);
-    l.delivery.flush(&l.engine, options.flush_timeout)?;
+    // The changelog first: the outbox goes to the sink only as far as it is published.
     if let Some(c) = l.changelog.as_mut() {
         let engine = l.engine.lock();
         if !c.flush(&engine, options.flush_timeout)? {
             tracing::warn!(
                 "changelog not fully published at shutdown; the rest is published on the next start"
             );
+        }
+    }
+    l.pump_changelog()?;
+    l.delivery.flush(&l.engine, options.flush_timeout)?;
+    // What the sink took since the last checkpoints gets its tombstones, so that the next owner
+    // of a partition does not deliver it again.
+    if let Some(c) = l.changelog.as_mut() {
+        let mut engine = l.engine.lock();
+        engine.note_delivered(l.delivery.acknowledged());
+        if engine.settle_delivered(None)? > 0 {
+            c.flush(&engine, options.flush_timeout.min(Duration::from_secs(5)))?;
         }
     }
     let store = l.engine.lock().store().clone();
@@ -446,7 +457,7 @@ impl Loop<'_> {
                 self.control.stop();
                 tracing::info!("stopping: no more polling; finishing the batches in hand");
             }
-            let idle = if self.delivery.busy() {
+            let idle = if self.delivery.busy() || self.changelog.as_ref().is_some_and(Publisher::busy) {
                 Duration::from_millis(5)
             } else {
                 Duration::from_millis(100)
@@ -496,10 +507,8 @@ impl Loop<'_> {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             let acknowledged = self.delivery.acknowledged();
+            self.pump_changelog()?;
             self.delivery.pump(&self.engine)?;
-            if let Some(c) = self.changelog.as_mut() {
-                c.pump(&self.engine.lock())?;
-            }
             let backlog = self.backpressure();
             if self.delivery.acknowledged() > acknowledged || (backlog == 0 && !self.lagging) {
                 self.control.progressed();
@@ -517,6 +526,21 @@ impl Loop<'_> {
                 self.gauges(slow)?;
             }
         }
+    }
+
+    /// Publishes staged changelog records, then lets delivery go as far as the published
+    /// checkpoints allow, and reports what the sink has taken (its transitions' changelog
+    /// records get tombstones).
+    fn pump_changelog(&mut self) -> Result<()> {
+        let Some(c) = self.changelog.as_mut() else {
+            return Ok(());
+        };
+        let mut engine = self.engine.lock();
+        c.pump(&engine)?;
+        let release = engine.release_outbox(c.published_below());
+        engine.note_delivered(self.delivery.acknowledged());
+        self.delivery.release_below(release);
+        Ok(())
     }
 
     fn publish_assignment(&self) {
@@ -549,7 +573,12 @@ impl Loop<'_> {
             return Ok(());
         }
         let mut engine = self.engine.lock();
+        engine.note_delivered(self.delivery.acknowledged());
+        engine.settle_delivered(Some(&released))?;
         publisher.flush(&engine, REVOKE_PUBLISH_TIMEOUT)?;
+        // What is published now may still go to the sink; the rest of the released partitions'
+        // transitions is withdrawn with their changelog records.
+        engine.release_outbox(publisher.published_below());
         publisher.drop_partitions(&mut engine, &released)
     }
 
@@ -576,6 +605,7 @@ impl Loop<'_> {
                     records = snapshot.records,
                     bytes = snapshot.bytes,
                     users,
+                    undelivered_transitions = snapshot.transitions.len(),
                     ignored_after_checkpoint = snapshot.ignored,
                     serial = checkpoint.serial,
                     local_serial = local,

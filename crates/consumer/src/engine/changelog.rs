@@ -264,6 +264,50 @@ impl Engine {
         self.delivered_below = self.delivered_below.max(below);
     }
 
+    /// Stages tombstones for the transitions of `partitions` (all when None) that reached the
+    /// sink since their partition's last checkpoint, with a new checkpoint of each partition
+    /// that has some: a graceful stop or a revocation leaves a changelog that a later owner
+    /// does not deliver again from. Returns the number of tombstones.
+    pub fn settle_delivered(&mut self, partitions: Option<&[u32]>) -> Result<usize> {
+        if !self.options.changelog {
+            return Ok(0);
+        }
+        let below = self.delivered_below;
+        let mut staged = Staged::default();
+        let mut count = 0;
+        for (p, pending) in &self.undelivered {
+            if partitions.is_some_and(|only| !only.contains(p)) {
+                continue;
+            }
+            let n = pending.range(..below).count();
+            if n > 0 {
+                staged.partitions.insert(*p);
+                count += n;
+            }
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        let clocks = self.clocks.clone();
+        let deletes = self.deletes.clone();
+        let mut batch = WriteBatch::new();
+        let before = (self.changelog_seq, self.serials.clone());
+        let changes = match self.stage_changelog(staged, &clocks, &deletes, &[], &mut batch) {
+            Ok(changes) => changes,
+            Err(e) => {
+                (self.changelog_seq, self.serials) = before;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.commit(batch) {
+            (self.changelog_seq, self.serials) = before;
+            return Err(e.into());
+        }
+        let outbox_end = self.outbox_seq;
+        self.adopt_transitions(changes, outbox_end);
+        Ok(count)
+    }
+
     /// Transitions the changelog carries as undelivered for `partition` (tests, logs).
     pub fn undelivered_count(&self, partition: u32) -> usize {
         self.undelivered.get(&partition).map_or(0, BTreeMap::len)
