@@ -1510,3 +1510,235 @@ fn scaling_out_and_back_in_restores_moved_partitions_from_the_changelog() {
         restores(&a.log())
     );
 }
+
+/// Rules whose segments turn on `now()`: in wall mode their timers fire within seconds.
+const WALL_RULES: &str = r#"
+[[tag]]
+name = "last_seen"
+kind = "last_time"
+event = "*"
+
+[[tag]]
+name = "first_seen"
+kind = "first_time"
+event = "*"
+
+[[tag]]
+name = "views"
+kind = "count"
+event = "view"
+
+[[segment]]
+name = "recent"
+when = "last_seen > now() - 3s"
+
+[[segment]]
+name = "newcomer"
+when = "first_seen > now() - 5s AND views >= 2"
+"#;
+
+/// Wall mode, where re-applying an event gives it a new engine time and so new transition
+/// ids: kill -9 at random moments, the state dir deleted after some kills (the next instance
+/// restores from the changelog), a graceful stop whose copy of the state dir is put back later
+/// (a rollback), then the timers left fire with no input. Every (user, segment) on the sink
+/// shows seq 1..n, each under one id, alternating enter and exit, ending where the dump does;
+/// the dump is what the produced events imply (every view counted once, the last and first
+/// event times of each user, nobody left in a segment).
+#[test]
+fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
+    const USERS: u64 = 150;
+    const ROUNDS: usize = 7;
+    let (_guard, dir) = workdir();
+    let cluster = Cluster::new(1);
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    std::fs::write(service.dir.join("rules.toml"), WALL_RULES).unwrap();
+    let text = std::fs::read_to_string(&service.config)
+        .unwrap()
+        .replace("mode = \"event\"", "mode = \"wall\"");
+    std::fs::write(&service.config, text).unwrap();
+
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    // Per user: views, first and last event time.
+    let mut produced: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
+    let mut events = |n: usize, rand: &mut dyn FnMut(u64) -> u64| -> Vec<Msg> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        (0..n)
+            .map(|i| {
+                let user = format!("w{}", rand(USERS));
+                let ts = now - 50 + (i as i64 % 50);
+                let e = produced.entry(user.clone()).or_insert((0, ts, ts));
+                e.0 += 1;
+                e.1 = e.1.min(ts);
+                e.2 = e.2.max(ts);
+                let line = format!(r#"{{"user_id":"{user}","event":"view","ts":{ts}}}"#);
+                Msg {
+                    partition: partition_of(user.as_bytes(), PARTITIONS),
+                    key: Some(user.into_bytes()),
+                    payload: Some(line.into_bytes()),
+                }
+            })
+            .collect()
+    };
+    let backup = dir.join("backup");
+    let mut log = Vec::new();
+    for round in 0..ROUNDS {
+        let before: i64 = cluster.committed().iter().sum();
+        cluster.produce(&events(300, &mut rand));
+        let mut child = service.spawn();
+        let deadline = Instant::now() + DEADLINE;
+        while cluster.committed().iter().sum::<i64>() == before {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "tagstream exited:\n{}",
+                tail(&service.log(), 40)
+            );
+            assert!(Instant::now() < deadline, "no progress:\n{}", tail(&service.log(), 40));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        cluster.produce(&events(3_000, &mut rand));
+        let action = match round {
+            1 => {
+                cluster.wait_consumed(&mut child, &service.log());
+                service.stop(child);
+                if backup.exists() {
+                    std::fs::remove_dir_all(&backup).unwrap();
+                }
+                copy_dir(&service.state(), &backup);
+                "graceful stop, state copied"
+            }
+            _ => {
+                std::thread::sleep(Duration::from_millis(rand(150)));
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                "kill -9"
+            }
+        };
+        let after = match round {
+            2 | 4 => {
+                std::fs::remove_dir_all(service.state()).unwrap();
+                "state dir deleted"
+            }
+            5 => {
+                std::fs::remove_dir_all(service.state()).unwrap();
+                copy_dir(&backup, &service.state());
+                "the earlier copy put back"
+            }
+            _ => "",
+        };
+        log.push(format!(
+            "round {round}: {action} at {} committed; {after}",
+            cluster.committed().iter().sum::<i64>()
+        ));
+    }
+    eprintln!("{}", log.join("\n"));
+
+    // The last instance consumes the rest; then, with no input, every user leaves both
+    // segments as their timers fire.
+    let mut child = service.spawn();
+    let base = api_base(&service.log(), &mut child);
+    cluster.wait_consumed(&mut child, &service.log());
+    let users = produced.len();
+    let deadline = Instant::now() + DEADLINE;
+    let transitions = loop {
+        let mut by_id = BTreeMap::new();
+        add_transitions(
+            &mut by_id,
+            cluster.read_all(TRANSITIONS).into_iter().map(|r| r.payload),
+        );
+        let mut open = 0;
+        let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for v in by_id.values() {
+            let key = (
+                v["user_id"].as_str().unwrap().to_string(),
+                v["segment"].as_str().unwrap().to_string(),
+            );
+            *counts.entry(key).or_default() += 1;
+        }
+        open += counts.values().filter(|n| *n % 2 == 1).count();
+        if open == 0 && counts.len() >= users {
+            break by_id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} (user, segment) pairs still entered, {} seen:\n{}",
+            counts.len(),
+            tail(&service.log(), 40)
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{}", tail(&service.log(), 40));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let m = fetch_metrics(&base);
+    service.stop(child);
+    assert_eq!(metric_sum(&m, "tagstream_dead_letters_total"), 0.0);
+
+    // Every (user, segment): seq 1..n, one id each, enter on odd seq, exit on even.
+    let mut seqs: BTreeMap<(String, String), BTreeMap<u64, Vec<String>>> = BTreeMap::new();
+    for (id, v) in &transitions {
+        let key = (
+            v["user_id"].as_str().unwrap().to_string(),
+            v["segment"].as_str().unwrap().to_string(),
+        );
+        let seq = v["seq"].as_u64().unwrap();
+        let want = if seq % 2 == 1 { "segment_enter" } else { "segment_exit" };
+        assert_eq!(v["type"], want, "{v}");
+        seqs.entry(key).or_default().entry(seq).or_default().push(id.clone());
+    }
+    for ((user, segment), by_seq) in &seqs {
+        for (seq, ids) in by_seq {
+            assert_eq!(
+                ids.len(),
+                1,
+                "{user} {segment} seq {seq} reached the sink under {} ids: {:?}",
+                ids.len(),
+                ids.iter().map(|id| &transitions[id]).collect::<Vec<_>>()
+            );
+        }
+        let n = by_seq.len() as u64;
+        assert_eq!(
+            by_seq.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "{user} {segment}: a gap in seq"
+        );
+        assert_eq!(n % 2, 0, "{user} {segment} ends entered");
+    }
+    for user in produced.keys() {
+        assert!(
+            seqs.contains_key(&(user.clone(), "recent".to_string())),
+            "{user} never entered recent"
+        );
+    }
+
+    // The dump: every view counted once, first and last event times, nobody in a segment.
+    let dump = service.dump();
+    assert_eq!(dump.len(), produced.len(), "users in the dump");
+    for line in &dump {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let user = v["user_id"].as_str().unwrap();
+        let (views, first, last) = produced[user];
+        assert_eq!(v["tags"]["views"].as_u64(), Some(views), "{line}");
+        assert_eq!(v["tags"]["first_seen"].as_i64(), Some(first), "{line}");
+        assert_eq!(v["tags"]["last_seen"].as_i64(), Some(last), "{line}");
+        assert_eq!(v["segments"], serde_json::json!([]), "{line}");
+    }
+    let restores = std::fs::read_dir(&service.dir)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .map(|t| t.matches("partition restored from the changelog").count())
+        .sum::<usize>();
+    eprintln!(
+        "{} transitions of {} (user, segment) pairs, {} partition restores over the runs",
+        transitions.len(),
+        seqs.len(),
+        restores
+    );
+    assert!(restores >= 3 * PARTITIONS as usize, "every lost or rolled-back volume was restored");
+}
