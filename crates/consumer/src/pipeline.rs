@@ -457,11 +457,12 @@ impl Loop<'_> {
                 self.control.stop();
                 tracing::info!("stopping: no more polling; finishing the batches in hand");
             }
-            let idle = if self.delivery.busy() || self.changelog.as_ref().is_some_and(Publisher::busy) {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(100)
-            };
+            let idle =
+                if self.delivery.busy() || self.changelog.as_ref().is_some_and(Publisher::busy) {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(100)
+                };
             let wait = idle.min(next_tick.saturating_duration_since(Instant::now()));
             let received = match deferred.take() {
                 Some(event) => Ok(event),

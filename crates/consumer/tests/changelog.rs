@@ -280,9 +280,15 @@ fn the_outbox_waits_for_the_changelog_and_a_revocation_withdraws_what_was_not_pu
     assert!(a.drop_changelog_entries(&[0]).unwrap() > 0);
     let left = transition_texts(&a);
     assert_eq!(left.len(), 2, "{left:?}");
-    assert!(left[0].contains("\"u1\"") && left[1].contains("\"v1\""), "{left:?}");
+    assert!(
+        left[0].contains("\"u1\"") && left[1].contains("\"v1\""),
+        "{left:?}"
+    );
     // Partition 1's entry goes once its checkpoint is published.
-    assert_eq!(a.release_outbox(a.changelog_next_seq()), a.outbox_next_seq());
+    assert_eq!(
+        a.release_outbox(a.changelog_next_seq()),
+        a.outbox_next_seq()
+    );
 }
 
 /// A store that lost writes (or an old copy put back) holds outbox entries of commits the

@@ -42,8 +42,7 @@ pub(super) fn load_transitions(
     for (k, v) in store.scan(Cf::Meta, prefix, end.as_deref(), usize::MAX)? {
         let rest = &k[prefix.len()..];
         let (Some(p), Some(seq)) = (
-            rest.get(..4)
-                .and_then(tagstream_state::keys::decode_u32_be),
+            rest.get(..4).and_then(tagstream_state::keys::decode_u32_be),
             rest.get(4..).and_then(decode_u64_be),
         ) else {
             return Err(ConsumerError::Corrupt("changelog transition key".into()));
@@ -240,10 +239,11 @@ impl Engine {
     /// are all below `published_below`, i.e. acknowledged by the broker (or dropped with the
     /// partition they belonged to, whose entries are then deleted from the outbox). See the
     /// module documentation of [`crate::changelog`] for why this keeps ids from forking.
-    /// Without a changelog, every entry may go.
+    /// Without a changelog, every committed entry may go. Never beyond the next outbox
+    /// sequence number: every entry below the returned bound is committed.
     pub fn release_outbox(&mut self, published_below: u64) -> u64 {
         if !self.options.changelog {
-            return u64::MAX;
+            return self.outbox_seq;
         }
         while let Some(gate) = self.gates.front() {
             if gate.changelog_end > published_below {

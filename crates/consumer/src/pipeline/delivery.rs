@@ -187,7 +187,8 @@ impl Delivery {
     }
 
     /// Sends only entries below `below` (those the engine released: their commits' changelog
-    /// checkpoints are published).
+    /// checkpoints are published). Every entry below `below` must be committed: one missing
+    /// there is taken as withdrawn.
     pub fn release_below(&mut self, below: u64) {
         self.release = Some(below);
     }
