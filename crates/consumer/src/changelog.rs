@@ -145,6 +145,8 @@ pub struct Snapshot {
     pub transitions: BTreeMap<Vec<u8>, Vec<u8>>,
     /// None: the partition has never been checkpointed.
     pub checkpoint: Option<Checkpoint>,
+    /// Where that checkpoint sits in the changelog partition.
+    pub checkpoint_offset: Option<i64>,
     /// Records read (all of the partition).
     pub records: u64,
     pub bytes: u64,
@@ -227,6 +229,7 @@ pub fn read_partition(
             serial,
             ..Checkpoint::default()
         });
+        snapshot.checkpoint_offset = Some(offset);
         snapshot.complete = false;
         snapshot.read_in = started.elapsed();
         tracing::debug!(
@@ -278,6 +281,7 @@ pub fn read_partition(
         if key == CHECKPOINT_KEY {
             let Some(value) = value else { continue };
             snapshot.checkpoint = Some(Checkpoint::decode(value)?);
+            snapshot.checkpoint_offset = Some(message.offset());
             for (user, state) in std::mem::take(&mut unconfirmed) {
                 match state {
                     Some(s) => snapshot.users.insert(user, s),

@@ -590,8 +590,16 @@ impl Loop<'_> {
         let p = snapshot.partition;
         let mut engine = self.engine.lock();
         let local = engine.changelog_serial(p);
+        // A checkpoint this store did not write means another owner's history: restored even
+        // at a serial not above the local one (a stale copy whose unpublished commits forked).
+        let foreign = match &snapshot.checkpoint {
+            Some(c) if snapshot.complete && c.serial <= local => {
+                !engine.holds_checkpoint(p, c, snapshot.checkpoint_offset)?
+            }
+            _ => false,
+        };
         match &snapshot.checkpoint {
-            Some(checkpoint) if checkpoint.serial > local => {
+            Some(checkpoint) if checkpoint.serial > local || foreign => {
                 let users = engine.restore_partition(&snapshot)?;
                 self.next_offsets
                     .retain(|(_, q), _| u32::try_from(*q).ok() != Some(p));

@@ -312,6 +312,40 @@ fn a_restore_drops_local_transitions_the_changelog_never_got() {
     assert_eq!(a.undelivered_count(0), 1);
 }
 
+/// A store recognises the changelog's last checkpoint as its own (still staged, or the last
+/// one acknowledged from it) and no other, even one with the same serial: another owner's
+/// checkpoint means a history this store's state may have forked from.
+#[test]
+fn a_store_knows_its_own_checkpoints_from_another_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = engine(&dir.path().join("a"), true);
+    apply(&mut a, 0, 0, &[view("u1", T), view("u1", T + 1)]);
+    let own = snapshot_of(&a, 0).checkpoint.unwrap();
+    assert!(a.holds_checkpoint(0, &own, None).unwrap(), "staged here");
+    let mut forked = own.clone();
+    forked.clock = Some(T + 7);
+    assert!(!a.holds_checkpoint(0, &forked, None).unwrap());
+
+    // Published: the broker's offset identifies it from then on.
+    let acked = BTreeMap::from([(0u32, (41i64, own.serial))]);
+    a.acknowledge_changelog(a.changelog_next_seq(), &acked)
+        .unwrap();
+    assert!(a.changelog_from(0, 10).unwrap().is_empty());
+    assert!(a.holds_checkpoint(0, &own, Some(41)).unwrap());
+    assert!(
+        !a.holds_checkpoint(0, &own, Some(42)).unwrap(),
+        "written after ours"
+    );
+
+    // A restored store holds the checkpoint it was restored from.
+    let mut b = engine(&dir.path().join("b"), true);
+    let mut snapshot = snapshot_of(&a, 0);
+    snapshot.checkpoint = Some(own.clone());
+    snapshot.checkpoint_offset = Some(41);
+    b.restore_partition(&snapshot).unwrap();
+    assert!(b.holds_checkpoint(0, &own, Some(41)).unwrap());
+}
+
 #[test]
 fn the_pipeline_drops_messages_of_partitions_it_does_not_own() {
     let dir = tempfile::tempdir().unwrap();

@@ -403,6 +403,39 @@ impl Engine {
         Ok((local >= serial).then_some((offset, serial)))
     }
 
+    /// Whether the changelog's last checkpoint of `partition` (at `offset`) is one this store
+    /// wrote: the last one the broker acknowledged from here, or one still staged here (sent,
+    /// its acknowledgement lost to a crash). Only then does the local state continue the
+    /// changelog's history; any other checkpoint was written by another owner, whose history
+    /// may have forked from this store's even at a lower serial, so the partition is restored.
+    pub fn holds_checkpoint(
+        &self,
+        partition: u32,
+        checkpoint: &Checkpoint,
+        offset: Option<i64>,
+    ) -> Result<bool> {
+        let acked = self
+            .store
+            .get(
+                Cf::Meta,
+                &partition_meta_key(META_CHANGELOG_ACKED, partition),
+            )?
+            .and_then(|v| v.get(..8).and_then(|o| o.try_into().ok()))
+            .map(i64::from_be_bytes);
+        if acked.is_some() && acked == offset {
+            return Ok(true);
+        }
+        for (_, entry) in self.changelog_from(0, usize::MAX)? {
+            if entry.partition == partition && entry.key == CHECKPOINT_KEY {
+                let staged = entry.value.as_deref().map(Checkpoint::decode);
+                if matches!(staged, Some(Ok(c)) if &c == checkpoint) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Deletes the staged entries of `partitions` and returns how many there were. Their local
     /// state is then ahead of the changelog: its serial is reset, so that the partition is
     /// restored from the changelog (or published in full) when it is assigned here again.
@@ -586,7 +619,15 @@ impl Engine {
             partition_meta_key(META_CHANGELOG_SERIAL, p),
             u64_be(checkpoint.serial).to_vec(),
         );
-        batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p));
+        // The store now holds exactly that checkpoint's state, as if it had written it.
+        match snapshot.checkpoint_offset {
+            Some(offset) => {
+                let mut value = offset.to_be_bytes().to_vec();
+                value.extend_from_slice(&u64_be(checkpoint.serial));
+                batch.put(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p), value);
+            }
+            None => batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p)),
+        }
         for (k, _) in store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)? {
             if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(p)) {
                 batch.delete(Cf::Offsets, k);
