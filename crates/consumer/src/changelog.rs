@@ -27,9 +27,46 @@
 //!
 //! **Freshness.** An instance keeps each partition's serial in its store (`Cf::Meta`). On
 //! assignment it reads the changelog partition: a checkpoint with a higher serial than the local
-//! one (no local state, a stale copy, a store that lost unsynced writes) replaces the local
+//! one (no local state, a stale copy, a store that lost unsynced writes), or one this store did
+//! not write ([`Engine::holds_checkpoint`](crate::engine::Engine::holds_checkpoint): another
+//! owner's history, which a stale copy may have forked from at any serial), replaces the local
 //! state of that partition ([`Engine::restore_partition`](crate::engine::Engine)); local state
 //! that the changelog has never seen (a first start with the changelog on) is published in full.
+//!
+//! **Transition ids never change (SPEC §6 rev 2).** In `wall` mode an event applied again gets
+//! a new engine time, so its transitions get new `ts` and new `event_id`s; in either mode a
+//! state that lost commits would number its next transitions again. Two rules keep any
+//! transition a sink may hold from being made again differently:
+//!
+//! 1. *The sink only gets transitions of published commits.* A commit's outbox entries are
+//!    released to delivery only once every changelog entry staged up to that commit (its
+//!    checkpoints included) is acknowledged by the broker
+//!    ([`Engine::release_outbox`](crate::engine::Engine::release_outbox); one produce round
+//!    trip, not one per transition). The transitions of a commit whose records are dropped
+//!    (the partition was revoked before they went out) are withdrawn from the outbox.
+//! 2. *A published commit's undelivered transitions travel with it.* Every transition is
+//!    staged as a changelog record keyed by its `event_id` ([`transition_key`], value
+//!    [`Undelivered`]) before its partition's checkpoint, and gets a tombstone with a later
+//!    checkpoint once the sink has it. A restore rebuilds the partition's outbox from the
+//!    records its last checkpoint covers, under their original ids, and drops the local
+//!    outbox entries of the partition (those of commits the changelog never got).
+//!
+//! Why a visible transition survives into every later owner's state: by (1) it is visible only
+//! if its commit's checkpoint is in the changelog. Every later owner of the partition starts
+//! from that checkpoint or a later one: a restore takes the changelog's last checkpoint, and a
+//! local state is kept only when the changelog ends with a checkpoint that store wrote, so it
+//! extends the changelog's history. Checkpoints only follow one another along one history, so
+//! the commit that made the transition is in every later owner's state: its events are never
+//! applied again (the checkpoint's offsets are past them), the user's `seq` counters are past
+//! it, and no later commit makes another transition with that (user, segment, seq).
+//!
+//! Why ids cannot fork: a (user, segment, seq) gets a second id only if two histories both
+//! committed it; only one of them is ever published past that point (the changelog holds one
+//! sequence of checkpoints per partition, and an owner whose history differs from it is
+//! restored, not kept), and by (1) only published commits reach a sink. Why nothing is lost:
+//! by (2) a transition of a published commit is either delivered (then tombstoned) or still in
+//! the changelog, and whoever restores the partition delivers it again — at least once, under
+//! the same id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -434,6 +471,14 @@ pub struct Publisher {
     retry_at: Instant,
     backoff: Duration,
     errors: RateLimit,
+    /// Entries below this were staged by an earlier run: one of a partition is sent only once
+    /// the partition is assigned here and its local state found to continue the changelog
+    /// ([`Publisher::confirm`]). Another owner may have taken the partition over meanwhile,
+    /// and a late record from here would append a forked history to its changelog.
+    held_below: u64,
+    confirmed: std::collections::BTreeSet<u32>,
+    /// Sending stopped at a held entry.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -470,7 +515,44 @@ impl Publisher {
             retry_at: Instant::now(),
             backoff: MIN_BACKOFF,
             errors: RateLimit::default(),
+            held_below: engine.changelog_next_seq(),
+            confirmed: Default::default(),
+            blocked: false,
         })
+    }
+
+    /// `partition` is assigned here and its local state continues the changelog (or was just
+    /// restored from it): what an earlier run staged for it may be published.
+    pub fn confirm(&mut self, partition: u32) {
+        self.confirmed.insert(partition);
+    }
+
+    /// Once the first assignment is known: what an earlier run staged for partitions not
+    /// assigned here is dropped (their owner publishes from its own state), and nothing is
+    /// held any more.
+    pub fn release_held(&mut self, engine: &mut Engine) -> Result<()> {
+        if self.held_below == 0 {
+            return Ok(());
+        }
+        let mut foreign = std::collections::BTreeSet::new();
+        for (seq, entry) in engine.changelog_from(0, usize::MAX)? {
+            if seq >= self.held_below {
+                break;
+            }
+            if !self.confirmed.contains(&entry.partition) {
+                foreign.insert(entry.partition);
+            }
+        }
+        self.held_below = 0;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let foreign: Vec<u32> = foreign.into_iter().collect();
+        tracing::warn!(
+            partitions = ?foreign,
+            "changelog records an earlier run staged for partitions not assigned here are dropped unpublished"
+        );
+        self.drop_partitions(engine, &foreign)
     }
 
     /// Every staged entry below this sequence number is published (or was dropped with its
@@ -556,6 +638,7 @@ impl Publisher {
     }
 
     fn send_pending(&mut self, engine: &Engine) -> Result<()> {
+        self.blocked = false;
         while self.in_flight.len() < MAX_IN_FLIGHT {
             let entries = engine.changelog_from(self.next_send, 2_000)?;
             if entries.is_empty() {
@@ -565,6 +648,11 @@ impl Publisher {
                 return Ok(());
             }
             for (seq, entry) in entries {
+                if seq < self.held_below && !self.confirmed.contains(&entry.partition) {
+                    // In order: nothing after it goes before it is confirmed or dropped.
+                    self.blocked = true;
+                    return Ok(());
+                }
                 let partition = i32::try_from(entry.partition).unwrap_or(i32::MAX);
                 match self.producer.send_changelog(
                     seq,
@@ -605,7 +693,8 @@ impl Publisher {
             if self.backlog(engine) == 0 {
                 return Ok(true);
             }
-            if Instant::now() >= deadline {
+            // Held until an assignment that will not come now (a stop before the first one).
+            if Instant::now() >= deadline || (self.blocked && self.in_flight.is_empty()) {
                 return Ok(false);
             }
             self.producer.flush(Duration::from_millis(20));

@@ -481,6 +481,9 @@ impl Loop<'_> {
                     self.touched.extend(parts.iter().map(|(_, p)| *p as u32));
                     self.assigned.extend(parts);
                     self.publish_assignment();
+                    if let Some(c) = self.changelog.as_mut() {
+                        c.release_held(&mut self.engine.lock())?;
+                    }
                 }
                 Ok(SourceEvent::Revoked { partitions, done }) => {
                     // Every earlier batch is committed (they were processed in order). Timers
@@ -589,6 +592,9 @@ impl Loop<'_> {
         let started = Instant::now();
         let p = snapshot.partition;
         let mut engine = self.engine.lock();
+        if let Some(c) = self.changelog.as_mut() {
+            c.confirm(p);
+        }
         let local = engine.changelog_serial(p);
         // A checkpoint this store did not write means another owner's history: restored even
         // at a serial not above the local one (a stale copy whose unpublished commits forked).

@@ -1537,22 +1537,12 @@ name = "newcomer"
 when = "first_seen > now() - 5s AND views >= 2"
 "#;
 
-/// Wall mode, where re-applying an event gives it a new engine time and so new transition
-/// ids: kill -9 at random moments, the state dir deleted after some kills (the next instance
-/// restores from the changelog), a graceful stop whose copy of the state dir is put back later
-/// (a rollback), then the timers left fire with no input. Every (user, segment) on the sink
-/// shows seq 1..n, each under one id, alternating enter and exit, ending where the dump does;
-/// the dump is what the produced events imply (every view counted once, the last and first
-/// event times of each user, nobody left in a segment).
-#[test]
-fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
-    const USERS: u64 = 150;
-    const ROUNDS: usize = 7;
-    let (_guard, dir) = workdir();
+/// A cluster whose changelog lives on a broker of its own (broker 2), which tests take down:
+/// were transitions delivered before their checkpoint is acknowledged, a state lost or left
+/// behind meanwhile would make their events be applied again at a new engine time (wall
+/// mode), under new ids.
+fn cluster_with_changelog_broker() -> Cluster {
     let cluster = Cluster::new(2);
-    // The changelog lives on a broker of its own, which goes down for a while before the kills
-    // that lose the state: were transitions delivered before their checkpoint is acknowledged,
-    // the next owner would re-apply their events at a new engine time, under new ids.
     for p in 0..PARTITIONS {
         for t in [EVENTS, TRANSITIONS, DLQ] {
             cluster.mock.partition_leader(t, p, Some(1)).unwrap();
@@ -1566,32 +1556,54 @@ fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
         .mock
         .coordinator(rdkafka::mocking::MockCoordinator::Group(GROUP.into()), 1)
         .unwrap();
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    cluster
+}
+
+/// A service in wall mode with [`WALL_RULES`].
+fn wall_service(dir: &Path, cluster: &Cluster, name: &str) -> Service {
+    let service = Service::new(dir, cluster, name, "");
     std::fs::write(service.dir.join("rules.toml"), WALL_RULES).unwrap();
     let text = std::fs::read_to_string(&service.config)
         .unwrap()
         .replace("mode = \"event\"", "mode = \"wall\"");
     std::fs::write(&service.config, text).unwrap();
+    service
+}
 
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut rand = move |n: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % n
-    };
-    // Per user: views, first and last event time.
-    let mut produced: BTreeMap<String, (u64, i64, i64)> = BTreeMap::new();
-    let mut events = |n: usize, rand: &mut dyn FnMut(u64) -> u64| -> Vec<Msg> {
+/// Views of users `w0`..`w{users}` stamped with the current time, and what they imply per user:
+/// (views, first event time, last event time).
+struct WallEvents {
+    users: u64,
+    seed: u64,
+    produced: BTreeMap<String, (u64, i64, i64)>,
+}
+
+impl WallEvents {
+    fn new(users: u64, seed: u64) -> WallEvents {
+        WallEvents {
+            users,
+            seed,
+            produced: BTreeMap::new(),
+        }
+    }
+
+    fn rand(&mut self, n: u64) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed % n
+    }
+
+    fn next(&mut self, n: usize) -> Vec<Msg> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64;
         (0..n)
             .map(|i| {
-                let user = format!("w{}", rand(USERS));
+                let user = format!("w{}", self.rand(self.users));
                 let ts = now - 50 + (i as i64 % 50);
-                let e = produced.entry(user.clone()).or_insert((0, ts, ts));
+                let e = self.produced.entry(user.clone()).or_insert((0, ts, ts));
                 e.0 += 1;
                 e.1 = e.1.min(ts);
                 e.2 = e.2.max(ts);
@@ -1603,102 +1615,59 @@ fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
                 }
             })
             .collect()
-    };
-    let backup = dir.join("backup");
-    let mut log = Vec::new();
-    for round in 0..ROUNDS {
-        let before: i64 = cluster.committed().iter().sum();
-        cluster.produce(&events(300, &mut rand));
-        let mut child = service.spawn();
-        let deadline = Instant::now() + DEADLINE;
-        while cluster.committed().iter().sum::<i64>() == before {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "tagstream exited:\n{}",
-                tail(&service.log(), 40)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "no progress:\n{}",
-                tail(&service.log(), 40)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let loses_state = matches!(round, 2 | 4 | 5);
-        if loses_state {
-            cluster.mock.broker_down(2).unwrap();
-        }
-        cluster.produce(&events(3_000, &mut rand));
-        let action = match round {
-            1 => {
-                cluster.wait_consumed(&mut child, &service.log());
-                service.stop(child);
-                if backup.exists() {
-                    std::fs::remove_dir_all(&backup).unwrap();
-                }
-                copy_dir(&service.state(), &backup);
-                "graceful stop, state copied"
-            }
-            _ => {
-                std::thread::sleep(Duration::from_millis(200 + rand(300)));
-                child.kill().unwrap(); // SIGKILL
-                child.wait().unwrap();
-                cluster.mock.broker_up(2).unwrap();
-                if loses_state {
-                    "changelog broker down, kill -9"
-                } else {
-                    "kill -9"
-                }
-            }
-        };
-        let after = match round {
-            2 | 4 => {
-                std::fs::remove_dir_all(service.state()).unwrap();
-                "state dir deleted"
-            }
-            5 => {
-                std::fs::remove_dir_all(service.state()).unwrap();
-                copy_dir(&backup, &service.state());
-                "the earlier copy put back"
-            }
-            _ => "",
-        };
-        log.push(format!(
-            "round {round}: {action} at {} committed; {after}",
-            cluster.committed().iter().sum::<i64>()
-        ));
     }
-    eprintln!("{}", log.join("\n"));
+}
 
-    // The last instance consumes the rest; then, with no input, every user leaves both
-    // segments as their timers fire.
+/// Spawns `service` and waits until the group committed more than before it started.
+fn spawn_until_progress(cluster: &Cluster, service: &mut Service, before: i64) -> Proc {
     let mut child = service.spawn();
-    let base = api_base(&service.log(), &mut child);
-    cluster.wait_consumed(&mut child, &service.log());
-    let users = produced.len();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let transitions = loop {
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.committed().iter().sum::<i64>() == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tagstream exited:\n{}",
+            tail(&service.log(), 40)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no progress:\n{}",
+            tail(&service.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Waits until every (user, segment) on the sink has left its segment again (its last seq is
+/// even) and returns the transitions by event_id (a redelivery must be identical).
+fn wait_all_exited(
+    cluster: &Cluster,
+    users: usize,
+    child: &mut Proc,
+    log: &Path,
+) -> BTreeMap<String, serde_json::Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
         let mut by_id = BTreeMap::new();
         add_transitions(
             &mut by_id,
             cluster.read_all(TRANSITIONS).into_iter().map(|r| r.payload),
         );
-        // The last seq of each (user, segment): odd while the user is still in the segment.
-        let mut counts: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
         for v in by_id.values() {
             let key = (
                 v["user_id"].as_str().unwrap().to_string(),
                 v["segment"].as_str().unwrap().to_string(),
             );
-            let last = counts.entry(key).or_default();
-            *last = (*last).max(v["seq"].as_u64().unwrap());
+            let seq = last.entry(key).or_default();
+            *seq = (*seq).max(v["seq"].as_u64().unwrap());
         }
-        let open = counts.values().filter(|n| *n % 2 == 1).count();
-        if open == 0 && counts.len() >= users {
-            break by_id;
+        let open = last.values().filter(|n| *n % 2 == 1).count();
+        if open == 0 && last.len() >= users {
+            return by_id;
         }
         if Instant::now() >= deadline {
-            let (user, segment) = counts.iter().find(|(_, n)| *n % 2 == 1).unwrap().0;
+            let (user, segment) = &last.iter().find(|(_, n)| *n % 2 == 1).unwrap().0;
             let mut history: Vec<&serde_json::Value> = by_id
                 .values()
                 .filter(|v| v["user_id"] == user.as_str() && v["segment"] == segment.as_str())
@@ -1706,24 +1675,26 @@ fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
             history.sort_by_key(|v| v["seq"].as_u64());
             panic!(
                 "{open} (user, segment) pairs still entered, {} seen; {user} {segment}: {history:#?}\n{}",
-                counts.len(),
-                tail(&service.log(), 40)
+                last.len(),
+                tail(log, 40)
             );
         }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{}",
-            tail(&service.log(), 40)
-        );
+        assert!(child.try_wait().unwrap().is_none(), "{}", tail(log, 40));
         std::thread::sleep(Duration::from_millis(500));
-    };
-    let m = fetch_metrics(&base);
-    service.stop(child);
-    assert_eq!(metric_sum(&m, "tagstream_dead_letters_total"), 0.0);
+    }
+}
 
-    // Every (user, segment): seq 1..n, one id each, enter on odd seq, exit on even.
+/// Every (user, segment) on the sink shows seq 1..n, each under one id, enter on odd seq and
+/// exit on even, ending outside the segment; every user entered `recent`; and the dump is what
+/// the produced events imply (every view counted once, first and last event times, nobody in
+/// a segment). Returns the number of (user, segment) pairs.
+fn assert_ids_never_changed(
+    transitions: &BTreeMap<String, serde_json::Value>,
+    events: &WallEvents,
+    dump: &[String],
+) -> usize {
     let mut seqs: BTreeMap<(String, String), BTreeMap<u64, Vec<String>>> = BTreeMap::new();
-    for (id, v) in &transitions {
+    for (id, v) in transitions {
         let key = (
             v["user_id"].as_str().unwrap().to_string(),
             v["segment"].as_str().unwrap().to_string(),
@@ -1759,38 +1730,167 @@ fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
         );
         assert_eq!(n % 2, 0, "{user} {segment} ends entered");
     }
-    for user in produced.keys() {
+    for user in events.produced.keys() {
         assert!(
             seqs.contains_key(&(user.clone(), "recent".to_string())),
             "{user} never entered recent"
         );
     }
-
-    // The dump: every view counted once, first and last event times, nobody in a segment.
-    let dump = service.dump();
-    assert_eq!(dump.len(), produced.len(), "users in the dump");
-    for line in &dump {
+    assert_eq!(dump.len(), events.produced.len(), "users in the dump");
+    for line in dump {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let user = v["user_id"].as_str().unwrap();
-        let (views, first, last) = produced[user];
+        let (views, first, last) = events.produced[user];
         assert_eq!(v["tags"]["views"].as_u64(), Some(views), "{line}");
         assert_eq!(v["tags"]["first_seen"].as_i64(), Some(first), "{line}");
         assert_eq!(v["tags"]["last_seen"].as_i64(), Some(last), "{line}");
         assert_eq!(v["segments"], serde_json::json!([]), "{line}");
     }
-    let restores = std::fs::read_dir(&service.dir)
+    seqs.len()
+}
+
+/// Partition restores logged over every run of `service`.
+fn restores_logged(service: &Service) -> usize {
+    std::fs::read_dir(&service.dir)
         .unwrap()
         .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
         .map(|t| t.matches("partition restored from the changelog").count())
-        .sum::<usize>();
+        .sum()
+}
+
+/// Wall mode, where re-applying an event gives it a new engine time and so new transition
+/// ids: kill -9 at random moments, the state dir deleted after some kills (the next instance
+/// restores from the changelog), a graceful stop whose copy of the state dir is put back later
+/// (a rollback), then the timers left fire with no input. Before each kill that loses the
+/// state, the changelog's broker is down while the sink's is up. See [`assert_ids_never_changed`]
+/// for what must hold.
+#[test]
+fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
+    const ROUNDS: usize = 7;
+    let (_guard, dir) = workdir();
+    let cluster = cluster_with_changelog_broker();
+    let mut service = wall_service(dir.as_path(), &cluster, "svc");
+    let mut events = WallEvents::new(150, 0x2545_f491_4f6c_dd1d);
+    let backup = dir.join("backup");
+    let mut log = Vec::new();
+    for round in 0..ROUNDS {
+        let before: i64 = cluster.committed().iter().sum();
+        cluster.produce(&events.next(300));
+        let mut child = spawn_until_progress(&cluster, &mut service, before);
+        let loses_state = matches!(round, 2 | 4 | 5);
+        if loses_state {
+            cluster.mock.broker_down(2).unwrap();
+        }
+        cluster.produce(&events.next(3_000));
+        let action = if round == 1 {
+            cluster.wait_consumed(&mut child, &service.log());
+            service.stop(child);
+            if backup.exists() {
+                std::fs::remove_dir_all(&backup).unwrap();
+            }
+            copy_dir(&service.state(), &backup);
+            "graceful stop, state copied"
+        } else {
+            let pause = 200 + events.rand(300);
+            std::thread::sleep(Duration::from_millis(pause));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            cluster.mock.broker_up(2).unwrap();
+            if loses_state {
+                "changelog broker down, kill -9"
+            } else {
+                "kill -9"
+            }
+        };
+        let after = match round {
+            2 | 4 => {
+                std::fs::remove_dir_all(service.state()).unwrap();
+                "state dir deleted"
+            }
+            5 => {
+                std::fs::remove_dir_all(service.state()).unwrap();
+                copy_dir(&backup, &service.state());
+                "the earlier copy put back"
+            }
+            _ => "",
+        };
+        log.push(format!(
+            "round {round}: {action} at {} committed; {after}",
+            cluster.committed().iter().sum::<i64>()
+        ));
+    }
+    eprintln!("{}", log.join("\n"));
+
+    // The last instance consumes the rest; then, with no input, every user leaves both
+    // segments as their timers fire.
+    let mut child = service.spawn();
+    let base = api_base(&service.log(), &mut child);
+    cluster.wait_consumed(&mut child, &service.log());
+    let transitions = wait_all_exited(&cluster, events.produced.len(), &mut child, &service.log());
+    let m = fetch_metrics(&base);
+    service.stop(child);
+    assert_eq!(metric_sum(&m, "tagstream_dead_letters_total"), 0.0);
+    let pairs = assert_ids_never_changed(&transitions, &events, &service.dump());
+    let restores = restores_logged(&service);
     eprintln!(
-        "{} transitions of {} (user, segment) pairs, {} partition restores over the runs",
+        "{} transitions of {pairs} (user, segment) pairs, {restores} partition restores over the runs",
         transitions.len(),
-        seqs.len(),
-        restores
     );
     assert!(
         restores >= 3 * PARTITIONS as usize,
         "every lost or rolled-back volume was restored"
+    );
+}
+
+/// An instance killed while the changelog's broker was down comes back, with its state dir,
+/// after another instance owned its partitions and published further checkpoints. What it had
+/// staged but not published belongs to a history the other owner never saw: it must not reach
+/// the changelog (nothing is published for a partition before its assignment is checked), and
+/// its state is restored from the other owner's checkpoints even where its own serials are
+/// higher; none of its unpublished transitions reaches the sink.
+#[test]
+fn an_instance_back_after_another_owner_publishes_nothing_of_its_stale_history() {
+    let (_guard, dir) = workdir();
+    let cluster = cluster_with_changelog_broker();
+    let mut a = wall_service(dir.as_path(), &cluster, "a");
+    let mut b = wall_service(dir.as_path(), &cluster, "b");
+    let mut events = WallEvents::new(120, 0x9e37_79b9_7f4a_7c15);
+
+    // A applies a lot while the changelog is unreachable, then dies.
+    cluster.produce(&events.next(300));
+    let mut child = spawn_until_progress(&cluster, &mut a, 0);
+    cluster.mock.broker_down(2).unwrap();
+    cluster.produce(&events.next(4_000));
+    std::thread::sleep(Duration::from_millis(1_500));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    cluster.mock.broker_up(2).unwrap();
+
+    // B owns every partition for a short while (its serials may end below A's staged ones or
+    // above them: A must drop its own history either way).
+    let mut child = b.spawn();
+    cluster.wait_consumed(&mut child, &b.log());
+    b.stop(child);
+
+    // A returns with its stale state dir and finishes the stream.
+    cluster.produce(&events.next(300));
+    let mut child = a.spawn();
+    cluster.wait_consumed(&mut child, &a.log());
+    let transitions = wait_all_exited(&cluster, events.produced.len(), &mut child, &a.log());
+    a.stop(child);
+    let pairs = assert_ids_never_changed(&transitions, &events, &a.dump());
+    let text = std::fs::read_to_string(a.log()).unwrap();
+    eprintln!(
+        "{} transitions of {pairs} pairs; A restored {} partitions on its return",
+        transitions.len(),
+        text.matches("partition restored from the changelog")
+            .count()
+    );
+    assert!(
+        text.matches("partition restored from the changelog")
+            .count()
+            >= 1,
+        "{}",
+        tail(&a.log(), 40)
     );
 }
