@@ -1667,7 +1667,12 @@ fn wait_all_exited(
             return by_id;
         }
         if Instant::now() >= deadline {
-            let (user, segment) = &last.iter().find(|(_, n)| *n % 2 == 1).unwrap().0;
+            let Some(((user, segment), _)) = last.iter().find(|(_, n)| *n % 2 == 1) else {
+                panic!(
+                    "only {} (user, segment) pairs of {users} users reached the sink",
+                    last.len()
+                );
+            };
             let mut history: Vec<&serde_json::Value> = by_id
                 .values()
                 .filter(|v| v["user_id"] == user.as_str() && v["segment"] == segment.as_str())
@@ -1868,13 +1873,36 @@ fn an_instance_back_after_another_owner_publishes_nothing_of_its_stale_history()
 
     // B owns every partition for a short while (its serials may end below A's staged ones or
     // above them: A must drop its own history either way).
+    cluster.produce(&events.next(300));
     let mut child = b.spawn();
     cluster.wait_consumed(&mut child, &b.log());
     b.stop(child);
+    let text = std::fs::read_to_string(b.log()).unwrap();
+    assert_eq!(
+        text.matches("partition restored from the changelog")
+            .count(),
+        PARTITIONS as usize,
+        "B started from A's published checkpoints:\n{}",
+        tail(&b.log(), 40)
+    );
 
-    // A returns with its stale state dir and finishes the stream.
-    cluster.produce(&events.next(300));
+    // A returns with its stale state dir and finishes the stream: events produced once it
+    // owns the partitions are applied within the 3 s of `recent`, so every user enters it.
     let mut child = a.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(a.log())
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            tail(&a.log(), 40)
+        );
+        assert!(Instant::now() < deadline, "{}", tail(&a.log(), 40));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.produce(&events.next(2_000));
     cluster.wait_consumed(&mut child, &a.log());
     let transitions = wait_all_exited(&cluster, events.produced.len(), &mut child, &a.log());
     a.stop(child);
