@@ -1638,6 +1638,26 @@ fn spawn_until_progress(cluster: &Cluster, service: &mut Service, before: i64) -
     child
 }
 
+/// Spawns `service` and waits until it owns its partitions: events produced then are applied
+/// within moments (in wall mode, within the seconds of a `now()` condition).
+fn spawn_assigned(service: &mut Service) -> Proc {
+    let mut child = service.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(service.log())
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            tail(&service.log(), 40)
+        );
+        assert!(Instant::now() < deadline, "{}", tail(&service.log(), 40));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 /// Waits until every (user, segment) on the sink has left its segment again (its last seq is
 /// even) and returns the transitions by event_id (a redelivery must be identical).
 fn wait_all_exited(
@@ -1871,10 +1891,11 @@ fn an_instance_back_after_another_owner_publishes_nothing_of_its_stale_history()
     child.wait().unwrap();
     cluster.mock.broker_up(2).unwrap();
 
-    // B owns every partition for a short while (its serials may end below A's staged ones or
-    // above them: A must drop its own history either way).
-    cluster.produce(&events.next(300));
-    let mut child = b.spawn();
+    // B owns every partition for a short while, and its users enter `recent` again at seqs
+    // A's unpublished history also used (B's serials may end below A's staged ones or above
+    // them: A must drop its own history either way).
+    let mut child = spawn_assigned(&mut b);
+    cluster.produce(&events.next(1_200));
     cluster.wait_consumed(&mut child, &b.log());
     b.stop(child);
     let text = std::fs::read_to_string(b.log()).unwrap();
@@ -1888,20 +1909,7 @@ fn an_instance_back_after_another_owner_publishes_nothing_of_its_stale_history()
 
     // A returns with its stale state dir and finishes the stream: events produced once it
     // owns the partitions are applied within the 3 s of `recent`, so every user enters it.
-    let mut child = a.spawn();
-    let deadline = Instant::now() + DEADLINE;
-    while !std::fs::read_to_string(a.log())
-        .unwrap_or_default()
-        .contains("partitions assigned")
-    {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{}",
-            tail(&a.log(), 40)
-        );
-        assert!(Instant::now() < deadline, "{}", tail(&a.log(), 40));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut child = spawn_assigned(&mut a);
     cluster.produce(&events.next(2_000));
     cluster.wait_consumed(&mut child, &a.log());
     let transitions = wait_all_exited(&cluster, events.produced.len(), &mut child, &a.log());
