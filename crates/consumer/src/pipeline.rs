@@ -9,8 +9,10 @@
 //! 2. calls [`Engine::process`], which commits state, timers, outbox entries and the input
 //!    positions in one atomic write,
 //! 3. queues the stored offsets for an asynchronous commit to the consumer group (lag only),
-//! 4. pumps the outbox to the sinks ([`Delivery`]) and the staged changelog records to the
-//!    changelog topic ([`Publisher`]): entries are deleted once acknowledged.
+//! 4. pumps the staged changelog records to the changelog topic ([`Publisher`]) and the outbox
+//!    to the sinks ([`Delivery`]): entries are deleted once acknowledged. With a changelog, the
+//!    outbox goes only as far as the published checkpoints allow (see [`crate::changelog`]:
+//!    this is what keeps transition ids from ever changing).
 //!
 //! Partitions: on assignment the source hands over each partition's changelog snapshot
 //! ([`SourceEvent::Changelog`]) before it positions the partition; the loop restores the
