@@ -81,7 +81,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
-use crate::kafka::producer::{is_queue_full, KafkaProducer};
+use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::{client_config, RateLimit};
 use crate::metrics::Metrics;
 
@@ -591,6 +591,7 @@ impl Publisher {
                         self.backoff = MIN_BACKOFF;
                     }
                 }
+                Err(e) if is_too_large(&e) => self.oversized(seq, checkpoint, &e.to_string()),
                 Err(e) => self.failed(seq, &e.to_string()),
             }
         }
@@ -618,6 +619,22 @@ impl Publisher {
             .changelog_backlog
             .set(i64::try_from(self.backlog(engine)).unwrap_or(i64::MAX));
         Ok(())
+    }
+
+    /// A record larger than the changelog takes (a user state over the topic's
+    /// `max.message.bytes`) would be refused forever, and with it every later record and, since
+    /// delivery waits for the changelog, every transition: it is skipped, loudly. A restore of
+    /// its partition then has that user's last state that fitted.
+    fn oversized(&mut self, seq: u64, checkpoint: Option<(u32, u64)>, error: &str) {
+        if !self.errors.allow("oversized changelog record") {
+            return;
+        }
+        tracing::error!(
+            seq,
+            checkpoint = checkpoint.is_some(),
+            "a changelog record is larger than the topic {} accepts ({error}): skipped; a restore of its partition will not have it (raise the topic's max.message.bytes and the changelog producer's message.max.bytes)",
+            self.topic
+        );
     }
 
     fn failed(&mut self, seq: u64, error: &str) {
@@ -673,6 +690,10 @@ impl Publisher {
                     Err(e) if is_queue_full(&e) => {
                         self.producer.poll();
                         return Ok(());
+                    }
+                    Err(e) if is_too_large(&e) => {
+                        self.oversized(seq, None, &e.to_string());
+                        self.next_send = seq + 1;
                     }
                     Err(e) => {
                         self.failed(seq, &e.to_string());

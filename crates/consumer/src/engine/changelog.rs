@@ -288,9 +288,22 @@ impl Engine {
         if count == 0 {
             return Ok(0);
         }
+        self.commit_staged(staged)?;
+        Ok(count)
+    }
+
+    /// Transitions the changelog carries as undelivered for `partition` (tests, logs).
+    pub fn undelivered_count(&self, partition: u32) -> usize {
+        self.undelivered.get(&partition).map_or(0, BTreeMap::len)
+    }
+
+    /// Commits `staged` with a checkpoint of each of its partitions, outside of any batch
+    /// (the partitions' engine times and offsets are the stored ones).
+    fn commit_staged(&mut self, staged: Staged) -> Result<()> {
         let clocks = self.clocks.clone();
         let deletes = self.deletes.clone();
         let mut batch = WriteBatch::new();
+        // The sequence and serials move in memory while staging: put back if nothing commits.
         let before = (self.changelog_seq, self.serials.clone());
         let changes = match self.stage_changelog(staged, &clocks, &deletes, &[], &mut batch) {
             Ok(changes) => changes,
@@ -305,12 +318,7 @@ impl Engine {
         }
         let outbox_end = self.outbox_seq;
         self.adopt_transitions(changes, outbox_end);
-        Ok(count)
-    }
-
-    /// Transitions the changelog carries as undelivered for `partition` (tests, logs).
-    pub fn undelivered_count(&self, partition: u32) -> usize {
-        self.undelivered.get(&partition).map_or(0, BTreeMap::len)
+        Ok(())
     }
 
     /// Whether commits stage changelog records.
@@ -519,23 +527,7 @@ impl Engine {
         for (user, state) in users {
             staged.user(partition, &user, Some(state));
         }
-        let clocks = self.clocks.clone();
-        let deletes = self.deletes.clone();
-        let mut batch = WriteBatch::new();
-        let before = (self.changelog_seq, self.serials.clone());
-        let changes = match self.stage_changelog(staged, &clocks, &deletes, &[], &mut batch) {
-            Ok(changes) => changes,
-            Err(e) => {
-                (self.changelog_seq, self.serials) = before;
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.store.commit(batch) {
-            (self.changelog_seq, self.serials) = before;
-            return Err(e.into());
-        }
-        let outbox_end = self.outbox_seq;
-        self.adopt_transitions(changes, outbox_end);
+        self.commit_staged(staged)?;
         Ok(n)
     }
 
