@@ -612,7 +612,11 @@ impl Publisher {
             watermark = watermark.min(seq);
         }
         if watermark > self.first_unacked || !self.acked.is_empty() {
-            engine.acknowledge_changelog(watermark, &std::mem::take(&mut self.acked))?;
+            engine.acknowledge_changelog(
+                self.first_unacked,
+                watermark,
+                &std::mem::take(&mut self.acked),
+            )?;
             self.first_unacked = self.first_unacked.max(watermark);
         }
         self.metrics

@@ -328,7 +328,7 @@ fn a_store_knows_its_own_checkpoints_from_another_owners() {
 
     // Published: the broker's offset identifies it from then on.
     let acked = BTreeMap::from([(0u32, (41i64, own.serial))]);
-    a.acknowledge_changelog(a.changelog_next_seq(), &acked)
+    a.acknowledge_changelog(0, a.changelog_next_seq(), &acked)
         .unwrap();
     assert!(a.changelog_from(0, 10).unwrap().is_empty());
     assert!(a.holds_checkpoint(0, &own, Some(41)).unwrap());

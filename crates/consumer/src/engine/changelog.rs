@@ -359,13 +359,26 @@ impl Engine {
 
     /// Deletes the published entries (sequence numbers below `below`) and records where the
     /// acknowledged checkpoints landed: partition → (offset, serial).
+    ///
+    /// `from` is where the previous acknowledgement ended: a small acknowledgement deletes its
+    /// entries one by one, since range tombstones (one per pump, every few milliseconds while
+    /// delivery waits for the changelog) pile up and slow every later read of the column
+    /// family (see [`crate::outbox::acknowledge`]).
     pub fn acknowledge_changelog(
         &self,
+        from: u64,
         below: u64,
         checkpoints: &BTreeMap<u32, (i64, u64)>,
     ) -> Result<()> {
+        const POINT_DELETES: u64 = 4096;
         let mut batch = WriteBatch::new();
-        batch.delete_range(Cf::Changelog, u64_be(0).to_vec(), u64_be(below).to_vec());
+        if below > from && below - from < POINT_DELETES {
+            for seq in from..below {
+                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+            }
+        } else if below > from {
+            batch.delete_range(Cf::Changelog, u64_be(from).to_vec(), u64_be(below).to_vec());
+        }
         for (p, (offset, serial)) in checkpoints {
             let mut value = offset.to_be_bytes().to_vec();
             value.extend_from_slice(&u64_be(*serial));
