@@ -27,9 +27,46 @@
 //!
 //! **Freshness.** An instance keeps each partition's serial in its store (`Cf::Meta`). On
 //! assignment it reads the changelog partition: a checkpoint with a higher serial than the local
-//! one (no local state, a stale copy, a store that lost unsynced writes) replaces the local
+//! one (no local state, a stale copy, a store that lost unsynced writes), or one this store did
+//! not write ([`Engine::holds_checkpoint`](crate::engine::Engine::holds_checkpoint): another
+//! owner's history, which a stale copy may have forked from at any serial), replaces the local
 //! state of that partition ([`Engine::restore_partition`](crate::engine::Engine)); local state
 //! that the changelog has never seen (a first start with the changelog on) is published in full.
+//!
+//! **Transition ids never change (SPEC §6 rev 2).** In `wall` mode an event applied again gets
+//! a new engine time, so its transitions get new `ts` and new `event_id`s; in either mode a
+//! state that lost commits would number its next transitions again. Two rules keep any
+//! transition a sink may hold from being made again differently:
+//!
+//! 1. *The sink only gets transitions of published commits.* A commit's outbox entries are
+//!    released to delivery only once every changelog entry staged up to that commit (its
+//!    checkpoints included) is acknowledged by the broker
+//!    ([`Engine::release_outbox`](crate::engine::Engine::release_outbox); one produce round
+//!    trip, not one per transition). The transitions of a commit whose records are dropped
+//!    (the partition was revoked before they went out) are withdrawn from the outbox.
+//! 2. *A published commit's undelivered transitions travel with it.* Every transition is
+//!    staged as a changelog record keyed by its `event_id` ([`transition_key`], value
+//!    [`Undelivered`]) before its partition's checkpoint, and gets a tombstone with a later
+//!    checkpoint once the sink has it. A restore rebuilds the partition's outbox from the
+//!    records its last checkpoint covers, under their original ids, and drops the local
+//!    outbox entries of the partition (those of commits the changelog never got).
+//!
+//! Why a visible transition survives into every later owner's state: by (1) it is visible only
+//! if its commit's checkpoint is in the changelog. Every later owner of the partition starts
+//! from that checkpoint or a later one: a restore takes the changelog's last checkpoint, and a
+//! local state is kept only when the changelog ends with a checkpoint that store wrote, so it
+//! extends the changelog's history. Checkpoints only follow one another along one history, so
+//! the commit that made the transition is in every later owner's state: its events are never
+//! applied again (the checkpoint's offsets are past them), the user's `seq` counters are past
+//! it, and no later commit makes another transition with that (user, segment, seq).
+//!
+//! Why ids cannot fork: a (user, segment, seq) gets a second id only if two histories both
+//! committed it; only one of them is ever published past that point (the changelog holds one
+//! sequence of checkpoints per partition, and an owner whose history differs from it is
+//! restored, not kept), and by (1) only published commits reach a sink. Why nothing is lost:
+//! by (2) a transition of a published commit is either delivered (then tombstoned) or still in
+//! the changelog, and whoever restores the partition delivers it again — at least once, under
+//! the same id.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -44,12 +81,47 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
-use crate::kafka::producer::{is_queue_full, KafkaProducer};
+use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::{client_config, RateLimit};
 use crate::metrics::Metrics;
 
 /// The key of a checkpoint record: 0xFF never starts a UTF-8 string, so no user id collides.
 pub const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";
+
+/// The key prefix of an undelivered transition's record: `\xfe` (never the start of a UTF-8
+/// user id) followed by the transition's `event_id`. Its value is an encoded [`Undelivered`]; a
+/// tombstone says the transition reached the sink.
+pub const TRANSITION_KEY_PREFIX: &[u8] = b"\xfetransition/";
+
+/// The changelog key of the transition with this `event_id`.
+pub fn transition_key(event_id: &str) -> Vec<u8> {
+    let mut key = TRANSITION_KEY_PREFIX.to_vec();
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
+
+/// A transition committed in a partition and not yet known to be delivered, as the changelog
+/// carries it so that a later owner delivers it under its original id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undelivered {
+    /// The serial of the checkpoint that first covered it, then its place in that commit: the
+    /// order in which a later owner delivers the transitions it restores.
+    pub serial: u64,
+    pub index: u32,
+    pub user_id: String,
+    /// The sink's JSON text, `event_id` included, exactly as first committed.
+    pub json: String,
+}
+
+impl Undelivered {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Undelivered, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("corrupt changelog transition: {e}"))
+    }
+}
 
 /// `state.changelog_topic` when it is not set.
 pub fn default_topic(group_id: &str) -> String {
@@ -105,12 +177,17 @@ pub struct Snapshot {
     pub partition: u32,
     /// Encoded states of the users present at the checkpoint.
     pub users: BTreeMap<String, Vec<u8>>,
+    /// The transitions committed up to the checkpoint and not known to be delivered, by
+    /// changelog key (encoded [`Undelivered`]).
+    pub transitions: BTreeMap<Vec<u8>, Vec<u8>>,
     /// None: the partition has never been checkpointed.
     pub checkpoint: Option<Checkpoint>,
+    /// Where that checkpoint sits in the changelog partition.
+    pub checkpoint_offset: Option<i64>,
     /// Records read (all of the partition).
     pub records: u64,
     pub bytes: u64,
-    /// Users whose records came after the last checkpoint (left out).
+    /// Records (users, transitions) written after the last checkpoint (left out).
     pub ignored: u64,
     pub read_in: Duration,
     /// False when only the end of the partition was read: its last record is a checkpoint
@@ -189,6 +266,7 @@ pub fn read_partition(
             serial,
             ..Checkpoint::default()
         });
+        snapshot.checkpoint_offset = Some(offset);
         snapshot.complete = false;
         snapshot.read_in = started.elapsed();
         tracing::debug!(
@@ -211,6 +289,7 @@ pub fn read_partition(
         .map_err(|e| format!("reading {}/{p}: {e}", config.topic))?;
     // Changes since the last checkpoint: applied to `users` only when a checkpoint follows.
     let mut unconfirmed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    let mut unconfirmed_transitions: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
     let mut last_progress = Instant::now();
     let mut next = low;
     while next < high {
@@ -239,12 +318,23 @@ pub fn read_partition(
         if key == CHECKPOINT_KEY {
             let Some(value) = value else { continue };
             snapshot.checkpoint = Some(Checkpoint::decode(value)?);
+            snapshot.checkpoint_offset = Some(message.offset());
             for (user, state) in std::mem::take(&mut unconfirmed) {
                 match state {
                     Some(s) => snapshot.users.insert(user, s),
                     None => snapshot.users.remove(&user),
                 };
             }
+            for (key, record) in std::mem::take(&mut unconfirmed_transitions) {
+                match record {
+                    Some(r) => snapshot.transitions.insert(key, r),
+                    None => snapshot.transitions.remove(&key),
+                };
+            }
+            continue;
+        }
+        if key.starts_with(TRANSITION_KEY_PREFIX) {
+            unconfirmed_transitions.insert(key.to_vec(), value.map(<[u8]>::to_vec));
             continue;
         }
         let Ok(user) = std::str::from_utf8(key) else {
@@ -256,7 +346,7 @@ pub fn read_partition(
         };
         unconfirmed.insert(user.to_string(), value.map(<[u8]>::to_vec));
     }
-    snapshot.ignored = unconfirmed.len() as u64;
+    snapshot.ignored = (unconfirmed.len() + unconfirmed_transitions.len()) as u64;
     snapshot.read_in = started.elapsed();
     Ok(snapshot)
 }
@@ -381,6 +471,14 @@ pub struct Publisher {
     retry_at: Instant,
     backoff: Duration,
     errors: RateLimit,
+    /// Entries below this were staged by an earlier run: one of a partition is sent only once
+    /// the partition is assigned here and its local state found to continue the changelog
+    /// ([`Publisher::confirm`]). Another owner may have taken the partition over meanwhile,
+    /// and a late record from here would append a forked history to its changelog.
+    held_below: u64,
+    confirmed: std::collections::BTreeSet<u32>,
+    /// Sending stopped at a held entry.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -417,7 +515,56 @@ impl Publisher {
             retry_at: Instant::now(),
             backoff: MIN_BACKOFF,
             errors: RateLimit::default(),
+            held_below: engine.changelog_next_seq(),
+            confirmed: Default::default(),
+            blocked: false,
         })
+    }
+
+    /// `partition` is assigned here and its local state continues the changelog (or was just
+    /// restored from it): what an earlier run staged for it may be published.
+    pub fn confirm(&mut self, partition: u32) {
+        self.confirmed.insert(partition);
+    }
+
+    /// Once the first assignment is known: what an earlier run staged for partitions not
+    /// assigned here is dropped (their owner publishes from its own state), and nothing is
+    /// held any more.
+    pub fn release_held(&mut self, engine: &mut Engine) -> Result<()> {
+        if self.held_below == 0 {
+            return Ok(());
+        }
+        let mut foreign = std::collections::BTreeSet::new();
+        for (seq, entry) in engine.changelog_from(0, usize::MAX)? {
+            if seq >= self.held_below {
+                break;
+            }
+            if !self.confirmed.contains(&entry.partition) {
+                foreign.insert(entry.partition);
+            }
+        }
+        self.held_below = 0;
+        if foreign.is_empty() {
+            return Ok(());
+        }
+        let foreign: Vec<u32> = foreign.into_iter().collect();
+        tracing::warn!(
+            partitions = ?foreign,
+            "changelog records an earlier run staged for partitions not assigned here are dropped unpublished"
+        );
+        self.drop_partitions(engine, &foreign)
+    }
+
+    /// Every staged entry below this sequence number is published (or was dropped with its
+    /// partition).
+    pub fn published_below(&self) -> u64 {
+        self.first_unacked
+    }
+
+    /// Whether records are in flight: the loop then pumps often, since the outbox waits for
+    /// their acknowledgement.
+    pub fn busy(&self) -> bool {
+        !self.in_flight.is_empty()
     }
 
     /// Entries not yet acknowledged.
@@ -444,6 +591,7 @@ impl Publisher {
                         self.backoff = MIN_BACKOFF;
                     }
                 }
+                Err(e) if is_too_large(&e) => self.oversized(seq, checkpoint, &e.to_string()),
                 Err(e) => self.failed(seq, &e.to_string()),
             }
         }
@@ -464,13 +612,33 @@ impl Publisher {
             watermark = watermark.min(seq);
         }
         if watermark > self.first_unacked || !self.acked.is_empty() {
-            engine.acknowledge_changelog(watermark, &std::mem::take(&mut self.acked))?;
+            engine.acknowledge_changelog(
+                self.first_unacked,
+                watermark,
+                &std::mem::take(&mut self.acked),
+            )?;
             self.first_unacked = self.first_unacked.max(watermark);
         }
         self.metrics
             .changelog_backlog
             .set(i64::try_from(self.backlog(engine)).unwrap_or(i64::MAX));
         Ok(())
+    }
+
+    /// A record larger than the changelog takes (a user state over the topic's
+    /// `max.message.bytes`) would be refused forever, and with it every later record and, since
+    /// delivery waits for the changelog, every transition: it is skipped, loudly. A restore of
+    /// its partition then has that user's last state that fitted.
+    fn oversized(&mut self, seq: u64, checkpoint: Option<(u32, u64)>, error: &str) {
+        if !self.errors.allow("oversized changelog record") {
+            return;
+        }
+        tracing::error!(
+            seq,
+            checkpoint = checkpoint.is_some(),
+            "a changelog record is larger than the topic {} accepts ({error}): skipped; a restore of its partition will not have it (raise the topic's max.message.bytes and the changelog producer's message.max.bytes)",
+            self.topic
+        );
     }
 
     fn failed(&mut self, seq: u64, error: &str) {
@@ -491,6 +659,7 @@ impl Publisher {
     }
 
     fn send_pending(&mut self, engine: &Engine) -> Result<()> {
+        self.blocked = false;
         while self.in_flight.len() < MAX_IN_FLIGHT {
             let entries = engine.changelog_from(self.next_send, 2_000)?;
             if entries.is_empty() {
@@ -500,6 +669,11 @@ impl Publisher {
                 return Ok(());
             }
             for (seq, entry) in entries {
+                if seq < self.held_below && !self.confirmed.contains(&entry.partition) {
+                    // In order: nothing after it goes before it is confirmed or dropped.
+                    self.blocked = true;
+                    return Ok(());
+                }
                 let partition = i32::try_from(entry.partition).unwrap_or(i32::MAX);
                 match self.producer.send_changelog(
                     seq,
@@ -521,6 +695,10 @@ impl Publisher {
                         self.producer.poll();
                         return Ok(());
                     }
+                    Err(e) if is_too_large(&e) => {
+                        self.oversized(seq, None, &e.to_string());
+                        self.next_send = seq + 1;
+                    }
                     Err(e) => {
                         self.failed(seq, &e.to_string());
                         return Ok(());
@@ -540,7 +718,8 @@ impl Publisher {
             if self.backlog(engine) == 0 {
                 return Ok(true);
             }
-            if Instant::now() >= deadline {
+            // Held until an assignment that will not come now (a stop before the first one).
+            if Instant::now() >= deadline || (self.blocked && self.in_flight.is_empty()) {
                 return Ok(false);
             }
             self.producer.flush(Duration::from_millis(20));

@@ -237,6 +237,15 @@ pub struct Engine {
     changelog_seq: u64,
     /// Per partition, the serial of its last checkpoint staged for the changelog.
     serials: BTreeMap<u32, u64>,
+    /// Per partition, the outbox entries the changelog carries as undelivered transitions
+    /// (outbox sequence number → changelog key).
+    undelivered: BTreeMap<u32, BTreeMap<u64, Vec<u8>>>,
+    /// Outbox entries waiting for their commits' changelog entries to be published.
+    gates: std::collections::VecDeque<changelog::Gate>,
+    /// Outbox entries below this may go to the sink.
+    released: u64,
+    /// Outbox entries below this have reached the sink.
+    delivered_below: u64,
 }
 
 /// The engine as the pipeline thread and the HTTP API share it: the pipeline holds the lock
@@ -341,6 +350,16 @@ impl Engine {
             "changelog serial",
             tagstream_state::keys::decode_u64_be,
         )?;
+        let undelivered = changelog::load_transitions(store.as_ref())?;
+        // What the outbox holds from an earlier run waits until everything staged for the
+        // changelog then is published: which of its commits were published is not recorded.
+        let mut gates = std::collections::VecDeque::new();
+        if options.changelog && outbox_floor < outbox_seq {
+            gates.push_back(changelog::Gate {
+                outbox_end: outbox_seq,
+                changelog_end: changelog_seq,
+            });
+        }
         Ok(Engine {
             store,
             rules,
@@ -362,6 +381,10 @@ impl Engine {
             reload_unfinished: false,
             changelog_seq,
             serials,
+            undelivered,
+            gates,
+            released: outbox_floor,
+            delivered_below: outbox_floor,
         })
     }
 
@@ -635,6 +658,8 @@ struct Run<'e> {
     extra: WriteBatch,
     /// Engine times of the transitions emitted.
     emitted_ts: Vec<Millis>,
+    /// With a changelog: the partition, `event_id` and index in `outbox` of each transition.
+    transitions: Vec<(u32, String, usize)>,
     /// The id dictionary as it was before the batch, restored if the batch is not committed.
     ids_before: Option<UserIds>,
 }
@@ -754,6 +779,7 @@ impl<'e> Run<'e> {
             scanned: Default::default(),
             extra: WriteBatch::new(),
             emitted_ts: Vec::new(),
+            transitions: Vec::new(),
             ids_before,
         }
     }
@@ -904,13 +930,19 @@ impl<'e> Run<'e> {
         let before = out.len();
         core::apply(&rules, &user, state, &event, now, &mut out);
         self.report.timers_fired += fired;
-        self.emit(out, before, self.ingested_ms);
+        self.emit(partition, out, before, self.ingested_ms);
         Ok(())
     }
 
-    /// Records transitions; those from index `caused_from` on were caused by the event read at
-    /// `ingested_ms` (earlier ones are timers).
-    fn emit(&mut self, out: Vec<Transition>, caused_from: usize, ingested_ms: Millis) {
+    /// Records transitions of `partition`; those from index `caused_from` on were caused by the
+    /// event read at `ingested_ms` (earlier ones are timers).
+    fn emit(
+        &mut self,
+        partition: u32,
+        out: Vec<Transition>,
+        caused_from: usize,
+        ingested_ms: Millis,
+    ) {
         for (i, t) in out.into_iter().enumerate() {
             self.report.transitions += 1;
             *self
@@ -930,6 +962,10 @@ impl<'e> Run<'e> {
             }
             let ingested = if i >= caused_from { ingested_ms } else { 0 };
             self.emitted_ts.push(t.ts);
+            if self.engine.options.changelog {
+                self.transitions
+                    .push((partition, t.event_id(), self.outbox.len()));
+            }
             self.outbox.push(OutboxEntry::Transition {
                 user_id: t.user_id.to_string(),
                 json: t.to_json_string(),
@@ -956,7 +992,7 @@ impl<'e> Run<'e> {
         self.report.timers_fired += core::catch_up(&rules, user, &mut state, now, &mut out) as u64;
         let before = out.len();
         core::delete(&rules, user, &state, now, &mut out);
-        self.emit(out, before, ingested_ms);
+        self.emit(partition, out, before, ingested_ms);
         Ok(())
     }
 
@@ -1005,7 +1041,7 @@ impl<'e> Run<'e> {
                 slot.dirty = true;
             }
             self.report.timers_fired += fired;
-            self.emit(out, usize::MAX, 0);
+            self.emit(partition, out, usize::MAX, 0);
         }
         Ok(count)
     }
@@ -1133,6 +1169,7 @@ impl<'e> Run<'e> {
         // The changelog sequence and serials are staged in memory; a batch that does not commit
         // puts them back.
         let changelog_before = (self.engine.changelog_seq, self.engine.serials.clone());
+        let mut transition_changes = None;
         if let Some(mut staged) = staged {
             staged.partitions.extend(self.clock_changed.iter().copied());
             for (p, n) in &self.deletes {
@@ -1145,15 +1182,30 @@ impl<'e> Run<'e> {
                     staged.partitions.extend(u32::try_from(p).ok());
                 }
             }
-            if let Err(e) = self.engine.stage_changelog(
+            for (partition, event_id, index) in std::mem::take(&mut self.transitions) {
+                if let Some(OutboxEntry::Transition { user_id, json, .. }) = self.outbox.get(index)
+                {
+                    staged.transitions.push(changelog::StagedTransition {
+                        partition,
+                        outbox_seq: self.engine.outbox_seq + index as u64,
+                        key: crate::changelog::transition_key(&event_id),
+                        user_id: user_id.clone(),
+                        json: json.clone(),
+                    });
+                }
+            }
+            match self.engine.stage_changelog(
                 staged,
                 &self.clocks,
                 &self.deletes,
                 positions,
                 &mut batch,
             ) {
-                (self.engine.changelog_seq, self.engine.serials) = changelog_before;
-                return Err(e);
+                Ok(changes) => transition_changes = Some(changes),
+                Err(e) => {
+                    (self.engine.changelog_seq, self.engine.serials) = changelog_before;
+                    return Err(e);
+                }
             }
         }
         batch.append(std::mem::take(&mut self.extra));
@@ -1168,6 +1220,9 @@ impl<'e> Run<'e> {
         self.ids_before = None;
         self.engine.bitmaps.release();
         self.engine.outbox_seq = outbox_seq;
+        if let Some(changes) = transition_changes {
+            self.engine.adopt_transitions(changes, outbox_seq);
+        }
         let synced = if self.engine.options.sync {
             store.sync().map_err(ConsumerError::from)
         } else {

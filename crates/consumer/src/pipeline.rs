@@ -9,8 +9,10 @@
 //! 2. calls [`Engine::process`], which commits state, timers, outbox entries and the input
 //!    positions in one atomic write,
 //! 3. queues the stored offsets for an asynchronous commit to the consumer group (lag only),
-//! 4. pumps the outbox to the sinks ([`Delivery`]) and the staged changelog records to the
-//!    changelog topic ([`Publisher`]): entries are deleted once acknowledged.
+//! 4. pumps the staged changelog records to the changelog topic ([`Publisher`]) and the outbox
+//!    to the sinks ([`Delivery`]): entries are deleted once acknowledged. With a changelog, the
+//!    outbox goes only as far as the published checkpoints allow (see [`crate::changelog`]:
+//!    this is what keeps transition ids from ever changing).
 //!
 //! Partitions: on assignment the source hands over each partition's changelog snapshot
 //! ([`SourceEvent::Changelog`]) before it positions the partition; the loop restores the
@@ -415,13 +417,24 @@ pub fn run(
     }
     control.assigned.store(0, Ordering::SeqCst);
     metrics.ready.set(0);
-    l.delivery.flush(&l.engine, options.flush_timeout)?;
+    // The changelog first: the outbox goes to the sink only as far as it is published.
     if let Some(c) = l.changelog.as_mut() {
         let engine = l.engine.lock();
         if !c.flush(&engine, options.flush_timeout)? {
             tracing::warn!(
                 "changelog not fully published at shutdown; the rest is published on the next start"
             );
+        }
+    }
+    l.pump_changelog()?;
+    l.delivery.flush(&l.engine, options.flush_timeout)?;
+    // What the sink took since the last checkpoints gets its tombstones, so that the next owner
+    // of a partition does not deliver it again.
+    if let Some(c) = l.changelog.as_mut() {
+        let mut engine = l.engine.lock();
+        engine.note_delivered(l.delivery.acknowledged());
+        if engine.settle_delivered(None)? > 0 {
+            c.flush(&engine, options.flush_timeout.min(Duration::from_secs(5)))?;
         }
     }
     let store = l.engine.lock().store().clone();
@@ -446,11 +459,12 @@ impl Loop<'_> {
                 self.control.stop();
                 tracing::info!("stopping: no more polling; finishing the batches in hand");
             }
-            let idle = if self.delivery.busy() {
-                Duration::from_millis(5)
-            } else {
-                Duration::from_millis(100)
-            };
+            let idle =
+                if self.delivery.busy() || self.changelog.as_ref().is_some_and(Publisher::busy) {
+                    Duration::from_millis(5)
+                } else {
+                    Duration::from_millis(100)
+                };
             let wait = idle.min(next_tick.saturating_duration_since(Instant::now()));
             let received = match deferred.take() {
                 Some(event) => Ok(event),
@@ -472,6 +486,9 @@ impl Loop<'_> {
                         .mark_assigned(&parts.iter().map(|(_, p)| *p as u32).collect())?;
                     self.assigned.extend(parts);
                     self.publish_assignment();
+                    if let Some(c) = self.changelog.as_mut() {
+                        c.release_held(&mut self.engine.lock())?;
+                    }
                 }
                 Ok(SourceEvent::Revoked { partitions, done }) => {
                     // Every earlier batch is committed (they were processed in order). Timers
@@ -509,10 +526,8 @@ impl Loop<'_> {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             let acknowledged = self.delivery.acknowledged();
+            self.pump_changelog()?;
             self.delivery.pump(&self.engine)?;
-            if let Some(c) = self.changelog.as_mut() {
-                c.pump(&self.engine.lock())?;
-            }
             let backlog = self.backpressure();
             if self.delivery.acknowledged() > acknowledged || (backlog == 0 && !self.lagging) {
                 self.control.progressed();
@@ -530,6 +545,21 @@ impl Loop<'_> {
                 self.gauges(slow)?;
             }
         }
+    }
+
+    /// Publishes staged changelog records, then lets delivery go as far as the published
+    /// checkpoints allow, and reports what the sink has taken (its transitions' changelog
+    /// records get tombstones).
+    fn pump_changelog(&mut self) -> Result<()> {
+        let Some(c) = self.changelog.as_mut() else {
+            return Ok(());
+        };
+        let mut engine = self.engine.lock();
+        c.pump(&engine)?;
+        let release = engine.release_outbox(c.published_below());
+        engine.note_delivered(self.delivery.acknowledged());
+        self.delivery.release_below(release);
+        Ok(())
     }
 
     fn publish_assignment(&self) {
@@ -562,7 +592,12 @@ impl Loop<'_> {
             return Ok(());
         }
         let mut engine = self.engine.lock();
+        engine.note_delivered(self.delivery.acknowledged());
+        engine.settle_delivered(Some(&released))?;
         publisher.flush(&engine, REVOKE_PUBLISH_TIMEOUT)?;
+        // What is published now may still go to the sink; the rest of the released partitions'
+        // transitions is withdrawn with their changelog records.
+        engine.release_outbox(publisher.published_below());
         publisher.drop_partitions(&mut engine, &released)
     }
 
@@ -572,9 +607,20 @@ impl Loop<'_> {
         let started = Instant::now();
         let p = snapshot.partition;
         let mut engine = self.engine.lock();
+        if let Some(c) = self.changelog.as_mut() {
+            c.confirm(p);
+        }
         let local = engine.changelog_serial(p);
+        // A checkpoint this store did not write means another owner's history: restored even
+        // at a serial not above the local one (a stale copy whose unpublished commits forked).
+        let foreign = match &snapshot.checkpoint {
+            Some(c) if snapshot.complete && c.serial <= local => {
+                !engine.holds_checkpoint(p, c, snapshot.checkpoint_offset)?
+            }
+            _ => false,
+        };
         match &snapshot.checkpoint {
-            Some(checkpoint) if checkpoint.serial > local => {
+            Some(checkpoint) if checkpoint.serial > local || foreign => {
                 let users = engine.restore_partition(&snapshot)?;
                 self.next_offsets
                     .retain(|(_, q), _| u32::try_from(*q).ok() != Some(p));
@@ -589,6 +635,7 @@ impl Loop<'_> {
                     records = snapshot.records,
                     bytes = snapshot.bytes,
                     users,
+                    undelivered_transitions = snapshot.transitions.len(),
                     ignored_after_checkpoint = snapshot.ignored,
                     serial = checkpoint.serial,
                     local_serial = local,

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
-use tagstream_consumer::changelog::{Checkpoint, Snapshot, CHECKPOINT_KEY};
+use tagstream_consumer::changelog::{
+    Checkpoint, Snapshot, Undelivered, CHECKPOINT_KEY, TRANSITION_KEY_PREFIX,
+};
 use tagstream_consumer::engine::SharedEngine;
 use tagstream_consumer::file_sink::LineSink;
 use tagstream_consumer::kafka::{encode_offset, offsets_key};
@@ -94,6 +96,7 @@ fn snapshot_of(engine: &Engine, p: u32) -> Snapshot {
         ..Snapshot::default()
     };
     let mut unconfirmed = BTreeMap::new();
+    let mut unconfirmed_transitions = BTreeMap::new();
     for (_, entry) in engine.changelog_from(0, usize::MAX).unwrap() {
         if entry.partition != p {
             continue;
@@ -107,6 +110,14 @@ fn snapshot_of(engine: &Engine, p: u32) -> Snapshot {
                     None => snapshot.users.remove(&user),
                 };
             }
+            for (key, record) in std::mem::take(&mut unconfirmed_transitions) {
+                match record {
+                    Some(r) => snapshot.transitions.insert(key, r),
+                    None => snapshot.transitions.remove(&key),
+                };
+            }
+        } else if entry.key.starts_with(TRANSITION_KEY_PREFIX) {
+            unconfirmed_transitions.insert(entry.key, entry.value);
         } else {
             unconfirmed.insert(String::from_utf8(entry.key).unwrap(), entry.value);
         }
@@ -141,7 +152,13 @@ fn staged_changelog_restores_the_exact_state_ids_and_segments() {
     assert_eq!(b.segment_size("viewers"), a.segment_size("viewers"));
     assert_eq!(b.segment_size("viewers"), 1, "v1 is still a viewer");
     assert_eq!(b.timers_pending().unwrap(), a.timers_pending().unwrap());
-    assert!(b.outbox(10).unwrap().is_empty(), "a restore emits nothing");
+    // A restore emits nothing new: B's outbox holds A's undelivered transitions, under A's ids
+    // (in A's order within a partition; B restored partition 0, then 1).
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(transition_texts(&b)), sorted(transition_texts(&a)));
     for p in [0, 1] {
         assert_eq!(b.changelog_serial(p), a.changelog_serial(p));
         let key = offsets_key("events", p as i32);
@@ -174,6 +191,159 @@ fn staged_changelog_restores_the_exact_state_ids_and_segments() {
         transitions(&b),
         from_a[from_a.len() - transitions(&b).len()..].to_vec()
     );
+}
+
+/// The transitions in an engine's outbox (JSON text), in outbox order.
+fn transition_texts(engine: &Engine) -> Vec<String> {
+    engine
+        .outbox(usize::MAX)
+        .unwrap()
+        .into_iter()
+        .filter_map(|(_, e)| match e {
+            tagstream_consumer::outbox::OutboxEntry::Transition { json, .. } => Some(json),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Marks every outbox entry delivered, as the delivery loop does.
+fn deliver_all(engine: &mut Engine) {
+    let next = engine.outbox_next_seq();
+    if next > 0 {
+        engine.acknowledge(next - 1).unwrap();
+    }
+    engine.note_delivered(next);
+}
+
+/// Undelivered transitions travel in the changelog until the sink has them: a restore brings
+/// back exactly those not yet delivered, under their ids, and none that were.
+#[test]
+fn the_changelog_carries_undelivered_transitions_until_they_are_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = engine(&dir.path().join("a"), true);
+    apply(&mut a, 0, 0, &[view("u1", T), view("u1", T + 1)]);
+    let first = transition_texts(&a);
+    assert_eq!(first.len(), 1, "u1 entered viewers");
+    let snapshot = snapshot_of(&a, 0);
+    assert_eq!(snapshot.transitions.len(), 1);
+    let record = Undelivered::decode(snapshot.transitions.values().next().unwrap()).unwrap();
+    assert_eq!(record.json, first[0]);
+    assert_eq!(record.user_id, "u1");
+
+    // Delivered, then another commit of the partition: the record gets its tombstone.
+    deliver_all(&mut a);
+    apply(&mut a, 0, 2, &[view("u2", T + 2), view("u2", T + 3)]);
+    let second = transition_texts(&a);
+    assert_eq!(second.len(), 1, "u2 entered viewers; u1's entry is gone");
+    assert_eq!(a.undelivered_count(0), 1);
+    let snapshot = snapshot_of(&a, 0);
+    let carried: Vec<String> = snapshot
+        .transitions
+        .values()
+        .map(|v| Undelivered::decode(v).unwrap().json)
+        .collect();
+    assert_eq!(carried, second, "only the undelivered transition travels");
+
+    let mut b = engine(&dir.path().join("b"), true);
+    b.restore_partition(&snapshot).unwrap();
+    assert_eq!(transition_texts(&b), second);
+    assert_eq!(b.undelivered_count(0), 1);
+
+    // A graceful stop settles what was delivered: nothing is left to deliver again.
+    deliver_all(&mut a);
+    assert_eq!(a.settle_delivered(None).unwrap(), 1);
+    assert!(snapshot_of(&a, 0).transitions.is_empty());
+    assert_eq!(a.undelivered_count(0), 0);
+}
+
+/// A commit's outbox entries are released to the sink only once every changelog entry staged
+/// with them is published; a partition revoked before its checkpoint was published withdraws
+/// its unreleased transitions, since its next owner applies those events again.
+#[test]
+fn the_outbox_waits_for_the_changelog_and_a_revocation_withdraws_what_was_not_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = engine(&dir.path().join("a"), true);
+    apply(&mut a, 0, 0, &[view("u1", T), view("u1", T + 1)]);
+    let published = a.changelog_next_seq();
+    let released = a.release_outbox(a.changelog_first().unwrap());
+    assert_eq!(released, 0, "nothing published: nothing released");
+    assert_eq!(a.release_outbox(published), a.outbox_next_seq());
+    let after_first = a.outbox_next_seq();
+
+    apply(&mut a, 0, 2, &[view("u2", T + 2), view("u2", T + 3)]);
+    apply(&mut a, 1, 0, &[view("v1", T), view("v1", T + 1)]);
+    // Only the first batch's records are published.
+    assert_eq!(a.release_outbox(published), after_first);
+    assert_eq!(a.outbox(usize::MAX).unwrap().len(), 3);
+    // Partition 0 is revoked with its second batch unpublished: u2's entry is withdrawn, u1's
+    // (published, perhaps delivered) and partition 1's stay.
+    assert!(a.drop_changelog_entries(&[0]).unwrap() > 0);
+    let left = transition_texts(&a);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left[0].contains("\"u1\"") && left[1].contains("\"v1\""),
+        "{left:?}"
+    );
+    // Partition 1's entry goes once its checkpoint is published.
+    assert_eq!(
+        a.release_outbox(a.changelog_next_seq()),
+        a.outbox_next_seq()
+    );
+}
+
+/// A store that lost writes (or an old copy put back) holds outbox entries of commits the
+/// changelog never got: a restore replaces them by the changelog's undelivered transitions,
+/// so that no transition of a forked history reaches the sink.
+#[test]
+fn a_restore_drops_local_transitions_the_changelog_never_got() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = engine(&dir.path().join("a"), true);
+    apply(&mut a, 0, 0, &[view("u1", T), view("u1", T + 1)]);
+    let published = snapshot_of(&a, 0);
+    // A later commit, never published; its transition is committed locally.
+    apply(&mut a, 0, 2, &[view("u2", T + 5), view("u2", T + 6)]);
+    assert_eq!(transition_texts(&a).len(), 2);
+    let mut newer = published;
+    newer.checkpoint.as_mut().unwrap().serial += 5;
+    a.restore_partition(&newer).unwrap();
+    let texts = transition_texts(&a);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    assert!(texts[0].contains("\"u1\""));
+    assert_eq!(a.undelivered_count(0), 1);
+}
+
+/// A store recognises the changelog's last checkpoint as its own (still staged, or the last
+/// one acknowledged from it) and no other, even one with the same serial: another owner's
+/// checkpoint means a history this store's state may have forked from.
+#[test]
+fn a_store_knows_its_own_checkpoints_from_another_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = engine(&dir.path().join("a"), true);
+    apply(&mut a, 0, 0, &[view("u1", T), view("u1", T + 1)]);
+    let own = snapshot_of(&a, 0).checkpoint.unwrap();
+    assert!(a.holds_checkpoint(0, &own, None).unwrap(), "staged here");
+    let mut forked = own.clone();
+    forked.clock = Some(T + 7);
+    assert!(!a.holds_checkpoint(0, &forked, None).unwrap());
+
+    // Published: the broker's offset identifies it from then on.
+    let acked = BTreeMap::from([(0u32, (41i64, own.serial))]);
+    a.acknowledge_changelog(0, a.changelog_next_seq(), &acked)
+        .unwrap();
+    assert!(a.changelog_from(0, 10).unwrap().is_empty());
+    assert!(a.holds_checkpoint(0, &own, Some(41)).unwrap());
+    assert!(
+        !a.holds_checkpoint(0, &own, Some(42)).unwrap(),
+        "written after ours"
+    );
+
+    // A restored store holds the checkpoint it was restored from.
+    let mut b = engine(&dir.path().join("b"), true);
+    let mut snapshot = snapshot_of(&a, 0);
+    snapshot.checkpoint = Some(own.clone());
+    snapshot.checkpoint_offset = Some(41);
+    b.restore_partition(&snapshot).unwrap();
+    assert!(b.holds_checkpoint(0, &own, Some(41)).unwrap());
 }
 
 #[test]

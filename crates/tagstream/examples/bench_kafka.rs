@@ -386,6 +386,8 @@ fn throughput(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     let topic = "tp-events";
     broker.create_topic(topic, 1)?;
     broker.create_topic("tp-transitions", 1)?;
+    // The service's changelog (the mock has no CreateTopics).
+    broker.create_topic("bench-throughput-changelog", 1)?;
     let file =
         std::fs::File::open(&args.input).map_err(|e| format!("{}: {e}", args.input.display()))?;
     // The mock cluster retains at most 5 MB per partition: gzip keeps the whole file retained.
@@ -509,6 +511,7 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     let sink = "lat-transitions";
     broker.create_topic(topic, LATENCY_PARTITIONS)?;
     broker.create_topic(sink, LATENCY_PARTITIONS)?;
+    broker.create_topic("bench-latency-changelog", LATENCY_PARTITIONS)?;
     let svc = Service::start(
         args,
         "latency",

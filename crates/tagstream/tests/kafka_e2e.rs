@@ -1511,3 +1511,423 @@ fn scaling_out_and_back_in_restores_moved_partitions_from_the_changelog() {
         restores(&a.log())
     );
 }
+
+/// Rules whose segments turn on `now()`: in wall mode their timers fire within seconds.
+const WALL_RULES: &str = r#"
+[[tag]]
+name = "last_seen"
+kind = "last_time"
+event = "*"
+
+[[tag]]
+name = "first_seen"
+kind = "first_time"
+event = "*"
+
+[[tag]]
+name = "views"
+kind = "count"
+event = "view"
+
+[[segment]]
+name = "recent"
+when = "last_seen > now() - 3s"
+
+[[segment]]
+name = "newcomer"
+when = "first_seen > now() - 5s AND views >= 2"
+"#;
+
+/// A cluster whose changelog lives on a broker of its own (broker 2), which tests take down:
+/// were transitions delivered before their checkpoint is acknowledged, a state lost or left
+/// behind meanwhile would make their events be applied again at a new engine time (wall
+/// mode), under new ids.
+fn cluster_with_changelog_broker() -> Cluster {
+    let cluster = Cluster::new(2);
+    for p in 0..PARTITIONS {
+        for t in [EVENTS, TRANSITIONS, DLQ] {
+            cluster.mock.partition_leader(t, p, Some(1)).unwrap();
+        }
+        cluster
+            .mock
+            .partition_leader(CHANGELOG, p, Some(2))
+            .unwrap();
+    }
+    cluster
+        .mock
+        .coordinator(rdkafka::mocking::MockCoordinator::Group(GROUP.into()), 1)
+        .unwrap();
+    cluster
+}
+
+/// A service in wall mode with [`WALL_RULES`].
+fn wall_service(dir: &Path, cluster: &Cluster, name: &str) -> Service {
+    let service = Service::new(dir, cluster, name, "");
+    std::fs::write(service.dir.join("rules.toml"), WALL_RULES).unwrap();
+    let text = std::fs::read_to_string(&service.config)
+        .unwrap()
+        .replace("mode = \"event\"", "mode = \"wall\"");
+    std::fs::write(&service.config, text).unwrap();
+    service
+}
+
+/// Views of users `w0`..`w{users}` stamped with the current time, and what they imply per user:
+/// (views, first event time, last event time).
+struct WallEvents {
+    users: u64,
+    seed: u64,
+    produced: BTreeMap<String, (u64, i64, i64)>,
+}
+
+impl WallEvents {
+    fn new(users: u64, seed: u64) -> WallEvents {
+        WallEvents {
+            users,
+            seed,
+            produced: BTreeMap::new(),
+        }
+    }
+
+    fn rand(&mut self, n: u64) -> u64 {
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        self.seed % n
+    }
+
+    fn next(&mut self, n: usize) -> Vec<Msg> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        (0..n)
+            .map(|i| {
+                let user = format!("w{}", self.rand(self.users));
+                let ts = now - 50 + (i as i64 % 50);
+                let e = self.produced.entry(user.clone()).or_insert((0, ts, ts));
+                e.0 += 1;
+                e.1 = e.1.min(ts);
+                e.2 = e.2.max(ts);
+                let line = format!(r#"{{"user_id":"{user}","event":"view","ts":{ts}}}"#);
+                Msg {
+                    partition: partition_of(user.as_bytes(), PARTITIONS),
+                    key: Some(user.into_bytes()),
+                    payload: Some(line.into_bytes()),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Spawns `service` and waits until the group committed more than before it started.
+fn spawn_until_progress(cluster: &Cluster, service: &mut Service, before: i64) -> Proc {
+    let mut child = service.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while cluster.committed().iter().sum::<i64>() == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "tagstream exited:\n{}",
+            tail(&service.log(), 40)
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no progress:\n{}",
+            tail(&service.log(), 40)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Spawns `service` and waits until it owns its partitions: events produced then are applied
+/// within moments (in wall mode, within the seconds of a `now()` condition).
+fn spawn_assigned(service: &mut Service) -> Proc {
+    let mut child = service.spawn();
+    let deadline = Instant::now() + DEADLINE;
+    while !std::fs::read_to_string(service.log())
+        .unwrap_or_default()
+        .contains("partitions assigned")
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            tail(&service.log(), 40)
+        );
+        assert!(Instant::now() < deadline, "{}", tail(&service.log(), 40));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Waits until every (user, segment) on the sink has left its segment again (its last seq is
+/// even) and returns the transitions by event_id (a redelivery must be identical).
+fn wait_all_exited(
+    cluster: &Cluster,
+    users: usize,
+    child: &mut Proc,
+    log: &Path,
+) -> BTreeMap<String, serde_json::Value> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let mut by_id = BTreeMap::new();
+        add_transitions(
+            &mut by_id,
+            cluster.read_all(TRANSITIONS).into_iter().map(|r| r.payload),
+        );
+        let mut last: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for v in by_id.values() {
+            let key = (
+                v["user_id"].as_str().unwrap().to_string(),
+                v["segment"].as_str().unwrap().to_string(),
+            );
+            let seq = last.entry(key).or_default();
+            *seq = (*seq).max(v["seq"].as_u64().unwrap());
+        }
+        let open = last.values().filter(|n| *n % 2 == 1).count();
+        if open == 0 && last.len() >= users {
+            return by_id;
+        }
+        if Instant::now() >= deadline {
+            let Some(((user, segment), _)) = last.iter().find(|(_, n)| *n % 2 == 1) else {
+                panic!(
+                    "only {} (user, segment) pairs of {users} users reached the sink",
+                    last.len()
+                );
+            };
+            let mut history: Vec<&serde_json::Value> = by_id
+                .values()
+                .filter(|v| v["user_id"] == user.as_str() && v["segment"] == segment.as_str())
+                .collect();
+            history.sort_by_key(|v| v["seq"].as_u64());
+            panic!(
+                "{open} (user, segment) pairs still entered, {} seen; {user} {segment}: {history:#?}\n{}",
+                last.len(),
+                tail(log, 40)
+            );
+        }
+        assert!(child.try_wait().unwrap().is_none(), "{}", tail(log, 40));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every (user, segment) on the sink shows seq 1..n, each under one id, enter on odd seq and
+/// exit on even, ending outside the segment; every user entered `recent`; and the dump is what
+/// the produced events imply (every view counted once, first and last event times, nobody in
+/// a segment). Returns the number of (user, segment) pairs.
+fn assert_ids_never_changed(
+    transitions: &BTreeMap<String, serde_json::Value>,
+    events: &WallEvents,
+    dump: &[String],
+) -> usize {
+    let mut seqs: BTreeMap<(String, String), BTreeMap<u64, Vec<String>>> = BTreeMap::new();
+    for (id, v) in transitions {
+        let key = (
+            v["user_id"].as_str().unwrap().to_string(),
+            v["segment"].as_str().unwrap().to_string(),
+        );
+        let seq = v["seq"].as_u64().unwrap();
+        let want = if seq % 2 == 1 {
+            "segment_enter"
+        } else {
+            "segment_exit"
+        };
+        assert_eq!(v["type"], want, "{v}");
+        seqs.entry(key)
+            .or_default()
+            .entry(seq)
+            .or_default()
+            .push(id.clone());
+    }
+    for ((user, segment), by_seq) in &seqs {
+        for (seq, ids) in by_seq {
+            assert_eq!(
+                ids.len(),
+                1,
+                "{user} {segment} seq {seq} reached the sink under {} ids: {:?}",
+                ids.len(),
+                ids.iter().map(|id| &transitions[id]).collect::<Vec<_>>()
+            );
+        }
+        let n = by_seq.len() as u64;
+        assert_eq!(
+            by_seq.keys().copied().collect::<Vec<_>>(),
+            (1..=n).collect::<Vec<_>>(),
+            "{user} {segment}: a gap in seq"
+        );
+        assert_eq!(n % 2, 0, "{user} {segment} ends entered");
+    }
+    for user in events.produced.keys() {
+        assert!(
+            seqs.contains_key(&(user.clone(), "recent".to_string())),
+            "{user} never entered recent"
+        );
+    }
+    assert_eq!(dump.len(), events.produced.len(), "users in the dump");
+    for line in dump {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let user = v["user_id"].as_str().unwrap();
+        let (views, first, last) = events.produced[user];
+        assert_eq!(v["tags"]["views"].as_u64(), Some(views), "{line}");
+        assert_eq!(v["tags"]["first_seen"].as_i64(), Some(first), "{line}");
+        assert_eq!(v["tags"]["last_seen"].as_i64(), Some(last), "{line}");
+        assert_eq!(v["segments"], serde_json::json!([]), "{line}");
+    }
+    seqs.len()
+}
+
+/// Partition restores logged over every run of `service`.
+fn restores_logged(service: &Service) -> usize {
+    std::fs::read_dir(&service.dir)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .map(|t| t.matches("partition restored from the changelog").count())
+        .sum()
+}
+
+/// Wall mode, where re-applying an event gives it a new engine time and so new transition
+/// ids: kill -9 at random moments, the state dir deleted after some kills (the next instance
+/// restores from the changelog), a graceful stop whose copy of the state dir is put back later
+/// (a rollback), then the timers left fire with no input. Before each kill that loses the
+/// state, the changelog's broker is down while the sink's is up. See [`assert_ids_never_changed`]
+/// for what must hold.
+#[test]
+fn wall_mode_ids_never_change_across_kills_lost_volumes_and_a_rollback() {
+    const ROUNDS: usize = 7;
+    let (_guard, dir) = workdir();
+    let cluster = cluster_with_changelog_broker();
+    let mut service = wall_service(dir.as_path(), &cluster, "svc");
+    let mut events = WallEvents::new(150, 0x2545_f491_4f6c_dd1d);
+    let backup = dir.join("backup");
+    let mut log = Vec::new();
+    for round in 0..ROUNDS {
+        let before: i64 = cluster.committed().iter().sum();
+        cluster.produce(&events.next(300));
+        let mut child = spawn_until_progress(&cluster, &mut service, before);
+        let loses_state = matches!(round, 2 | 4 | 5);
+        if loses_state {
+            cluster.mock.broker_down(2).unwrap();
+        }
+        cluster.produce(&events.next(3_000));
+        let action = if round == 1 {
+            cluster.wait_consumed(&mut child, &service.log());
+            service.stop(child);
+            if backup.exists() {
+                std::fs::remove_dir_all(&backup).unwrap();
+            }
+            copy_dir(&service.state(), &backup);
+            "graceful stop, state copied"
+        } else {
+            let pause = 200 + events.rand(300);
+            std::thread::sleep(Duration::from_millis(pause));
+            child.kill().unwrap(); // SIGKILL
+            child.wait().unwrap();
+            cluster.mock.broker_up(2).unwrap();
+            if loses_state {
+                "changelog broker down, kill -9"
+            } else {
+                "kill -9"
+            }
+        };
+        let after = match round {
+            2 | 4 => {
+                std::fs::remove_dir_all(service.state()).unwrap();
+                "state dir deleted"
+            }
+            5 => {
+                std::fs::remove_dir_all(service.state()).unwrap();
+                copy_dir(&backup, &service.state());
+                "the earlier copy put back"
+            }
+            _ => "",
+        };
+        log.push(format!(
+            "round {round}: {action} at {} committed; {after}",
+            cluster.committed().iter().sum::<i64>()
+        ));
+    }
+    eprintln!("{}", log.join("\n"));
+
+    // The last instance consumes the rest; then, with no input, every user leaves both
+    // segments as their timers fire.
+    let mut child = service.spawn();
+    let base = api_base(&service.log(), &mut child);
+    cluster.wait_consumed(&mut child, &service.log());
+    let transitions = wait_all_exited(&cluster, events.produced.len(), &mut child, &service.log());
+    let m = fetch_metrics(&base);
+    service.stop(child);
+    assert_eq!(metric_sum(&m, "tagstream_dead_letters_total"), 0.0);
+    let pairs = assert_ids_never_changed(&transitions, &events, &service.dump());
+    let restores = restores_logged(&service);
+    eprintln!(
+        "{} transitions of {pairs} (user, segment) pairs, {restores} partition restores over the runs",
+        transitions.len(),
+    );
+    assert!(
+        restores >= 3 * PARTITIONS as usize,
+        "every lost or rolled-back volume was restored"
+    );
+}
+
+/// An instance killed while the changelog's broker was down comes back, with its state dir,
+/// after another instance owned its partitions and published further checkpoints. What it had
+/// staged but not published belongs to a history the other owner never saw: it must not reach
+/// the changelog (nothing is published for a partition before its assignment is checked), and
+/// its state is restored from the other owner's checkpoints even where its own serials are
+/// higher; none of its unpublished transitions reaches the sink.
+#[test]
+fn an_instance_back_after_another_owner_publishes_nothing_of_its_stale_history() {
+    let (_guard, dir) = workdir();
+    let cluster = cluster_with_changelog_broker();
+    let mut a = wall_service(dir.as_path(), &cluster, "a");
+    let mut b = wall_service(dir.as_path(), &cluster, "b");
+    let mut events = WallEvents::new(120, 0x9e37_79b9_7f4a_7c15);
+
+    // A applies a lot while the changelog is unreachable, then dies.
+    cluster.produce(&events.next(300));
+    let mut child = spawn_until_progress(&cluster, &mut a, 0);
+    cluster.mock.broker_down(2).unwrap();
+    cluster.produce(&events.next(4_000));
+    std::thread::sleep(Duration::from_millis(1_500));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    cluster.mock.broker_up(2).unwrap();
+
+    // B owns every partition for a short while, and its users enter `recent` again at seqs
+    // A's unpublished history also used (B's serials may end below A's staged ones or above
+    // them: A must drop its own history either way).
+    let mut child = spawn_assigned(&mut b);
+    cluster.produce(&events.next(1_200));
+    cluster.wait_consumed(&mut child, &b.log());
+    b.stop(child);
+    let text = std::fs::read_to_string(b.log()).unwrap();
+    assert_eq!(
+        text.matches("partition restored from the changelog")
+            .count(),
+        PARTITIONS as usize,
+        "B started from A's published checkpoints:\n{}",
+        tail(&b.log(), 40)
+    );
+
+    // A returns with its stale state dir and finishes the stream: events produced once it
+    // owns the partitions are applied within the 3 s of `recent`, so every user enters it.
+    let mut child = spawn_assigned(&mut a);
+    cluster.produce(&events.next(2_000));
+    cluster.wait_consumed(&mut child, &a.log());
+    let transitions = wait_all_exited(&cluster, events.produced.len(), &mut child, &a.log());
+    a.stop(child);
+    let pairs = assert_ids_never_changed(&transitions, &events, &a.dump());
+    let text = std::fs::read_to_string(a.log()).unwrap();
+    eprintln!(
+        "{} transitions of {pairs} pairs; A restored {} partitions on its return",
+        transitions.len(),
+        text.matches("partition restored from the changelog")
+            .count()
+    );
+    assert!(
+        text.matches("partition restored from the changelog")
+            .count()
+            >= 1,
+        "{}",
+        tail(&a.log(), 40)
+    );
+}

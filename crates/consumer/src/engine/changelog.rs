@@ -8,8 +8,10 @@ use tagstream_rules::state::UserState;
 use tagstream_state::keys::{decode_u64_be, i64_ordered, u64_be};
 use tagstream_state::{Cf, StateStore, WriteBatch};
 
-use super::{partition_meta_key, timer_key, user_key, Engine, META_CLOCK, META_DELETES};
-use crate::changelog::{Checkpoint, Pending, Snapshot, CHECKPOINT_KEY};
+use super::{
+    partition_meta_key, timer_key, user_key, Engine, META_CLOCK, META_DELETES, META_OUTBOX_SEQ,
+};
+use crate::changelog::{Checkpoint, Pending, Snapshot, Undelivered, CHECKPOINT_KEY};
 use crate::error::{ConsumerError, Result};
 use crate::kafka::{encode_offset, offsets_key, parse_offsets_key};
 
@@ -20,12 +22,67 @@ pub(super) const META_CHANGELOG_SERIAL: &[u8] = b"changelog_serial/";
 /// Per partition, the changelog offset and serial of its last checkpoint the broker
 /// acknowledged from here.
 pub(super) const META_CHANGELOG_ACKED: &[u8] = b"changelog_acked/";
+/// Per partition and outbox sequence number, the changelog key of a transition that the
+/// changelog carries as undelivered: a tombstone is staged once the sink has it.
+pub(super) const META_CHANGELOG_TRANSITION: &[u8] = b"changelog_transition/";
+
+fn transition_meta_key(partition: u32, outbox_seq: u64) -> Vec<u8> {
+    let mut k = partition_meta_key(META_CHANGELOG_TRANSITION, partition);
+    k.extend_from_slice(&u64_be(outbox_seq));
+    k
+}
+
+/// Reads [`META_CHANGELOG_TRANSITION`]: partition → outbox sequence number → changelog key.
+pub(super) fn load_transitions(
+    store: &dyn StateStore,
+) -> Result<BTreeMap<u32, BTreeMap<u64, Vec<u8>>>> {
+    let prefix = META_CHANGELOG_TRANSITION;
+    let end = tagstream_state::keys::prefix_end(prefix);
+    let mut out: BTreeMap<u32, BTreeMap<u64, Vec<u8>>> = BTreeMap::new();
+    for (k, v) in store.scan(Cf::Meta, prefix, end.as_deref(), usize::MAX)? {
+        let rest = &k[prefix.len()..];
+        let (Some(p), Some(seq)) = (
+            rest.get(..4).and_then(tagstream_state::keys::decode_u32_be),
+            rest.get(4..).and_then(decode_u64_be),
+        ) else {
+            return Err(ConsumerError::Corrupt("changelog transition key".into()));
+        };
+        out.entry(p).or_default().insert(seq, v);
+    }
+    Ok(out)
+}
+
+/// A transition of this commit for the changelog.
+pub(super) struct StagedTransition {
+    pub(super) partition: u32,
+    pub(super) outbox_seq: u64,
+    pub(super) key: Vec<u8>,
+    pub(super) user_id: String,
+    pub(super) json: String,
+}
+
+/// How a commit changes the engine's index of undelivered transitions, adopted once the
+/// commit is written.
+#[derive(Default)]
+pub(super) struct TransitionChanges {
+    added: Vec<(u32, u64, Vec<u8>)>,
+    delivered: Vec<(u32, u64)>,
+}
+
+/// Outbox entries that wait for the changelog: entries below `outbox_end` go to the sink once
+/// every changelog entry below `changelog_end` is published.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Gate {
+    pub(super) outbox_end: u64,
+    pub(super) changelog_end: u64,
+}
 
 /// Records of one commit to stage for the changelog.
 #[derive(Default)]
 pub(super) struct Staged {
     pub(super) records: Vec<Pending>,
     pub(super) partitions: BTreeSet<u32>,
+    pub(super) transitions: Vec<StagedTransition>,
 }
 
 impl Staged {
@@ -69,14 +126,49 @@ impl Engine {
         deletes: &BTreeMap<u32, u64>,
         positions: &[(Vec<u8>, Vec<u8>)],
         batch: &mut WriteBatch,
-    ) -> Result<()> {
+    ) -> Result<TransitionChanges> {
         let Staged {
             mut records,
-            partitions,
+            mut partitions,
+            transitions,
         } = staged;
+        partitions.extend(transitions.iter().map(|t| t.partition));
+        let mut changes = TransitionChanges::default();
         for p in partitions {
             let serial = self.serials.get(&p).copied().unwrap_or(0) + 1;
             self.serials.insert(p, serial);
+            // The transitions this commit made, then tombstones of those the sink has since
+            // taken, all before the checkpoint that confirms them.
+            for (index, t) in transitions.iter().filter(|t| t.partition == p).enumerate() {
+                let record = Undelivered {
+                    serial,
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    user_id: t.user_id.clone(),
+                    json: t.json.clone(),
+                };
+                records.push(Pending {
+                    partition: p,
+                    key: t.key.clone(),
+                    value: Some(record.encode()),
+                });
+                batch.put(
+                    Cf::Meta,
+                    transition_meta_key(p, t.outbox_seq),
+                    t.key.clone(),
+                );
+                changes.added.push((p, t.outbox_seq, t.key.clone()));
+            }
+            if let Some(pending) = self.undelivered.get(&p) {
+                for (&seq, key) in pending.range(..self.delivered_below) {
+                    records.push(Pending {
+                        partition: p,
+                        key: key.clone(),
+                        value: None,
+                    });
+                    batch.delete(Cf::Meta, transition_meta_key(p, seq));
+                    changes.delivered.push((p, seq));
+                }
+            }
             batch.put(
                 Cf::Meta,
                 partition_meta_key(META_CHANGELOG_SERIAL, p),
@@ -107,6 +199,125 @@ impl Engine {
             META_CHANGELOG_SEQ,
             u64_be(self.changelog_seq).to_vec(),
         );
+        Ok(changes)
+    }
+
+    /// Adopts what a committed batch changed in the index of undelivered transitions, and
+    /// holds its outbox entries (below `outbox_end`) until its changelog entries are published.
+    pub(super) fn adopt_transitions(&mut self, changes: TransitionChanges, outbox_end: u64) {
+        for (p, seq) in changes.delivered {
+            if let Some(pending) = self.undelivered.get_mut(&p) {
+                pending.remove(&seq);
+            }
+        }
+        for (p, seq, key) in changes.added {
+            self.undelivered.entry(p).or_default().insert(seq, key);
+        }
+        self.hold_outbox(outbox_end);
+    }
+
+    /// Outbox entries below `outbox_end` wait until every changelog entry staged so far is
+    /// published.
+    pub(super) fn hold_outbox(&mut self, outbox_end: u64) {
+        if !self.options.changelog || outbox_end <= self.released {
+            return;
+        }
+        let gate = Gate {
+            outbox_end,
+            changelog_end: self.changelog_seq,
+        };
+        match self.gates.back_mut() {
+            Some(last) if last.changelog_end == gate.changelog_end => {
+                last.outbox_end = last.outbox_end.max(outbox_end)
+            }
+            _ => self.gates.push_back(gate),
+        }
+    }
+
+    /// With a changelog, how far the outbox may go to the sink: every entry below the returned
+    /// sequence number belongs to a commit whose changelog entries (its checkpoints included)
+    /// are all below `published_below`, i.e. acknowledged by the broker (or dropped with the
+    /// partition they belonged to, whose entries are then deleted from the outbox). See the
+    /// module documentation of [`crate::changelog`] for why this keeps ids from forking.
+    /// Without a changelog, every committed entry may go. Never beyond the next outbox
+    /// sequence number: every entry below the returned bound is committed.
+    pub fn release_outbox(&mut self, published_below: u64) -> u64 {
+        if !self.options.changelog {
+            return self.outbox_seq;
+        }
+        while let Some(gate) = self.gates.front() {
+            if gate.changelog_end > published_below {
+                break;
+            }
+            self.released = self.released.max(gate.outbox_end);
+            self.gates.pop_front();
+        }
+        if self.gates.is_empty() {
+            self.released = self.released.max(self.outbox_seq);
+        }
+        self.released
+    }
+
+    /// Tells the engine that every outbox entry below `below` reached its sink: the changelog
+    /// records of those transitions get a tombstone with their partition's next checkpoint.
+    pub fn note_delivered(&mut self, below: u64) {
+        self.delivered_below = self.delivered_below.max(below);
+    }
+
+    /// Stages tombstones for the transitions of `partitions` (all when None) that reached the
+    /// sink since their partition's last checkpoint, with a new checkpoint of each partition
+    /// that has some: a graceful stop or a revocation leaves a changelog that a later owner
+    /// does not deliver again from. Returns the number of tombstones.
+    pub fn settle_delivered(&mut self, partitions: Option<&[u32]>) -> Result<usize> {
+        if !self.options.changelog {
+            return Ok(0);
+        }
+        let below = self.delivered_below;
+        let mut staged = Staged::default();
+        let mut count = 0;
+        for (p, pending) in &self.undelivered {
+            if partitions.is_some_and(|only| !only.contains(p)) {
+                continue;
+            }
+            let n = pending.range(..below).count();
+            if n > 0 {
+                staged.partitions.insert(*p);
+                count += n;
+            }
+        }
+        if count == 0 {
+            return Ok(0);
+        }
+        self.commit_staged(staged)?;
+        Ok(count)
+    }
+
+    /// Transitions the changelog carries as undelivered for `partition` (tests, logs).
+    pub fn undelivered_count(&self, partition: u32) -> usize {
+        self.undelivered.get(&partition).map_or(0, BTreeMap::len)
+    }
+
+    /// Commits `staged` with a checkpoint of each of its partitions, outside of any batch
+    /// (the partitions' engine times and offsets are the stored ones).
+    fn commit_staged(&mut self, staged: Staged) -> Result<()> {
+        let clocks = self.clocks.clone();
+        let deletes = self.deletes.clone();
+        let mut batch = WriteBatch::new();
+        // The sequence and serials move in memory while staging: put back if nothing commits.
+        let before = (self.changelog_seq, self.serials.clone());
+        let changes = match self.stage_changelog(staged, &clocks, &deletes, &[], &mut batch) {
+            Ok(changes) => changes,
+            Err(e) => {
+                (self.changelog_seq, self.serials) = before;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.store.commit(batch) {
+            (self.changelog_seq, self.serials) = before;
+            return Err(e.into());
+        }
+        let outbox_end = self.outbox_seq;
+        self.adopt_transitions(changes, outbox_end);
         Ok(())
     }
 
@@ -148,13 +359,26 @@ impl Engine {
 
     /// Deletes the published entries (sequence numbers below `below`) and records where the
     /// acknowledged checkpoints landed: partition → (offset, serial).
+    ///
+    /// `from` is where the previous acknowledgement ended: a small acknowledgement deletes its
+    /// entries one by one, since range tombstones (one per pump, every few milliseconds while
+    /// delivery waits for the changelog) pile up and slow every later read of the column
+    /// family (see [`crate::outbox::acknowledge`]).
     pub fn acknowledge_changelog(
         &self,
+        from: u64,
         below: u64,
         checkpoints: &BTreeMap<u32, (i64, u64)>,
     ) -> Result<()> {
+        const POINT_DELETES: u64 = 4096;
         let mut batch = WriteBatch::new();
-        batch.delete_range(Cf::Changelog, u64_be(0).to_vec(), u64_be(below).to_vec());
+        if below > from && below - from < POINT_DELETES {
+            for seq in from..below {
+                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+            }
+        } else if below > from {
+            batch.delete_range(Cf::Changelog, u64_be(from).to_vec(), u64_be(below).to_vec());
+        }
         for (p, (offset, serial)) in checkpoints {
             let mut value = offset.to_be_bytes().to_vec();
             value.extend_from_slice(&u64_be(*serial));
@@ -200,6 +424,39 @@ impl Engine {
         Ok((local >= serial).then_some((offset, serial)))
     }
 
+    /// Whether the changelog's last checkpoint of `partition` (at `offset`) is one this store
+    /// wrote: the last one the broker acknowledged from here, or one still staged here (sent,
+    /// its acknowledgement lost to a crash). Only then does the local state continue the
+    /// changelog's history; any other checkpoint was written by another owner, whose history
+    /// may have forked from this store's even at a lower serial, so the partition is restored.
+    pub fn holds_checkpoint(
+        &self,
+        partition: u32,
+        checkpoint: &Checkpoint,
+        offset: Option<i64>,
+    ) -> Result<bool> {
+        let acked = self
+            .store
+            .get(
+                Cf::Meta,
+                &partition_meta_key(META_CHANGELOG_ACKED, partition),
+            )?
+            .and_then(|v| v.get(..8).and_then(|o| o.try_into().ok()))
+            .map(i64::from_be_bytes);
+        if acked.is_some() && acked == offset {
+            return Ok(true);
+        }
+        for (_, entry) in self.changelog_from(0, usize::MAX)? {
+            if entry.partition == partition && entry.key == CHECKPOINT_KEY {
+                let staged = entry.value.as_deref().map(Checkpoint::decode);
+                if matches!(staged, Some(Ok(c)) if &c == checkpoint) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Deletes the staged entries of `partitions` and returns how many there were. Their local
     /// state is then ahead of the changelog: its serial is reset, so that the partition is
     /// restored from the changelog (or published in full) when it is assigned here again.
@@ -215,12 +472,35 @@ impl Engine {
         if dropped == 0 {
             return Ok(0);
         }
+        // Their transitions not yet released to the sink go too: their checkpoint never reached
+        // the changelog, so the new owner applies their events again (in wall mode at a new
+        // engine time, so under new ids); these must never become visible.
+        let mut withdrawn = Vec::new();
         for p in partitions {
             batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_SERIAL, *p));
             batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, *p));
             self.serials.remove(p);
+            if let Some(pending) = self.undelivered.get(p) {
+                for &seq in pending.range(self.released..).map(|(seq, _)| seq) {
+                    batch.delete(Cf::Outbox, crate::outbox::key(seq).to_vec());
+                    batch.delete(Cf::Meta, transition_meta_key(*p, seq));
+                    withdrawn.push((*p, seq));
+                }
+            }
         }
         self.store.commit(batch)?;
+        for (p, seq) in &withdrawn {
+            if let Some(pending) = self.undelivered.get_mut(p) {
+                pending.remove(seq);
+            }
+        }
+        if !withdrawn.is_empty() {
+            tracing::warn!(
+                ?partitions,
+                transitions = withdrawn.len(),
+                "transitions of revoked partitions whose checkpoint was not published were withdrawn before reaching the sink (the new owner makes them again)"
+            );
+        }
         Ok(dropped)
     }
 
@@ -260,18 +540,16 @@ impl Engine {
         for (user, state) in users {
             staged.user(partition, &user, Some(state));
         }
-        let clocks = self.clocks.clone();
-        let deletes = self.deletes.clone();
-        let mut batch = WriteBatch::new();
-        self.stage_changelog(staged, &clocks, &deletes, &[], &mut batch)?;
-        self.store.commit(batch)?;
+        self.commit_staged(staged)?;
         Ok(n)
     }
 
     /// Replaces the state of `snapshot.partition` by the snapshot, in one atomic write: users,
     /// timers, the id dictionary, segment bitmaps, engine time, delete count, input offsets
     /// and changelog serial. Local entries still staged for the partition are dropped (they
-    /// are older than the snapshot). Emits no transition. Returns the number of users.
+    /// are older than the snapshot). Emits no transition: the partition's outbox entries are
+    /// replaced by the snapshot's undelivered transitions, under their original ids. Returns
+    /// the number of users.
     pub fn restore_partition(&mut self, snapshot: &Snapshot) -> Result<u64> {
         let p = snapshot.partition;
         let Some(checkpoint) = &snapshot.checkpoint else {
@@ -346,7 +624,15 @@ impl Engine {
             partition_meta_key(META_CHANGELOG_SERIAL, p),
             u64_be(checkpoint.serial).to_vec(),
         );
-        batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p));
+        // The store now holds exactly that checkpoint's state, as if it had written it.
+        match snapshot.checkpoint_offset {
+            Some(offset) => {
+                let mut value = offset.to_be_bytes().to_vec();
+                value.extend_from_slice(&u64_be(checkpoint.serial));
+                batch.put(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p), value);
+            }
+            None => batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p)),
+        }
         for (k, _) in store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)? {
             if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(p)) {
                 batch.delete(Cf::Offsets, k);
@@ -365,6 +651,40 @@ impl Engine {
                 batch.delete(Cf::Changelog, u64_be(seq).to_vec());
             }
         }
+        // The outbox of the partition becomes what the changelog says is undelivered. Local
+        // entries go: those the changelog holds come back below under the same ids, and the
+        // others belong to commits the changelog never got (a store that lost writes, an old
+        // copy), which must never reach a sink.
+        if let Some(pending) = self.undelivered.get(&p) {
+            for &seq in pending.keys() {
+                batch.delete(Cf::Outbox, crate::outbox::key(seq).to_vec());
+                batch.delete(Cf::Meta, transition_meta_key(p, seq));
+            }
+        }
+        let mut undelivered = Vec::with_capacity(snapshot.transitions.len());
+        for (key, bytes) in &snapshot.transitions {
+            let record = Undelivered::decode(bytes).map_err(ConsumerError::Corrupt)?;
+            undelivered.push((record, key));
+        }
+        undelivered.sort_by_key(|(r, _)| (r.serial, r.index));
+        let mut outbox_seq = self.outbox_seq;
+        let mut restored = BTreeMap::new();
+        for (record, key) in undelivered {
+            let entry = crate::outbox::OutboxEntry::Transition {
+                user_id: record.user_id,
+                json: record.json,
+                ingested_ms: 0,
+            };
+            batch.put(
+                Cf::Outbox,
+                crate::outbox::key(outbox_seq).to_vec(),
+                entry.encode(),
+            );
+            batch.put(Cf::Meta, transition_meta_key(p, outbox_seq), key.clone());
+            restored.insert(outbox_seq, key.clone());
+            outbox_seq += 1;
+        }
+        batch.put(Cf::Meta, META_OUTBOX_SEQ, u64_be(outbox_seq).to_vec());
         store.commit(batch)?;
         if self.options.sync {
             store.sync()?;
@@ -378,6 +698,9 @@ impl Engine {
         self.serials.insert(p, checkpoint.serial);
         self.cache.retain(|(q, _), _| *q != p);
         self.timer_floor.remove(&p);
+        self.outbox_seq = outbox_seq;
+        self.undelivered.insert(p, restored);
+        self.hold_outbox(outbox_seq);
         Ok(snapshot.users.len() as u64)
     }
 }

@@ -514,8 +514,8 @@ impl Engine {
                 let carried = carry_user(old, &new, migration, &user, &bytes, now)
                     .map_err(|e| (e, committed))?;
                 run.report.timers_fired += carried.timers_fired;
-                run.emit(carried.caught_up, usize::MAX, 0);
-                run.emit(carried.migrated, usize::MAX, 0);
+                run.emit(partition, carried.caught_up, usize::MAX, 0);
+                run.emit(partition, carried.migrated, usize::MAX, 0);
                 run.users.insert(
                     (partition, user),
                     Slot {

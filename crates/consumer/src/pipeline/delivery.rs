@@ -14,6 +14,11 @@
 //! the store and the next sequence number. A sink that blocks (a full pipe, a hung disk) thus
 //! stalls the pipeline thread but not the API, and `/healthz` reports the stall.
 //!
+//! With a changelog, delivery only goes as far as the engine released the outbox
+//! ([`Delivery::release_below`]): a commit's entries wait until its changelog checkpoint is
+//! published, so that no sink sees a transition that a later owner of its partition could make
+//! again under another id (see [`crate::changelog`]).
+//!
 //! A transition larger than the sink accepts (`sink.max_message_bytes`, or a smaller limit the
 //! broker answers with `MSG_SIZE_TOO_LARGE`) is cut to fit ([`fit_transition`]) rather than
 //! retried forever, which would stop the outbox and then, through the backlog bound, all
@@ -91,6 +96,8 @@ pub struct Delivery {
     oversized: BTreeSet<u64>,
     errors: RateLimit,
     max_in_flight: usize,
+    /// Entries from this one on are not sent yet (None: no limit).
+    release: Option<u64>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -170,12 +177,26 @@ impl Delivery {
             oversized: BTreeSet::new(),
             errors: RateLimit::default(),
             max_in_flight: 50_000,
+            release: None,
         })
     }
 
     /// Caps the size of a transition as delivered (`sink.max_message_bytes`).
     pub fn set_max_message_bytes(&mut self, bytes: usize) {
         self.max_message_bytes = bytes;
+    }
+
+    /// Sends only entries below `below` (those the engine released: their commits' changelog
+    /// checkpoints are published). Every entry below `below` must be committed: one missing
+    /// there is taken as withdrawn.
+    pub fn release_below(&mut self, below: u64) {
+        self.release = Some(below);
+    }
+
+    /// Whether every entry that may be sent now is acknowledged.
+    fn caught_up(&self, engine: &Engine) -> bool {
+        let end = engine.outbox_next_seq();
+        self.first_unacked >= self.release.map_or(end, |r| r.min(end))
     }
 
     /// Entries not yet acknowledged.
@@ -237,8 +258,14 @@ impl Delivery {
         let deadline = Instant::now() + timeout;
         loop {
             self.pump(engine)?;
-            let backlog = self.backlog(&engine.lock());
-            if backlog == 0 {
+            let (backlog, caught_up) = {
+                let engine = engine.lock();
+                (self.backlog(&engine), self.caught_up(&engine))
+            };
+            if caught_up {
+                if backlog > 0 {
+                    tracing::warn!(backlog, "outbox entries whose changelog checkpoint is not published stay in the outbox; they are delivered on the next start once it is");
+                }
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -343,11 +370,26 @@ impl Delivery {
     fn send_pending(&mut self, store: &dyn tagstream_state::StateStore) -> Result<()> {
         let mut budget = 20_000usize;
         while budget > 0 && self.in_flight.len() < self.max_in_flight {
+            if self.release.is_some_and(|r| self.next_send >= r) {
+                return Ok(());
+            }
             let entries = outbox::read_from(store, self.next_send, budget.min(2_000))?;
-            if entries.is_empty() {
+            // Every entry below the release bound is committed: one missing below it was
+            // withdrawn (see `Engine::release_outbox`), so the bound is where sending resumes.
+            let Some((first, _)) = entries.first() else {
+                if let Some(r) = self.release {
+                    self.next_send = self.next_send.max(r);
+                }
+                return Ok(());
+            };
+            if let Some(r) = self.release.filter(|r| first >= r) {
+                self.next_send = self.next_send.max(r);
                 return Ok(());
             }
             for (seq, entry) in entries {
+                if self.release.is_some_and(|r| seq >= r) {
+                    return Ok(());
+                }
                 match self.send(seq, &entry) {
                     Ok(Sent::Done) => {
                         self.next_send = seq + 1;
