@@ -117,6 +117,19 @@ fn offsets_of(
 }
 
 impl Engine {
+    /// Stages the removal of a partition's undelivered transitions from the outbox (and of
+    /// their changelog index): a restore replaces them with the changelog's, and a partition
+    /// dropped because another instance owns it must never deliver them (its owner restores and
+    /// delivers them under the same ids).
+    pub(super) fn stage_forget_undelivered(&self, p: u32, batch: &mut WriteBatch) {
+        if let Some(pending) = self.undelivered.get(&p) {
+            for &seq in pending.keys() {
+                batch.delete(Cf::Outbox, crate::outbox::key(seq).to_vec());
+                batch.delete(Cf::Meta, transition_meta_key(p, seq));
+            }
+        }
+    }
+
     /// Stages `staged` and a checkpoint of each partition it touched into `batch`: `clocks`
     /// and `deletes` are the partitions' values once the batch is committed.
     pub(super) fn stage_changelog(
@@ -655,12 +668,7 @@ impl Engine {
         // entries go: those the changelog holds come back below under the same ids, and the
         // others belong to commits the changelog never got (a store that lost writes, an old
         // copy), which must never reach a sink.
-        if let Some(pending) = self.undelivered.get(&p) {
-            for &seq in pending.keys() {
-                batch.delete(Cf::Outbox, crate::outbox::key(seq).to_vec());
-                batch.delete(Cf::Meta, transition_meta_key(p, seq));
-            }
-        }
+        self.stage_forget_undelivered(p, &mut batch);
         let mut undelivered = Vec::with_capacity(snapshot.transitions.len());
         for (key, bytes) in &snapshot.transitions {
             let record = Undelivered::decode(bytes).map_err(ConsumerError::Corrupt)?;

@@ -129,7 +129,9 @@ impl Engine {
                 batch.delete(Cf::Changelog, tagstream_state::keys::u64_be(seq).to_vec());
             }
         }
+        self.stage_forget_undelivered(partition, &mut batch);
         store.commit(batch)?;
+        self.undelivered.remove(&partition);
         self.ids.committed();
         self.clocks.remove(&partition);
         self.deletes.remove(&partition);
