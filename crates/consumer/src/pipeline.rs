@@ -459,9 +459,12 @@ impl Loop<'_> {
                 self.control.stop();
                 tracing::info!("stopping: no more polling; finishing the batches in hand");
             }
+            // While acknowledgements are awaited the loop turns every 2 ms: the changelog's
+            // acknowledgement releases delivery, so this wait is part of every transition's
+            // latency (5 ms: p99 +10 ms at 2,000 events/s in bench_kafka).
             let idle =
                 if self.delivery.busy() || self.changelog.as_ref().is_some_and(Publisher::busy) {
-                    Duration::from_millis(5)
+                    Duration::from_millis(2)
                 } else {
                     Duration::from_millis(100)
                 };
