@@ -482,26 +482,42 @@ impl Engine {
     /// Moves a partition's engine time forward to `t` (never backwards), firing due timers in
     /// bounded batches; each batch is committed. Returns what fired.
     pub fn advance(&mut self, partition: u32, t: Millis) -> Result<BatchReport> {
-        self.check_usable()?;
         let mut total = BatchReport::default();
-        let timers_per_batch = self.options.timers_per_batch;
         loop {
-            let mut run = Run::new(self);
-            let now = run
-                .clocks
-                .get(&partition)
-                .copied()
-                .unwrap_or(Millis::MIN)
-                .max(t);
-            run.clocks.insert(partition, now);
-            run.clock_changed.insert(partition);
-            let fired = run.fire_due(partition, timers_per_batch)?;
-            let report = run.commit(&[])?;
+            let (report, more) = self.advance_by(partition, t, self.options.timers_per_batch)?;
             total.merge(&report);
-            if fired < timers_per_batch {
+            if !more {
                 return Ok(total);
             }
         }
+    }
+
+    /// Moves a partition's engine time forward to `t` (never backwards) and fires at most
+    /// `limit` of the timers then due, in one commit. Returns what fired and whether timers
+    /// due at `t` remain. The service's clock tick fires a mass expiry (a midnight roll of
+    /// millions of users) this way, a slice per loop turn, so that events keep being applied
+    /// meanwhile: exact, since an event catches its user up to its engine time before it
+    /// applies, whether or not that user's timer has fired yet.
+    pub fn advance_by(
+        &mut self,
+        partition: u32,
+        t: Millis,
+        limit: usize,
+    ) -> Result<(BatchReport, bool)> {
+        self.check_usable()?;
+        let limit = limit.max(1);
+        let mut run = Run::new(self);
+        let now = run
+            .clocks
+            .get(&partition)
+            .copied()
+            .unwrap_or(Millis::MIN)
+            .max(t);
+        run.clocks.insert(partition, now);
+        run.clock_changed.insert(partition);
+        let fired = run.fire_due(partition, limit)?;
+        let report = run.commit(&[])?;
+        Ok((report, fired >= limit))
     }
 
     /// Deletes a user (API `DELETE /v1/users/{id}`), emitting exits with cause `delete`.

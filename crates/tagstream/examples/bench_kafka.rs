@@ -15,8 +15,11 @@
 //! ```text
 //! bench_kafka --tagstream BIN --broker mock|tansu --input events.ndjson --rules bench15.toml
 //!             [--rate 2000] [--seconds 20] [--linger-ms 5] [--work DIR] [--set key=value]...
+//!             [--latency-only] [--roll-users N]
 //! ```
-//! `--set` adds `[source.options]` / `[sink.options]` entries (`source.fetch.wait.max.ms=100`),
+//! `--roll-users N` adds a midnight roll to the latency run: N users whose membership expires at
+//! one instant a few seconds into it, to see how new users' latency holds up while their timers
+//! fire (and the service's peak RSS). `--set` adds `[source.options]` / `[sink.options]` entries (`source.fetch.wait.max.ms=100`),
 //! to compare librdkafka settings. Prints one row per measurement. Not a test: nothing is
 //! asserted about times.
 
@@ -50,6 +53,8 @@ struct Args {
     work: PathBuf,
     sets: Vec<(String, String, String)>,
     skip_throughput: bool,
+    /// Users whose membership expires at one instant during the latency run (0: none).
+    roll_users: u64,
     /// `linger.ms` of the latency producer.
     linger_ms: u64,
 }
@@ -65,6 +70,7 @@ fn parse_args() -> Res<Args> {
         work: std::env::temp_dir().join("tagstream-bench-kafka"),
         sets: Vec::new(),
         skip_throughput: false,
+        roll_users: 0,
         linger_ms: 5,
     };
     let mut it = std::env::args().skip(1);
@@ -83,6 +89,7 @@ fn parse_args() -> Res<Args> {
             "--rate" => a.rate = num(&value)?.max(1),
             "--seconds" => a.seconds = num(&value)?.max(1),
             "--linger-ms" => a.linger_ms = num(&value)?,
+            "--roll-users" => a.roll_users = num(&value)?,
             "--work" => a.work = value.into(),
             "--set" => {
                 let (key, v) = value
@@ -353,6 +360,16 @@ listen = "127.0.0.1:{port}"
     }
 
     /// CPU seconds used so far (user + system), from /proc.
+    /// The service's peak resident set (`VmHWM`), in KiB.
+    fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     fn cpu_seconds(&self) -> f64 {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
@@ -502,8 +519,61 @@ impl rdkafka::producer::ProducerContext for Acks {
 
 struct Received {
     user: String,
+    enter: bool,
     read_ms: i64,
     engine_ms: i64,
+}
+
+const WEEK_MS: i64 = 7 * 86_400_000;
+
+/// `--roll-users N`: N users who each bought for 150 a week before `roll_at`, so that they all
+/// leave `active_spender` (its `last_seen > now() - 7d` turns false) at that instant, in the
+/// middle of the latency run: a midnight roll of N timers while new users keep arriving.
+fn prepare_roll(
+    args: &Args,
+    p: &BaseProducer<Acks>,
+    topic: &str,
+    received: &Arc<Mutex<Vec<Received>>>,
+) -> Res<i64> {
+    let n = args.roll_users;
+    // Time to ingest them first (a conservative 5,000/s), then a few seconds of normal traffic.
+    let lead_ms = 10_000 + (n / 5) as i64;
+    let roll_at = now_ms() + lead_ms;
+    for i in 0..n {
+        let user = format!("roll-{i:08}");
+        let event = format!(
+            r#"{{"type":"track","event":"purchase","user_id":"{user}","ts":{},"properties":{{"amount":150}}}}"#,
+            roll_at - WEEK_MS
+        );
+        let partition = (i % LATENCY_PARTITIONS as u64) as i32;
+        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, usize::MAX)
+            .partition(partition)
+            .key(user.as_bytes())
+            .payload(event.as_bytes());
+        while let Err((_, r)) = p.send(record) {
+            p.poll(Duration::from_millis(5));
+            record = r;
+        }
+    }
+    let _ = p.flush(Duration::from_secs(60));
+    let entered = || {
+        received.lock().map_or(0, |r| {
+            r.iter()
+                .filter(|x| x.enter && x.user.starts_with("roll-"))
+                .count() as u64
+        })
+    };
+    wait_until(
+        "the roll users to enter",
+        Duration::from_millis(lead_ms as u64),
+        || entered() >= n,
+    )?;
+    // The measured run starts a few seconds before the roll.
+    let start_at = roll_at - 5_000;
+    if let Ok(wait) = u64::try_from(start_at - now_ms()) {
+        std::thread::sleep(Duration::from_millis(wait));
+    }
+    Ok(roll_at)
 }
 
 fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
@@ -552,14 +622,13 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
                 else {
                     continue;
                 };
-                if v["type"] != "segment_enter" {
-                    continue;
-                }
+                let enter = v["type"] == "segment_enter";
                 let user = v["user_id"].as_str().unwrap_or_default().to_string();
                 let engine_ms = v["ts"].as_i64().unwrap_or(0);
                 if let Ok(mut r) = received.lock() {
                     r.push(Received {
                         user,
+                        enter,
                         read_ms,
                         engine_ms,
                     });
@@ -576,6 +645,11 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         .set("linger.ms", args.linger_ms.to_string())
         .create_with_context(Acks::default())
         .map_err(|e| format!("producer: {e}"))?;
+    let roll_at = if args.roll_users > 0 {
+        Some(prepare_roll(args, &p, topic, &received)?)
+    } else {
+        None
+    };
     let warmup = args.rate;
     let total = warmup + args.rate * args.seconds;
     let mut produced: HashMap<String, (usize, i64)> = HashMap::with_capacity(total as usize);
@@ -613,13 +687,30 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
     let _ = p.flush(Duration::from_secs(30));
     let count = |r: &Arc<Mutex<Vec<Received>>>| {
         r.lock()
-            .map(|r| r.iter().filter(|x| produced.contains_key(&x.user)).count())
+            .map(|r| {
+                r.iter()
+                    .filter(|x| x.enter && produced.contains_key(&x.user))
+                    .count()
+            })
             .unwrap_or(0)
     };
     let _ = wait_until("every transition", Duration::from_secs(30), || {
         count(&received) >= produced.len()
     });
+    if args.roll_users > 0 {
+        let exits = || {
+            received.lock().map_or(0, |r| {
+                r.iter()
+                    .filter(|x| !x.enter && x.user.starts_with("roll-"))
+                    .count() as u64
+            })
+        };
+        let _ = wait_until("every roll exit", Duration::from_secs(300), || {
+            exits() >= args.roll_users
+        });
+    }
     let cpu = (svc.cpu_seconds() - cpu0) / start.elapsed().as_secs_f64();
+    let peak_rss_mb = svc.peak_rss_kb() / 1024;
     done.store(true, Ordering::SeqCst);
     let _ = reading.join();
     let received = received.lock().map_err(|e| e.to_string())?;
@@ -664,6 +755,44 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         cpu * 100.0,
         load()
     );
+    if let Some(roll_at) = roll_at {
+        let exits: Vec<i64> = received
+            .iter()
+            .filter(|r| !r.enter && r.user.starts_with("roll-"))
+            .map(|r| r.read_ms)
+            .collect();
+        let roll_end = exits.iter().max().copied().unwrap_or(roll_at);
+        let (mut during, mut outside) = (Vec::new(), Vec::new());
+        for r in received.iter().filter(|r| r.enter) {
+            if let Some(&(_, sent)) = produced.get(&r.user) {
+                let latency = r.read_ms - sent;
+                if (roll_at..=roll_end).contains(&sent) {
+                    during.push(latency);
+                } else {
+                    outside.push(latency);
+                }
+            }
+        }
+        during.sort_unstable();
+        outside.sort_unstable();
+        let roll_s = (roll_end - roll_at) as f64 / 1000.0;
+        println!(
+            "| {} | roll of {} timers at one instant, during the latency run | {}/{} exits read, the last {:.1} s after the instant ({:.0} timers/s) | e2e ms during the roll p50 {} p99 {} max {} ({} events) | before and after p50 {} p99 {} | service peak RSS {} MB |",
+            args.broker,
+            args.roll_users,
+            exits.len(),
+            args.roll_users,
+            roll_s,
+            exits.len() as f64 / roll_s.max(0.001),
+            q(&during, 0.5),
+            q(&during, 0.99),
+            q(&during, 1.0),
+            during.len(),
+            q(&outside, 0.5),
+            q(&outside, 0.99),
+            peak_rss_mb,
+        );
+    }
     Ok(())
 }
 
