@@ -81,9 +81,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
-use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::{client_config, RateLimit};
 use crate::metrics::Metrics;
+use crate::sink::kafka::{is_queue_full, is_too_large, KafkaProducer};
 
 /// The key of a checkpoint record: 0xFF never starts a UTF-8 string, so no user id collides.
 pub const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";

@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use tagstream_state::{Cf, StateStore};
 
+use super::line_reader::{position_key, LineReader, StdinMode};
 use super::{Batch, Control, Message, SourceEvent};
 use crate::error::{ConsumerError, Result};
-use crate::file_source::{position_key, LineReader, StdinMode};
 use crate::outbox::Origin;
 
 /// What to read.

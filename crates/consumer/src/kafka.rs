@@ -1,12 +1,7 @@
-//! Kafka: the consumer-group source and the producer that delivers the outbox.
-//!
-//! - [`source`]: a `BaseConsumer` polled on its own thread; batches go to the engine thread over a
-//!   bounded channel. Rebalance callbacks are synchronous: on revocation the callback waits until
-//!   the engine thread has committed every batch it was handed; on assignment each partition is
-//!   positioned at the offset stored in RocksDB (`Cf::Offsets`), never at the group's offset.
-//! - [`producer`]: an idempotent producer for transitions (keyed by user id) and dead letters
-//!   (original key and bytes, `tagstream.*` headers), reporting each delivery by outbox sequence.
-//!   It also publishes the [changelog](crate::changelog) records, by changelog sequence.
+//! Kafka client configuration shared by the consumer-group source ([`crate::source::kafka`]),
+//! the producer of the outbox and the changelog ([`crate::sink::kafka`]) and the changelog's
+//! reader ([`crate::changelog`]): client options, connection options every client inherits,
+//! and librdkafka's logs and client errors forwarded to `tracing`.
 //!
 //! Engine partitions are Kafka partition numbers. Several input topics therefore share engine
 //! partition `p`: they must be co-partitioned by user id (same partition count, same key and
@@ -15,9 +10,6 @@
 //! refused at start. With one topic, `cooperative-sticky` works: the rebalance callbacks use
 //! incremental assign/unassign and handle the partitions they are given, not the whole
 //! assignment.
-
-pub mod producer;
-pub mod source;
 
 use std::collections::BTreeMap;
 
