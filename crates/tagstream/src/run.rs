@@ -251,7 +251,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
     .map_err(RunError::user)?;
     let (tx, rx) = sync_channel(4);
     let shutdown = Shutdown::new();
-    pipeline::stop_on_signals(shutdown.clone())
+    crate::signals::stop_on_signals(shutdown.clone())
         .map_err(|e| RunError::runtime(format!("cannot install signal handlers: {e}")))?;
     let mut kafka = None;
     let mut lines = None;
