@@ -67,6 +67,8 @@
 //! by (2) a transition of a published commit is either delivered (then tombstoned) or still in
 //! the changelog, and whoever restores the partition delivers it again — at least once, under
 //! the same id.
+//!
+//! [`transition_key`]: crate::schema::transition_key
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,22 +85,8 @@ use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
 use crate::kafka::{client_config, RateLimit};
 use crate::metrics::Metrics;
+use crate::schema::{CHECKPOINT_KEY, TRANSITION_KEY_PREFIX};
 use crate::sink::kafka::{is_queue_full, is_too_large, KafkaProducer};
-
-/// The key of a checkpoint record: 0xFF never starts a UTF-8 string, so no user id collides.
-pub const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";
-
-/// The key prefix of an undelivered transition's record: `\xfe` (never the start of a UTF-8
-/// user id) followed by the transition's `event_id`. Its value is an encoded [`Undelivered`]; a
-/// tombstone says the transition reached the sink.
-pub const TRANSITION_KEY_PREFIX: &[u8] = b"\xfetransition/";
-
-/// The changelog key of the transition with this `event_id`.
-pub fn transition_key(event_id: &str) -> Vec<u8> {
-    let mut key = TRANSITION_KEY_PREFIX.to_vec();
-    key.extend_from_slice(event_id.as_bytes());
-    key
-}
 
 /// A transition committed in a partition and not yet known to be delivered, as the changelog
 /// carries it so that a later owner delivers it under its original id.

@@ -22,8 +22,8 @@
 //! - [`sink`]: delivery of the outbox to Kafka ([`sink::kafka`]) or NDJSON files and stdout
 //!   ([`sink::lines`]).
 //!
-//! Around them: [`kafka`] (client configuration shared by the Kafka source, producer and
-//! changelog), [`replay`] (`tagstream replay` and `dump`), [`audience`] (segment set algebra
+//! Around them: [`schema`] (every column family's keys and values), [`kafka`] (client
+//! configuration shared by the Kafka source, producer and changelog), [`replay`] (`tagstream replay` and `dump`), [`audience`] (segment set algebra
 //! and exports), [`metrics`] and [`error`].
 pub mod source;
 
@@ -40,6 +40,7 @@ pub mod error;
 pub mod kafka;
 pub mod metrics;
 pub mod replay;
+pub mod schema;
 
 pub use engine::{ClockMode, Engine, EngineOptions, Record};
 pub use error::{ConsumerError, Result};

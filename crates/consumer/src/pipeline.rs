@@ -39,9 +39,9 @@ use tagstream_state::Cf;
 use crate::changelog::{Publisher, Snapshot};
 use crate::engine::{BatchReport, ClockMode, Record, SharedEngine};
 use crate::error::{ConsumerError, Result};
-use crate::kafka::{decode_offset, encode_offset, offsets_key};
 use crate::metrics::Metrics;
 use crate::outbox::Origin;
+use crate::schema::{decode_offset, encode_offset, offsets_key};
 use crate::sink::Delivery;
 use crate::source::{now_millis, Batch, Control, SourceEvent};
 

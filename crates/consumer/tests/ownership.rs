@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use tagstream_consumer::kafka::{encode_offset, offsets_key};
 use tagstream_consumer::outbox::{Origin, OutboxEntry};
+use tagstream_consumer::schema::{encode_offset, offsets_key};
 use tagstream_consumer::{Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
 use tagstream_state::{Cf, RocksStore, StateStore};
