@@ -367,7 +367,7 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String], timeout: Durati
         client_config(&config.brokers, &[], &config.options)
             .create()
             .map_err(|e| ConsumerError::User(format!("cannot create a kafka admin client: {e}")))?;
-    let transient = |e: String| ConsumerError::io(e, std::io::Error::other("kafka metadata"));
+    let transient = |e: String| ConsumerError::transient("kafka metadata", e);
     let mut wanted = 0;
     for topic in inputs {
         // A new input topic may take a moment to appear in the metadata.

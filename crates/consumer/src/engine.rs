@@ -449,9 +449,8 @@ impl Engine {
     /// Refuses to change state while a failed reload has left it partly on new rules.
     fn check_usable(&self) -> Result<()> {
         if self.reload_unfinished {
-            return Err(ConsumerError::io(
-                "a rules reload failed part-way",
-                std::io::Error::other("the state is partly migrated; restart to finish the reload"),
+            return Err(ConsumerError::Internal(
+                "a rules reload failed part-way: the state is partly migrated; restart to finish the reload".into(),
             ));
         }
         Ok(())

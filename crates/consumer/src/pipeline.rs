@@ -123,7 +123,7 @@ pub struct Summary {
 }
 
 fn internal(message: String) -> ConsumerError {
-    ConsumerError::io(message, std::io::Error::other("pipeline stopped"))
+    ConsumerError::Internal(format!("{message}: pipeline stopped"))
 }
 
 struct Loop<'a> {

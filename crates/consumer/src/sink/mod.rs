@@ -301,7 +301,7 @@ impl Delivery {
                 p.name()
             );
             p.recreate().map_err(|e| {
-                crate::error::ConsumerError::io(e, std::io::Error::other("fatal producer error"))
+                crate::error::ConsumerError::Internal(format!("{e}: fatal producer error"))
             })?;
             recreated = true;
         }
