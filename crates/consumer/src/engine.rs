@@ -642,7 +642,7 @@ struct Run<'e> {
 }
 
 /// A batch open for records (see [`Engine::begin`]); dropping it uncommitted leaves the engine
-/// as it was (see [`Run`]'s `Drop`).
+/// as it was (see `Run`'s `Drop`).
 pub struct Batch<'e> {
     run: Run<'e>,
     /// One span per batch (partitions, events, timers fired), so a slow batch can be found.

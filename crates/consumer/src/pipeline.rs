@@ -27,6 +27,9 @@
 //! batches are fired), backpressure (consumption pauses while the outbox backlog is at its
 //! bound), and shutdown (stop polling, finish the batch in hand, flush the outbox, leave the
 //! group).
+//!
+//! [`Engine`]: crate::engine::Engine
+//! [`Engine::process`]: crate::engine::Engine::process
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
