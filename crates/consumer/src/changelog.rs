@@ -67,6 +67,8 @@
 //! by (2) a transition of a published commit is either delivered (then tombstoned) or still in
 //! the changelog, and whoever restores the partition delivers it again — at least once, under
 //! the same id.
+//!
+//! [`transition_key`]: crate::schema::transition_key
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -81,24 +83,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
-use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::{client_config, RateLimit};
 use crate::metrics::Metrics;
-
-/// The key of a checkpoint record: 0xFF never starts a UTF-8 string, so no user id collides.
-pub const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";
-
-/// The key prefix of an undelivered transition's record: `\xfe` (never the start of a UTF-8
-/// user id) followed by the transition's `event_id`. Its value is an encoded [`Undelivered`]; a
-/// tombstone says the transition reached the sink.
-pub const TRANSITION_KEY_PREFIX: &[u8] = b"\xfetransition/";
-
-/// The changelog key of the transition with this `event_id`.
-pub fn transition_key(event_id: &str) -> Vec<u8> {
-    let mut key = TRANSITION_KEY_PREFIX.to_vec();
-    key.extend_from_slice(event_id.as_bytes());
-    key
-}
+use crate::schema::{CHECKPOINT_KEY, TRANSITION_KEY_PREFIX};
+use crate::sink::kafka::{is_queue_full, is_too_large, KafkaProducer};
 
 /// A transition committed in a partition and not yet known to be delivered, as the changelog
 /// carries it so that a later owner delivers it under its original id.
@@ -379,7 +367,7 @@ pub fn ensure_topic(config: &ChangelogConfig, inputs: &[String], timeout: Durati
         client_config(&config.brokers, &[], &config.options)
             .create()
             .map_err(|e| ConsumerError::User(format!("cannot create a kafka admin client: {e}")))?;
-    let transient = |e: String| ConsumerError::io(e, std::io::Error::other("kafka metadata"));
+    let transient = |e: String| ConsumerError::transient("kafka metadata", e);
     let mut wanted = 0;
     for topic in inputs {
         // A new input topic may take a moment to appear in the metadata.

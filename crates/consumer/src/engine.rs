@@ -18,12 +18,17 @@ use tagstream_rules::event::{
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
 use tagstream_rules::transition::Transition;
-use tagstream_state::keys::{decode_i64_ordered, i64_ordered, prefixed, u32_be};
+use tagstream_state::keys::{decode_i64_ordered, i64_ordered, prefixed};
 use tagstream_state::{Cf, SegmentBitmaps, StateStore, UserIds, WriteBatch};
 
 use crate::error::{ConsumerError, Result};
 use crate::metrics::Metrics;
 use crate::outbox::{self, DeadLetter, Origin, OutboxEntry};
+use crate::schema::{
+    outbox_key, parse_offsets_key, partition_meta_key, timer_key, transition_key, user_key,
+    META_CHANGELOG_SEQ, META_CHANGELOG_SERIAL, META_CLOCK, META_DELETES, META_OUTBOX_SEQ,
+    META_RULES, META_RULES_HASH,
+};
 
 mod changelog;
 mod history;
@@ -153,33 +158,6 @@ struct Slot {
     stored_members: Vec<bool>,
     existed: bool,
     dirty: bool,
-}
-
-const META_RULES: &[u8] = b"rules";
-const META_RULES_HASH: &[u8] = b"rules_hash";
-const META_OUTBOX_SEQ: &[u8] = b"outbox_seq";
-/// Acknowledgements of fewer entries delete them one by one ([`Engine::acknowledge`]).
-const META_CLOCK: &[u8] = b"clock/";
-/// Per partition, how many users its deletes have erased (see [`UserState::incarnation`]).
-const META_DELETES: &[u8] = b"deletes/";
-const META_WARMING: &[u8] = b"warming";
-/// A rules reload not finished yet (see the `reload` module).
-const META_RELOADING: &[u8] = b"reloading";
-
-fn user_key(partition: u32, user: &str) -> Vec<u8> {
-    prefixed(partition, user.as_bytes())
-}
-
-fn timer_key(partition: u32, due: Millis, user: &str) -> Vec<u8> {
-    let mut rest = i64_ordered(due).to_vec();
-    rest.extend_from_slice(user.as_bytes());
-    prefixed(partition, &rest)
-}
-
-fn partition_meta_key(prefix: &[u8], partition: u32) -> Vec<u8> {
-    let mut k = prefix.to_vec();
-    k.extend_from_slice(&u32_be(partition));
-    k
 }
 
 /// Reads the per-partition values stored under `prefix` in [`Cf::Meta`].
@@ -325,7 +303,7 @@ impl Engine {
                 .ok_or_else(|| ConsumerError::Corrupt("outbox sequence".into()))?,
             None => 0,
         };
-        let outbox_floor = match store.scan(Cf::Outbox, &outbox::key(0), None, 1)?.first() {
+        let outbox_floor = match store.scan(Cf::Outbox, &outbox_key(0), None, 1)?.first() {
             Some((k, _)) => tagstream_state::keys::decode_u64_be(k)
                 .ok_or_else(|| ConsumerError::Corrupt("outbox key".into()))?,
             None => outbox_seq,
@@ -339,14 +317,14 @@ impl Engine {
         )?;
         let bitmaps = SegmentBitmaps::load(store.as_ref())?;
         let warming = reload::load_warming(store.as_ref())?;
-        let changelog_seq = match store.get(Cf::Meta, changelog::META_CHANGELOG_SEQ)? {
+        let changelog_seq = match store.get(Cf::Meta, META_CHANGELOG_SEQ)? {
             Some(v) => tagstream_state::keys::decode_u64_be(&v)
                 .ok_or_else(|| ConsumerError::Corrupt("changelog sequence".into()))?,
             None => 0,
         };
         let serials = load_partition_meta(
             store.as_ref(),
-            changelog::META_CHANGELOG_SERIAL,
+            META_CHANGELOG_SERIAL,
             "changelog serial",
             tagstream_state::keys::decode_u64_be,
         )?;
@@ -471,9 +449,8 @@ impl Engine {
     /// Refuses to change state while a failed reload has left it partly on new rules.
     fn check_usable(&self) -> Result<()> {
         if self.reload_unfinished {
-            return Err(ConsumerError::io(
-                "a rules reload failed part-way",
-                std::io::Error::other("the state is partly migrated; restart to finish the reload"),
+            return Err(ConsumerError::Internal(
+                "a rules reload failed part-way: the state is partly migrated; restart to finish the reload".into(),
             ));
         }
         Ok(())
@@ -681,7 +658,7 @@ struct Run<'e> {
 }
 
 /// A batch open for records (see [`Engine::begin`]); dropping it uncommitted leaves the engine
-/// as it was (see [`Run`]'s `Drop`).
+/// as it was (see `Run`'s `Drop`).
 pub struct Batch<'e> {
     run: Run<'e>,
     /// One span per batch (partitions, events, timers fired), so a slow batch can be found.
@@ -1155,7 +1132,7 @@ impl<'e> Run<'e> {
         self.engine.bitmaps.flush_dirty(&mut batch);
         let mut outbox_seq = self.engine.outbox_seq;
         for entry in &self.outbox {
-            batch.put(Cf::Outbox, outbox::key(outbox_seq).to_vec(), entry.encode());
+            batch.put(Cf::Outbox, outbox_key(outbox_seq).to_vec(), entry.encode());
             outbox_seq += 1;
         }
         batch.put(
@@ -1194,7 +1171,7 @@ impl<'e> Run<'e> {
                 }
             }
             for (k, _) in positions {
-                if let Some((_, p)) = crate::kafka::parse_offsets_key(k) {
+                if let Some((_, p)) = parse_offsets_key(k) {
                     staged.partitions.extend(u32::try_from(p).ok());
                 }
             }
@@ -1204,7 +1181,7 @@ impl<'e> Run<'e> {
                     staged.transitions.push(changelog::StagedTransition {
                         partition,
                         outbox_seq: self.engine.outbox_seq + index as u64,
-                        key: crate::changelog::transition_key(&event_id),
+                        key: transition_key(&event_id),
                         user_id: user_id.clone(),
                         json: json.clone(),
                     });

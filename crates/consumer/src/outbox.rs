@@ -2,10 +2,10 @@
 //! that produced them, then delivered to their sink and deleted once acknowledged.
 
 use serde::{Deserialize, Serialize};
-use tagstream_state::keys::u64_be;
 use tagstream_state::{Cf, StateStore, WriteBatch};
 
 use crate::error::{ConsumerError, Result};
+use crate::schema::outbox_key as key;
 
 /// Where a rejected message came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,11 +66,6 @@ impl OutboxEntry {
     pub fn decode(bytes: &[u8]) -> Result<OutboxEntry, String> {
         postcard::from_bytes(bytes).map_err(|e| format!("corrupt outbox entry: {e}"))
     }
-}
-
-/// Outbox key: sequence number, so delivery follows commit order.
-pub fn key(seq: u64) -> [u8; 8] {
-    u64_be(seq)
 }
 
 /// Reads up to `limit` entries with sequence numbers `>= from`, in commit order, from the

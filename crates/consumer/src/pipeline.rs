@@ -27,67 +27,26 @@
 //! batches are fired), backpressure (consumption pauses while the outbox backlog is at its
 //! bound), and shutdown (stop polling, finish the batch in hand, flush the outbox, leave the
 //! group).
-
-mod delivery;
-mod lines;
+//!
+//! [`Engine`]: crate::engine::Engine
+//! [`Engine::process`]: crate::engine::Engine::process
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tagstream_state::Cf;
 
-pub use delivery::{Delivery, Route, DEFAULT_MAX_MESSAGE_BYTES};
-pub use lines::{start_lines, LinesConfig};
-
 use crate::changelog::{Publisher, Snapshot};
-use crate::engine::{BatchReport, ClockMode, Record, SharedEngine, SourceFault};
+use crate::engine::{BatchReport, ClockMode, Record, SharedEngine};
 use crate::error::{ConsumerError, Result};
-use crate::kafka::{decode_offset, encode_offset, offsets_key};
 use crate::metrics::Metrics;
 use crate::outbox::Origin;
-
-/// One input message.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// Engine partition (the Kafka partition number; 0 for files and stdin).
-    pub partition: u32,
-    pub bytes: Vec<u8>,
-    pub origin: Origin,
-    /// The source could hand over only part of the message (a line over `max_event_bytes`, an
-    /// unreadable input).
-    pub fault: Option<SourceFault>,
-}
-
-/// Messages read together, plus extra input positions to commit with them (file sources; Kafka
-/// positions are derived from the messages' origins).
-#[derive(Debug)]
-pub struct Batch {
-    pub messages: Vec<Message>,
-    pub positions: Vec<(Vec<u8>, Vec<u8>)>,
-    /// When the source read the batch (for `tagstream_ingest_to_commit_seconds`).
-    pub received: Instant,
-}
-
-impl Batch {
-    pub fn new(messages: Vec<Message>, positions: Vec<(Vec<u8>, Vec<u8>)>) -> Batch {
-        Batch {
-            messages,
-            positions,
-            received: Instant::now(),
-        }
-    }
-
-    /// Appends a later batch: its messages after these, its positions after these (a later
-    /// position of the same input overwrites an earlier one in the commit).
-    fn absorb(&mut self, later: Batch) {
-        self.messages.extend(later.messages);
-        self.positions.extend(later.positions);
-        self.received = self.received.min(later.received);
-    }
-}
+use crate::schema::{decode_offset, encode_offset, offsets_key};
+use crate::sink::Delivery;
+use crate::source::{now_millis, Batch, Control, SourceEvent};
 
 /// At most this many messages are merged into one engine batch by [`coalesce`].
 const MAX_COALESCED: usize = 16_384;
@@ -112,149 +71,8 @@ fn coalesce(mut batch: Batch, rx: &Receiver<SourceEvent>) -> (Batch, Option<Sour
     (batch, None)
 }
 
-/// What a source hands to the engine thread.
-#[derive(Debug)]
-pub enum SourceEvent {
-    Batch(Batch),
-    /// These (topic, partition) pairs are now owned by this instance.
-    Assigned(Vec<(String, i32)>),
-    /// These are being taken away: the engine thread has committed every earlier batch once it
-    /// receives this; it then drops `done` to release the source.
-    Revoked {
-        partitions: Vec<(String, i32)>,
-        done: SyncSender<()>,
-    },
-    /// What the changelog holds for a partition being assigned, read before the partition is
-    /// positioned: the engine thread restores the partition from it when it is newer than the
-    /// local state, then drops `done` (the source then reads the partition's stored offsets).
-    Changelog {
-        snapshot: Snapshot,
-        done: SyncSender<()>,
-    },
-}
-
-/// State shared between the engine thread and a source thread.
-#[derive(Debug, Default)]
-pub struct Control {
-    stop: AtomicBool,
-    pause: AtomicBool,
-    /// Offsets to commit to the consumer group, by (topic, partition).
-    commits: Mutex<BTreeMap<(String, i32), i64>>,
-    /// (low, high) watermarks by (topic, partition), from the client's statistics.
-    pub watermarks: Mutex<HashMap<(String, i32), (i64, i64)>>,
-    failure: Mutex<Option<String>>,
-    /// Input partitions owned now (readiness: at least one).
-    assigned: AtomicUsize,
-    /// Wall-clock ms when the pipeline last made progress or had nothing pending (0: not
-    /// started). Written by the engine thread, read by `/healthz` and `/metrics`, which keep
-    /// answering while that thread is blocked.
-    last_progress_ms: AtomicI64,
-    /// `api.stall_after` in ms (0: stalls are not reported).
-    stall_after_ms: AtomicI64,
-    /// The current stall was logged (once per stall; reset by progress).
-    stall_logged: AtomicBool,
-}
-
-impl Control {
-    pub fn new() -> Arc<Control> {
-        Arc::new(Control::default())
-    }
-
-    /// Asks the source to stop reading and close.
-    pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-
-    pub fn stopping(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    pub fn set_pause(&self, pause: bool) {
-        self.pause.store(pause, Ordering::SeqCst);
-    }
-
-    pub fn pause_wanted(&self) -> bool {
-        self.pause.load(Ordering::SeqCst)
-    }
-
-    /// Queues offsets to commit to the consumer group (for lag reporting only).
-    pub fn add_commits(&self, offsets: &BTreeMap<(String, i32), i64>) {
-        if let Ok(mut c) = self.commits.lock() {
-            for (k, v) in offsets {
-                c.insert(k.clone(), *v);
-            }
-        }
-    }
-
-    /// Offsets stored since the last call.
-    pub fn take_commits(&self) -> BTreeMap<(String, i32), i64> {
-        self.commits
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default()
-    }
-
-    /// Reports an internal failure from a source thread: the pipeline stops without committing
-    /// anything further.
-    pub fn fail(&self, message: String) {
-        tracing::error!("{message}");
-        if let Ok(mut f) = self.failure.lock() {
-            f.get_or_insert(message);
-        }
-    }
-
-    /// Whether this instance owns input partitions (what `/readyz` reports, with the state
-    /// being open, which it is whenever the pipeline runs).
-    pub fn ready(&self) -> bool {
-        self.assigned.load(Ordering::SeqCst) > 0
-    }
-
-    /// Records that the pipeline made progress (a batch committed, outbox entries acknowledged)
-    /// or has nothing pending.
-    pub fn progressed(&self) {
-        self.last_progress_ms.store(now_millis(), Ordering::SeqCst);
-        if self.stall_logged.swap(false, Ordering::Relaxed) {
-            tracing::info!("the pipeline makes progress again");
-        }
-    }
-
-    /// How long since the pipeline last made progress or had nothing pending (zero before it
-    /// started).
-    pub fn since_progress(&self) -> Duration {
-        match self.last_progress_ms.load(Ordering::SeqCst) {
-            0 => Duration::ZERO,
-            last => Duration::from_millis(now_millis().saturating_sub(last).max(0) as u64),
-        }
-    }
-
-    /// Reports a stall once [`Control::since_progress`] exceeds `after` (None: never).
-    pub fn set_stall_after(&self, after: Option<Duration>) {
-        let ms = after.map_or(0, |d| d.as_millis().clamp(1, i64::MAX as u128) as i64);
-        self.stall_after_ms.store(ms, Ordering::SeqCst);
-    }
-
-    /// How long the pipeline has been stalled, when longer than the configured stall time
-    /// (asked by `/healthz` and at each scrape, which log a stall once: the stalled thread
-    /// itself cannot).
-    pub fn stalled(&self) -> Option<Duration> {
-        let after = self.stall_after_ms.load(Ordering::SeqCst);
-        let since = self.since_progress();
-        let stalled = after > 0 && since > Duration::from_millis(after as u64);
-        if stalled && !self.stall_logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                stalled_s = since.as_secs(),
-                "the pipeline has had work pending without progress for longer than api.stall_after (a blocked sink write, a stuck consumer, a sink that stays down): /healthz answers 503"
-            );
-        }
-        stalled.then_some(since)
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
-    }
-}
-
-/// A shutdown request (SIGTERM/SIGINT, or a test).
+/// A shutdown request: the stop flag the loop reads (set by the binary's signal handlers, or a
+/// test).
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown(Arc<AtomicBool>);
 
@@ -270,41 +88,6 @@ impl Shutdown {
     pub fn triggered(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
-}
-
-/// Triggers `shutdown` on the first SIGTERM or SIGINT; a second one exits at once (exit 130).
-/// The handlers are installed before this returns.
-pub fn stop_on_signals(shutdown: Shutdown) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (mut term, mut int) = rt.block_on(async {
-        Ok::<_, std::io::Error>((
-            signal(SignalKind::terminate())?,
-            signal(SignalKind::interrupt())?,
-        ))
-    })?;
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        rt.block_on(async move {
-            let mut seen = 0;
-            loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                };
-                seen += 1;
-                if seen == 1 {
-                    tracing::info!("{name} received: finishing the batch in hand, flushing the outbox, leaving the group");
-                    shutdown.trigger();
-                } else {
-                    tracing::warn!("{name} received again: exiting now (state is consistent; undelivered outbox entries go out on the next start)");
-                    std::process::exit(130);
-                }
-            }
-        })
-    })?;
-    Ok(())
 }
 
 /// How the loop runs.
@@ -343,13 +126,7 @@ pub struct Summary {
 }
 
 fn internal(message: String) -> ConsumerError {
-    ConsumerError::io(message, std::io::Error::other("pipeline stopped"))
-}
-
-fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    ConsumerError::Internal(format!("{message}: pipeline stopped"))
 }
 
 struct Loop<'a> {
@@ -868,6 +645,7 @@ mod tests {
     use std::sync::mpsc::sync_channel;
 
     use super::*;
+    use crate::source::Message;
 
     fn batch(lines: &[&str], position: &str) -> SourceEvent {
         let messages = lines

@@ -11,9 +11,10 @@ use tagstream_state::{RocksStore, StateStore, StoreOptions};
 
 use crate::engine::{BatchReport, ClockMode, Engine, EngineOptions, Record};
 use crate::error::{ConsumerError, Result};
-use crate::file_sink::{drain_outbox, LineSink};
-use crate::file_source::{position_key, LineReader, ReadLine, StdinMode};
 use crate::outbox::Origin;
+use crate::schema::position_key;
+use crate::sink::lines::{drain_outbox, LineSink};
+use crate::source::line_reader::{LineReader, ReadLine, StdinMode};
 
 /// Replay is single-partition: every user lives in partition 0.
 const PARTITION: u32 = 0;

@@ -6,17 +6,17 @@ use std::collections::BTreeMap;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
-use tagstream_consumer::changelog::{
-    Checkpoint, Snapshot, Undelivered, CHECKPOINT_KEY, TRANSITION_KEY_PREFIX,
-};
+use tagstream_consumer::changelog::{Checkpoint, Snapshot, Undelivered};
 use tagstream_consumer::engine::SharedEngine;
-use tagstream_consumer::file_sink::LineSink;
-use tagstream_consumer::kafka::{encode_offset, offsets_key};
 use tagstream_consumer::metrics::Metrics;
 use tagstream_consumer::outbox::Origin;
-use tagstream_consumer::pipeline::{
-    self, Batch, Control, Delivery, Message, PipelineOptions, Route, Shutdown, SourceEvent,
+use tagstream_consumer::pipeline::{self, PipelineOptions, Shutdown};
+use tagstream_consumer::schema::{
+    encode_offset, offsets_key, CHECKPOINT_KEY, TRANSITION_KEY_PREFIX,
 };
+use tagstream_consumer::sink::lines::LineSink;
+use tagstream_consumer::sink::{Delivery, Route};
+use tagstream_consumer::source::{Batch, Control, Message, SourceEvent};
 use tagstream_consumer::{ClockMode, Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
 use tagstream_state::{RocksStore, StateStore};

@@ -8,10 +8,10 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use tagstream_consumer::engine::SharedEngine;
-use tagstream_consumer::file_sink::{LineSink, SyncWrite};
 use tagstream_consumer::metrics::Metrics;
 use tagstream_consumer::outbox::Origin;
-use tagstream_consumer::pipeline::{Delivery, Route};
+use tagstream_consumer::sink::lines::{LineSink, SyncWrite};
+use tagstream_consumer::sink::{Delivery, Route};
 use tagstream_consumer::{Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
 mod common;

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use tagstream_consumer::kafka::{encode_offset, offsets_key};
 use tagstream_consumer::outbox::{Origin, OutboxEntry};
+use tagstream_consumer::schema::{encode_offset, offsets_key};
 use tagstream_consumer::{Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
 use tagstream_state::{Cf, RocksStore, StateStore};
@@ -181,12 +181,14 @@ fn a_restart_with_new_rules_carries_over_only_the_partitions_not_released() {
 fn run_pipeline(
     engine: &tagstream_consumer::engine::SharedEngine,
     dir: &std::path::Path,
-    events: Vec<tagstream_consumer::pipeline::SourceEvent>,
+    events: Vec<tagstream_consumer::source::SourceEvent>,
     shutting_down: bool,
 ) {
-    use tagstream_consumer::file_sink::LineSink;
     use tagstream_consumer::metrics::Metrics;
-    use tagstream_consumer::pipeline::{self, Control, Delivery, PipelineOptions, Route, Shutdown};
+    use tagstream_consumer::pipeline::{self, PipelineOptions, Shutdown};
+    use tagstream_consumer::sink::lines::LineSink;
+    use tagstream_consumer::sink::{Delivery, Route};
+    use tagstream_consumer::source::Control;
 
     let metrics = Metrics::new();
     let delivery = {
@@ -227,7 +229,7 @@ fn run_pipeline(
 #[test]
 fn the_pipeline_marks_partitions_a_rebalance_took_away() {
     use tagstream_consumer::engine::SharedEngine;
-    use tagstream_consumer::pipeline::SourceEvent;
+    use tagstream_consumer::source::SourceEvent;
 
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = Arc::new(RocksStore::open(&dir.path().join("state")).unwrap());

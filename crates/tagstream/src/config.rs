@@ -357,7 +357,7 @@ fn default_max_backlog() -> u64 {
     DEFAULT_MAX_BACKLOG
 }
 fn default_max_message_bytes() -> u64 {
-    tagstream_consumer::pipeline::DEFAULT_MAX_MESSAGE_BYTES as u64
+    tagstream_consumer::sink::DEFAULT_MAX_MESSAGE_BYTES as u64
 }
 fn default_state_dir() -> PathBuf {
     PathBuf::from(DEFAULT_STATE_DIR)

@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod gen;
 mod run;
+mod signals;
 
 use std::io::Write;
 use std::process::ExitCode;

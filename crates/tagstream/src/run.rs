@@ -14,15 +14,15 @@ use std::time::Duration;
 
 use tagstream_consumer::changelog::{self, ChangelogConfig, Publisher};
 use tagstream_consumer::engine::{ClockMode, Engine, EngineOptions, SharedEngine};
-use tagstream_consumer::file_sink::LineSink;
 use tagstream_consumer::kafka::is_connection_option;
-use tagstream_consumer::kafka::producer::KafkaProducer;
-use tagstream_consumer::kafka::source::{KafkaSource, KafkaSourceConfig};
 use tagstream_consumer::metrics::Metrics;
-use tagstream_consumer::pipeline::{
-    self, start_lines, Control, Delivery, LinesConfig, PipelineOptions, Route, Shutdown,
-};
+use tagstream_consumer::pipeline::{self, PipelineOptions, Shutdown};
 use tagstream_consumer::replay::load_rules;
+use tagstream_consumer::sink::kafka::KafkaProducer;
+use tagstream_consumer::sink::lines::LineSink;
+use tagstream_consumer::sink::{Delivery, Route};
+use tagstream_consumer::source::kafka::{KafkaSource, KafkaSourceConfig};
+use tagstream_consumer::source::{start_lines, Control, LinesConfig};
 use tagstream_consumer::ConsumerError;
 use tagstream_rules::event::DecodeOptions;
 use tagstream_state::{RocksStore, StateStore};
@@ -259,7 +259,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
     .map_err(RunError::user)?;
     let (tx, rx) = sync_channel(4);
     let shutdown = Shutdown::new();
-    pipeline::stop_on_signals(shutdown.clone())
+    crate::signals::stop_on_signals(shutdown.clone())
         .map_err(|e| RunError::runtime(format!("cannot install signal handlers: {e}")))?;
     let mut kafka = None;
     let mut lines = None;

@@ -6,602 +6,29 @@
 //! the service's final dump must equal the merged per-partition dumps, and its transitions
 //! (deduplicated by `event_id`; duplicates must be byte-identical) the union of the replays'.
 //!
-//! No assertion depends on wall-clock time; deadlines only stop a broken run from hanging.
+//! No assertion depends on wall-clock time; deadlines only stop a broken run from hanging. The
+//! cluster, the service and the reference replay are the shared harness of `common::kafka`.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{bin, dump, fetch_metrics, metric_sum, partition_of, tail, user_of};
+use common::kafka::{
+    add_transitions, api_base, assert_same_dump, assert_transitions, gen, keyed,
+    replay_per_partition, workdir, Cluster, Msg, Proc, Service, CHANGELOG, DEADLINE, DLQ, EVENTS,
+    GROUP, PARTITIONS, TRANSITIONS,
+};
+use common::{fetch_metrics, metric_sum, partition_of, tail, user_of};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{Offset, TopicPartitionList};
-
-const PARTITIONS: i32 = 4;
-const EVENTS: &str = "events";
-const TRANSITIONS: &str = "transitions";
-const DLQ: &str = "dlq";
-const GROUP: &str = "ts-e2e";
-const DEADLINE: Duration = Duration::from_secs(180);
-
-const RULES: &str = r#"
-time_zone = "Asia/Shanghai"
-
-[[tag]]
-name = "spend_7d"
-kind = "sum"
-event = "purchase"
-property = "amount"
-window = "7d"
-
-[[tag]]
-name = "orders"
-kind = "count"
-event = "purchase"
-
-[[tag]]
-name = "views_1d"
-kind = "count"
-event = ["view", "search"]
-window = "1d"
-
-[[tag]]
-name = "fav_category_30d"
-kind = "top"
-event = ["view", "purchase"]
-property = "category"
-window = "30d"
-
-[[tag]]
-name = "city"
-kind = "profile"
-property = "city"
-
-[[tag]]
-name = "lifecycle"
-kind = "case"
-cases = [
-  { when = "first_seen > now() - 2d", value = "new" },
-  { when = "last_seen > now() - 3d", value = "active" },
-]
-else = "dormant"
-
-[[segment]]
-name = "spender_7d"
-when = "spend_7d >= 100"
-
-[[segment]]
-name = "browser_1d"
-when = "views_1d >= 3"
-
-[[segment]]
-name = "dormant"
-when = "lifecycle = 'dormant'"
-
-[[segment]]
-name = "skincare_fan"
-when = "fav_category_30d = 'skincare' AND orders > 0"
-"#;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// A scratch directory, kept (and printed) when `TS_KEEP` is set.
-fn workdir() -> (Option<tempfile::TempDir>, PathBuf) {
-    let dir = tempfile::tempdir().unwrap();
-    if std::env::var("TS_KEEP").is_ok() {
-        let path = dir.keep();
-        eprintln!("keeping {}", path.display());
-        (None, path)
-    } else {
-        let path = dir.path().to_path_buf();
-        (Some(dir), path)
-    }
-}
-
-fn gen(users: u64, events: u64, seed: u64) -> Vec<String> {
-    let out = Command::new(bin())
-        .args([
-            "gen",
-            "--users",
-            &users.to_string(),
-            "--events",
-            &events.to_string(),
-            "--seed",
-            &seed.to_string(),
-            "--days",
-            "20",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gen: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-/// One input message: partition, key, payload (None = tombstone).
-#[derive(Clone)]
-struct Msg {
-    partition: i32,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
-}
-
-/// The generated events keyed by user id, plus one last event per partition far in the future
-/// (a profile event of a partition's own sentinel user), so both the service and the reference
-/// replay end with every timer of the stream fired.
-fn keyed(lines: &[String]) -> Vec<Msg> {
-    let mut sentinels = Vec::new();
-    let mut n = 0;
-    while sentinels.len() < PARTITIONS as usize {
-        let user = format!("zz-sentinel-{n}");
-        n += 1;
-        if partition_of(user.as_bytes(), PARTITIONS) == sentinels.len() as i32 {
-            let ts = 1_732_060_800_000i64 + 400 * 86_400_000;
-            sentinels.push(format!(r#"{{"type":"profile","user_id":"{user}","ts":{ts},"properties":{{"city":"Nowhere"}}}}"#));
-        }
-    }
-    lines
-        .iter()
-        .chain(&sentinels)
-        .map(|l| {
-            let user = user_of(l);
-            Msg {
-                partition: partition_of(user.as_bytes(), PARTITIONS),
-                key: Some(user.into_bytes()),
-                payload: Some(l.clone().into_bytes()),
-            }
-        })
-        .collect()
-}
-
-struct Cluster {
-    mock: MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    servers: String,
-}
-
-impl Cluster {
-    fn new(brokers: i32) -> Cluster {
-        let mock = MockCluster::new(brokers).unwrap();
-        // The mock has no CreateTopics: the changelog topic tagstream would create is made here
-        // (creation is tested against Tansu, in kafka_static).
-        for t in [EVENTS, TRANSITIONS, DLQ, CHANGELOG] {
-            mock.create_topic(t, PARTITIONS, 1).unwrap();
-        }
-        let servers = mock.bootstrap_servers();
-        Cluster { mock, servers }
-    }
-
-    fn produce(&self, messages: &[Msg]) {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.servers)
-            .set("message.max.bytes", "20000000")
-            .set("linger.ms", "5")
-            .set("enable.idempotence", "true")
-            // The mock keeps at most 5 MB per partition: compressed batches keep the 10 MB pill
-            // (and long streams) retained.
-            .set("compression.type", "gzip")
-            .create()
-            .unwrap();
-        for m in messages {
-            let mut record = BaseRecord::<[u8], [u8]>::to(EVENTS).partition(m.partition);
-            if let Some(k) = &m.key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(p) = &m.payload {
-                record = record.payload(p.as_slice());
-            }
-            common::send_retrying(&producer, record);
-        }
-        producer.flush(Duration::from_secs(60)).unwrap();
-    }
-
-    fn reader(&self, group: &str) -> BaseConsumer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.servers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("fetch.max.bytes", "30000000")
-            .set("receive.message.max.bytes", "40000000")
-            .create()
-            .unwrap()
-    }
-
-    fn high_watermarks(&self, topic: &str) -> Vec<i64> {
-        let c = self.reader("watermarks");
-        (0..PARTITIONS)
-            .map(|p| {
-                c.fetch_watermarks(topic, p, Duration::from_secs(10))
-                    .unwrap()
-                    .1
-            })
-            .collect()
-    }
-
-    /// Every message of a topic: (partition, offset, key, payload, headers).
-    fn read_all(&self, topic: &str) -> Vec<Read> {
-        let hi = self.high_watermarks(topic);
-        let c = self.reader("reader");
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        c.assign(&tpl).unwrap();
-        let mut next = vec![0i64; PARTITIONS as usize];
-        let mut out = Vec::new();
-        let deadline = Instant::now() + DEADLINE;
-        while (0..PARTITIONS as usize).any(|p| next[p] < hi[p]) {
-            assert!(Instant::now() < deadline, "reading {topic} timed out");
-            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-                next[m.partition() as usize] = m.offset() + 1;
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Read {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                    headers,
-                });
-            }
-        }
-        out
-    }
-
-    /// The group's committed offsets (what lag tools see), per partition of `events`.
-    fn committed(&self) -> Vec<i64> {
-        let c = self.reader(GROUP);
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition(EVENTS, p);
-        }
-        match c.committed_offsets(tpl, Duration::from_secs(10)) {
-            Ok(t) => (0..PARTITIONS)
-                .map(|p| {
-                    t.find_partition(EVENTS, p)
-                        .and_then(|e| e.offset().to_raw())
-                        .unwrap_or(-1)
-                        .max(0)
-                })
-                .collect(),
-            Err(_) => vec![0; PARTITIONS as usize],
-        }
-    }
-
-    /// Waits until the group has committed every produced offset of `events`.
-    fn wait_consumed(&self, child: &mut Proc, log: &Path) {
-        let hi = self.high_watermarks(EVENTS);
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if self.committed() == hi {
-                return;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("tagstream exited early ({status}):\n{}", tail(log, 40));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not all events consumed; committed {:?} of {hi:?}\n{}",
-                self.committed(),
-                tail(log, 40)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-/// A spawned `tagstream run`, killed if the test fails before stopping it.
-struct Proc(Child);
-
-impl std::ops::Deref for Proc {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Proc {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Read {
-    partition: i32,
-    offset: i64,
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: BTreeMap<String, String>,
-}
-
-struct Service {
-    dir: PathBuf,
-    config: PathBuf,
-    runs: usize,
-}
-
-impl Service {
-    fn new(dir: &Path, cluster: &Cluster, name: &str, extra: &str) -> Service {
-        let root = dir.join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        let rules = root.join("rules.toml");
-        std::fs::write(&rules, RULES).unwrap();
-        let config = root.join("tagstream.toml");
-        let text = format!(
-            r#"rules = "rules.toml"
-[source]
-kind = "kafka"
-brokers = "{servers}"
-topics = ["{EVENTS}"]
-group_id = "{GROUP}"
-[source.options]
-"session.timeout.ms" = "4500"
-"heartbeat.interval.ms" = "300"
-"fetch.max.bytes" = "30000000"
-"max.partition.fetch.bytes" = "30000000"
-"receive.message.max.bytes" = "40000000"
-{debug}
-[sink]
-kind = "kafka"
-topic = "{TRANSITIONS}"
-[dead_letter]
-kind = "kafka"
-topic = "{DLQ}"
-[state]
-dir = "state"
-[clock]
-mode = "event"
-[api]
-listen = "127.0.0.1:0"
-{extra}"#,
-            servers = cluster.servers,
-            debug = std::env::var("TS_KAFKA_DEBUG")
-                .map(|d| format!("\"debug\" = \"{d}\""))
-                .unwrap_or_default()
-        );
-        std::fs::write(&config, text).unwrap();
-        Service {
-            dir: root,
-            config,
-            runs: 0,
-        }
-    }
-
-    fn state(&self) -> PathBuf {
-        self.dir.join("state")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.join(format!("run-{}.log", self.runs))
-    }
-
-    fn spawn(&mut self) -> Proc {
-        self.runs += 1;
-        let log = std::fs::File::create(self.log()).unwrap();
-        Proc(
-            Command::new(bin())
-                .args(["run", "--config", self.config.to_str().unwrap()])
-                .env(
-                    "TAGSTREAM_LOG",
-                    std::env::var("TS_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        )
-    }
-
-    fn stop(&self, mut child: Proc) {
-        common::stop_gracefully(&mut child, DEADLINE, &self.log());
-    }
-
-    fn dump(&self) -> Vec<String> {
-        dump(&self.state())
-    }
-}
-
-/// The reference: each partition's good events replayed into its own state dir.
-struct Expected {
-    dump: Vec<String>,
-    transitions: BTreeMap<String, serde_json::Value>,
-}
-
-fn replay_per_partition(dir: &Path, messages: &[Msg]) -> Expected {
-    let root = dir.join("replay");
-    std::fs::create_dir_all(&root).unwrap();
-    let rules = root.join("rules.toml");
-    std::fs::write(&rules, RULES).unwrap();
-    let mut rows: Vec<(Vec<u8>, String)> = Vec::new();
-    let mut transitions = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let input = root.join(format!("p{p}.ndjson"));
-        let mut f = std::fs::File::create(&input).unwrap();
-        for m in messages.iter().filter(|m| m.partition == p) {
-            f.write_all(m.payload.as_deref().unwrap_or_default())
-                .unwrap();
-            f.write_all(b"\n").unwrap();
-        }
-        drop(f);
-        let (state, out, dlq) = (
-            root.join(format!("state{p}")),
-            root.join(format!("out{p}.ndjson")),
-            root.join(format!("dlq{p}.ndjson")),
-        );
-        let o = Command::new(bin())
-            .args([
-                "replay",
-                "--rules",
-                rules.to_str().unwrap(),
-                "--input",
-                input.to_str().unwrap(),
-                "--state-dir",
-                state.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--dlq",
-                dlq.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "replay: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        for line in dump(&state) {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            rows.push((v["user_id"].as_str().unwrap().as_bytes().to_vec(), line));
-        }
-        add_transitions(
-            &mut transitions,
-            std::fs::read_to_string(&out)
-                .unwrap()
-                .lines()
-                .map(|l| l.as_bytes().to_vec()),
-        );
-    }
-    rows.sort();
-    Expected {
-        dump: rows.into_iter().map(|(_, l)| l).collect(),
-        transitions,
-    }
-}
-
-/// Deduplicates transitions by event_id; a redelivered transition must be identical.
-fn add_transitions(
-    map: &mut BTreeMap<String, serde_json::Value>,
-    payloads: impl Iterator<Item = Vec<u8>>,
-) -> usize {
-    let mut n = 0;
-    for p in payloads {
-        let v: serde_json::Value = serde_json::from_slice(&p).unwrap();
-        let id = v["event_id"].as_str().unwrap().to_string();
-        if let Some(old) = map.get(&id) {
-            assert_eq!(old, &v, "two different transitions with event_id {id}");
-        } else {
-            map.insert(id, v);
-        }
-        n += 1;
-    }
-    n
-}
-
-fn assert_same_dump(got: &[String], want: &[String]) {
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(g, w, "dump line {i} differs");
-    }
-    assert_eq!(got.len(), want.len(), "dump sizes differ");
-}
-
-/// Reads the transitions topic until it holds every expected transition.
-fn wait_transitions(
-    cluster: &Cluster,
-    expected: &BTreeMap<String, serde_json::Value>,
-) -> (BTreeMap<String, serde_json::Value>, usize) {
-    let deadline = Instant::now() + DEADLINE;
-    let (mut last_len, mut last_change) = (0, Instant::now());
-    loop {
-        let mut got = BTreeMap::new();
-        let raw = add_transitions(
-            &mut got,
-            cluster.read_all(TRANSITIONS).into_iter().map(|r| r.payload),
-        );
-        if got.len() != last_len {
-            (last_len, last_change) = (got.len(), Instant::now());
-        }
-        // Done, or nothing new for a long while (a lost transition never arrives).
-        if got.len() >= expected.len()
-            || Instant::now() > deadline
-            || last_change.elapsed() > Duration::from_secs(30)
-        {
-            return (got, raw);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn assert_transitions(cluster: &Cluster, expected: &BTreeMap<String, serde_json::Value>) -> usize {
-    let (got, raw) = wait_transitions(cluster, expected);
-    if let Ok(dir) = std::env::var("TS_DEBUG_DIR") {
-        let write = |name: &str, m: &BTreeMap<String, serde_json::Value>| {
-            let text: String = m.values().map(|v| v.to_string() + "\n").collect();
-            std::fs::write(Path::new(&dir).join(name), text).unwrap();
-        };
-        write("got.ndjson", &got);
-        write("expected.ndjson", expected);
-    }
-    let missing: Vec<&String> = expected
-        .keys()
-        .filter(|k| !got.contains_key(*k))
-        .take(3)
-        .collect();
-    let extra: Vec<&String> = got
-        .keys()
-        .filter(|k| !expected.contains_key(*k))
-        .take(3)
-        .collect();
-    let marks: Vec<(i64, i64)> = if missing.is_empty() {
-        Vec::new()
-    } else {
-        let c = cluster.reader("watermarks");
-        (0..PARTITIONS)
-            .map(|p| {
-                c.fetch_watermarks(TRANSITIONS, p, Duration::from_secs(10))
-                    .unwrap()
-            })
-            .collect()
-    };
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "transitions differ: missing {missing:?} (e.g. {:?}), unexpected {extra:?} (e.g. {:?}); {raw} messages read, watermarks {marks:?}",
-        missing.first().map(|k| &expected[*k]),
-        extra.first().map(|k| &got[*k])
-    );
-    assert_eq!(&got, expected);
-    raw
 }
 
 #[test]
@@ -620,7 +47,7 @@ fn end_to_end_run_equals_a_replay_per_partition() {
         "the rules should produce plenty of transitions"
     );
 
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let mut child = service.spawn();
     // Throughput: from the first committed offset to the last.
     let hi = cluster.high_watermarks(EVENTS);
@@ -680,7 +107,7 @@ fn kill_9_at_random_moments_loses_and_duplicates_nothing() {
     // produced at once would be consumed in the first two runs.
     let chunk = messages.len().div_ceil(KILLS);
 
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut rand = move |n: u64| {
         seed ^= seed << 13;
@@ -737,7 +164,7 @@ fn sigterm_mid_stream_then_restart_is_exact() {
     let expected = replay_per_partition(dir.as_path(), &messages);
     let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
 
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let mut child = service.spawn();
     let deadline = Instant::now() + DEADLINE;
     while cluster.committed().iter().sum::<i64>() == 0 {
@@ -848,7 +275,7 @@ fn poison_pills_go_to_the_dead_letter_topic_and_every_good_event_is_applied() {
     cluster.produce(&messages);
     let expected = replay_per_partition(dir.as_path(), &good);
 
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let mut child = service.spawn();
     cluster.wait_consumed(&mut child, &service.log());
     assert_transitions(&cluster, &expected.transitions);
@@ -942,7 +369,7 @@ fn sink_outage_pauses_consumption_at_the_backlog_bound_and_loses_nothing() {
     let hi: i64 = cluster.high_watermarks(EVENTS).iter().sum();
 
     cluster.mock.broker_down(3).unwrap();
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let text = std::fs::read_to_string(&service.config).unwrap().replace(
         "topic = \"transitions\"",
         "topic = \"transitions\"\nmax_backlog = 200",
@@ -996,8 +423,8 @@ fn a_survivor_rebuilds_the_partitions_of_an_instance_that_left_for_good() {
     cluster.produce(first);
     let expected = replay_per_partition(dir.as_path(), &all);
 
-    let mut a = Service::new(dir.as_path(), &cluster, "a", "");
-    let mut b = Service::new(dir.as_path(), &cluster, "b", "");
+    let mut a = Service::new(dir.as_path(), &cluster, "a", "", "");
+    let mut b = Service::new(dir.as_path(), &cluster, "b", "", "");
     for (s, id) in [(&a, "a"), (&b, "b")] {
         // With the assignor the Kubernetes ConfigMap ships (incremental rebalances) and static
         // membership, as the StatefulSet runs it. Without a changelog (revision 1): a partition without local state is rebuilt from
@@ -1076,7 +503,7 @@ fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
         "the rules should produce transitions"
     );
     cluster.mock.broker_down(1).unwrap();
-    let mut service = Service::new(&dir, &cluster, "down", "");
+    let mut service = Service::new(&dir, &cluster, "down", "", "");
     let mut child = service.spawn();
     // The pipeline's own wording ("kafka consumer: ... (retrying"), about a broker; polled,
     // since the first failure is logged once librdkafka has tried the broker.
@@ -1124,7 +551,7 @@ fn starting_while_every_broker_is_down_waits_and_then_consumes_exactly() {
 fn a_lone_event_is_applied_and_delivered_without_waiting_for_a_full_batch() {
     let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
-    let mut service = Service::new(&dir, &cluster, "lone", "");
+    let mut service = Service::new(&dir, &cluster, "lone", "", "");
     let child = service.spawn();
     let base = 1_732_060_800_000i64;
     for i in 0..3 {
@@ -1177,7 +604,7 @@ fn throughput() {
     cluster.produce(&messages);
     let hi = cluster.high_watermarks(EVENTS);
     let total: i64 = hi.iter().sum();
-    let mut service = Service::new(&dir, &cluster, "svc", "");
+    let mut service = Service::new(&dir, &cluster, "svc", "", "");
     let mut child = service.spawn();
     let (mut first, mut first_done) = (None, 0i64);
     let deadline = Instant::now() + DEADLINE;
@@ -1202,32 +629,8 @@ fn throughput() {
     service.stop(child);
 }
 
-/// The changelog topic of [`GROUP`] (the default name).
-const CHANGELOG: &str = "ts-e2e-changelog";
 /// The key of a changelog checkpoint record.
 const CHECKPOINT_KEY: &[u8] = b"\xffcheckpoint";
-
-/// The API address a service logged, once it listens.
-fn api_base(log: &Path, child: &mut Proc) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(addr) = text
-            .lines()
-            .find(|l| l.contains("api listening"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-        {
-            return format!("http://{}", addr.trim_matches('"'));
-        }
-        assert!(
-            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
-            "the api never listened:\n{}",
-            tail(log, 40)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Instance A consumes the first half and stops; its volume is lost; the same service starts
 /// with an empty state dir (instance B) while the second half is produced. B restores every
@@ -1243,7 +646,7 @@ fn changelog_restores_a_lost_volume_without_replaying_history() {
     let expected = replay_per_partition(dir.as_path(), &all);
     cluster.produce(first);
 
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let started = Instant::now();
     let mut a = service.spawn();
     cluster.wait_consumed(&mut a, &service.log());
@@ -1365,7 +768,7 @@ fn a_changelog_with_another_partition_count_is_a_startup_error() {
     let (_guard, dir) = workdir();
     let cluster = Cluster::new(1);
     cluster.mock.create_topic("two-partitions", 2, 1).unwrap();
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
     let text = std::fs::read_to_string(&service.config).unwrap().replace(
         "dir = \"state\"",
         "dir = \"state\"\nchangelog_topic = \"two-partitions\"",
@@ -1401,7 +804,7 @@ fn a_rolled_back_state_dir_is_restored_from_the_newer_changelog() {
     let (first, rest) = all.split_at(third);
     let (second, last) = rest.split_at(third);
     let expected = replay_per_partition(dir.as_path(), &all);
-    let mut service = Service::new(dir.as_path(), &cluster, "svc", "");
+    let mut service = Service::new(dir.as_path(), &cluster, "svc", "", "");
 
     cluster.produce(first);
     let mut child = service.spawn();
@@ -1471,8 +874,8 @@ fn scaling_out_and_back_in_restores_moved_partitions_from_the_changelog() {
     let (first, rest) = all.split_at(third);
     let (second, last) = rest.split_at(third);
     let expected = replay_per_partition(dir.as_path(), &all);
-    let mut a = Service::new(dir.as_path(), &cluster, "a", "");
-    let mut b = Service::new(dir.as_path(), &cluster, "b", "");
+    let mut a = Service::new(dir.as_path(), &cluster, "a", "", "");
+    let mut b = Service::new(dir.as_path(), &cluster, "b", "", "");
     let restores = |log: &Path| {
         std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -1562,7 +965,7 @@ fn cluster_with_changelog_broker() -> Cluster {
 
 /// A service in wall mode with [`WALL_RULES`].
 fn wall_service(dir: &Path, cluster: &Cluster, name: &str) -> Service {
-    let service = Service::new(dir, cluster, name, "");
+    let service = Service::new(dir, cluster, name, "", "");
     std::fs::write(service.dir.join("rules.toml"), WALL_RULES).unwrap();
     let text = std::fs::read_to_string(&service.config)
         .unwrap()

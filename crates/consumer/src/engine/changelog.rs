@@ -8,29 +8,15 @@ use tagstream_rules::state::UserState;
 use tagstream_state::keys::{decode_u64_be, i64_ordered, u64_be};
 use tagstream_state::{Cf, StateStore, WriteBatch};
 
-use super::{
-    partition_meta_key, timer_key, user_key, Engine, META_CLOCK, META_DELETES, META_OUTBOX_SEQ,
-};
-use crate::changelog::{Checkpoint, Pending, Snapshot, Undelivered, CHECKPOINT_KEY};
+use super::Engine;
+use crate::changelog::{Checkpoint, Pending, Snapshot, Undelivered};
 use crate::error::{ConsumerError, Result};
-use crate::kafka::{encode_offset, offsets_key, parse_offsets_key};
-
-/// Next `Cf::Changelog` sequence number.
-pub(super) const META_CHANGELOG_SEQ: &[u8] = b"changelog_seq";
-/// Per partition, the serial of its last staged checkpoint.
-pub(super) const META_CHANGELOG_SERIAL: &[u8] = b"changelog_serial/";
-/// Per partition, the changelog offset and serial of its last checkpoint the broker
-/// acknowledged from here.
-pub(super) const META_CHANGELOG_ACKED: &[u8] = b"changelog_acked/";
-/// Per partition and outbox sequence number, the changelog key of a transition that the
-/// changelog carries as undelivered: a tombstone is staged once the sink has it.
-pub(super) const META_CHANGELOG_TRANSITION: &[u8] = b"changelog_transition/";
-
-fn transition_meta_key(partition: u32, outbox_seq: u64) -> Vec<u8> {
-    let mut k = partition_meta_key(META_CHANGELOG_TRANSITION, partition);
-    k.extend_from_slice(&u64_be(outbox_seq));
-    k
-}
+use crate::schema::{
+    changelog_seq_key, decode_offset, encode_offset, offsets_key, outbox_key, parse_offsets_key,
+    partition_meta_key, timer_key, transition_meta_key, user_key, CHECKPOINT_KEY,
+    KAFKA_OFFSETS_END, KAFKA_OFFSETS_START, META_CHANGELOG_ACKED, META_CHANGELOG_SEQ,
+    META_CHANGELOG_SERIAL, META_CHANGELOG_TRANSITION, META_CLOCK, META_DELETES, META_OUTBOX_SEQ,
+};
 
 /// Reads [`META_CHANGELOG_TRANSITION`]: partition → outbox sequence number → changelog key.
 pub(super) fn load_transitions(
@@ -103,11 +89,16 @@ fn offsets_of(
     positions: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<BTreeMap<String, i64>> {
     let mut out = BTreeMap::new();
-    let stored = store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)?;
+    let stored = store.scan(
+        Cf::Offsets,
+        KAFKA_OFFSETS_START,
+        Some(KAFKA_OFFSETS_END),
+        usize::MAX,
+    )?;
     for (k, v) in stored.iter().chain(positions) {
         if let Some((topic, p)) = parse_offsets_key(k) {
             if u32::try_from(p).ok() == Some(partition) {
-                if let Some(next) = crate::kafka::decode_offset(v) {
+                if let Some(next) = decode_offset(v) {
                     out.insert(topic, next);
                 }
             }
@@ -124,7 +115,7 @@ impl Engine {
     pub(super) fn stage_forget_undelivered(&self, p: u32, batch: &mut WriteBatch) {
         if let Some(pending) = self.undelivered.get(&p) {
             for &seq in pending.keys() {
-                batch.delete(Cf::Outbox, crate::outbox::key(seq).to_vec());
+                batch.delete(Cf::Outbox, outbox_key(seq).to_vec());
                 batch.delete(Cf::Meta, transition_meta_key(p, seq));
             }
         }
@@ -202,7 +193,7 @@ impl Engine {
         for record in records {
             batch.put(
                 Cf::Changelog,
-                u64_be(self.changelog_seq).to_vec(),
+                changelog_seq_key(self.changelog_seq).to_vec(),
                 record.encode(),
             );
             self.changelog_seq += 1;
@@ -360,7 +351,7 @@ impl Engine {
     /// Up to `limit` staged entries from sequence number `from` on, in order.
     pub fn changelog_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, Pending)>> {
         self.store
-            .scan(Cf::Changelog, &u64_be(from), None, limit)?
+            .scan(Cf::Changelog, &changelog_seq_key(from), None, limit)?
             .into_iter()
             .map(|(k, v)| {
                 let seq = decode_u64_be(&k)
@@ -387,10 +378,14 @@ impl Engine {
         let mut batch = WriteBatch::new();
         if below > from && below - from < POINT_DELETES {
             for seq in from..below {
-                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+                batch.delete(Cf::Changelog, changelog_seq_key(seq).to_vec());
             }
         } else if below > from {
-            batch.delete_range(Cf::Changelog, u64_be(from).to_vec(), u64_be(below).to_vec());
+            batch.delete_range(
+                Cf::Changelog,
+                changelog_seq_key(from).to_vec(),
+                changelog_seq_key(below).to_vec(),
+            );
         }
         for (p, (offset, serial)) in checkpoints {
             let mut value = offset.to_be_bytes().to_vec();
@@ -478,7 +473,7 @@ impl Engine {
         let mut dropped = 0;
         for (seq, entry) in self.changelog_from(0, usize::MAX)? {
             if partitions.contains(&entry.partition) {
-                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+                batch.delete(Cf::Changelog, changelog_seq_key(seq).to_vec());
                 dropped += 1;
             }
         }
@@ -495,7 +490,7 @@ impl Engine {
             self.serials.remove(p);
             if let Some(pending) = self.undelivered.get(p) {
                 for &seq in pending.range(self.released..).map(|(seq, _)| seq) {
-                    batch.delete(Cf::Outbox, crate::outbox::key(seq).to_vec());
+                    batch.delete(Cf::Outbox, outbox_key(seq).to_vec());
                     batch.delete(Cf::Meta, transition_meta_key(*p, seq));
                     withdrawn.push((*p, seq));
                 }
@@ -646,7 +641,12 @@ impl Engine {
             }
             None => batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p)),
         }
-        for (k, _) in store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)? {
+        for (k, _) in store.scan(
+            Cf::Offsets,
+            KAFKA_OFFSETS_START,
+            Some(KAFKA_OFFSETS_END),
+            usize::MAX,
+        )? {
             if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(p)) {
                 batch.delete(Cf::Offsets, k);
             }
@@ -661,7 +661,7 @@ impl Engine {
         }
         for (seq, entry) in self.changelog_from(0, usize::MAX)? {
             if entry.partition == p {
-                batch.delete(Cf::Changelog, u64_be(seq).to_vec());
+                batch.delete(Cf::Changelog, changelog_seq_key(seq).to_vec());
             }
         }
         // The outbox of the partition becomes what the changelog says is undelivered. Local
@@ -683,11 +683,7 @@ impl Engine {
                 json: record.json,
                 ingested_ms: 0,
             };
-            batch.put(
-                Cf::Outbox,
-                crate::outbox::key(outbox_seq).to_vec(),
-                entry.encode(),
-            );
+            batch.put(Cf::Outbox, outbox_key(outbox_seq).to_vec(), entry.encode());
             batch.put(Cf::Meta, transition_meta_key(p, outbox_seq), key.clone());
             restored.insert(outbox_seq, key.clone());
             outbox_seq += 1;

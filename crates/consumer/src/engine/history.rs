@@ -16,32 +16,17 @@
 use std::collections::BTreeMap;
 
 use tagstream_rules::event::Millis;
-use tagstream_state::keys::{decode_i64_ordered, decode_u64_be, i64_ordered, u32_be, u64_be};
+use tagstream_state::keys::{decode_i64_ordered, decode_u64_be, u64_be};
 use tagstream_state::{Cf, WriteBatch};
 
 use super::Engine;
 use crate::error::{ConsumerError, Result};
+use crate::schema::{history_series_prefix as series_prefix, sample_key};
 
-const PREFIX: &[u8] = b"history/";
 const MINUTE_MS: Millis = 60_000;
 const DAY_MS: Millis = 86_400_000;
 /// How long samples are kept (engine time).
 pub const RETENTION_MS: Millis = 30 * DAY_MS;
-
-fn series_prefix(segment: &str, partition: u32) -> Vec<u8> {
-    let mut k = Vec::with_capacity(PREFIX.len() + segment.len() + 5 + 8);
-    k.extend_from_slice(PREFIX);
-    k.extend_from_slice(segment.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&u32_be(partition));
-    k
-}
-
-fn sample_key(segment: &str, partition: u32, minute: Millis) -> Vec<u8> {
-    let mut k = series_prefix(segment, partition);
-    k.extend_from_slice(&i64_ordered(minute));
-    k
-}
 
 /// The minute of engine time `now` falls in.
 fn minute_of(now: Millis) -> Millis {

@@ -19,13 +19,13 @@ use tagstream_rules::state::UserState;
 use tagstream_state::keys::prefix_end;
 use tagstream_state::{Cf, WriteBatch};
 
-use super::changelog::{META_CHANGELOG_ACKED, META_CHANGELOG_SERIAL};
-use super::{partition_meta_key, timer_key, Engine, META_CLOCK, META_DELETES};
+use super::Engine;
 use crate::error::Result;
-use crate::kafka::parse_offsets_key;
-
-/// Per partition: released by a rebalance, not assigned here since.
-const META_RELEASED: &[u8] = b"released/";
+use crate::schema::{
+    changelog_seq_key, parse_offsets_key, partition_meta_key, timer_key, KAFKA_OFFSETS_END,
+    KAFKA_OFFSETS_START, META_CHANGELOG_ACKED, META_CHANGELOG_SERIAL, META_CLOCK, META_DELETES,
+    META_RELEASED,
+};
 
 impl Engine {
     /// Marks `partitions` as released by a rebalance (see the module documentation).
@@ -118,7 +118,12 @@ impl Engine {
         ] {
             batch.delete(Cf::Meta, partition_meta_key(prefix, partition));
         }
-        for (k, _) in store.scan(Cf::Offsets, b"kafka/", Some(b"kafka0"), usize::MAX)? {
+        for (k, _) in store.scan(
+            Cf::Offsets,
+            KAFKA_OFFSETS_START,
+            Some(KAFKA_OFFSETS_END),
+            usize::MAX,
+        )? {
             if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(partition))
             {
                 batch.delete(Cf::Offsets, k);
@@ -126,7 +131,7 @@ impl Engine {
         }
         for (seq, entry) in self.changelog_from(0, usize::MAX)? {
             if entry.partition == partition {
-                batch.delete(Cf::Changelog, tagstream_state::keys::u64_be(seq).to_vec());
+                batch.delete(Cf::Changelog, changelog_seq_key(seq).to_vec());
             }
         }
         self.stage_forget_undelivered(partition, &mut batch);

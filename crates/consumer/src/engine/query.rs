@@ -203,7 +203,9 @@ impl Engine {
         let keys: Vec<Vec<u8>> = located
             .iter()
             .zip(&names)
-            .map(|((_, p, _), name)| super::user_key(*p, name.as_deref().unwrap_or_default()))
+            .map(|((_, p, _), name)| {
+                crate::schema::user_key(*p, name.as_deref().unwrap_or_default())
+            })
             .collect();
         let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
         let values = self.store.multi_get(Cf::Users, &refs)?;

@@ -27,14 +27,11 @@ use tagstream_rules::reload::Migration;
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
 use tagstream_rules::transition::Transition;
-use tagstream_state::keys::split_prefixed;
 use tagstream_state::{Cf, StateStore};
 
-use super::{
-    BatchReport, Engine, EngineOptions, Run, Slot, META_RELOADING, META_RULES, META_RULES_HASH,
-    META_WARMING,
-};
+use super::{BatchReport, Engine, EngineOptions, Run, Slot};
 use crate::error::{ConsumerError, Result};
+use crate::schema::{user_of_key, META_RELOADING, META_RULES, META_RULES_HASH, META_WARMING};
 
 /// An aggregate that started empty at a reload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,14 +89,6 @@ pub(super) fn carry_user(
         stored_timer,
         was,
     })
-}
-
-/// The partition and user id of a `Cf::Users` key.
-fn user_of_key(key: &[u8]) -> Result<(u32, Arc<str>)> {
-    let (partition, user) =
-        split_prefixed(key).ok_or_else(|| ConsumerError::Corrupt("user key".into()))?;
-    let user = std::str::from_utf8(user).map_err(|_| ConsumerError::Corrupt("user key".into()))?;
-    Ok((partition, Arc::from(user)))
 }
 
 /// A segment in a reload preview: its size now and after the reload, and the transitions the

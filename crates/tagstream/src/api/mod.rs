@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tagstream_consumer::engine::{Engine, SharedEngine};
 use tagstream_consumer::metrics::Metrics;
-use tagstream_consumer::pipeline::Control;
+use tagstream_consumer::source::Control;
 use tagstream_consumer::ConsumerError;
 
 /// Request bodies larger than this are refused with 413 (rules files included).

@@ -1,12 +1,7 @@
-//! Kafka: the consumer-group source and the producer that delivers the outbox.
-//!
-//! - [`source`]: a `BaseConsumer` polled on its own thread; batches go to the engine thread over a
-//!   bounded channel. Rebalance callbacks are synchronous: on revocation the callback waits until
-//!   the engine thread has committed every batch it was handed; on assignment each partition is
-//!   positioned at the offset stored in RocksDB (`Cf::Offsets`), never at the group's offset.
-//! - [`producer`]: an idempotent producer for transitions (keyed by user id) and dead letters
-//!   (original key and bytes, `tagstream.*` headers), reporting each delivery by outbox sequence.
-//!   It also publishes the [changelog](crate::changelog) records, by changelog sequence.
+//! Kafka client configuration shared by the consumer-group source ([`crate::source::kafka`]),
+//! the producer of the outbox and the changelog ([`crate::sink::kafka`]) and the changelog's
+//! reader ([`crate::changelog`]): client options, connection options every client inherits,
+//! and librdkafka's logs and client errors forwarded to `tracing`.
 //!
 //! Engine partitions are Kafka partition numbers. Several input topics therefore share engine
 //! partition `p`: they must be co-partitioned by user id (same partition count, same key and
@@ -16,35 +11,11 @@
 //! incremental assign/unassign and handle the partitions they are given, not the whole
 //! assignment.
 
-pub mod producer;
-pub mod source;
-
 use std::collections::BTreeMap;
 
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
-
-/// `Cf::Offsets` key of a Kafka partition: `kafka/<topic>/<partition>`.
-pub fn offsets_key(topic: &str, partition: i32) -> Vec<u8> {
-    format!("kafka/{topic}/{partition}").into_bytes()
-}
-
-/// The (topic, partition) of an [`offsets_key`]; None for any other key.
-pub fn parse_offsets_key(key: &[u8]) -> Option<(String, i32)> {
-    let rest = std::str::from_utf8(key.strip_prefix(b"kafka/")?).ok()?;
-    let (topic, partition) = rest.rsplit_once('/')?;
-    Some((topic.to_string(), partition.parse().ok()?))
-}
-
-/// `Cf::Offsets` value: the next offset to apply, 8 bytes big-endian.
-pub fn encode_offset(next: i64) -> Vec<u8> {
-    next.to_be_bytes().to_vec()
-}
-
-pub fn decode_offset(bytes: &[u8]) -> Option<i64> {
-    Some(i64::from_be_bytes(bytes.try_into().ok()?))
-}
 
 /// Options every client inherits from `[source.options]` even when it is not the consumer:
 /// what is needed to reach and authenticate to the same cluster.
@@ -151,18 +122,6 @@ impl RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn offsets_round_trip() {
-        assert_eq!(offsets_key("events", 3), b"kafka/events/3".to_vec());
-        assert_eq!(decode_offset(&encode_offset(42)), Some(42));
-        assert_eq!(decode_offset(b"xx"), None);
-        assert_eq!(
-            parse_offsets_key(&offsets_key("a/b", 7)),
-            Some(("a/b".to_string(), 7))
-        );
-        assert_eq!(parse_offsets_key(b"file/x"), None);
-    }
 
     #[test]
     fn user_options_override_defaults() {

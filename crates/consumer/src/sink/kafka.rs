@@ -21,7 +21,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use super::{client_config, log_client_error, log_line, RateLimit};
+use crate::kafka::{client_config, log_client_error, log_line, RateLimit};
 use crate::outbox::{DeadLetter, Origin};
 
 /// Dead letters of oversized messages keep this many bytes (SPEC §2).

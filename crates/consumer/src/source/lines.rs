@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use tagstream_state::{Cf, StateStore};
 
+use super::line_reader::{LineReader, StdinMode};
 use super::{Batch, Control, Message, SourceEvent};
 use crate::error::{ConsumerError, Result};
-use crate::file_source::{position_key, LineReader, StdinMode};
 use crate::outbox::Origin;
+use crate::schema::position_key;
 
 /// What to read.
 #[derive(Debug, Clone)]

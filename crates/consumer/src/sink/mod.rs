@@ -1,6 +1,6 @@
-//! Outbox delivery: transitions and dead letters go from the outbox to their sinks, and entries
-//! are deleted only once the sink has them (Kafka: the broker acknowledged; files: written and
-//! flushed).
+//! Sinks ([`kafka`], [`lines`]) and outbox delivery: transitions and dead letters go from the
+//! outbox to their sinks, and entries are deleted only once the sink has them (Kafka: the broker
+//! acknowledged; files: written and flushed).
 //!
 //! Entries are sent in sequence order without waiting for each acknowledgement; the prefix of
 //! acknowledged entries is deleted as it grows. When a delivery fails for good (librdkafka gave
@@ -24,16 +24,19 @@
 //! retried forever, which would stop the outbox and then, through the backlog bound, all
 //! consumption.
 
+pub mod kafka;
+pub mod lines;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 
+use self::kafka::{is_queue_full, is_too_large, KafkaProducer};
+use self::lines::LineSink;
 use crate::engine::{Engine, SharedEngine};
 use crate::error::Result;
-use crate::file_sink::LineSink;
-use crate::kafka::producer::{is_queue_full, is_too_large, KafkaProducer};
 use crate::kafka::RateLimit;
 use crate::metrics::Metrics;
 use crate::outbox::{self, fit_transition, OutboxEntry};
@@ -298,7 +301,7 @@ impl Delivery {
                 p.name()
             );
             p.recreate().map_err(|e| {
-                crate::error::ConsumerError::io(e, std::io::Error::other("fatal producer error"))
+                crate::error::ConsumerError::Internal(format!("{e}: fatal producer error"))
             })?;
             recreated = true;
         }

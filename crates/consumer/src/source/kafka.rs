@@ -31,11 +31,12 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tagstream_state::{Cf, StateStore};
 
-use super::{client_config, decode_offset, log_client_error, log_line, offsets_key, RateLimit};
+use super::{Batch, Control, Message, SourceEvent};
 use crate::changelog::{ensure_topic, read_partition, ChangelogConfig};
+use crate::kafka::{client_config, log_client_error, log_line, RateLimit};
 use crate::metrics::Metrics;
 use crate::outbox::Origin;
-use crate::pipeline::{Batch, Control, Message, SourceEvent};
+use crate::schema::{decode_offset, offsets_key};
 
 /// What the consumer needs.
 #[derive(Debug, Clone)]

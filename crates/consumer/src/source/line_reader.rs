@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::SourceFault;
 use crate::error::{ConsumerError, Result};
+use crate::schema::{decode_position, encode_position};
 
 /// How much of an input's start is fingerprinted.
 const HEAD_BYTES: usize = 64 * 1024;
@@ -466,37 +467,6 @@ pub fn resume_line(path: &str, stored: &[u8]) -> Result<Option<u64>> {
         return Ok((legacy_fingerprint(path)? == fp).then_some(line));
     }
     Ok(None)
-}
-
-/// Offsets key of a file input.
-pub fn position_key(path: &str) -> Vec<u8> {
-    let canonical = std::fs::canonicalize(path)
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_else(|_| path.to_string());
-    format!("file:{canonical}").into_bytes()
-}
-
-/// Offsets value: fingerprint (16 bytes), the last consumed line (u64 BE), and how many bytes
-/// the fingerprint covers (u64 BE).
-pub fn encode_position(fp: &[u8; 16], line: u64, covered: u64) -> Vec<u8> {
-    let mut v = fp.to_vec();
-    v.extend_from_slice(&line.to_be_bytes());
-    v.extend_from_slice(&covered.to_be_bytes());
-    v
-}
-
-/// (fingerprint, last consumed line, bytes covered) of a position value.
-pub fn decode_position(v: &[u8]) -> Option<([u8; 16], u64, u64)> {
-    if v.len() != 32 {
-        return None;
-    }
-    let mut fp = [0u8; 16];
-    fp.copy_from_slice(&v[..16]);
-    Some((
-        fp,
-        u64::from_be_bytes(v[16..24].try_into().ok()?),
-        u64::from_be_bytes(v[24..].try_into().ok()?),
-    ))
 }
 
 #[cfg(test)]
