@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::ClientConfig;
-use tagstream_consumer::kafka::producer::KafkaProducer;
+use tagstream_consumer::sink::kafka::KafkaProducer;
 
 const PARTITIONS: i32 = 8;
 const RECORDS: u64 = 64;
