@@ -23,8 +23,9 @@
 //!   ([`sink::lines`]).
 //!
 //! Around them: [`schema`] (every column family's keys and values), [`kafka`] (client
-//! configuration shared by the Kafka source, producer and changelog), [`replay`] (`tagstream replay` and `dump`), [`audience`] (segment set algebra
-//! and exports), [`metrics`] and [`error`].
+//! configuration shared by the Kafka source, producer and changelog), [`replay`] (`tagstream
+//! replay` and `dump`), [`audience`] (segment set algebra and exports), [`metrics`] and
+//! [`error`].
 pub mod source;
 
 pub mod engine;

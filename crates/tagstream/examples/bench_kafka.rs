@@ -526,6 +526,27 @@ struct Received {
 
 const WEEK_MS: i64 = 7 * 86_400_000;
 
+/// Produces the `i`-th user's event to partition `i % LATENCY_PARTITIONS`, waiting while the
+/// producer's queue is full.
+fn send_new_user(
+    p: &BaseProducer<Acks>,
+    topic: &str,
+    i: u64,
+    opaque: usize,
+    user: &str,
+    event: &str,
+) {
+    let partition = (i % LATENCY_PARTITIONS as u64) as i32;
+    let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, opaque)
+        .partition(partition)
+        .key(user.as_bytes())
+        .payload(event.as_bytes());
+    while let Err((_, r)) = p.send(record) {
+        p.poll(Duration::from_millis(5));
+        record = r;
+    }
+}
+
 /// `--roll-users N`: N users who each bought for 150 a week before `roll_at`, so that they all
 /// leave `active_spender` (its `last_seen > now() - 7d` turns false) at that instant, in the
 /// middle of the latency run: a midnight roll of N timers while new users keep arriving.
@@ -545,15 +566,7 @@ fn prepare_roll(
             r#"{{"type":"track","event":"purchase","user_id":"{user}","ts":{},"properties":{{"amount":150}}}}"#,
             roll_at - WEEK_MS
         );
-        let partition = (i % LATENCY_PARTITIONS as u64) as i32;
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, usize::MAX)
-            .partition(partition)
-            .key(user.as_bytes())
-            .payload(event.as_bytes());
-        while let Err((_, r)) = p.send(record) {
-            p.poll(Duration::from_millis(5));
-            record = r;
-        }
+        send_new_user(p, topic, i, usize::MAX, &user, &event);
     }
     let _ = p.flush(Duration::from_secs(60));
     let entered = || {
@@ -669,15 +682,7 @@ fn latency(args: &Args, broker: &Broker, servers: &str) -> Res<()> {
         let event = format!(
             r#"{{"type":"track","event":"purchase","user_id":"{user}","ts":{ts},"properties":{{"amount":150}}}}"#
         );
-        let partition = (i % LATENCY_PARTITIONS as u64) as i32;
-        let mut record = BaseRecord::<[u8], [u8], usize>::with_opaque_to(topic, i as usize)
-            .partition(partition)
-            .key(user.as_bytes())
-            .payload(event.as_bytes());
-        while let Err((_, r)) = p.send(record) {
-            p.poll(Duration::from_millis(5));
-            record = r;
-        }
+        send_new_user(&p, topic, i, i as usize, &user, &event);
         p.poll(Duration::ZERO);
         if i >= warmup {
             produced.insert(user, (i as usize, ts));

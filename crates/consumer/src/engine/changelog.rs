@@ -641,16 +641,7 @@ impl Engine {
             }
             None => batch.delete(Cf::Meta, partition_meta_key(META_CHANGELOG_ACKED, p)),
         }
-        for (k, _) in store.scan(
-            Cf::Offsets,
-            KAFKA_OFFSETS_START,
-            Some(KAFKA_OFFSETS_END),
-            usize::MAX,
-        )? {
-            if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(p)) {
-                batch.delete(Cf::Offsets, k);
-            }
-        }
+        super::ownership::stage_offsets_delete(store.as_ref(), p, &mut batch)?;
         let partition = i32::try_from(p).unwrap_or(i32::MAX);
         for (topic, next) in &checkpoint.offsets {
             batch.put(

@@ -17,7 +17,7 @@ use std::collections::BTreeSet;
 
 use tagstream_rules::state::UserState;
 use tagstream_state::keys::prefix_end;
-use tagstream_state::{Cf, WriteBatch};
+use tagstream_state::{Cf, StateStore, WriteBatch};
 
 use super::Engine;
 use crate::error::Result;
@@ -118,17 +118,7 @@ impl Engine {
         ] {
             batch.delete(Cf::Meta, partition_meta_key(prefix, partition));
         }
-        for (k, _) in store.scan(
-            Cf::Offsets,
-            KAFKA_OFFSETS_START,
-            Some(KAFKA_OFFSETS_END),
-            usize::MAX,
-        )? {
-            if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(partition))
-            {
-                batch.delete(Cf::Offsets, k);
-            }
-        }
+        stage_offsets_delete(store.as_ref(), partition, &mut batch)?;
         for (seq, entry) in self.changelog_from(0, usize::MAX)? {
             if entry.partition == partition {
                 batch.delete(Cf::Changelog, changelog_seq_key(seq).to_vec());
@@ -158,4 +148,23 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Stages the deletion of every Kafka input offset stored for engine `partition` (any topic).
+pub(super) fn stage_offsets_delete(
+    store: &dyn StateStore,
+    partition: u32,
+    batch: &mut WriteBatch,
+) -> Result<()> {
+    for (k, _) in store.scan(
+        Cf::Offsets,
+        KAFKA_OFFSETS_START,
+        Some(KAFKA_OFFSETS_END),
+        usize::MAX,
+    )? {
+        if parse_offsets_key(&k).is_some_and(|(_, q)| u32::try_from(q).ok() == Some(partition)) {
+            batch.delete(Cf::Offsets, k);
+        }
+    }
+    Ok(())
 }
