@@ -3,6 +3,8 @@
 //! so no transition and no changelog record is written for a partition another instance owns.
 //! On RocksDB, through the engine's public API.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -12,16 +14,7 @@ use tagstream_consumer::{Engine, EngineOptions, Record};
 use tagstream_rules::rules::RuleSet;
 use tagstream_state::{Cf, RocksStore, StateStore};
 
-const RULES: &str = r#"
-[[tag]]
-name = "views"
-kind = "count"
-event = "view"
-
-[[segment]]
-name = "viewers"
-when = "views >= 2"
-"#;
+use common::TWO_VIEWS_RULES as RULES;
 
 /// RULES plus a segment every user who viewed once is in: the reload emits an enter for each.
 fn new_rules() -> String {

@@ -7,6 +7,8 @@
 //! delivered twice is applied once; an outbox backlog over its bound pauses the source and
 //! resumes it once delivered.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -24,16 +26,7 @@ use tagstream_consumer::{ClockMode, Engine, EngineOptions};
 use tagstream_rules::rules::RuleSet;
 use tagstream_state::{RocksStore, StateStore};
 
-const RULES: &str = r#"
-[[tag]]
-name = "views"
-kind = "count"
-event = "view"
-
-[[segment]]
-name = "viewers"
-when = "views >= 2"
-"#;
+use common::TWO_VIEWS_RULES as RULES;
 
 const T: i64 = 1_732_000_000_000;
 const TOPIC: &str = "events";

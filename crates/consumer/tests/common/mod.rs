@@ -3,6 +3,18 @@
 
 use tagstream_state::{Cf, KeyValue, RocksStore, StateStore, StoreError, StoreHealth, WriteBatch};
 
+/// One count tag and one segment: users who viewed twice.
+pub const TWO_VIEWS_RULES: &str = r#"
+[[tag]]
+name = "views"
+kind = "count"
+event = "view"
+
+[[segment]]
+name = "viewers"
+when = "views >= 2"
+"#;
+
 /// What a test does around a real store's writes: record them (ordering tests) or fail them
 /// (fault injection). Reads are never intercepted.
 pub trait Hooks: Send + Sync {
