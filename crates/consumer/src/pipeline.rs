@@ -24,7 +24,9 @@
 //!
 //! Around that: clock ticks (wall mode: every assigned partition's engine time follows the
 //! system clock, so timers fire without events; event mode: due timers left over by bounded
-//! batches are fired), backpressure (consumption pauses while the outbox backlog is at its
+//! batches are fired; a tick fires at most [`TIMERS_PER_TICK`] and the next turn ticks again,
+//! so a mass expiry is fired in slices with the batches that arrive meanwhile applied between
+//! them), backpressure (consumption pauses while the outbox backlog is at its
 //! bound), and shutdown (stop polling, finish the batch in hand, flush the outbox, leave the
 //! group).
 //!
