@@ -171,7 +171,7 @@ fn serve(config: &Config) -> Result<(), RunError> {
         changelog: changelog.is_some(),
         // A batch of events during a mass expiry does a bounded share of the firing; the
         // clock tick does the rest between batches.
-        timers_per_batch: pipeline::TIMERS_PER_TICK,
+        timers_per_batch: pipeline::TIMERS_PER_BATCH_PARTITION,
         ..EngineOptions::default()
     };
     let mut engine = Engine::open(store.clone(), Arc::new(rules), &rules_source, options)?;
