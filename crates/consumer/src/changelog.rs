@@ -83,7 +83,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Engine;
 use crate::error::{ConsumerError, Result};
-use crate::kafka::{client_config, RateLimit};
+use crate::kafka::{client_config, RateLimit, Rewind};
 use crate::metrics::Metrics;
 use crate::schema::{CHECKPOINT_KEY, TRANSITION_KEY_PREFIX};
 use crate::sink::kafka::{is_queue_full, is_too_large, KafkaProducer};
@@ -454,10 +454,8 @@ pub struct Publisher {
     in_flight: BTreeMap<u64, Option<(u32, u64)>>,
     /// Offsets of checkpoints acknowledged since the last pump, by partition.
     acked: BTreeMap<u32, (i64, u64)>,
-    /// A send failed: restart from here once nothing is in flight and `retry_at` passes.
-    rewind: Option<u64>,
-    retry_at: Instant,
-    backoff: Duration,
+    /// Where publishing starts again after a failure, and when.
+    rewind: Rewind,
     errors: RateLimit,
     /// Entries below this were staged by an earlier run: one of a partition is sent only once
     /// the partition is assigned here and its local state found to continue the changelog
@@ -478,8 +476,6 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_IN_FLIGHT: usize = 50_000;
 
 impl Publisher {
@@ -499,9 +495,7 @@ impl Publisher {
             next_send: first,
             in_flight: Default::default(),
             acked: BTreeMap::new(),
-            rewind: None,
-            retry_at: Instant::now(),
-            backoff: MIN_BACKOFF,
+            rewind: Rewind::default(),
             errors: RateLimit::default(),
             held_below: engine.changelog_next_seq(),
             confirmed: Default::default(),
@@ -575,28 +569,23 @@ impl Publisher {
                         self.acked.insert(p, (offset, serial));
                     }
                     self.metrics.changelog_records_published.inc();
-                    if self.rewind.is_none() {
-                        self.backoff = MIN_BACKOFF;
-                    }
+                    self.rewind.succeeded();
                 }
                 Err(e) if is_too_large(&e) => self.oversized(seq, checkpoint, &e.to_string()),
                 Err(e) => self.failed(seq, &e.to_string()),
             }
         }
-        if let Some(from) = self.rewind {
-            if self.in_flight.is_empty() && Instant::now() >= self.retry_at {
-                self.next_send = from;
-                self.rewind = None;
-            }
+        if let Some(from) = self.rewind.resume(self.in_flight.is_empty()) {
+            self.next_send = from;
         }
-        if self.rewind.is_none() {
+        if self.rewind.pending().is_none() {
             self.send_pending(engine)?;
         }
         let mut watermark = self.next_send;
         if let Some((&seq, _)) = self.in_flight.first_key_value() {
             watermark = watermark.min(seq);
         }
-        if let Some(seq) = self.rewind {
+        if let Some(seq) = self.rewind.pending() {
             watermark = watermark.min(seq);
         }
         if watermark > self.first_unacked || !self.acked.is_empty() {
@@ -630,19 +619,15 @@ impl Publisher {
     }
 
     fn failed(&mut self, seq: u64, error: &str) {
-        let first_failure = self.rewind.is_none();
-        self.rewind = Some(self.rewind.map_or(seq, |r| r.min(seq)));
-        if first_failure {
-            self.retry_at = Instant::now() + self.backoff;
+        if let Some(retry_in) = self.rewind.failed(seq) {
             let text = format!("publishing to the changelog {} failed: {error}", self.topic);
             if self.errors.allow(&text) {
                 tracing::warn!(
                     seq,
-                    retry_in_ms = self.backoff.as_millis() as u64,
+                    retry_in_ms = retry_in.as_millis() as u64,
                     "{text}; retrying"
                 );
             }
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }
     }
 

@@ -119,9 +119,119 @@ impl RateLimit {
     }
 }
 
+const MIN_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where a stream of numbered sends (the outbox's deliveries, the changelog's records) starts
+/// again after a failure, and when. Sends are pipelined, so several may fail in one round: the
+/// lowest failed number is where sending resumes, once nothing is in flight and the backoff
+/// (500 ms, doubling per failed round up to 30 s, reset by a success outside a failed round)
+/// has passed. Resending from there may repeat records the broker already has: both streams
+/// are at least once, with stable ids.
+#[derive(Debug)]
+pub(crate) struct Rewind {
+    from: Option<u64>,
+    retry_at: std::time::Instant,
+    backoff: std::time::Duration,
+}
+
+impl Default for Rewind {
+    fn default() -> Rewind {
+        Rewind {
+            from: None,
+            retry_at: std::time::Instant::now(),
+            backoff: MIN_BACKOFF,
+        }
+    }
+}
+
+impl Rewind {
+    /// The send of `seq` failed. Returns the wait before the retry when this is the round's
+    /// first failure (the one worth logging), None when the round had already failed.
+    pub(crate) fn failed(&mut self, seq: u64) -> Option<std::time::Duration> {
+        let first_failure = self.from.is_none();
+        self.from = Some(self.from.map_or(seq, |r| r.min(seq)));
+        first_failure.then(|| self.schedule())
+    }
+
+    /// Everything from `seq` on must be sent again (the producer that had it in flight is
+    /// gone), after the usual backoff.
+    pub(crate) fn restart_from(&mut self, seq: u64) {
+        self.from = Some(seq);
+        self.schedule();
+    }
+
+    fn schedule(&mut self) -> std::time::Duration {
+        let wait = self.backoff;
+        self.retry_at = std::time::Instant::now() + wait;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        wait
+    }
+
+    /// A send succeeded: outside a failed round, the next failure waits the shortest backoff.
+    pub(crate) fn succeeded(&mut self) {
+        if self.from.is_none() {
+            self.backoff = MIN_BACKOFF;
+        }
+    }
+
+    /// Where to resume sending, once the round is over: nothing in flight and the backoff
+    /// passed. Ends the round.
+    pub(crate) fn resume(&mut self, nothing_in_flight: bool) -> Option<u64> {
+        let from = self.from?;
+        if nothing_in_flight && std::time::Instant::now() >= self.retry_at {
+            self.from = None;
+            return Some(from);
+        }
+        None
+    }
+
+    /// The first number to send again, while a failed round lasts (nothing is sent then, and
+    /// nothing from it on may be acknowledged).
+    pub(crate) fn pending(&self) -> Option<u64> {
+        self.from
+    }
+
+    /// The wait a failure now would be given.
+    pub(crate) fn backoff(&self) -> std::time::Duration {
+        self.backoff
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_round_resumes_from_its_lowest_failure_after_a_doubling_backoff() {
+        let mut r = Rewind::default();
+        assert_eq!(r.failed(7), Some(MIN_BACKOFF));
+        // Later failures of the same round only lower the resume point.
+        assert_eq!(r.failed(3), None);
+        assert_eq!(r.failed(9), None);
+        assert_eq!(r.pending(), Some(3));
+        // A success inside the round does not reset the backoff.
+        r.succeeded();
+        assert_eq!(r.backoff(), MIN_BACKOFF * 2);
+        // Not while something is in flight, nor before the backoff passed.
+        assert_eq!(r.resume(false), None);
+        assert_eq!(r.resume(true), None);
+        r.retry_at = std::time::Instant::now();
+        assert_eq!(r.resume(true), Some(3));
+        assert_eq!(r.pending(), None);
+        // The next round waits twice as long; a success outside a round resets it.
+        assert_eq!(r.failed(4), Some(MIN_BACKOFF * 2));
+        r.retry_at = std::time::Instant::now();
+        assert_eq!(r.resume(true), Some(4));
+        r.succeeded();
+        assert_eq!(r.backoff(), MIN_BACKOFF);
+        // The backoff stops doubling at its bound.
+        for _ in 0..20 {
+            r.restart_from(0);
+        }
+        assert_eq!(r.backoff(), MAX_BACKOFF);
+        assert_eq!(r.pending(), Some(0));
+    }
 
     #[test]
     fn user_options_override_defaults() {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::cexpr::{CExpr, EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
 use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
-use crate::state::{Pending, UserState};
+use crate::state::{AggState, Pending, UserState};
 use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS};
 use crate::transition::{Cause, Transition};
 use crate::value::{Scalar, Value};
@@ -86,9 +86,9 @@ fn evaluate_since(
         let dirty = match &rules.nodes[id].kind {
             NodeKind::Aggregate(slot) => {
                 touched.has_agg(*slot)
-                    || rules.aggregates[*slot]
-                        .window
-                        .is_some_and(|w| at.of(w.unit) != then.of(w.unit))
+                    || rules.aggregates[*slot].window.is_some_and(|w| {
+                        lost_a_bucket(&state.aggs[*slot], then.oldest(w), at.oldest(w))
+                    })
             }
             NodeKind::Profile(_) => touched.profile,
             _ => rules.reads_now[id] || rules.node_deps[id].iter().any(|&d| changed[d]),
@@ -102,6 +102,17 @@ fn evaluate_since(
         }
     }
     values
+}
+
+/// Whether an aggregate the window moved over (its oldest bucket from `before` to `after`) lost
+/// a bucket: its value is a function of its buckets from the oldest one on, so when every
+/// bucket it held at `before` is still in the window, the value is unchanged.
+fn lost_a_bucket(agg: &AggState, before: i64, after: i64) -> bool {
+    if after <= before {
+        return after != before;
+    }
+    agg.oldest_live_bucket(before)
+        .is_some_and(|first| first < after)
 }
 
 pub(crate) fn evaluate_node(
@@ -130,13 +141,13 @@ pub(crate) fn evaluate_node(
         NodeKind::Expr(e) => e.eval(&scope),
         NodeKind::Case { cases, otherwise } => {
             for (when, value) in cases {
-                if when.eval(&scope) == Value::Bool(true) {
+                if *when.operand(&scope) == Value::Bool(true) {
                     return value.eval(&scope);
                 }
             }
             otherwise.eval(&scope)
         }
-        NodeKind::Tier { of, tiers } => match of.eval(&scope) {
+        NodeKind::Tier { of, tiers } => match *of.operand(&scope) {
             Value::Num(x) => tiers
                 .iter()
                 .rev()
@@ -168,7 +179,7 @@ pub(crate) fn evaluate_node(
             }
             best.map_or(Value::Null, |(_, n)| Value::Str(n.clone()))
         }
-        NodeKind::Segment(e) => Value::Bool(e.eval(&scope) == Value::Bool(true)),
+        NodeKind::Segment(e) => Value::Bool(*e.operand(&scope) == Value::Bool(true)),
     }
 }
 
@@ -202,14 +213,15 @@ fn signature_parts<'a>(
         Probe::Compare(pairs) | Probe::Changing(pairs) => (pairs, None),
         Probe::LocalBucket { arg, unit } => (&[], Some((arg, *unit))),
     };
-    let compared = pairs.iter().map(
-        move |(a, b)| match a.eval(&scope).compare(&b.eval(&scope)) {
-            Some(Ordering::Less) => -1,
-            Some(Ordering::Equal) => 0,
-            Some(Ordering::Greater) => 1,
-            None => 2,
-        },
-    );
+    let compared =
+        pairs.iter().map(
+            move |(a, b)| match a.operand(&scope).compare(&b.operand(&scope)) {
+                Some(Ordering::Less) => -1,
+                Some(Ordering::Equal) => 0,
+                Some(Ordering::Greater) => 1,
+                None => 2,
+            },
+        );
     let local = bucket.map(move |(arg, unit)| match arg.eval(&scope) {
         Value::Ts(x) => match unit {
             Unit::Day => rules.zone.local_day(x),
@@ -275,9 +287,16 @@ fn next_candidate(
         if horizon - 1 <= now {
             break;
         }
+        let last = horizon - 1;
+        // A closed form that rules out a change before the horizon needs no signature.
+        let flip = linear_flip(rules, info, values, now);
+        match flip {
+            Flip::Never => continue,
+            Flip::At(t) if t > last => continue,
+            _ => {}
+        }
         signature(rules, &info.probe, values, now, &mut initial);
         let initial = initial.as_slice();
-        let last = horizon - 1;
         if info.is_changing() {
             let to = last.min(now.saturating_add(CHANGING_LOOKAHEAD_MS));
             let search = ChangeSearch {
@@ -295,7 +314,7 @@ fn next_candidate(
             }
             continue;
         }
-        match linear_flip(rules, info, values, now) {
+        match flip {
             Flip::Never => continue,
             Flip::At(t) if t > last => continue,
             Flip::At(t) => {
@@ -438,7 +457,12 @@ fn linear_flip(rules: &RuleSet, info: &ProbeInfo, values: &[Value], now: Millis)
         1
     } else if (d0 < 0) == (k > 0) {
         let (num, den) = (d0.abs(), k.abs());
-        (num + den - 1) / den
+        // `now()` mostly appears once (k = ±1): no 128-bit division.
+        if den == 1 {
+            num
+        } else {
+            (num + den - 1) / den
+        }
     } else {
         return Flip::Never;
     };

@@ -102,6 +102,13 @@ impl OffsetTable {
         if !(TABLE_START..TABLE_END).contains(&t) {
             return None;
         }
+        // Zones without daylight saving (most of Asia) last changed decades ago: instants past
+        // the final change need no search.
+        if let (Some(&last_start), Some(&last_offset)) = (self.starts.last(), self.offsets.last()) {
+            if t >= last_start {
+                return Some(last_offset);
+            }
+        }
         let i = self.starts.partition_point(|&s| s <= t);
         Some(self.offsets[i - 1])
     }

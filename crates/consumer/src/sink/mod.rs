@@ -37,7 +37,7 @@ use self::kafka::{is_queue_full, is_too_large, KafkaProducer};
 use self::lines::LineSink;
 use crate::engine::{Engine, SharedEngine};
 use crate::error::Result;
-use crate::kafka::RateLimit;
+use crate::kafka::{RateLimit, Rewind};
 use crate::metrics::Metrics;
 use crate::outbox::{self, fit_transition, OutboxEntry};
 
@@ -84,10 +84,8 @@ pub struct Delivery {
     in_flight: BTreeMap<u64, Flight>,
     /// Written to a line sink, not yet flushed: (seq, ingested_ms).
     unflushed: Vec<(u64, i64)>,
-    /// A delivery failed: restart from here once in-flight entries settle and `retry_at` passes.
-    rewind: Option<u64>,
-    retry_at: Instant,
-    backoff: Duration,
+    /// Where delivery starts again after a failure, and when.
+    rewind: Rewind,
     /// Dead letters the broker refused at full size: resend truncated.
     truncate: BTreeSet<u64>,
     /// The largest transition a sink takes (bytes).
@@ -112,9 +110,6 @@ impl std::fmt::Debug for Delivery {
             .finish()
     }
 }
-
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 fn now_millis() -> i64 {
     std::time::SystemTime::now()
@@ -171,9 +166,7 @@ impl Delivery {
             next_send: first,
             in_flight: BTreeMap::new(),
             unflushed: Vec::new(),
-            rewind: None,
-            retry_at: Instant::now(),
-            backoff: MIN_BACKOFF,
+            rewind: Rewind::default(),
             truncate: BTreeSet::new(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             shrink: BTreeMap::new(),
@@ -228,14 +221,11 @@ impl Delivery {
     fn pump_store(&mut self, store: &dyn tagstream_state::StateStore) -> Result<()> {
         self.recover_fatal()?;
         self.collect();
-        if let Some(from) = self.rewind {
-            if self.in_flight.is_empty() && Instant::now() >= self.retry_at {
-                tracing::info!(seq = from, "retrying delivery from outbox entry {from}");
-                self.next_send = from;
-                self.rewind = None;
-            }
+        if let Some(from) = self.rewind.resume(self.in_flight.is_empty()) {
+            tracing::info!(seq = from, "retrying delivery from outbox entry {from}");
+            self.next_send = from;
         }
-        if self.rewind.is_none() {
+        if self.rewind.pending().is_none() {
             self.send_pending(store)?;
         }
         self.flush_lines()?;
@@ -243,7 +233,7 @@ impl Delivery {
         if let Some((&seq, _)) = self.in_flight.first_key_value() {
             watermark = watermark.min(seq);
         }
-        if let Some(seq) = self.rewind {
+        if let Some(seq) = self.rewind.pending() {
             watermark = watermark.min(seq);
         }
         if watermark > self.first_unacked {
@@ -296,7 +286,7 @@ impl Delivery {
             self.metrics.sink_producer_fatal_errors.inc();
             tracing::error!(
                 producer = p.name(),
-                retry_in_ms = self.backoff.as_millis() as u64,
+                retry_in_ms = self.rewind.backoff().as_millis() as u64,
                 "the {} kafka producer hit a fatal error ({reason}): replacing it and sending every unacknowledged outbox entry again",
                 p.name()
             );
@@ -308,9 +298,7 @@ impl Delivery {
         if recreated {
             // The old clients' outcomes are gone with them.
             self.in_flight.clear();
-            self.rewind = Some(self.first_unacked);
-            self.retry_at = Instant::now() + self.backoff;
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+            self.rewind.restart_from(self.first_unacked);
         }
         Ok(())
     }
@@ -328,9 +316,7 @@ impl Delivery {
                                 (now_millis() - flight.ingested_ms).max(0) as f64 / 1000.0,
                             );
                         }
-                        if self.rewind.is_none() {
-                            self.backoff = MIN_BACKOFF;
-                        }
+                        self.rewind.succeeded();
                     }
                     Err(e) => self.failed(seq, flight.dead_letter, &e),
                 }
@@ -354,19 +340,15 @@ impl Delivery {
         if !dead_letter && is_too_large(e) {
             self.shrink_budget(seq);
         }
-        let first_failure = self.rewind.is_none();
-        self.rewind = Some(self.rewind.map_or(seq, |r| r.min(seq)));
-        if first_failure {
-            self.retry_at = Instant::now() + self.backoff;
+        if let Some(retry_in) = self.rewind.failed(seq) {
             let text = format!("delivery to the {sink} sink failed: {e}");
             if self.errors.allow(&text) {
                 tracing::warn!(
                     seq,
-                    retry_in_ms = self.backoff.as_millis() as u64,
+                    retry_in_ms = retry_in.as_millis() as u64,
                     "{text}; retrying"
                 );
             }
-            self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
         }
     }
 

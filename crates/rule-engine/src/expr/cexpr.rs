@@ -1,5 +1,6 @@
 //! Compiled expressions: names resolved to node indices, evaluated with SQL three-valued logic.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -157,6 +158,19 @@ impl CExpr {
         self.for_each_child(&mut |c| c.refs(out));
     }
 
+    /// The value of this expression, borrowed when it is a constant or a node value: operands
+    /// are compared and combined without cloning (and reference-counting) strings.
+    pub fn operand<'s>(&'s self, scope: &Scope<'s>) -> Cow<'s, Value> {
+        match self {
+            CExpr::Const(v) => Cow::Borrowed(v),
+            CExpr::Ref(i) => scope
+                .values
+                .get(*i)
+                .map_or(Cow::Owned(Value::Null), Cow::Borrowed),
+            _ => Cow::Owned(self.eval(scope)),
+        }
+    }
+
     pub fn eval(&self, scope: &Scope<'_>) -> Value {
         match self {
             CExpr::Const(v) => v.clone(),
@@ -175,26 +189,26 @@ impl CExpr {
                 Value::Dur(d) => d.checked_neg().map_or(Value::Null, Value::Dur),
                 _ => Value::Null,
             },
-            CExpr::Not(e) => from_truth(truth(&e.eval(scope)).map(|b| !b)),
-            CExpr::Arith(op, a, b) => arith(*op, &a.eval(scope), &b.eval(scope)),
-            CExpr::Cmp(op, a, b) => compare(*op, &a.eval(scope), &b.eval(scope)),
+            CExpr::Not(e) => from_truth(truth(&e.operand(scope)).map(|b| !b)),
+            CExpr::Arith(op, a, b) => arith(*op, &a.operand(scope), &b.operand(scope)),
+            CExpr::Cmp(op, a, b) => compare(*op, &a.operand(scope), &b.operand(scope)),
             CExpr::And(a, b) => {
-                let left = truth(&a.eval(scope));
+                let left = truth(&a.operand(scope));
                 if left == Some(false) {
                     return Value::Bool(false);
                 }
-                match (left, truth(&b.eval(scope))) {
+                match (left, truth(&b.operand(scope))) {
                     (_, Some(false)) => Value::Bool(false),
                     (Some(true), Some(true)) => Value::Bool(true),
                     _ => Value::Null,
                 }
             }
             CExpr::Or(a, b) => {
-                let left = truth(&a.eval(scope));
+                let left = truth(&a.operand(scope));
                 if left == Some(true) {
                     return Value::Bool(true);
                 }
-                match (left, truth(&b.eval(scope))) {
+                match (left, truth(&b.operand(scope))) {
                     (_, Some(true)) => Value::Bool(true),
                     (Some(false), Some(false)) => Value::Bool(false),
                     _ => Value::Null,
@@ -205,13 +219,13 @@ impl CExpr {
                 list,
                 negated,
             } => {
-                let x = expr.eval(scope);
+                let x = expr.operand(scope);
                 if x.is_null() {
                     return Value::Null;
                 }
                 let mut saw_null = false;
                 for item in list {
-                    match x.compare(&item.eval(scope)) {
+                    match x.compare(&item.operand(scope)) {
                         Some(Ordering::Equal) => return Value::Bool(!negated),
                         Some(_) => {}
                         None => saw_null = true,
@@ -229,9 +243,9 @@ impl CExpr {
                 high,
                 negated,
             } => {
-                let x = expr.eval(scope);
-                let ge = truth(&compare(CmpOp::GtEq, &x, &low.eval(scope)));
-                let le = truth(&compare(CmpOp::LtEq, &x, &high.eval(scope)));
+                let x = expr.operand(scope);
+                let ge = truth(&compare(CmpOp::GtEq, &x, &low.operand(scope)));
+                let le = truth(&compare(CmpOp::LtEq, &x, &high.operand(scope)));
                 let inside = match (ge, le) {
                     (Some(false), _) | (_, Some(false)) => Some(false),
                     (Some(true), Some(true)) => Some(true),
@@ -239,7 +253,9 @@ impl CExpr {
                 };
                 from_truth(inside.map(|b| b != *negated))
             }
-            CExpr::IsNull { expr, negated } => Value::Bool(expr.eval(scope).is_null() != *negated),
+            CExpr::IsNull { expr, negated } => {
+                Value::Bool(expr.operand(scope).is_null() != *negated)
+            }
             CExpr::Call(func, args) => call(*func, args, scope),
         }
     }
