@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tagstream_rules::engine as core;
 use tagstream_rules::event::{
-    decode_message_keeping, DecodeOptions, Decoded, Event, EventBody, Millis, Reason,
+    decode_message_keeping, DecodeOptions, Decoded, Event, EventBody, Millis, Reason, Rejection,
 };
 use tagstream_rules::rules::RuleSet;
 use tagstream_rules::state::UserState;
@@ -147,6 +147,15 @@ impl BatchReport {
             *self.transitions_by_segment.entry(k.clone()).or_insert(0) += v;
         }
     }
+}
+
+/// A record after decoding (see [`Run::decode`]).
+enum Input {
+    Event(Event, Arc<str>),
+    Skipped,
+    Rejected(Rejection),
+    /// The source could hand over only part of it: dead-lettered, not decoded.
+    Fault,
 }
 
 /// A user touched by the current batch.
@@ -634,6 +643,8 @@ impl Engine {
 struct Run<'e> {
     engine: &'e mut Engine,
     users: FxHashMap<(u32, Arc<str>), Slot>,
+    /// Stored states read ahead for the records being applied (see [`Run::prefetch`]).
+    prefetched: FxHashMap<(u32, Arc<str>), Option<UserState>>,
     clocks: BTreeMap<u32, Millis>,
     clock_changed: std::collections::BTreeSet<u32>,
     deletes: BTreeMap<u32, u64>,
@@ -682,9 +693,14 @@ impl Batch<'_> {
             self.span
                 .record("last", tracing::field::display(&last.origin));
         }
-        for record in records {
-            self.run.record(record)?;
+        // Decoding needs no state: decode the whole slice first, so the stored states of the
+        // users it names are read in one batched lookup rather than one point read each.
+        let decoded: Vec<Input> = records.iter().map(|r| self.run.decode(r)).collect();
+        self.run.prefetch(records, &decoded)?;
+        for (record, input) in records.iter().zip(decoded) {
+            self.run.record(record, input)?;
         }
+        self.run.prefetched.clear();
         self.records += records.len();
         self.applying += started.elapsed();
         Ok(())
@@ -760,6 +776,7 @@ impl<'e> Run<'e> {
         Run {
             engine,
             users: FxHashMap::default(),
+            prefetched: FxHashMap::default(),
             clocks,
             clock_changed: Default::default(),
             deletes,
@@ -782,16 +799,19 @@ impl<'e> Run<'e> {
         if !self.users.contains_key(&key) {
             let (state, id) = match self.engine.cache.remove(&key) {
                 Some((state, id)) => (Some(state), Some(id)),
-                None => match self
-                    .engine
-                    .store
-                    .get(Cf::Users, &user_key(partition, user))?
-                {
-                    Some(bytes) => (
-                        Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
-                        None,
-                    ),
-                    None => (None, None),
+                None => match self.prefetched.remove(&key) {
+                    Some(state) => (state, None),
+                    None => match self
+                        .engine
+                        .store
+                        .get(Cf::Users, &user_key(partition, user))?
+                    {
+                        Some(bytes) => (
+                            Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
+                            None,
+                        ),
+                        None => (None, None),
+                    },
                 },
             };
             let stored_timer = state.as_ref().and_then(|s| s.next_timer);
@@ -837,7 +857,59 @@ impl<'e> Run<'e> {
         }));
     }
 
-    fn record(&mut self, record: &Record<'_>) -> Result<()> {
+    /// What a record holds: its decoded message (with the user's key), or what the source
+    /// could not hand over.
+    fn decode(&self, record: &Record<'_>) -> Input {
+        if record.fault.is_some() {
+            return Input::Fault;
+        }
+        let decode = &self.engine.options.decode;
+        let keep = &self.engine.rules.track_properties;
+        match decode_message_keeping(record.bytes, decode, keep) {
+            Ok(Decoded::Event(event)) => {
+                let user: Arc<str> = Arc::from(event.user_id.as_str());
+                Input::Event(event, user)
+            }
+            Ok(Decoded::Skipped(_)) => Input::Skipped,
+            Err(rejection) => Input::Rejected(rejection),
+        }
+    }
+
+    /// Reads, in one batched lookup, the stored states of the users `decoded` names that this
+    /// batch does not hold yet and the user cache does not have; [`Run::slot`] takes them from
+    /// there instead of reading each.
+    fn prefetch(&mut self, records: &[Record<'_>], decoded: &[Input]) -> Result<()> {
+        let mut wanted: Vec<(u32, Arc<str>)> = Vec::new();
+        let mut seen = rustc_hash::FxHashSet::default();
+        for (record, input) in records.iter().zip(decoded) {
+            let Input::Event(_, user) = input else {
+                continue;
+            };
+            let key = (record.partition, user.clone());
+            if self.users.contains_key(&key)
+                || self.engine.cache.contains_key(&key)
+                || !seen.insert(key.clone())
+            {
+                continue;
+            }
+            wanted.push(key);
+        }
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        let keys: Vec<Vec<u8>> = wanted.iter().map(|(p, u)| user_key(*p, u)).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let stored = self.engine.store.multi_get(Cf::Users, &refs)?;
+        for (key, bytes) in wanted.into_iter().zip(stored) {
+            let state = bytes
+                .map(|b| UserState::decode(&b).map_err(ConsumerError::Corrupt))
+                .transpose()?;
+            self.prefetched.insert(key, state);
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, record: &Record<'_>, input: Input) -> Result<()> {
         match &record.fault {
             None => {}
             Some(SourceFault::TooLarge { len }) => {
@@ -855,18 +927,21 @@ impl<'e> Run<'e> {
                 return Ok(());
             }
         }
-        let decode = &self.engine.options.decode;
-        let keep = &self.engine.rules.track_properties;
-        let event = match decode_message_keeping(record.bytes, decode, keep) {
-            Ok(Decoded::Event(e)) => e,
+        let (event, user) = match input {
+            Input::Event(event, user) => (event, user),
             // Neither applied nor dead-lettered, and engine time does not move.
-            Ok(Decoded::Skipped(_)) => {
+            Input::Skipped => {
                 self.report.skipped += 1;
                 return Ok(());
             }
-            Err(rejection) => {
+            Input::Rejected(rejection) => {
                 self.dead_letter(record, rejection.reason.as_str(), rejection.detail);
                 return Ok(());
+            }
+            Input::Fault => {
+                return Err(ConsumerError::Internal(
+                    "a record with a source fault was decoded".into(),
+                ))
             }
         };
         if let Some(max_future) = self.engine.options.max_future_ms {
@@ -890,12 +965,11 @@ impl<'e> Run<'e> {
                 return Ok(());
             }
         }
-        self.event(record.partition, event)
+        self.event(record.partition, event, user)
     }
 
-    fn event(&mut self, partition: u32, event: Event) -> Result<()> {
+    fn event(&mut self, partition: u32, event: Event, user: Arc<str>) -> Result<()> {
         let rules = self.engine.rules.clone();
-        let user: Arc<str> = Arc::from(event.user_id.as_str());
         let current = self.now_for(partition, None);
         let now = self.now_for(partition, Some(event.ts));
         let slot = self.slot(partition, &user)?;
@@ -1048,6 +1122,23 @@ impl<'e> Run<'e> {
             .options
             .changelog
             .then(changelog::Staged::default);
+        // The ids of the users written without one known, in one batched dictionary read.
+        let needs_id = |slot: &Slot| slot.dirty && slot.state.is_some() && slot.id.is_none();
+        let names: Vec<&str> = self
+            .users
+            .iter()
+            .filter(|(_, slot)| needs_id(slot))
+            .map(|((_, user), _)| &**user)
+            .collect();
+        let ids = self
+            .engine
+            .ids
+            .get_or_assign_many(store.as_ref(), &names, &mut batch)?;
+        drop(names);
+        let without_id = self.users.values_mut().filter(|slot| needs_id(slot));
+        for (slot, id) in without_id.zip(ids) {
+            slot.id = Some(id);
+        }
         for ((partition, user), slot) in self.users.iter_mut() {
             if !slot.dirty {
                 continue;

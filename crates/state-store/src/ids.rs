@@ -88,6 +88,19 @@ impl UserIds {
         user: &str,
         batch: &mut WriteBatch,
     ) -> Result<u32, StoreError> {
+        Ok(self.get_or_assign_many(store, &[user], batch)?[0])
+    }
+
+    /// [`UserIds::get_or_assign`] for each of `users`, in order (new ids are handed out in
+    /// that order, so the result is the same as one call per user), with the dictionary read
+    /// in one batched lookup: a commit of 100k new users would otherwise pay a point read
+    /// (a miss, through every level's filters) per user.
+    pub fn get_or_assign_many(
+        &mut self,
+        store: &dyn StateStore,
+        users: &[&str],
+        batch: &mut WriteBatch,
+    ) -> Result<Vec<u32>, StoreError> {
         if self.staged_in != Some(batch.serial()) {
             // A new batch: the previous one may have been dropped, so stage again every
             // assignment not known to be committed (identical values if it was not).
@@ -99,9 +112,32 @@ impl UserIds {
             }
             self.staged_in = Some(batch.serial());
         }
-        if let Some(id) = self.lookup(store, user)? {
-            return Ok(id);
+        let unknown: Vec<usize> = (0..users.len())
+            .filter(|&i| !self.pending.contains_key(users[i]))
+            .collect();
+        let keys: Vec<Vec<u8>> = unknown.iter().map(|&i| user_key(users[i])).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut stored: Vec<Option<u32>> = vec![None; users.len()];
+        for (&i, value) in unknown.iter().zip(store.multi_get(Cf::Ids, &refs)?) {
+            stored[i] = value.map(|v| decode_id(&v)).transpose()?;
         }
+        users
+            .iter()
+            .zip(stored)
+            .map(|(user, stored)| match (self.pending.get(*user), stored) {
+                (Some(&id), _) | (None, Some(id)) => Ok(id),
+                (None, None) => self.assign(store, user, batch),
+            })
+            .collect()
+    }
+
+    /// Hands out the next free id to `user` (which has none), staged in `batch`.
+    fn assign(
+        &mut self,
+        store: &dyn StateStore,
+        user: &str,
+        batch: &mut WriteBatch,
+    ) -> Result<u32, StoreError> {
         let id = match self.next {
             Some(next) => next,
             None => store

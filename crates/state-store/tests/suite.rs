@@ -361,6 +361,41 @@ fn user_ids_survive_a_dropped_batch(s: &dyn StateStore) {
     assert!(c != a && c != bb);
 }
 
+fn user_ids_in_bulk_equal_one_at_a_time(s: &dyn StateStore) {
+    // Committed, pending, new, and a name given twice: one batched read, the same ids.
+    let mut ids = UserIds::new();
+    let mut b = WriteBatch::new();
+    let stored = ids.get_or_assign(s, "stored", &mut b).unwrap();
+    s.commit(b).unwrap();
+    ids.committed();
+    let mut b = WriteBatch::new();
+    let pending = ids.get_or_assign(s, "pending", &mut b).unwrap();
+    let names = ["new1", "stored", "pending", "new2", "new1", "new3"];
+    let bulk = ids.get_or_assign_many(s, &names, &mut b).unwrap();
+    s.commit(b).unwrap();
+    ids.committed();
+
+    let mut one_by_one = Vec::new();
+    let mut b = WriteBatch::new();
+    for name in names {
+        one_by_one.push(ids.get_or_assign(s, name, &mut b).unwrap());
+    }
+    assert_eq!(bulk, one_by_one);
+    assert_eq!(bulk[1], stored);
+    assert_eq!(bulk[2], pending);
+    assert_eq!(bulk[0], bulk[4], "a name given twice gets one id");
+    // New ids are handed out in the order the names come, after every earlier one.
+    assert!(pending < bulk[0] && bulk[0] < bulk[3] && bulk[3] < bulk[5]);
+    assert_eq!(
+        UserIds::names_of(s, &[bulk[0], bulk[3], bulk[5]]).unwrap(),
+        vec![
+            Some("new1".to_owned()),
+            Some("new2".to_owned()),
+            Some("new3".to_owned())
+        ]
+    );
+}
+
 fn bitmaps_flush_and_load(s: &dyn StateStore) {
     let mut bm = SegmentBitmaps::load(s).unwrap();
     assert_eq!(bm.len("vip"), 0);
@@ -512,6 +547,7 @@ suite!(
     size_grows_with_data,
     user_ids_assign_and_resolve,
     user_ids_survive_a_dropped_batch,
+    user_ids_in_bulk_equal_one_at_a_time,
     bitmaps_flush_and_load,
     bitmaps_drop_partition,
     corrupt_bitmap_is_an_error,
