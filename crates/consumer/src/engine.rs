@@ -696,7 +696,14 @@ impl Batch<'_> {
         // Decoding needs no state: decode the whole slice first, so the stored states of the
         // users it names are read in one batched lookup rather than one point read each.
         let decoded: Vec<Input> = records.iter().map(|r| self.run.decode(r)).collect();
-        self.run.prefetch(records, &decoded)?;
+        let users = records
+            .iter()
+            .zip(&decoded)
+            .filter_map(|(r, input)| match input {
+                Input::Event(_, user) => Some((r.partition, user.clone())),
+                _ => None,
+            });
+        self.run.prefetch(users)?;
         for (record, input) in records.iter().zip(decoded) {
             self.run.record(record, input)?;
         }
@@ -875,19 +882,17 @@ impl<'e> Run<'e> {
         }
     }
 
-    /// Reads, in one batched lookup, the stored states of the users `decoded` names that this
-    /// batch does not hold yet and the user cache does not have; [`Run::slot`] takes them from
-    /// there instead of reading each.
-    fn prefetch(&mut self, records: &[Record<'_>], decoded: &[Input]) -> Result<()> {
+    /// Reads, in one batched lookup, the stored states of `users` that this batch does not
+    /// hold yet and the user cache does not have; [`Run::slot`] takes them from there instead
+    /// of reading each (a point read per user is most of the cost of a batch of users that
+    /// are not cached). The caller clears what it did not use.
+    fn prefetch(&mut self, users: impl IntoIterator<Item = (u32, Arc<str>)>) -> Result<()> {
         let mut wanted: Vec<(u32, Arc<str>)> = Vec::new();
         let mut seen = rustc_hash::FxHashSet::default();
-        for (record, input) in records.iter().zip(decoded) {
-            let Input::Event(_, user) = input else {
-                continue;
-            };
-            let key = (record.partition, user.clone());
+        for key in users {
             if self.users.contains_key(&key)
                 || self.engine.cache.contains_key(&key)
+                || self.prefetched.contains_key(&key)
                 || !seen.insert(key.clone())
             {
                 continue;
@@ -1091,10 +1096,14 @@ impl<'e> Run<'e> {
         self.scanned.insert(partition);
         let floor = self.floors.entry(partition).or_insert(next_floor);
         *floor = (*floor).min(next_floor);
-        for (key, _) in due {
+        let mut users = Vec::with_capacity(due.len());
+        for (key, _) in &due {
             let user = std::str::from_utf8(&key[12..])
                 .map_err(|_| ConsumerError::Corrupt("timer key".into()))?;
-            let user: Arc<str> = Arc::from(user);
+            users.push(Arc::<str>::from(user));
+        }
+        self.prefetch(users.iter().map(|u| (partition, u.clone())))?;
+        for ((key, _), user) in due.into_iter().zip(users) {
             let slot = self.slot(partition, &user)?;
             let Some(state) = slot.state.as_mut() else {
                 if !slot.existed {
@@ -1110,6 +1119,7 @@ impl<'e> Run<'e> {
             self.report.timers_fired += fired;
             self.emit(partition, out, usize::MAX, 0);
         }
+        self.prefetched.clear();
         Ok(count)
     }
 
