@@ -590,7 +590,12 @@ impl Engine {
         }
         self.bitmaps.drop_partition(p, &mut batch);
         let rules = self.rules.clone();
-        for (user, bytes) in &snapshot.users {
+        // Every restored user's id in one batched dictionary read, in the snapshot's order.
+        let names: Vec<&str> = snapshot.users.iter().map(|(user, _)| &**user).collect();
+        let ids = self
+            .ids
+            .get_or_assign_many(store.as_ref(), &names, &mut batch)?;
+        for ((user, bytes), id) in snapshot.users.iter().zip(ids) {
             let state = UserState::decode(bytes).map_err(|e| {
                 ConsumerError::Corrupt(format!("changelog state of user {user}: {e}"))
             })?;
@@ -605,7 +610,6 @@ impl Engine {
             if let Some(t) = state.next_timer {
                 batch.put(Cf::Timers, timer_key(p, t, user), Vec::new());
             }
-            let id = self.ids.get_or_assign(store.as_ref(), user, &mut batch)?;
             self.bitmaps.mark_present(p, id);
             for (i, seg) in rules.segments.iter().enumerate() {
                 if state.segments[i].member {
