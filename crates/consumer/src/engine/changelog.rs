@@ -591,7 +591,7 @@ impl Engine {
         self.bitmaps.drop_partition(p, &mut batch);
         let rules = self.rules.clone();
         // Every restored user's id in one batched dictionary read, in the snapshot's order.
-        let names: Vec<&str> = snapshot.users.iter().map(|(user, _)| &**user).collect();
+        let names: Vec<&str> = snapshot.users.keys().map(|user| &**user).collect();
         let ids = self
             .ids
             .get_or_assign_many(store.as_ref(), &names, &mut batch)?;
