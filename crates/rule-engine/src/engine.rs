@@ -264,7 +264,7 @@ fn next_candidate(
     now: Millis,
     bound: Millis,
 ) -> Option<Millis> {
-    let mut horizon = bound.min(next_window_drop(rules, state, now).unwrap_or(FAR_FUTURE));
+    let mut horizon = bound.min(next_window_drop(rules, state, values, now).unwrap_or(FAR_FUTURE));
     if rules.probes.is_empty() {
         return (horizon < bound).then_some(horizon);
     }
@@ -385,8 +385,15 @@ fn next_candidate(
 }
 
 /// The first instant after `now` at which a windowed aggregate that segments read loses its
-/// oldest non-empty bucket. Worked out in bucket indexes, converted to an instant once per unit.
-fn next_window_drop(rules: &RuleSet, state: &UserState, now: Millis) -> Option<Millis> {
+/// oldest non-empty bucket, skipping the aggregates whose guard says no segment can change
+/// while they only fall (`values` are the node values at `now`). Worked out in bucket indexes,
+/// converted to an instant once per unit.
+fn next_window_drop(
+    rules: &RuleSet,
+    state: &UserState,
+    values: &[Value],
+    now: Millis,
+) -> Option<Millis> {
     let at = BucketsAt::new(&rules.zone, now);
     let mut first_drop: [Option<i64>; 3] = [None; 3];
     let unit_index = |u: Unit| match u {
@@ -394,10 +401,23 @@ fn next_window_drop(rules: &RuleSet, state: &UserState, now: Millis) -> Option<M
         Unit::Hour => 1,
         Unit::Day => 2,
     };
-    for &slot in &rules.windowed_for_segments {
+    for windowed in &rules.windowed_for_segments {
+        let slot = windowed.slot;
         let Some(window) = rules.aggregates[slot].window else {
             continue;
         };
+        if let Some(guard) = &windowed.inert {
+            let segments_hold = guard
+                .while_segments
+                .iter()
+                .all(|&(node, value)| values[node] == Value::Bool(value));
+            if segments_hold
+                && (!guard.needs_non_negative
+                    || state.aggs[slot].live_non_negative(at.oldest(window)))
+            {
+                continue;
+            }
+        }
         if let Some(first) = state.aggs[slot].oldest_live_bucket(at.oldest(window)) {
             // Bucket `first` leaves the window when bucket `first + N` starts.
             let idx = first + window.buckets;
@@ -626,7 +646,7 @@ impl ChangeSearch<'_> {
 /// bucket (`state` is the user's state at `since`: no event came since), and the closed-form
 /// change of every probe. Probes without a closed form give no bound (`since + 1`).
 fn quiet_until(rules: &RuleSet, state: &UserState, values: &[Value], since: Millis) -> Millis {
-    let mut quiet = next_window_drop(rules, state, since).unwrap_or(FAR_FUTURE);
+    let mut quiet = next_window_drop(rules, state, values, since).unwrap_or(FAR_FUTURE);
     for info in &rules.probes {
         match linear_flip(rules, info, values, since) {
             Flip::Never => {}

@@ -317,6 +317,15 @@ impl AggState {
     }
 
     /// The index of the oldest non-empty bucket at or after `oldest` (windowed kinds only).
+    /// Whether no bucket from `oldest` on holds a negative sum (true for every kind but `sum`):
+    /// then losing buckets can only lower a `sum`.
+    pub fn live_non_negative(&self, oldest: i64) -> bool {
+        match self {
+            AggState::Sum(b) => b.live(oldest).all(|s| *s >= 0.0),
+            _ => true,
+        }
+    }
+
     pub fn oldest_live_bucket(&self, oldest: i64) -> Option<i64> {
         match self {
             AggState::Count(b) => b.oldest_live(oldest),

@@ -215,7 +215,7 @@ impl LineReader {
             if available.is_empty() {
                 return Ok(false);
             }
-            let newline = available.iter().position(|b| *b == b'\n');
+            let newline = memchr::memchr(b'\n', available);
             let content = newline.unwrap_or(available.len());
             let consumed = newline.map_or(content, |at| at + 1);
             if head.len() < HEAD_BYTES {

@@ -47,7 +47,7 @@ pub struct RuleSet {
     /// Nodes that some segment reads (directly or not): all the event path has to evaluate.
     pub needed: Vec<bool>,
     /// Windowed aggregates reachable from segments (their bucket drops are timer candidates).
-    pub windowed_for_segments: Vec<usize>,
+    pub windowed_for_segments: Vec<WindowedSlot>,
     /// The bucket units of those aggregates' windows (each once).
     pub window_units: Vec<Unit>,
     /// Per node, the nodes its own definition reads (what a change must propagate along).
@@ -61,6 +61,27 @@ pub struct RuleSet {
     /// filters name. The engine decodes only these (see
     /// [`crate::event::decode_message_keeping`]).
     pub track_properties: crate::event::TrackProperties,
+}
+
+/// A windowed aggregate that segments read: the instants it loses a bucket are timer
+/// candidates, unless its [`InertGuard`] holds.
+#[derive(Debug, Clone)]
+pub struct WindowedSlot {
+    /// Index into [`RuleSet::aggregates`].
+    pub slot: usize,
+    /// When losing buckets cannot change any segment; None if it always may.
+    pub inert: Option<InertGuard>,
+}
+
+/// A condition under which a windowed aggregate losing buckets (with no new event) cannot change
+/// any segment, worked out from how the segments read it (see `compile/inert.rs`): every
+/// segment that reads it keeps its current value while the aggregate only falls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InertGuard {
+    /// Segment nodes with the value each must have now for the guard to hold.
+    pub while_segments: Vec<(NodeId, bool)>,
+    /// A `sum` falls as buckets leave only while none of its live buckets is negative.
+    pub needs_non_negative: bool,
 }
 
 #[derive(Debug)]

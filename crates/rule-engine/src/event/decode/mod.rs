@@ -289,7 +289,7 @@ fn parse_object(
 fn check_depth(bytes: &[u8]) -> Result<(), Rejection> {
     // Nesting needs an opening bracket per level: most messages have too few to go deep, and
     // counting them is much cheaper than the scan below.
-    if bytes.iter().filter(|&&b| b == b'[' || b == b'{').count() <= MAX_DEPTH {
+    if opening_brackets(bytes) <= MAX_DEPTH {
         return Ok(());
     }
     let mut depth = 0usize;
@@ -322,6 +322,23 @@ fn check_depth(bytes: &[u8]) -> Result<(), Rejection> {
         i += 1;
     }
     Ok(())
+}
+
+/// How many `[` and `{` bytes `bytes` holds. `[` (0x5b) and `{` (0x7b) are the only bytes that
+/// become `{` with bit 0x20 set, and per-chunk byte counters let the loop run on SIMD lanes:
+/// this runs on every message, and a byte-at-a-time count cost as much as a tenth of decoding.
+fn opening_brackets(bytes: &[u8]) -> usize {
+    const CHUNK: usize = 128; // at most 128 per chunk: fits the u8 counters
+    bytes
+        .chunks(CHUNK)
+        .map(|chunk| {
+            let in_chunk: u8 = chunk
+                .iter()
+                .map(|&b| u8::from(b | 0x20 == b'{'))
+                .fold(0u8, u8::wrapping_add);
+            usize::from(in_chunk)
+        })
+        .sum()
 }
 
 /// A JSON type name with its article, for rejection details.
@@ -985,6 +1002,14 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(raw in prop::collection::vec(any::<u8>(), 0..256)) {
             all_formats(&raw);
+        }
+
+        #[test]
+        fn opening_brackets_counts_every_bracket(
+            raw in prop::collection::vec(prop_oneof![any::<u8>(), Just(b'['), Just(b'{')], 0..1200)
+        ) {
+            let naive = raw.iter().filter(|&&b| b == b'[' || b == b'{').count();
+            prop_assert_eq!(opening_brackets(&raw), naive);
         }
 
         #[test]

@@ -23,6 +23,7 @@ use crate::time::{parse_duration, Unit, Window, Zone, DAY_MS};
 use crate::value::Value;
 
 mod declare;
+mod inert;
 mod kinds;
 mod probes;
 mod typing;
@@ -371,7 +372,7 @@ impl<'s> Compiler<'s> {
         let moving_nodes = (0..nodes.len())
             .filter(|&i| reach[i] && !nodes[i].shape.is_const())
             .collect();
-        let windowed_for_segments: Vec<usize> = (0..nodes.len())
+        let windowed: Vec<usize> = (0..nodes.len())
             .filter(|&i| reach[i])
             .filter_map(|i| match nodes[i].kind {
                 NodeKind::Aggregate(a) if aggregates[a].window.is_some() => Some(a),
@@ -381,7 +382,7 @@ impl<'s> Compiler<'s> {
         let node_deps: Vec<Vec<NodeId>> = nodes.iter().map(|n| node_refs(&n.kind)).collect();
         let reads_now: Vec<bool> = nodes.iter().map(|n| kind_reads_now(&n.kind)).collect();
         let mut window_units: Vec<Unit> = Vec::new();
-        for &slot in &windowed_for_segments {
+        for &slot in &windowed {
             if let Some(w) = aggregates[slot].window {
                 if !window_units.contains(&w.unit) {
                     window_units.push(w.unit);
@@ -434,7 +435,7 @@ impl<'s> Compiler<'s> {
             .filter(|(_, d)| matches!(d.source, DeclSource::Tag(_)))
             .map(|(i, _)| id_of_decl[&i])
             .collect();
-        let segments = decls
+        let segments: Vec<Segment> = decls
             .iter()
             .enumerate()
             .filter_map(|(i, d)| match d.source {
@@ -464,6 +465,8 @@ impl<'s> Compiler<'s> {
                 _ => None,
             })
             .collect();
+        let windowed_for_segments =
+            inert::windowed_slots(&windowed, &nodes, &node_deps, &aggregates, &segments);
         let fingerprint = hex::encode(Sha256::digest(source.as_bytes()));
         let track_properties = super::track_properties(&aggregates);
         Some(RuleSet {
