@@ -910,7 +910,6 @@ pub fn apply(
         EventBody::Track { name, properties } => {
             let view = EventView { name, properties };
             for slot in rules.aggregates_for(name) {
-                touched.agg(slot);
                 let agg = &rules.aggregates[slot];
                 if let Some(filter) = &agg.filter {
                     let scope = Scope {
@@ -923,6 +922,8 @@ pub fn apply(
                         continue;
                     }
                 }
+                // An event the filter drops leaves the accumulator as it was.
+                touched.agg(slot);
                 let property = agg.property.as_ref().and_then(|p| properties.get(&**p));
                 state.aggs[slot].add(agg, &rules.zone, now, event.ts, property);
             }

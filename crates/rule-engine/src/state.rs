@@ -18,6 +18,9 @@ use crate::value::{Scalar, Value};
 const FORMAT_VERSION: u8 = 2;
 const FORMAT_VERSION_UNSTAMPED: u8 = 1;
 
+/// Bytes reserved for an encoded state up front (most states of the example rules fit).
+const ENCODE_CAPACITY: usize = 512;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct UserState {
     /// One accumulator per [`crate::rules::RuleSet::aggregates`] entry.
@@ -477,11 +480,13 @@ impl UserState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![FORMAT_VERSION];
+        // One buffer, sized for a typical state: growing from empty and copying a second
+        // buffer in cost more than the serialisation itself.
+        let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+        out.push(FORMAT_VERSION);
         // Serialising plain data into a Vec cannot fail.
-        out.extend(postcard::to_allocvec(&self.incarnation).unwrap_or_default());
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
-        out
+        let out = postcard::to_extend(&self.incarnation, out).unwrap_or_default();
+        postcard::to_extend(self, out).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<UserState, String> {
