@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::cexpr::{CExpr, EventView, Scope};
 use crate::event::{Event, EventBody, Millis, ProfileOp};
-use crate::rules::{NodeKind, Probe, ProbeInfo, RuleSet};
+use crate::rules::{InertGuard, NodeKind, Probe, ProbeInfo, RuleSet};
 use crate::state::{AggState, Pending, UserState};
 use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS};
 use crate::transition::{Cause, Transition};
@@ -287,6 +287,9 @@ fn next_candidate(
         if horizon - 1 <= now {
             break;
         }
+        if probe_inert(info, values) {
+            continue;
+        }
         let last = horizon - 1;
         // A closed form that rules out a change before the horizon needs no signature.
         let flip = linear_flip(rules, info, values, now);
@@ -407,11 +410,7 @@ fn next_window_drop(
             continue;
         };
         if let Some(guard) = &windowed.inert {
-            let segments_hold = guard
-                .while_segments
-                .iter()
-                .all(|&(node, value)| values[node] == Value::Bool(value));
-            if segments_hold
+            if holds(guard, values)
                 && (!guard.needs_non_negative
                     || state.aggs[slot].live_non_negative(at.oldest(window)))
             {
@@ -433,6 +432,20 @@ fn next_window_drop(
             (start > now).then_some(start)
         })
         .min()
+}
+
+/// Whether every segment an [`InertGuard`] names has the value it lists (`values` at the
+/// instant the search starts from).
+fn holds(guard: &InertGuard, values: &[Value]) -> bool {
+    guard
+        .while_segments
+        .iter()
+        .all(|&(node, value)| values[node] == Value::Bool(value))
+}
+
+/// Whether a probe's changes can be skipped: its guard holds.
+fn probe_inert(info: &ProbeInfo, values: &[Value]) -> bool {
+    info.inert.as_ref().is_some_and(|g| holds(g, values))
 }
 
 /// When a probe's outcome next changes, from its closed form (see [`ProbeInfo::linear`]).
@@ -647,7 +660,7 @@ impl ChangeSearch<'_> {
 /// change of every probe. Probes without a closed form give no bound (`since + 1`).
 fn quiet_until(rules: &RuleSet, state: &UserState, values: &[Value], since: Millis) -> Millis {
     let mut quiet = next_window_drop(rules, state, values, since).unwrap_or(FAR_FUTURE);
-    for info in &rules.probes {
+    for info in rules.probes.iter().filter(|p| !probe_inert(p, values)) {
         match linear_flip(rules, info, values, since) {
             Flip::Never => {}
             Flip::At(t) => quiet = quiet.min(t),

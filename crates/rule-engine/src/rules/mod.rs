@@ -73,14 +73,16 @@ pub struct WindowedSlot {
     pub inert: Option<InertGuard>,
 }
 
-/// A condition under which a windowed aggregate losing buckets (with no new event) cannot change
-/// any segment, worked out from how the segments read it (see `compile/inert.rs`): every
-/// segment that reads it keeps its current value while the aggregate only falls.
+/// A condition under which a windowed aggregate losing buckets, or a probe's comparison moving
+/// with time (with no new event), cannot change any segment, worked out from how the segments
+/// read it (see `compile/inert.rs`): every segment that reads it keeps its current value while
+/// the aggregate only falls, or the comparison only moves the one way time moves it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InertGuard {
     /// Segment nodes with the value each must have now for the guard to hold.
     pub while_segments: Vec<(NodeId, bool)>,
-    /// A `sum` falls as buckets leave only while none of its live buckets is negative.
+    /// A `sum` falls as buckets leave only while none of its live buckets is negative (always
+    /// false for a probe).
     pub needs_non_negative: bool,
 }
 
@@ -200,6 +202,9 @@ pub struct ProbeInfo {
     /// time-independent tags (`last_seen > now() - 7d`): the coefficient of `now()` in `a - b`.
     /// Its outcome then changes at an instant computed in closed form, with no search.
     pub linear: Option<i64>,
+    /// When the probe's changes cannot change any segment (a comparison that time only moves
+    /// one way, read by one segment that then keeps its value); None if they always may.
+    pub inert: Option<InertGuard>,
 }
 
 impl ProbeInfo {

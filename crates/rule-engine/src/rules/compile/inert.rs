@@ -12,13 +12,19 @@
 //! its last value cannot make a false segment true (they are monotone in information order
 //! too), which is why a `max` is only skipped for segments that are false now.
 //!
+//! The same holds for a probe: a single comparison `a <op> b` whose sides differ linearly in
+//! time (`last_seen > now() - 2d`) moves one way as time passes (this one from true to false).
+//! When the segment that owns it reads it only through AND, OR and NOT, and no other node reads
+//! that segment, a segment that is false now stays false while the comparison falls (true
+//! while it rises), and the probe's changes are skipped.
+//!
 //! A segment that reads the aggregate any other way (through another tag, arithmetic, `IN`,
 //! `BETWEEN`, a function, both sides of a comparison) gives no guard: every lost bucket stays a
 //! candidate. The guard only removes candidates at which nothing can change, so timers stay
 //! exact: the timer search re-evaluates everything at the next candidate it keeps.
 
 use super::*;
-use crate::rules::{InertGuard, WindowedSlot};
+use crate::rules::{InertGuard, ProbeInfo, WindowedSlot};
 
 /// How an expression's truth (false < NULL < true) moves as one aggregate's value grows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +128,73 @@ fn guard(
         while_segments,
         needs_non_negative: aggregates[slot].kind == AggKind::Sum,
     })
+}
+
+/// The guard of a probe owned by node `owner` (see the module docs).
+pub(super) fn probe_guard(
+    owner: NodeId,
+    info: &ProbeInfo,
+    nodes: &[Node],
+    node_deps: &[Vec<NodeId>],
+) -> Option<InertGuard> {
+    let (Some(k), Probe::Compare(pairs)) = (info.linear, &info.probe) else {
+        return None;
+    };
+    let [(a, b)] = pairs.as_slice() else {
+        return None;
+    };
+    let NodeKind::Segment(when) = &nodes[owner].kind else {
+        return None;
+    };
+    if k == 0 || node_deps.iter().any(|deps| deps.contains(&owner)) {
+        return None;
+    }
+    // `a - b` moves with slope k: `a > b` falls as time passes when k < 0.
+    let over_time = match reads_comparison(when, a, b) {
+        Reads::Rising if k < 0 => Reads::Falling,
+        Reads::Falling if k < 0 => Reads::Rising,
+        other => other,
+    };
+    let keeps = match over_time {
+        // The segment's truth falls with time: a false segment stays false.
+        Reads::Falling => false,
+        Reads::Rising => true,
+        Reads::Not | Reads::Any => return None,
+    };
+    Some(InertGuard {
+        while_segments: vec![(owner, keeps)],
+        needs_non_negative: false,
+    })
+}
+
+/// How `e`'s truth moves as `a - b` grows, where `a` and `b` are the sides of comparisons in
+/// `e` (either way round).
+fn reads_comparison(e: &CExpr, a: &CExpr, b: &CExpr) -> Reads {
+    fn contains(e: &CExpr, a: &CExpr, b: &CExpr) -> bool {
+        let mut found = matches!(e, CExpr::Cmp(_, l, r)
+            if (**l == *a && **r == *b) || (**l == *b && **r == *a));
+        e.for_each_child(&mut |c| found |= contains(c, a, b));
+        found
+    }
+    match e {
+        CExpr::Not(x) => reads_comparison(x, a, b).flipped(),
+        CExpr::And(x, y) | CExpr::Or(x, y) => {
+            reads_comparison(x, a, b).and(reads_comparison(y, a, b))
+        }
+        CExpr::Cmp(op, l, r) if **l == *a && **r == *b => rises_with_difference(*op),
+        CExpr::Cmp(op, l, r) if **l == *b && **r == *a => rises_with_difference(mirrored(*op)),
+        other if contains(other, a, b) => Reads::Any,
+        _ => Reads::Not,
+    }
+}
+
+/// How `a <op> b` moves as `a - b` grows.
+fn rises_with_difference(op: CmpOp) -> Reads {
+    match op {
+        CmpOp::Gt | CmpOp::GtEq => Reads::Rising,
+        CmpOp::Lt | CmpOp::LtEq => Reads::Falling,
+        CmpOp::Eq | CmpOp::NotEq => Reads::Any,
+    }
 }
 
 /// How `e`'s truth moves as node `agg` grows; `through` marks the nodes that read `agg`.
@@ -293,6 +366,78 @@ event = "*"
             let g = guards(&segment("s", when));
             assert!(g.iter().all(|(_, guard)| guard.is_none()), "{when}: {g:?}");
         }
+    }
+
+    /// The guard of each probe, as (segment, value) lists, in evaluation order.
+    fn probe_guards(segments: &str) -> Vec<Option<Held>> {
+        let src = format!(
+            "[[tag]]\nname = \"last_seen\"\nkind = \"last_time\"\nevent = \"*\"\n\n[[tag]]\nname = \"views_1d\"\nkind = \"count\"\nevent = \"view\"\nwindow = \"1d\"\n{segments}"
+        );
+        let rules = RuleSet::compile(&src, "rules.toml").unwrap_or_else(|e| panic!("{e}\n{src}"));
+        rules
+            .probes
+            .iter()
+            .map(|p| {
+                p.inert.as_ref().map(|g| {
+                    g.while_segments
+                        .iter()
+                        .map(|&(node, value)| (rules.nodes[node].name.to_string(), value))
+                        .collect()
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_comparison_time_moves_one_way_holds_its_segment() {
+        // `last_seen > now() - 2d` only turns false as time passes.
+        assert_eq!(
+            probe_guards(&segment("s", "views_1d > 0 AND last_seen > now() - 2d")),
+            vec![stays(false)]
+        );
+        assert_eq!(
+            probe_guards(&segment("s", "now() - 2d < last_seen")),
+            vec![stays(false)]
+        );
+        // ... so its negation only turns true.
+        assert_eq!(
+            probe_guards(&segment("s", "NOT (last_seen > now() - 2d)")),
+            vec![stays(true)]
+        );
+        assert_eq!(
+            probe_guards(&segment("s", "last_seen <= now() - 30d OR views_1d > 5")),
+            vec![stays(true)]
+        );
+    }
+
+    #[test]
+    fn a_probe_read_any_other_way_has_no_guard() {
+        for segments in [
+            // read both ways
+            segment(
+                "s",
+                "last_seen > now() - 2d AND NOT (last_seen > now() - 2d)",
+            ),
+            // an equality flips twice
+            segment("s", "last_seen = now() - 2d"),
+            // through a function
+            segment("s", "coalesce(last_seen > now() - 2d, false)"),
+        ] {
+            let guards = probe_guards(&segments);
+            assert!(guards.iter().all(Option::is_none), "{segments}: {guards:?}");
+        }
+        // A segment another node reads: its changes matter beyond its own membership.
+        let guards = probe_guards(&format!(
+            "{}{}",
+            segment("recent", "last_seen > now() - 2d"),
+            segment("s", "recent AND views_1d > 0"),
+        ));
+        assert!(guards.iter().all(Option::is_none), "{guards:?}");
+        // A tag's decision (a `case` branch) is not a segment's.
+        let guards = probe_guards(
+            "[[tag]]\nname = \"stage\"\nkind = \"case\"\ncases = [{ when = \"last_seen > now() - 2d\", value = \"a\" }]\nelse = \"b\"\n\n[[segment]]\nname = \"s\"\nwhen = \"stage = 'a'\"\n",
+        );
+        assert!(guards.iter().all(Option::is_none), "{guards:?}");
     }
 
     #[test]

@@ -379,7 +379,6 @@ impl<'s> Compiler<'s> {
                 _ => None,
             })
             .collect();
-        let node_deps: Vec<Vec<NodeId>> = nodes.iter().map(|n| node_refs(&n.kind)).collect();
         let reads_now: Vec<bool> = nodes.iter().map(|n| kind_reads_now(&n.kind)).collect();
         let mut window_units: Vec<Unit> = Vec::new();
         for &slot in &windowed {
@@ -394,10 +393,15 @@ impl<'s> Compiler<'s> {
         // operands are as constant or monotone as their shapes say.
         let mut probes = std::mem::take(&mut self.probes);
         probes.sort_by_key(|(owner, _)| *owner);
+        let node_deps: Vec<Vec<NodeId>> = nodes.iter().map(|n| node_refs(&n.kind)).collect();
         let probes = probes
             .into_iter()
             .filter(|(owner, _)| reach[*owner])
-            .map(|(_, probe)| probe_info(probe, &nodes, &sources))
+            .map(|(owner, probe)| {
+                let mut info = probe_info(probe, &nodes, &sources);
+                info.inert = inert::probe_guard(owner, &info, &nodes, &node_deps);
+                info
+            })
             .collect();
 
         let mut by_event: HashMap<String, Vec<usize>> = HashMap::new();

@@ -151,6 +151,7 @@ pub(super) fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -
         moving,
         day_steps,
         linear,
+        inert: None,
     }
 }
 
