@@ -65,7 +65,8 @@ impl Touched {
 
 /// The values of [`evaluate_needed`] at `now`, computed from the values `before` held at an
 /// earlier instant of the same state, changed only by what `touched` names: a node is
-/// evaluated again only when it reads `now()`, an aggregate it reads took the event or lost a
+/// evaluated again only when it reads `now()` (for a node constant between breakpoints: only
+/// once `before`'s quiet bound has passed), an aggregate it reads took the event or lost a
 /// bucket to the window, or a node it reads changed value. Equal to a full evaluation by
 /// construction: every input of a skipped node is unchanged.
 fn evaluate_since(
@@ -77,6 +78,10 @@ fn evaluate_since(
 ) -> Vec<Value> {
     let at = BucketsAt::new(&rules.zone, now);
     let then = BucketsAt::new(&rules.zone, before.since);
+    // Before the quiet bound no probe changed outcome: a node whose value time moves only
+    // through its decisions (constant between breakpoints) is as it was, unless a node it
+    // reads changed.
+    let no_decision_moved = before.quiet_until.is_some_and(|quiet| now < quiet);
     let mut values = before.values;
     let mut changed = vec![false; rules.nodes.len()];
     for id in 0..rules.nodes.len() {
@@ -91,7 +96,11 @@ fn evaluate_since(
                     })
             }
             NodeKind::Profile(_) => touched.profile,
-            _ => rules.reads_now[id] || rules.node_deps[id].iter().any(|&d| changed[d]),
+            _ => {
+                let time_moved_it =
+                    rules.reads_now[id] && !(no_decision_moved && rules.nodes[id].shape.is_const());
+                time_moved_it || rules.node_deps[id].iter().any(|&d| changed[d])
+            }
         };
         if dirty {
             let v = evaluate_node(rules, state, id, &values, now, &at);
