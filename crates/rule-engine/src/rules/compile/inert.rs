@@ -130,12 +130,32 @@ fn guard(
     })
 }
 
-/// The guard of a probe owned by node `owner` (see the module docs).
+/// Per node, whether its value can change when a window loses a bucket: it is a windowed
+/// aggregate or reads one (nodes come after what they read).
+pub(super) fn moved_by_windows(
+    nodes: &[Node],
+    node_deps: &[Vec<NodeId>],
+    aggregates: &[Aggregate],
+) -> Vec<bool> {
+    let mut moved = vec![false; nodes.len()];
+    for id in 0..nodes.len() {
+        moved[id] = match nodes[id].kind {
+            NodeKind::Aggregate(slot) => aggregates[slot].window.is_some(),
+            _ => node_deps[id].iter().any(|&d| moved[d]),
+        };
+    }
+    moved
+}
+
+/// The guard of a probe owned by node `owner` (see the module docs). `moved_by_windows` is
+/// [`moved_by_windows`]: a side that jumps when a bucket leaves a window does not move only
+/// linearly between the candidates the search keeps, so such a probe gets no guard.
 pub(super) fn probe_guard(
     owner: NodeId,
     info: &ProbeInfo,
     nodes: &[Node],
     node_deps: &[Vec<NodeId>],
+    moved_by_windows: &[bool],
 ) -> Option<InertGuard> {
     let (Some(k), Probe::Compare(pairs)) = (info.linear, &info.probe) else {
         return None;
@@ -146,7 +166,13 @@ pub(super) fn probe_guard(
     let NodeKind::Segment(when) = &nodes[owner].kind else {
         return None;
     };
-    if k == 0 || node_deps.iter().any(|deps| deps.contains(&owner)) {
+    let mut sides = Vec::new();
+    a.refs(&mut sides);
+    b.refs(&mut sides);
+    if k == 0
+        || sides.iter().any(|&id| moved_by_windows[id])
+        || node_deps.iter().any(|deps| deps.contains(&owner))
+    {
         return None;
     }
     // `a - b` moves with slope k: `a > b` falls as time passes when k < 0.
@@ -422,6 +448,11 @@ event = "*"
             segment("s", "last_seen = now() - 2d"),
             // through a function
             segment("s", "coalesce(last_seen > now() - 2d, false)"),
+            // a side that jumps when a window loses a bucket
+            format!(
+                "[[tag]]\nname = \"shifted\"\nkind = \"expr\"\nexpr = \"last_seen - views_1d * 1h\"\n{}",
+                segment("s", "shifted > now() - 2d")
+            ),
         ] {
             let guards = probe_guards(&segments);
             assert!(guards.iter().all(Option::is_none), "{segments}: {guards:?}");

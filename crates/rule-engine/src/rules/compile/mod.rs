@@ -394,12 +394,14 @@ impl<'s> Compiler<'s> {
         let mut probes = std::mem::take(&mut self.probes);
         probes.sort_by_key(|(owner, _)| *owner);
         let node_deps: Vec<Vec<NodeId>> = nodes.iter().map(|n| node_refs(&n.kind)).collect();
+        let moved_by_windows = inert::moved_by_windows(&nodes, &node_deps, &aggregates);
         let probes = probes
             .into_iter()
             .filter(|(owner, _)| reach[*owner])
             .map(|(owner, probe)| {
                 let mut info = probe_info(probe, &nodes, &sources);
-                info.inert = inert::probe_guard(owner, &info, &nodes, &node_deps);
+                info.inert =
+                    inert::probe_guard(owner, &info, &nodes, &node_deps, &moved_by_windows);
                 info
             })
             .collect();
