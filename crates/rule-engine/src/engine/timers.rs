@@ -472,7 +472,9 @@ impl ChangeSearch<'_> {
 /// A lower bound on the first instant after `since` at which any segment may change with no
 /// new event, cheap to compute: the first instant a windowed aggregate loses a non-empty
 /// bucket (`state` is the user's state at `since`: no event came since), and the closed-form
-/// change of every probe. Probes without a closed form give no bound (`since + 1`).
+/// change of every probe. Probes without a closed form give no bound (`since + 1`). Lost
+/// buckets and probes whose [`InertGuard`] holds are left out: before the bound, no other
+/// probe has changed outcome (`evaluate_since` relies on this).
 pub(super) fn quiet_until(
     rules: &RuleSet,
     state: &UserState,
