@@ -9,7 +9,7 @@
 # another order over the next 15 days, so the second half reads users back from the store.
 # `tagstream replay` (bench15 rules, event clock) consumes it from stdin; then a second replay
 # with no input moves the clock 32 days on (`--advance-to`), so every user's windows and
-# lifecycle roll: the mass timer roll. It prints events/s, timers/s, peak RSS and the state's
+# lifecycle roll: the mass timer roll. It prints events/s, users rolled per second (rolled/s), peak RSS and the state's
 # bytes per user
 # (SST files after the roll). Single core.
 set -euo pipefail
@@ -50,7 +50,7 @@ measure() { # measure OUT COMMAND...: runs COMMAND under /usr/bin/time, writes "
   /usr/bin/time -f "%e %M" -o "$out" "$@" > /dev/null
 }
 
-printf '%10s %12s %12s %10s %12s %12s %10s\n' users "events/s" "replay s" "RSS MB" "bytes/user" "timers/s" "roll RSS"
+printf '%10s %12s %12s %10s %12s %12s %10s\n' users "events/s" "replay s" "RSS MB" "bytes/user" "rolled/s" "roll RSS"
 for n in $USERS_LIST; do
   state="$WORK/state-$n"
   rm -rf "$state"
