@@ -9,9 +9,8 @@
 # another order over the next 15 days, so the second half reads users back from the store.
 # `tagstream replay` (bench15 rules, event clock) consumes it from stdin; then a second replay
 # with no input moves the clock 32 days on (`--advance-to`), so every user's windows and
-# lifecycle roll: the mass timer roll. It prints events/s, users rolled per second (rolled/s), peak RSS and the state's
-# bytes per user
-# (SST files after the roll). Single core.
+# lifecycle roll: the mass timer roll. It prints events/s, users rolled per second (rolled/s),
+# peak RSS and the state's bytes per user (SST files after the roll). Single core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/tagstream-target}"
