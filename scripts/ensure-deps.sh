@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks to build tagstream: libclang (bindgen generates the RocksDB
 # bindings at build time), OpenSSL headers and pkg-config (librdkafka is built with TLS and SASL),
-# a C++ toolchain; with `--test`, also the Tansu broker the static-membership and TLS tests run
-# and the headless Chromium (with its WebDriver) the console test drives.
+# a C++ toolchain; with `--test`, also the Tansu broker the static-membership and TLS tests run,
+# the headless Chromium (with its WebDriver) the console test drives, and DuckDB for tests/bench.
 # Idempotent; does nothing when everything is present.
 #
 #   scripts/ensure-deps.sh            build dependencies
@@ -45,6 +45,15 @@ command -v cargo >/dev/null || { echo "cargo is not installed: install Rust from
 # own --cert/--key options cannot be combined).
 if ! command -v socat >/dev/null; then
   apt_install "the TLS test's TLS listener" socat
+fi
+
+# DuckDB (Python): tests/bench checks the DuckDB batch of `make bench` (the same rules in SQL)
+# against `tagstream dump` and the oracle; without it those tests are skipped.
+if ! python3 -c 'import duckdb' 2>/dev/null; then
+  echo "installing the duckdb Python package (tests/bench)" >&2
+  python3 -m pip install --quiet --disable-pip-version-check "duckdb>=1,<3" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      "duckdb>=1,<3"
 fi
 
 # Chromium and chromedriver from Debian (crates/tagstream/tests/console.rs drives the web

@@ -12,7 +12,8 @@
   values, ties, value order across types, hour and minute windows across a daylight-saving
   change, every derived kind, most functions), checked against tests/oracle/oracle.py.
 
-Everything is skipped when the duckdb Python package is not importable.
+Everything is skipped when the duckdb Python package is not importable (`make test` installs it
+through `scripts/ensure-deps.sh --test`).
 """
 
 from __future__ import annotations
