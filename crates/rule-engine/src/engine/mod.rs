@@ -40,21 +40,41 @@ pub(crate) fn transitions(
         if st.member != member {
             st.member = member;
             st.seq += 1;
-            out.push(Transition {
-                user_id: user.clone(),
-                segment: seg.name.clone(),
-                enter: member,
-                seq: st.seq,
-                ts: now,
-                cause,
-                tags: seg
-                    .direct_tags
-                    .iter()
-                    .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
-                    .collect(),
-                incarnation: state.incarnation,
-            });
+            let seq = st.seq;
+            out.push(transition(
+                rules, user, state, i, member, seq, values, now, cause,
+            ));
         }
+    }
+}
+
+/// The transition of segment `i` (with the tags its expression names, from `values`).
+#[allow(clippy::too_many_arguments)]
+fn transition(
+    rules: &RuleSet,
+    user: &Arc<str>,
+    state: &UserState,
+    i: usize,
+    enter: bool,
+    seq: u32,
+    values: &[Value],
+    now: Millis,
+    cause: Cause,
+) -> Transition {
+    let seg = &rules.segments[i];
+    Transition {
+        user_id: user.clone(),
+        segment: seg.name.clone(),
+        enter,
+        seq,
+        ts: now,
+        cause,
+        tags: seg
+            .direct_tags
+            .iter()
+            .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
+            .collect(),
+        incarnation: state.incarnation,
     }
 }
 
@@ -252,22 +272,19 @@ pub(crate) fn exit_segments(
     }
     let values = evaluate(rules, state, now);
     for &i in segments {
-        let (seg, st) = (&rules.segments[i], state.segments[i]);
+        let st = state.segments[i];
         if st.member {
-            out.push(Transition {
-                user_id: user.clone(),
-                segment: seg.name.clone(),
-                enter: false,
-                seq: st.seq + 1,
-                ts: now,
+            out.push(transition(
+                rules,
+                user,
+                state,
+                i,
+                false,
+                st.seq + 1,
+                &values,
+                now,
                 cause,
-                tags: seg
-                    .direct_tags
-                    .iter()
-                    .map(|&t| (rules.nodes[t].name.clone(), values[t].clone()))
-                    .collect(),
-                incarnation: state.incarnation,
-            });
+            ));
         }
     }
 }
