@@ -6,6 +6,7 @@
 //! input positions given by the caller. A crash before the commit loses nothing (the batch is
 //! re-read from the stored positions); after it, nothing is applied twice.
 
+use std::collections::hash_map::Entry;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
@@ -101,6 +102,9 @@ pub struct Record<'a> {
     /// it is, without being decoded.
     pub fault: Option<SourceFault>,
 }
+
+/// Records decoded (and their users' stored states read) at a time before being applied.
+const DECODE_GROUP: usize = 1024;
 
 /// Dead-letter reason of input that could not be read (a corrupt or truncated `.gz`).
 pub const UNREADABLE_INPUT: &str = "unreadable_input";
@@ -693,21 +697,26 @@ impl Batch<'_> {
             self.span
                 .record("last", tracing::field::display(&last.origin));
         }
-        // Decoding needs no state: decode the whole slice first, so the stored states of the
-        // users it names are read in one batched lookup rather than one point read each.
-        let decoded: Vec<Input> = records.iter().map(|r| self.run.decode(r)).collect();
-        let users = records
-            .iter()
-            .zip(&decoded)
-            .filter_map(|(r, input)| match input {
-                Input::Event(_, user) => Some((r.partition, user.clone())),
-                _ => None,
-            });
-        self.run.prefetch(users)?;
-        for (record, input) in records.iter().zip(decoded) {
-            self.run.record(record, input)?;
+        // Decoding needs no state: a group of records is decoded first, so the stored states
+        // of the users it names are read in one batched lookup rather than one point read
+        // each. Groups are small enough that the decoded events are still in cache when they
+        // are applied.
+        let mut decoded: Vec<Input> = Vec::with_capacity(DECODE_GROUP.min(records.len()));
+        for group in records.chunks(DECODE_GROUP) {
+            decoded.extend(group.iter().map(|r| self.run.decode(r)));
+            let users = group
+                .iter()
+                .zip(&decoded)
+                .filter_map(|(r, input)| match input {
+                    Input::Event(_, user) => Some((r.partition, user.clone())),
+                    _ => None,
+                });
+            self.run.prefetch(users)?;
+            for (record, input) in group.iter().zip(decoded.drain(..)) {
+                self.run.record(record, input)?;
+            }
+            self.run.prefetched.clear();
         }
-        self.run.prefetched.clear();
         self.records += records.len();
         self.applying += started.elapsed();
         Ok(())
@@ -760,6 +769,50 @@ impl Batch<'_> {
     }
 }
 
+/// The batch's slot of a user, loaded on first use from the user cache, the states read ahead
+/// or the store. A free function over the fields it needs, so that a caller can hold the slot
+/// while it updates the rest of the batch (one map lookup per event instead of several).
+fn slot_in<'u>(
+    users: &'u mut FxHashMap<(u32, Arc<str>), Slot>,
+    engine: &mut Engine,
+    prefetched: &mut FxHashMap<(u32, Arc<str>), Option<UserState>>,
+    partition: u32,
+    user: &Arc<str>,
+) -> Result<&'u mut Slot> {
+    let vacant = match users.entry((partition, user.clone())) {
+        Entry::Occupied(slot) => return Ok(slot.into_mut()),
+        Entry::Vacant(vacant) => vacant,
+    };
+    let key = vacant.key();
+    let (state, id) = match engine.cache.remove(key) {
+        Some((state, id)) => (Some(state), Some(id)),
+        None => match prefetched.remove(key) {
+            Some(state) => (state, None),
+            None => match engine.store.get(Cf::Users, &user_key(partition, user))? {
+                Some(bytes) => (
+                    Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
+                    None,
+                ),
+                None => (None, None),
+            },
+        },
+    };
+    let stored_timer = state.as_ref().and_then(|s| s.next_timer);
+    let stored_members = state
+        .as_ref()
+        .map(|s| s.segments.iter().map(|m| m.member).collect())
+        .unwrap_or_default();
+    let existed = state.is_some();
+    Ok(vacant.insert(Slot {
+        state,
+        id,
+        stored_timer,
+        stored_members,
+        existed,
+        dirty: false,
+    }))
+}
+
 /// A batch that is dropped without a successful commit (a store error while reading, staging or
 /// committing, e.g. a full disk) leaves the engine's memory as it was before it: bitmaps and id
 /// assignments are rolled back; clocks, delete counts, the outbox sequence, timer floors and
@@ -802,44 +855,13 @@ impl<'e> Run<'e> {
     }
 
     fn slot(&mut self, partition: u32, user: &Arc<str>) -> Result<&mut Slot> {
-        let key = (partition, user.clone());
-        if !self.users.contains_key(&key) {
-            let (state, id) = match self.engine.cache.remove(&key) {
-                Some((state, id)) => (Some(state), Some(id)),
-                None => match self.prefetched.remove(&key) {
-                    Some(state) => (state, None),
-                    None => match self
-                        .engine
-                        .store
-                        .get(Cf::Users, &user_key(partition, user))?
-                    {
-                        Some(bytes) => (
-                            Some(UserState::decode(&bytes).map_err(ConsumerError::Corrupt)?),
-                            None,
-                        ),
-                        None => (None, None),
-                    },
-                },
-            };
-            let stored_timer = state.as_ref().and_then(|s| s.next_timer);
-            let stored_members = state
-                .as_ref()
-                .map(|s| s.segments.iter().map(|m| m.member).collect())
-                .unwrap_or_default();
-            let existed = state.is_some();
-            self.users.insert(
-                key.clone(),
-                Slot {
-                    state,
-                    id,
-                    stored_timer,
-                    stored_members,
-                    existed,
-                    dirty: false,
-                },
-            );
-        }
-        Ok(self.users.get_mut(&key).expect("slot just inserted"))
+        slot_in(
+            &mut self.users,
+            self.engine,
+            &mut self.prefetched,
+            partition,
+            user,
+        )
     }
 
     /// Engine time for a partition if an event at `ts` were applied now.
@@ -977,7 +999,16 @@ impl<'e> Run<'e> {
         let rules = self.engine.rules.clone();
         let current = self.now_for(partition, None);
         let now = self.now_for(partition, Some(event.ts));
-        let slot = self.slot(partition, &user)?;
+        let incarnation = self.deletes.get(&partition).copied().unwrap_or(0);
+        // The slot borrows only the batch's map of users, so the clock and the report can be
+        // updated while it is held: one lookup per event.
+        let slot = slot_in(
+            &mut self.users,
+            self.engine,
+            &mut self.prefetched,
+            partition,
+            &user,
+        )?;
         // A duplicate is judged at the engine time before it, and never moves the clock.
         if core::is_duplicate(&rules, slot.state.as_ref(), &event, current) {
             self.report.duplicates += 1;
@@ -990,8 +1021,6 @@ impl<'e> Run<'e> {
         if matches!(event.body, EventBody::Delete) {
             return self.delete(partition, &user, now, self.ingested_ms);
         }
-        let incarnation = self.deletes.get(&partition).copied().unwrap_or(0);
-        let slot = self.slot(partition, &user)?;
         let state = slot.state.get_or_insert_with(|| UserState {
             incarnation,
             ..UserState::new(&rules.aggregates, rules.segments.len())

@@ -1,6 +1,8 @@
 //! Outbox entries: transitions and dead letters written in the same atomic batch as the state
 //! that produced them, then delivered to their sink and deleted once acknowledged.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 use tagstream_state::{Cf, StateStore, WriteBatch};
 
@@ -11,7 +13,7 @@ use crate::schema::outbox_key as key;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
     /// A line of a file source (1-based line number); `source` is the path as given.
-    Line { source: String, line: u64 },
+    Line { source: Arc<str>, line: u64 },
     /// A Kafka message.
     Kafka {
         topic: String,
@@ -121,7 +123,7 @@ impl DeadLetter {
     /// The dead-letter file line of SPEC §2.
     pub fn to_file_line(&self) -> String {
         let (source, line) = match &self.origin {
-            Origin::Line { source, line } => (source.clone(), *line as i64),
+            Origin::Line { source, line } => (source.to_string(), *line as i64),
             Origin::Kafka {
                 topic,
                 partition,

@@ -104,6 +104,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
     }
 
     let mut summary = ReplaySummary::default();
+    let source: Arc<str> = Arc::from(opts.input.as_str());
     let mut lines: Vec<ReadLine> = Vec::with_capacity(READ_CHUNK.min(opts.batch_size));
     let mut at_end = false;
     while !at_end {
@@ -129,7 +130,7 @@ pub fn replay(opts: &ReplayOptions) -> Result<ReplaySummary> {
                     partition: PARTITION,
                     bytes: &line.bytes,
                     origin: Origin::Line {
-                        source: opts.input.clone(),
+                        source: source.clone(),
                         line: line.number,
                     },
                     fault: line.fault.clone(),

@@ -12,6 +12,9 @@ use crate::rules::{AggKind, Aggregate};
 use crate::time::{BucketsAt, Window, Zone};
 use crate::value::{Scalar, Value};
 
+mod recent_ids;
+pub use recent_ids::RecentIds;
+
 /// Version byte in front of every encoded state, so the layout can evolve.
 /// Version 2 prefixes the postcard body with the incarnation stamp (a varint); version 1 states
 /// (written before stamps existed) are read with stamp 0.
@@ -28,7 +31,7 @@ pub struct UserState {
     /// Profile attributes: (event time of the value, value); an explicit null is a value.
     pub profile: BTreeMap<String, (Millis, Scalar)>,
     /// Hashes of applied event ids with their event time, for deduplication.
-    pub dedup: Vec<(u64, Millis)>,
+    pub dedup: RecentIds,
     /// Per segment (file order): membership and the number of transitions emitted so far.
     pub segments: Vec<SegmentState>,
     /// The next instant at which a segment may change with time alone.
@@ -471,7 +474,7 @@ impl UserState {
         UserState {
             aggs: aggregates.iter().map(|a| AggState::empty(a.kind)).collect(),
             profile: BTreeMap::new(),
-            dedup: Vec::new(),
+            dedup: RecentIds::default(),
             segments: vec![SegmentState::default(); segments],
             next_timer: None,
             pending: None,

@@ -218,7 +218,7 @@ impl KafkaProducer {
                 key.clone(),
             ),
             Origin::Line { source, line } => {
-                (source.clone(), "0".to_string(), line.to_string(), None)
+                (source.to_string(), "0".to_string(), line.to_string(), None)
             }
         };
         let mut headers = OwnedHeaders::new()

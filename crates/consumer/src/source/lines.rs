@@ -77,6 +77,7 @@ fn read_loop(
     }
     let mut announced_end = false;
     let mut sent_line = reader.line();
+    let source: std::sync::Arc<str> = std::sync::Arc::from(path);
     while !control.stopping() {
         if control.pause_wanted() {
             std::thread::sleep(Duration::from_millis(50));
@@ -90,7 +91,7 @@ fn read_loop(
                     partition: 0,
                     bytes: line.bytes,
                     origin: Origin::Line {
-                        source: path.to_string(),
+                        source: source.clone(),
                         line: line.number,
                     },
                     fault: line.fault,

@@ -166,7 +166,7 @@ pub fn is_duplicate(
     }
     let h = id_hash(id);
     let horizon = now.saturating_sub(rules.dedup_window_ms);
-    state.dedup.iter().any(|&(x, ts)| x == h && ts >= horizon)
+    state.dedup.contains(h, horizon)
 }
 
 /// Applies a track or profile event at engine time `now` (timers must already be caught up) and
@@ -181,8 +181,7 @@ pub fn apply(
 ) {
     if let (Some(id), true) = (event.event_id.as_deref(), rules.dedup_window_ms > 0) {
         let horizon = now.saturating_sub(rules.dedup_window_ms);
-        state.dedup.retain(|&(_, ts)| ts >= horizon);
-        state.dedup.push((id_hash(id), event.ts));
+        state.dedup.record(id_hash(id), event.ts, horizon);
     }
     // Values before the event (at the last instant they were computed, within this batch):
     // only what the event or the passing of time can have changed is evaluated again.
