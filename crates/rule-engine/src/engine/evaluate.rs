@@ -87,7 +87,7 @@ pub(super) fn evaluate_since(
     // reads changed.
     let no_decision_moved = before.quiet_until.is_some_and(|quiet| now < quiet);
     let mut values = before.values;
-    let mut changed = vec![false; rules.nodes.len()];
+    let mut changed = ChangedNodes::new(rules.nodes.len());
     for id in 0..rules.nodes.len() {
         if !rules.needed[id] {
             continue;
@@ -103,18 +103,54 @@ pub(super) fn evaluate_since(
             _ => {
                 let time_moved_it =
                     rules.reads_now[id] && !(no_decision_moved && rules.nodes[id].shape.is_const());
-                time_moved_it || rules.node_deps[id].iter().any(|&d| changed[d])
+                time_moved_it || rules.node_deps[id].iter().any(|&d| changed.has(d))
             }
         };
         if dirty {
             let v = evaluate_node(rules, state, id, &values, now, &at);
             if v != values[id] {
                 values[id] = v;
-                changed[id] = true;
+                changed.set(id);
             }
         }
     }
     values
+}
+
+/// The nodes whose value changed, as bits: inline for rule sets of up to 256 nodes, so that
+/// evaluating after an event allocates nothing for them.
+struct ChangedNodes {
+    inline: [u64; 4],
+    more: Vec<u64>,
+}
+
+impl ChangedNodes {
+    fn new(nodes: usize) -> ChangedNodes {
+        let words = nodes.div_ceil(64);
+        ChangedNodes {
+            inline: [0; 4],
+            more: vec![0; words.saturating_sub(4)],
+        }
+    }
+
+    fn word(&mut self, id: usize) -> &mut u64 {
+        match id / 64 {
+            w @ 0..4 => &mut self.inline[w],
+            w => &mut self.more[w - 4],
+        }
+    }
+
+    fn set(&mut self, id: usize) {
+        *self.word(id) |= 1 << (id % 64);
+    }
+
+    fn has(&self, id: usize) -> bool {
+        let word = match id / 64 {
+            w @ 0..4 => self.inline[w],
+            w => self.more[w - 4],
+        };
+        word & (1 << (id % 64)) != 0
+    }
 }
 
 /// Whether an aggregate the window moved over (its oldest bucket from `before` to `after`) lost
@@ -212,5 +248,22 @@ pub(super) fn moved(
     let at = BucketsAt::new(&rules.zone, t);
     for &id in moving {
         scratch[id] = evaluate_node(rules, state, id, scratch, t, &at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChangedNodes;
+
+    #[test]
+    fn changed_nodes_past_the_inline_words() {
+        let mut changed = ChangedNodes::new(600);
+        let set = [0, 63, 64, 255, 256, 300, 599];
+        for id in set {
+            changed.set(id);
+        }
+        for id in 0..600 {
+            assert_eq!(changed.has(id), set.contains(&id), "node {id}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use super::{Event, EventBody, ProfileOp, Rejection};
 
 /// The top-level fields read, in the order of the indices below.
 pub(super) const KEYS: &[&str] = &["type", "user_id", "event", "ts", "properties", "event_id"];
-const TYPE: usize = 0;
+pub(super) const TYPE: usize = 0;
 const USER_ID: usize = 1;
 const EVENT: usize = 2;
 const TS: usize = 3;

@@ -35,7 +35,7 @@ pub(super) const KEYS: &[&str] = &[
     "category",
     "context.traits",
 ];
-const TYPE: usize = 0;
+pub(super) const TYPE: usize = 0;
 const USER_ID: usize = 1;
 const ANONYMOUS_ID: usize = 2;
 const EVENT: usize = 3;

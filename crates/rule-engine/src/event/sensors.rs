@@ -42,7 +42,7 @@ pub(super) const KEYS: &[&str] = &[
     "_track_id",
     "original_id",
 ];
-const TYPE: usize = 0;
+pub(super) const TYPE: usize = 0;
 const DISTINCT_ID: usize = 1;
 const EVENT: usize = 2;
 const TIME: usize = 3;

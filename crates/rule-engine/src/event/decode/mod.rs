@@ -122,7 +122,7 @@ pub fn decode_message(raw: &[u8], opts: &DecodeOptions) -> Result<Decoded, Rejec
             ),
         ));
     }
-    decode_with(raw, opts, None)
+    decode_with(raw, opts, None, &mut false)
 }
 
 /// Property keys of track events that a rule set reads (`RuleSet::track_properties`).
@@ -158,39 +158,42 @@ pub fn decode_message_keeping(
     if raw.len() > opts.max_event_bytes {
         return decode_message(raw, opts);
     }
-    match decode_with(raw, opts, Some(keep)) {
+    let mut filtered = false;
+    match decode_with(raw, opts, Some(keep), &mut filtered) {
         decoded @ Ok(Decoded::Event(Event {
             body: super::EventBody::Track { .. },
             ..
         })) => decoded,
+        // The type came before the properties, so nothing was dropped: this is the full decode.
+        decoded @ Ok(_) if !filtered => decoded,
         _ => decode_message(raw, opts),
     }
 }
 
+/// `filtered` is set when properties were dropped (only with `keep`).
 fn decode_with(
     raw: &[u8],
     opts: &DecodeOptions,
     keep: Option<&TrackProperties>,
+    filtered: &mut bool,
 ) -> Result<Decoded, Rejection> {
-    let filter = |properties: usize| keep.map(|k| (properties, k));
+    let mut parse = |keys: &[&str], properties: usize| {
+        let fields = parse_object(raw, keys, keep.map(|k| (properties, k)))?;
+        *filtered = fields.filtered;
+        Ok(fields)
+    };
     match opts.format {
-        Format::Native => super::native::decode(parse_object(
-            raw,
-            super::native::KEYS,
-            filter(super::native::PROPERTIES),
-        )?)
-        .map(Decoded::Event),
-        Format::Segment => super::segment::decode(parse_object(
-            raw,
-            super::segment::KEYS,
-            filter(super::segment::PROPERTIES),
-        )?)
-        .map(Decoded::Event),
-        Format::Sensors => super::sensors::decode(parse_object(
-            raw,
-            super::sensors::KEYS,
-            filter(super::sensors::PROPERTIES),
-        )?),
+        Format::Native => {
+            super::native::decode(parse(super::native::KEYS, super::native::PROPERTIES)?)
+                .map(Decoded::Event)
+        }
+        Format::Segment => {
+            super::segment::decode(parse(super::segment::KEYS, super::segment::PROPERTIES)?)
+                .map(Decoded::Event)
+        }
+        Format::Sensors => {
+            super::sensors::decode(parse(super::sensors::KEYS, super::sensors::PROPERTIES)?)
+        }
     }
 }
 
@@ -227,6 +230,8 @@ const _: () = assert!(
 #[derive(Debug, Default)]
 pub(super) struct Fields {
     values: [Option<Json>; MAX_FIELDS],
+    /// Whether some properties were dropped (see [`decode_message_keeping`]).
+    filtered: bool,
 }
 
 impl Fields {
@@ -234,7 +239,22 @@ impl Fields {
     pub(super) fn take(&mut self, i: usize) -> Option<Json> {
         self.values.get_mut(i).and_then(Option::take)
     }
+
+    /// Whether the event type was read already and names something other than a track event
+    /// (every format has its type at [`TYPE_FIELD`]; absent, null and `"track"` mean track).
+    fn known_not_track(&self) -> bool {
+        matches!(&self.values[TYPE_FIELD], Some(Json::String(t)) if t != "track")
+    }
 }
+
+/// Index of the event type in every format's key list.
+pub(super) const TYPE_FIELD: usize = 0;
+
+const _: () = assert!(
+    super::native::TYPE == TYPE_FIELD
+        && super::segment::TYPE == TYPE_FIELD
+        && super::sensors::TYPE == TYPE_FIELD
+);
 
 /// Steps 2 and 3 of the check order: bytes → the fields named by `keys` of a top-level object.
 fn parse_object(
@@ -1036,6 +1056,24 @@ mod tests {
     }
 
     #[test]
+    fn properties_after_a_non_track_type_are_kept_whole_in_one_pass() {
+        let keep = TrackProperties::new(["amount"]);
+        let parse = |raw: &str| {
+            parse_object(
+                raw.as_bytes(),
+                super::super::native::KEYS,
+                Some((super::super::native::PROPERTIES, &keep)),
+            )
+            .unwrap()
+            .filtered
+        };
+        assert!(!parse(r#"{"type":"profile","user_id":"u","ts":1,"properties":{"city":"X"}}"#));
+        assert!(parse(r#"{"properties":{"city":"X"},"type":"profile","user_id":"u","ts":1}"#));
+        assert!(parse(r#"{"type":"track","user_id":"u","event":"e","ts":1,"properties":{}}"#));
+        assert!(parse(r#"{"user_id":"u","event":"e","ts":1,"properties":{}}"#));
+    }
+
+    #[test]
     fn keeping_only_read_properties_gives_the_full_decode_up_to_the_dropped_keys() {
         let keep = TrackProperties::new(["amount", "$os"]);
         let cases = [
@@ -1093,6 +1131,17 @@ mod tests {
             (
                 Format::Native,
                 r#"{"user_id":"u","type":"profile_increment","ts":1,"properties":{"n":"x"}}"#,
+            ),
+            // the type is read before the properties and is not track: one full decode, whose
+            // rejection is the full decode's
+            (
+                Format::Sensors,
+                r#"{"type":"profile_increment","distinct_id":"u","time":1,"properties":{"n":"x"}}"#,
+            ),
+            // a type given twice: the last one counts, the properties were kept whole
+            (
+                Format::Native,
+                r#"{"type":"profile","user_id":"u","ts":1,"event":"buy","properties":{"amount":1,"sku":"a"},"type":"track"}"#,
             ),
             (
                 Format::Native,

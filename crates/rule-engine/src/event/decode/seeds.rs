@@ -44,7 +44,10 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
             match slot {
                 Slot::Field(i) => {
                     self.fields.values[i] = Some(match self.filter {
-                        Some((field, keep)) if field == i => {
+                        // Profile properties are all kept: filter only while the type may
+                        // still be track.
+                        Some((field, keep)) if field == i && !self.fields.known_not_track() => {
+                            self.fields.filtered = true;
                             map.next_value_seed(KeepSeed { keep })?
                         }
                         _ => map.next_value::<Json>()?,
