@@ -394,9 +394,18 @@ fn comparison(tags: &[Operand], pick: usize, knob: u32) -> String {
         }
         Operand::Time => {
             let hours = 1 + knob % 60;
-            match knob % 4 {
+            // another timestamp tag, for days counted from two instants
+            let j = (0..tags.len())
+                .map(|k| (i + 1 + k) % tags.len())
+                .find(|&k| matches!(tags[k], Operand::Time))
+                .unwrap_or(i);
+            match knob % 5 {
                 0 => format!("t{i} < now() - {hours}h"),
                 1 => format!("days_since(t{i}) >= {}", knob % 3),
+                2 => format!(
+                    "coalesce(days_since(t{i}), 0) + days_since(t{j}) >= {}",
+                    knob % 4
+                ),
                 _ => format!("t{i} > now() - {hours}h"),
             }
         }

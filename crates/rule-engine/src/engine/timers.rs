@@ -471,8 +471,9 @@ impl ChangeSearch<'_> {
 
 /// A lower bound on the first instant after `since` at which any segment may change with no
 /// new event, cheap to compute: the first instant a windowed aggregate loses a non-empty
-/// bucket (`state` is the user's state at `since`: no event came since), and the closed-form
-/// change of every probe. Probes without a closed form give no bound (`since + 1`). Lost
+/// bucket (`state` is the user's state at `since`: no event came since), the closed-form
+/// change of every probe, and for a probe that moves only with `days_since`, the next day step
+/// of its arguments. Probes with none of these give no bound (`since + 1`). Lost
 /// buckets and probes whose [`InertGuard`] holds are left out: before the bound, no other
 /// probe has changed outcome (`evaluate_since` relies on this).
 pub(super) fn quiet_until(
@@ -486,10 +487,36 @@ pub(super) fn quiet_until(
         match linear_flip(rules, info, values, since) {
             Flip::Never => {}
             Flip::At(t) => quiet = quiet.min(t),
+            Flip::Unknown if !info.step_args.is_empty() => {
+                quiet = quiet.min(next_day_step(rules, info, values, since));
+            }
             Flip::Unknown => return since.saturating_add(1),
         }
     }
     quiet
+}
+
+/// The first instant after `since` at which a `days_since(x)` the probe depends on moves to
+/// its next day (`x + k days`); its outcome is the same until then. An `x` that is not a
+/// timestamp (NULL) keeps `days_since(x)` NULL for good.
+fn next_day_step(rules: &RuleSet, info: &ProbeInfo, values: &[Value], since: Millis) -> Millis {
+    let scope = Scope {
+        values,
+        now: since,
+        zone: &rules.zone,
+        event: None,
+    };
+    let mut next = FAR_FUTURE;
+    for arg in &info.step_args {
+        if let Value::Ts(x) = arg.eval(&scope) {
+            // In 128 bits: the step after `since` is later than it, and past the far future
+            // it bounds nothing.
+            let (x, day) = (i128::from(x), i128::from(DAY_MS));
+            let step = x + ((i128::from(since) - x).div_euclid(day) + 1) * day;
+            next = next.min(Millis::try_from(step).unwrap_or(FAR_FUTURE));
+        }
+    }
+    next
 }
 
 fn as_number(v: &Value) -> Option<f64> {

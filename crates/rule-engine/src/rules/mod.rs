@@ -198,6 +198,10 @@ pub struct ProbeInfo {
     /// that `x`: the outcome can then only change at instants `x + k days` (searched by
     /// bisection over `k`, or for a [`Probe::Changing`] by splitting ranges of `k`).
     pub day_steps: Option<CExpr>,
+    /// When all of the probe's time dependence goes through `days_since` of some time-independent
+    /// arguments, those arguments (else empty): the outcome can then only change at an instant
+    /// `x + k days` of one of them, which bounds how long it stays as it is.
+    pub step_args: Vec<CExpr>,
     /// For a single comparison `a <op> b` whose sides are sums of `now()`, constants and
     /// time-independent tags (`last_seen > now() - 7d`): the coefficient of `now()` in `a - b`.
     /// Its outcome then changes at an instant computed in closed form, with no search.

@@ -1067,10 +1067,18 @@ mod tests {
             .unwrap()
             .filtered
         };
-        assert!(!parse(r#"{"type":"profile","user_id":"u","ts":1,"properties":{"city":"X"}}"#));
-        assert!(parse(r#"{"properties":{"city":"X"},"type":"profile","user_id":"u","ts":1}"#));
-        assert!(parse(r#"{"type":"track","user_id":"u","event":"e","ts":1,"properties":{}}"#));
-        assert!(parse(r#"{"user_id":"u","event":"e","ts":1,"properties":{}}"#));
+        assert!(!parse(
+            r#"{"type":"profile","user_id":"u","ts":1,"properties":{"city":"X"}}"#
+        ));
+        assert!(parse(
+            r#"{"properties":{"city":"X"},"type":"profile","user_id":"u","ts":1}"#
+        ));
+        assert!(parse(
+            r#"{"type":"track","user_id":"u","event":"e","ts":1,"properties":{}}"#
+        ));
+        assert!(parse(
+            r#"{"user_id":"u","event":"e","ts":1,"properties":{}}"#
+        ));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Time-shape analysis of the probes, once every node is known: the moving nodes each reads,
-//! whether its outcome steps by whole days of one timestamp, and closed forms.
+//! whether its outcome steps by whole days of its timestamps, and closed forms.
 
 use super::*;
 
@@ -7,8 +7,8 @@ use super::*;
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum TimeSource {
     None,
-    /// Only through `days_since` of this (time-independent) argument.
-    Days(CExpr),
+    /// Only through `days_since` of these (time-independent) arguments, each listed once.
+    Days(Vec<CExpr>),
     Continuous,
 }
 
@@ -16,7 +16,14 @@ impl TimeSource {
     fn join(self, other: TimeSource) -> TimeSource {
         match (self, other) {
             (TimeSource::None, x) | (x, TimeSource::None) => x,
-            (TimeSource::Days(a), TimeSource::Days(b)) if a == b => TimeSource::Days(a),
+            (TimeSource::Days(mut a), TimeSource::Days(b)) => {
+                for arg in b {
+                    if !a.contains(&arg) {
+                        a.push(arg);
+                    }
+                }
+                TimeSource::Days(a)
+            }
             _ => TimeSource::Continuous,
         }
     }
@@ -29,7 +36,7 @@ pub(super) fn source_of(e: &CExpr, nodes: &[TimeSource]) -> TimeSource {
         CExpr::Now => TimeSource::Continuous,
         CExpr::Ref(id) => nodes.get(*id).cloned().unwrap_or(TimeSource::None),
         CExpr::Call(Func::DaysSince, args) => match source_of(&args[0], nodes) {
-            TimeSource::None => TimeSource::Days(args[0].clone()),
+            TimeSource::None => TimeSource::Days(vec![args[0].clone()]),
             _ => TimeSource::Continuous,
         },
         CExpr::Call(Func::HourOfDay | Func::DayOfWeek, _) => TimeSource::None,
@@ -63,7 +70,10 @@ pub(super) fn time_sources(nodes: &[Node]) -> Vec<TimeSource> {
                 .fold(source_of(otherwise, &out), |acc, (_, v)| {
                     acc.join(source_of(v, &out))
                 }),
-            NodeKind::Nearest { .. } if !node.shape.is_const() => TimeSource::Continuous,
+            // The nearest centroid changes only when a feature does.
+            NodeKind::Nearest { features, .. } => features
+                .iter()
+                .fold(TimeSource::None, |acc, &f| acc.join(out[f].clone())),
             _ => TimeSource::None,
         };
         out.push(s);
@@ -132,8 +142,12 @@ pub(super) fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -
         }
     }
     moving.sort_unstable();
-    let day_steps = match source {
-        TimeSource::Days(arg) => Some(arg),
+    let step_args = match source {
+        TimeSource::Days(args) => args,
+        _ => Vec::new(),
+    };
+    let day_steps = match step_args.as_slice() {
+        [arg] => Some(arg.clone()),
         _ => None,
     };
     let linear = match &probe {
@@ -150,6 +164,7 @@ pub(super) fn probe_info(probe: Probe, nodes: &[Node], sources: &[TimeSource]) -
         probe,
         moving,
         day_steps,
+        step_args,
         linear,
         inert: None,
     }
