@@ -84,12 +84,9 @@ fn next_candidate(
         return (horizon < bound).then_some(horizon);
     }
     // Only probes over moving nodes need the values recomputed at other instants; the others
-    // read `values` as they are (no copy).
-    let mut scratch: Vec<Value> = if rules.probes.iter().any(|p| !p.moving.is_empty()) {
-        values.to_vec()
-    } else {
-        Vec::new()
-    };
+    // read `values` as they are. The copy is made for the first such probe not ruled out by
+    // its closed form (most searches make none).
+    let mut scratch: Vec<Value> = Vec::new();
     let changed = |scratch: &mut Vec<Value>, info: &ProbeInfo, initial: &[i64], at: Millis| {
         if info.moving.is_empty() {
             return signature_differs(rules, &info.probe, values, at, initial);
@@ -111,7 +108,16 @@ fn next_candidate(
         match flip {
             Flip::Never => continue,
             Flip::At(t) if t > last => continue,
+            // Nor does a next day step past it, for a probe that moves only with those.
+            Flip::Unknown
+                if !info.step_args.is_empty() && next_day_step(rules, info, values, now) > last =>
+            {
+                continue
+            }
             _ => {}
+        }
+        if !info.moving.is_empty() && scratch.is_empty() {
+            scratch.extend_from_slice(values);
         }
         signature(rules, &info.probe, values, now, &mut initial);
         let initial = initial.as_slice();
