@@ -180,9 +180,16 @@ fn next_candidate(
             horizon = at(hi);
             continue;
         }
+        // Moving only with `days_since` of several timestamps, the outcome still changes only
+        // at a day step of one of them: no closed-form guess, and the bisection below stops
+        // once a single step is left in its interval.
+        let steps = StepInstants::of(rules, info, values, now);
         // The change predicate is monotone up to `horizon`, so a guess that checks out on both
         // sides is exact.
-        if let Some(t) = linear_guess(rules, state, values, &mut scratch, info, now, last) {
+        if let (None, Some(t)) = (
+            &steps,
+            linear_guess(rules, state, values, &mut scratch, info, now, last),
+        ) {
             if !changed(&mut scratch, info, initial, t - 1)
                 && changed(&mut scratch, info, initial, t)
             {
@@ -196,6 +203,10 @@ fn next_candidate(
         // Invariant: signature(lo) == initial, signature(hi) != initial.
         let (mut lo, mut hi) = (now, last);
         while hi - lo > 1 {
+            if let Some(t) = steps.as_ref().and_then(|s| s.only_one_in(lo, hi)) {
+                hi = t;
+                break;
+            }
             let mid = lo + (hi - lo) / 2;
             if changed(&mut scratch, info, initial, mid) {
                 hi = mid;
@@ -206,6 +217,49 @@ fn next_candidate(
         horizon = hi;
     }
     (horizon < bound).then_some(horizon)
+}
+
+/// The day steps `x + k days` of the `days_since` arguments of a probe that moves only with
+/// those (see [`ProbeInfo::step_args`]); its outcome is constant between two of them.
+struct StepInstants {
+    xs: Vec<Millis>,
+}
+
+impl StepInstants {
+    /// None when the probe has other time dependence.
+    fn of(rules: &RuleSet, info: &ProbeInfo, values: &[Value], now: Millis) -> Option<Self> {
+        if info.step_args.is_empty() {
+            return None;
+        }
+        let xs = step_origins(rules, info, values, now).collect();
+        Some(StepInstants { xs })
+    }
+
+    /// The step in `(lo, hi]` when there is exactly one (steps of different arguments at the
+    /// same instant are one).
+    fn only_one_in(&self, lo: Millis, hi: Millis) -> Option<Millis> {
+        let mut only: Option<Millis> = None;
+        for &x in &self.xs {
+            let first = first_step_after(x, lo);
+            if first > hi {
+                continue;
+            }
+            if first.saturating_add(DAY_MS) <= hi || only.is_some_and(|t| t != first) {
+                return None;
+            }
+            only = Some(first);
+        }
+        only
+    }
+}
+
+/// The first instant `x + k days` (k an integer) after `t`, or [`FAR_FUTURE`] past it.
+fn first_step_after(x: Millis, t: Millis) -> Millis {
+    // In 128 bits: the step after `t` is later than it, and past the far future it bounds
+    // nothing.
+    let (x, t, day) = (i128::from(x), i128::from(t), i128::from(DAY_MS));
+    let step = x + ((t - x).div_euclid(day) + 1) * day;
+    Millis::try_from(step).map_or(FAR_FUTURE, |s| s.min(FAR_FUTURE))
 }
 
 /// The first instant after `now` at which a windowed aggregate that segments read loses its
@@ -506,23 +560,32 @@ pub(super) fn quiet_until(
 /// its next day (`x + k days`); its outcome is the same until then. An `x` that is not a
 /// timestamp (NULL) keeps `days_since(x)` NULL for good.
 fn next_day_step(rules: &RuleSet, info: &ProbeInfo, values: &[Value], since: Millis) -> Millis {
+    step_origins(rules, info, values, since)
+        .map(|x| first_step_after(x, since))
+        .min()
+        .unwrap_or(FAR_FUTURE)
+}
+
+/// The timestamps `x` of the probe's `days_since(x)` at `t` (see [`ProbeInfo::step_args`]);
+/// an argument that is not a timestamp (NULL: `days_since` of it stays NULL) has no steps.
+fn step_origins<'a>(
+    rules: &'a RuleSet,
+    info: &'a ProbeInfo,
+    values: &'a [Value],
+    t: Millis,
+) -> impl Iterator<Item = Millis> + 'a {
     let scope = Scope {
         values,
-        now: since,
+        now: t,
         zone: &rules.zone,
         event: None,
     };
-    let mut next = FAR_FUTURE;
-    for arg in &info.step_args {
-        if let Value::Ts(x) = arg.eval(&scope) {
-            // In 128 bits: the step after `since` is later than it, and past the far future
-            // it bounds nothing.
-            let (x, day) = (i128::from(x), i128::from(DAY_MS));
-            let step = x + ((i128::from(since) - x).div_euclid(day) + 1) * day;
-            next = next.min(Millis::try_from(step).unwrap_or(FAR_FUTURE));
-        }
-    }
-    next
+    info.step_args
+        .iter()
+        .filter_map(move |arg| match arg.eval(&scope) {
+            Value::Ts(x) => Some(x),
+            _ => None,
+        })
 }
 
 fn as_number(v: &Value) -> Option<f64> {
