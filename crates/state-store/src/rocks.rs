@@ -328,9 +328,11 @@ impl StateStore for RocksStore {
         // each insert starts from the previous one's position instead of searching from the
         // top (a large share of commit time for batches of 100k+ users in hash order). Point
         // operations on different keys commute, and a stable sort keeps one key's operations
-        // in order; a range deletion does not commute with them, so such a batch keeps its order.
-        if !staged.iter().any(|op| matches!(op, Op::DeleteRange(..))) {
-            staged.sort_by(|a, b| op_key(a).cmp(&op_key(b)));
+        // in order; a range deletion does not commute with them, so each run of point
+        // operations between two range deletions is sorted on its own (the engine's batches
+        // carry one on the first batch of each day, for the size history).
+        for run in staged.split_mut(|op| matches!(op, Op::DeleteRange(..))) {
+            run.sort_by(|a, b| op_key(a).cmp(&op_key(b)));
         }
         let mut wb = rocksdb::WriteBatch::default();
         for op in staged {
