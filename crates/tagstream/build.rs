@@ -16,7 +16,14 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    let commit = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let commit = git(&["rev-parse", "--short", "HEAD"]);
+    if commit.is_none() {
+        // Without a commit there is nothing to watch, and a build directory shared with other
+        // checkouts of the source would keep "unknown" for good: ask again on every build (a
+        // path that does not exist makes cargo rerun the script).
+        println!("cargo:rerun-if-changed=.git-commit-unknown");
+    }
+    let commit = commit.unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=TAGSTREAM_GIT_COMMIT={commit}");
     // Rebuild when HEAD moves: HEAD itself changes on a checkout, the branch's ref (loose,
     // or in packed-refs) on a commit. Only existing files are watched: cargo reruns the
