@@ -11,6 +11,16 @@ use crate::state::{Pending, UserState};
 use crate::time::{BucketsAt, Unit, Window, DAY_MS, FAR_FUTURE, HOUR_MS};
 use crate::value::Value;
 
+/// Where expressions of `rules` are evaluated at instant `t` with node values `values`.
+fn scope_at<'a>(rules: &'a RuleSet, values: &'a [Value], t: Millis) -> Scope<'a> {
+    Scope {
+        values,
+        now: t,
+        zone: &rules.zone,
+        event: None,
+    }
+}
+
 /// One component of a probe's signature at an instant (see [`Probe`]).
 fn signature_parts<'a>(
     rules: &'a RuleSet,
@@ -18,12 +28,7 @@ fn signature_parts<'a>(
     values: &'a [Value],
     t: Millis,
 ) -> impl Iterator<Item = i64> + 'a {
-    let scope = Scope {
-        values,
-        now: t,
-        zone: &rules.zone,
-        event: None,
-    };
+    let scope = scope_at(rules, values, t);
     let (pairs, bucket): (&[(CExpr, CExpr)], _) = match probe {
         Probe::Compare(pairs) | Probe::Changing(pairs) => (pairs, None),
         Probe::LocalBucket { arg, unit } => (&[], Some((arg, *unit))),
@@ -153,12 +158,7 @@ fn next_candidate(
         }
         if let Some(arg) = &info.day_steps {
             // Only `days_since(x)` moves: the outcome can change only at x + k days.
-            let scope = Scope {
-                values,
-                now,
-                zone: &rules.zone,
-                event: None,
-            };
+            let scope = scope_at(rules, values, now);
             let Value::Ts(x) = arg.eval(&scope) else {
                 continue;
             };
@@ -341,12 +341,7 @@ fn linear_flip(rules: &RuleSet, info: &ProbeInfo, values: &[Value], now: Millis)
     let [(a, b)] = pairs.as_slice() else {
         return Flip::Unknown;
     };
-    let scope = Scope {
-        values,
-        now,
-        zone: &rules.zone,
-        event: None,
-    };
+    let scope = scope_at(rules, values, now);
     let millis = |v: Value| match v {
         Value::Ts(x) | Value::Dur(x) => Ok(Some(i128::from(x))),
         Value::Null => Ok(None),
@@ -421,12 +416,7 @@ impl ChangeSearch<'_> {
     /// The day steps after `now` up to `to`, when the probe has them (None: search time).
     fn day_steps(&self, now: Millis, to: Millis) -> Option<DaySteps> {
         let arg = self.info.day_steps.as_ref()?;
-        let scope = Scope {
-            values: self.values,
-            now,
-            zone: &self.rules.zone,
-            event: None,
-        };
+        let scope = scope_at(self.rules, self.values, now);
         let Value::Ts(x) = arg.eval(&scope) else {
             return None;
         };
@@ -574,12 +564,7 @@ fn step_origins<'a>(
     values: &'a [Value],
     t: Millis,
 ) -> impl Iterator<Item = Millis> + 'a {
-    let scope = Scope {
-        values,
-        now: t,
-        zone: &rules.zone,
-        event: None,
-    };
+    let scope = scope_at(rules, values, t);
     info.step_args
         .iter()
         .filter_map(move |arg| match arg.eval(&scope) {
@@ -615,12 +600,7 @@ fn linear_guess(
         return None;
     };
     let diff = |vals: &[Value], t: Millis| {
-        let scope = Scope {
-            values: vals,
-            now: t,
-            zone: &rules.zone,
-            event: None,
-        };
+        let scope = scope_at(rules, vals, t);
         Some(as_number(&a.eval(&scope))? - as_number(&b.eval(&scope))?)
     };
     let d0 = diff(values, now)?;
