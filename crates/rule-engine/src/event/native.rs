@@ -31,7 +31,7 @@ enum Kind {
     Delete,
 }
 
-pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
+pub(super) fn decode(f: &mut Fields) -> Result<Event, Rejection> {
     let kind = match type_from(f.take(TYPE), "type", TYPES)?.as_deref() {
         None | Some("track") => Kind::Track,
         Some("profile") => Kind::Profile,

@@ -56,7 +56,7 @@ enum Kind {
     Screen,
 }
 
-pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
+pub(super) fn decode(f: &mut Fields) -> Result<Event, Rejection> {
     let kind = match type_from(f.take(TYPE), "type", TYPES)?.as_deref() {
         None | Some("track") => Kind::Track,
         Some("identify") => Kind::Identify,
@@ -64,7 +64,7 @@ pub(super) fn decode(mut f: Fields) -> Result<Event, Rejection> {
         Some("screen") => Kind::Screen,
         Some(other) => return Err(unknown_type("type", other, TYPES)),
     };
-    let user_id = take_user(&mut f)?;
+    let user_id = take_user(f)?;
     let name = match kind {
         Kind::Track => Some(event_name_from(f.take(EVENT), "event")?),
         Kind::Page => Some("page".to_owned()),

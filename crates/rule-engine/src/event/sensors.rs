@@ -67,7 +67,7 @@ enum Kind {
     Delete,
 }
 
-pub(super) fn decode(mut f: Fields) -> Result<Decoded, Rejection> {
+pub(super) fn decode(f: &mut Fields) -> Result<Decoded, Rejection> {
     let kind = match type_from(f.take(TYPE), "type", TYPES)?.as_deref() {
         None | Some("track") => Kind::Track,
         Some("track_signup") => Kind::Signup,

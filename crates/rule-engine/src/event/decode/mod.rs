@@ -177,23 +177,20 @@ fn decode_with(
     keep: Option<&TrackProperties>,
     filtered: &mut bool,
 ) -> Result<Decoded, Rejection> {
-    let mut parse = |keys: &[&str], properties: usize| {
-        let fields = parse_object(raw, keys, keep.map(|k| (properties, k)))?;
-        *filtered = fields.filtered;
-        Ok(fields)
+    // The fields stay in this frame and are lent out: moving them (a dozen JSON values) through
+    // each return showed in profiles.
+    let (keys, properties) = match opts.format {
+        Format::Native => (super::native::KEYS, super::native::PROPERTIES),
+        Format::Segment => (super::segment::KEYS, super::segment::PROPERTIES),
+        Format::Sensors => (super::sensors::KEYS, super::sensors::PROPERTIES),
     };
+    let mut fields = Fields::default();
+    parse_object(raw, keys, keep.map(|k| (properties, k)), &mut fields)?;
+    *filtered = fields.filtered;
     match opts.format {
-        Format::Native => {
-            super::native::decode(parse(super::native::KEYS, super::native::PROPERTIES)?)
-                .map(Decoded::Event)
-        }
-        Format::Segment => {
-            super::segment::decode(parse(super::segment::KEYS, super::segment::PROPERTIES)?)
-                .map(Decoded::Event)
-        }
-        Format::Sensors => {
-            super::sensors::decode(parse(super::sensors::KEYS, super::sensors::PROPERTIES)?)
-        }
+        Format::Native => super::native::decode(&mut fields).map(Decoded::Event),
+        Format::Segment => super::segment::decode(&mut fields).map(Decoded::Event),
+        Format::Sensors => super::sensors::decode(&mut fields),
     }
 }
 
@@ -256,12 +253,14 @@ const _: () = assert!(
         && super::sensors::TYPE == TYPE_FIELD
 );
 
-/// Steps 2 and 3 of the check order: bytes → the fields named by `keys` of a top-level object.
+/// Steps 2 and 3 of the check order: bytes → the fields named by `keys` of a top-level object,
+/// written into `fields` (empty on entry).
 fn parse_object(
     raw: &[u8],
     keys: &[&str],
     filter: Option<(usize, &TrackProperties)>,
-) -> Result<Fields, Rejection> {
+    fields: &mut Fields,
+) -> Result<(), Rejection> {
     let text = std::str::from_utf8(raw).map_err(|e| {
         Rejection::new(
             Reason::InvalidJson,
@@ -284,17 +283,16 @@ fn parse_object(
     }
     check_depth(trimmed.as_bytes())?;
     let mut de = serde_json::Deserializer::from_str(trimmed);
-    let mut fields = Fields::default();
     let top = TopSeed {
         keys,
         filter,
-        fields: &mut fields,
+        fields,
     }
     .deserialize(&mut de)
     .and_then(|top| de.end().map(|()| top))
     .map_err(|e| Rejection::new(Reason::InvalidJson, format!("JSON syntax error: {e}")))?;
     match top {
-        Top::Object => Ok(fields),
+        Top::Object => Ok(()),
         Top::Other(what) => Err(Rejection::new(
             Reason::NotAnObject,
             format!("top-level JSON value is {what}, expected an object"),
@@ -1059,13 +1057,15 @@ mod tests {
     fn properties_after_a_non_track_type_are_kept_whole_in_one_pass() {
         let keep = TrackProperties::new(["amount"]);
         let parse = |raw: &str| {
+            let mut fields = Fields::default();
             parse_object(
                 raw.as_bytes(),
                 super::super::native::KEYS,
                 Some((super::super::native::PROPERTIES, &keep)),
+                &mut fields,
             )
-            .unwrap()
-            .filtered
+            .unwrap();
+            fields.filtered
         };
         assert!(!parse(
             r#"{"type":"profile","user_id":"u","ts":1,"properties":{"city":"X"}}"#
