@@ -267,29 +267,30 @@ pub enum Unit {
 }
 
 /// The bucket index of one instant in every unit, from a single zone-offset lookup: what
-/// evaluating every windowed aggregate at that instant needs.
+/// evaluating every windowed aggregate at that instant needs. The day is worked out up front
+/// (most windows count days); hours and minutes when asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BucketsAt {
-    pub day: i64,
-    pub hour: i64,
-    pub minute: i64,
+    t: Millis,
+    offset: i64,
+    day: i64,
 }
 
 impl BucketsAt {
     pub fn new(zone: &Zone, t: Millis) -> BucketsAt {
         let offset = zone.offset_ms(t);
         BucketsAt {
+            t,
+            offset,
             day: (t + offset).div_euclid(DAY_MS),
-            hour: (t + offset.rem_euclid(HOUR_MS)).div_euclid(HOUR_MS),
-            minute: (t + offset.rem_euclid(MINUTE_MS)).div_euclid(MINUTE_MS),
         }
     }
 
     pub fn of(&self, unit: Unit) -> i64 {
         match unit {
             Unit::Day => self.day,
-            Unit::Hour => self.hour,
-            Unit::Minute => self.minute,
+            Unit::Hour => (self.t + self.offset.rem_euclid(HOUR_MS)).div_euclid(HOUR_MS),
+            Unit::Minute => (self.t + self.offset.rem_euclid(MINUTE_MS)).div_euclid(MINUTE_MS),
         }
     }
 
